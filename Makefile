@@ -1,0 +1,67 @@
+# rvbbit: LLM workflows from SQL, a PostgreSQL extension.
+#
+#   make demo    install what is missing, build, start a throwaway server
+#                and run the examples (mock provider unless an API key is set)
+#   make test    install what is missing, build, run every test suite
+#   make bench   the benchmark harness (prints figures, asserts nothing)
+#
+# The PGXS part is included only when pg_config and the server headers are
+# there; demo and test install them first (tests/scripts/deps.sh).
+
+EXTENSION = rvbbit
+MODULE_big = rvbbit
+OBJS = src/rvbbit.o src/pool.o src/channel.o src/worker.o src/http.o \
+       src/map.o src/ratelimit.o src/rverror.o src/template.o \
+       src/jsonschema.o src/cascade.o src/llm.o src/syntax.o
+DATA = sql/rvbbit--0.1.sql
+PGFILEDESC = "rvbbit - LLM workflows from SQL"
+
+# pg_regress suites, run against a temporary instance with the library
+# preloaded (tests/scripts/regress.sh writes the configuration file).
+REGRESS = init cascades run errors privileges map
+REGRESS_OPTS = --temp-instance=tmp_check --temp-config=$(RVBBIT_TEST_CONF) \
+               --load-extension=rvbbit
+RVBBIT_TEST_CONF ?= tests/rvbbit_test.conf
+
+PKG_DEPS = libcurl json-c yaml-0.1
+PG_CPPFLAGS = -I$(srcdir)/src $(shell pkg-config --cflags $(PKG_DEPS) 2>/dev/null)
+SHLIB_LINK = $(shell pkg-config --libs $(PKG_DEPS) 2>/dev/null) -lm
+EXTRA_CLEAN = tmp_check results regression.diffs regression.out log \
+              tests/unit/*.log
+
+PG_CONFIG ?= $(firstword $(wildcard /usr/lib/postgresql/15/bin/pg_config) pg_config)
+PGXS := $(shell $(PG_CONFIG) --pgxs 2>/dev/null)
+
+ifneq ($(wildcard $(PGXS)),)
+include $(PGXS)
+
+# the example cascades go to $(sharedir)/extension/rvbbit_cascades
+install: install-cascades
+install-cascades:
+	$(MKDIR_P) '$(DESTDIR)$(datadir)/extension/rvbbit_cascades'
+	$(INSTALL_DATA) $(srcdir)/cascades/*.yaml '$(DESTDIR)$(datadir)/extension/rvbbit_cascades/'
+uninstall: uninstall-cascades
+uninstall-cascades:
+	rm -rf '$(DESTDIR)$(datadir)/extension/rvbbit_cascades'
+.PHONY: install-cascades uninstall-cascades
+else
+all install installcheck:
+	@echo "pg_config with the PostgreSQL server headers was not found."
+	@echo "Run 'make demo' or 'make test' (they install what is missing),"
+	@echo "or install postgresql-server-dev-15, libcurl4-openssl-dev, libjson-c-dev, libyaml-dev."
+	@exit 1
+endif
+
+demo:
+	bash tests/scripts/demo.sh
+
+test:
+	bash tests/scripts/test.sh
+
+bench:
+	bash tests/bench/bench.sh
+
+unit:
+	$(MAKE) -C tests/unit check
+
+.PHONY: demo test bench unit

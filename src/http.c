@@ -1,0 +1,412 @@
+/*-------------------------------------------------------------------------
+ *
+ * http.c
+ *	  libcurl multi driven by an epoll set, for the rvbbit worker.
+ *
+ * The multi handle's socket callback mirrors curl's sockets into an epoll
+ * set; its timer callback records when curl wants to be called back.  The
+ * worker waits on the epoll descriptor (through its WaitEventSet) and on
+ * the timer, then calls rv_http_drive(), which hands ready sockets and
+ * expired timers to curl_multi_socket_action() and collects finished
+ * transfers.
+ *
+ * No PostgreSQL error can be raised in here: the callbacks run inside
+ * libcurl, so they use malloc and report failure through return codes,
+ * and the functions called by the worker report failure through return
+ * values.  CURLOPT_NOSIGNAL is set on every transfer.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include <sys/epoll.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "http.h"
+
+struct RvHttp
+{
+	CURLM	   *multi;
+	int			epfd;
+	int			in_flight;
+	int64		timer_deadline_us;	/* -1: none */
+	RvHttpReq  *done_head;
+	RvHttpReq  *done_tail;
+};
+
+/* Monotonic clock in microseconds. */
+static int64
+http_now_us(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (int64) ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+}
+
+/*
+ * CURLMOPT_SOCKETFUNCTION: keep the epoll set in step with curl's sockets.
+ * socketp is non-NULL once the socket is in the epoll set.
+ */
+static int
+http_socket_cb(CURL *easy, curl_socket_t s, int what, void *userp, void *socketp)
+{
+	RvHttp	   *http = (RvHttp *) userp;
+	struct epoll_event ev;
+
+	if (what == CURL_POLL_REMOVE)
+	{
+		if (socketp != NULL)
+		{
+			epoll_ctl(http->epfd, EPOLL_CTL_DEL, s, NULL);
+			curl_multi_assign(http->multi, s, NULL);
+		}
+		return 0;
+	}
+
+	memset(&ev, 0, sizeof(ev));
+	ev.data.fd = s;
+	if (what == CURL_POLL_IN || what == CURL_POLL_INOUT)
+		ev.events |= EPOLLIN;
+	if (what == CURL_POLL_OUT || what == CURL_POLL_INOUT)
+		ev.events |= EPOLLOUT;
+
+	if (socketp == NULL)
+	{
+		if (epoll_ctl(http->epfd, EPOLL_CTL_ADD, s, &ev) != 0 &&
+			epoll_ctl(http->epfd, EPOLL_CTL_MOD, s, &ev) != 0)
+			return -1;
+		curl_multi_assign(http->multi, s, (void *) http);
+	}
+	else if (epoll_ctl(http->epfd, EPOLL_CTL_MOD, s, &ev) != 0)
+		return -1;
+	return 0;
+}
+
+/* CURLMOPT_TIMERFUNCTION: remember when curl wants its timer. */
+static int
+http_timer_cb(CURLM *multi, long timeout_ms, void *userp)
+{
+	RvHttp	   *http = (RvHttp *) userp;
+
+	if (timeout_ms < 0)
+		http->timer_deadline_us = -1;
+	else
+		http->timer_deadline_us = http_now_us() + (int64) timeout_ms * 1000;
+	return 0;
+}
+
+/* CURLOPT_WRITEFUNCTION: append to the response buffer (malloc'd). */
+static size_t
+http_write_cb(char *ptr, size_t size, size_t nmemb, void *userdata)
+{
+	RvHttpReq  *req = (RvHttpReq *) userdata;
+	size_t		n = size * nmemb;
+
+	if (req->resp_len + n > req->resp_limit)
+	{
+		req->too_big = true;
+		return 0;				/* makes curl fail with CURLE_WRITE_ERROR */
+	}
+	if (req->resp_len + n + 1 > req->resp_cap)
+	{
+		size_t		cap = Max(req->resp_cap * 2, req->resp_len + n + 1);
+		char	   *p;
+
+		cap = Max(cap, 4096);
+		p = realloc(req->resp, cap);
+		if (p == NULL)
+			return 0;
+		req->resp = p;
+		req->resp_cap = cap;
+	}
+	memcpy(req->resp + req->resp_len, ptr, n);
+	req->resp_len += n;
+	req->resp[req->resp_len] = '\0';
+	return n;
+}
+
+/* CURLOPT_HEADERFUNCTION: pick up Retry-After (seconds form). */
+static size_t
+http_header_cb(char *buffer, size_t size, size_t nitems, void *userdata)
+{
+	RvHttpReq  *req = (RvHttpReq *) userdata;
+	size_t		n = size * nitems;
+	const char *name = "retry-after:";
+	size_t		nl = strlen(name);
+
+	if (n > nl && pg_strncasecmp(buffer, name, nl) == 0)
+	{
+		char		tmp[64];
+		size_t		k = Min(n - nl, sizeof(tmp) - 1);
+		char	   *end;
+		double		secs;
+
+		memcpy(tmp, buffer + nl, k);
+		tmp[k] = '\0';
+		secs = strtod(tmp, &end);
+		if (end != tmp && secs >= 0 && secs < 86400)
+			req->retry_after_ms = (long) (secs * 1000);
+	}
+	return n;
+}
+
+RvHttp *
+rv_http_create(int max_connections, char *errbuf, size_t errlen)
+{
+	RvHttp	   *http;
+
+	http = calloc(1, sizeof(RvHttp));
+	if (http == NULL)
+	{
+		snprintf(errbuf, errlen, "out of memory");
+		return NULL;
+	}
+	http->epfd = epoll_create1(EPOLL_CLOEXEC);
+	if (http->epfd < 0)
+	{
+		snprintf(errbuf, errlen, "epoll_create1 failed: %m");
+		free(http);
+		return NULL;
+	}
+	http->multi = curl_multi_init();
+	if (http->multi == NULL)
+	{
+		snprintf(errbuf, errlen, "curl_multi_init failed");
+		close(http->epfd);
+		free(http);
+		return NULL;
+	}
+	http->timer_deadline_us = -1;
+	curl_multi_setopt(http->multi, CURLMOPT_SOCKETFUNCTION, http_socket_cb);
+	curl_multi_setopt(http->multi, CURLMOPT_SOCKETDATA, http);
+	curl_multi_setopt(http->multi, CURLMOPT_TIMERFUNCTION, http_timer_cb);
+	curl_multi_setopt(http->multi, CURLMOPT_TIMERDATA, http);
+	curl_multi_setopt(http->multi, CURLMOPT_MAX_TOTAL_CONNECTIONS, (long) max_connections);
+	curl_multi_setopt(http->multi, CURLMOPT_MAXCONNECTS, (long) max_connections);
+	return http;
+}
+
+void
+rv_http_destroy(RvHttp *http)
+{
+	if (http == NULL)
+		return;
+	curl_multi_cleanup(http->multi);
+	close(http->epfd);
+	free(http);
+}
+
+int
+rv_http_fd(RvHttp *http)
+{
+	return http->epfd;
+}
+
+bool
+rv_http_start(RvHttp *http, RvHttpReq *req, const char *url,
+			  const char *const *headers, int nheaders,
+			  const char *body, size_t body_len, long timeout_ms,
+			  size_t resp_limit)
+{
+	int			i;
+	CURLMcode	mc;
+
+	req->status = 0;
+	req->retry_after_ms = -1;
+	req->code = CURLE_OK;
+	req->errbuf[0] = '\0';
+	req->too_big = false;
+	req->resp_len = 0;
+	req->resp_limit = resp_limit;
+	req->next_done = NULL;
+
+	req->easy = curl_easy_init();
+	if (req->easy == NULL)
+	{
+		snprintf(req->errbuf, sizeof(req->errbuf), "curl_easy_init failed");
+		return false;
+	}
+	req->body = malloc(body_len + 1);
+	if (req->body == NULL)
+	{
+		snprintf(req->errbuf, sizeof(req->errbuf), "out of memory");
+		curl_easy_cleanup(req->easy);
+		req->easy = NULL;
+		return false;
+	}
+	memcpy(req->body, body, body_len);
+	req->body[body_len] = '\0';
+
+	for (i = 0; i < nheaders; i++)
+	{
+		struct curl_slist *l = curl_slist_append(req->headers, headers[i]);
+
+		if (l == NULL)
+		{
+			snprintf(req->errbuf, sizeof(req->errbuf), "out of memory");
+			rv_http_req_release(req);
+			return false;
+		}
+		req->headers = l;
+	}
+
+	curl_easy_setopt(req->easy, CURLOPT_URL, url);
+	curl_easy_setopt(req->easy, CURLOPT_PROTOCOLS_STR, "http,https");
+	curl_easy_setopt(req->easy, CURLOPT_NOSIGNAL, 1L);
+	curl_easy_setopt(req->easy, CURLOPT_POST, 1L);
+	curl_easy_setopt(req->easy, CURLOPT_POSTFIELDS, req->body);
+	curl_easy_setopt(req->easy, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t) body_len);
+	curl_easy_setopt(req->easy, CURLOPT_HTTPHEADER, req->headers);
+	curl_easy_setopt(req->easy, CURLOPT_WRITEFUNCTION, http_write_cb);
+	curl_easy_setopt(req->easy, CURLOPT_WRITEDATA, req);
+	curl_easy_setopt(req->easy, CURLOPT_HEADERFUNCTION, http_header_cb);
+	curl_easy_setopt(req->easy, CURLOPT_HEADERDATA, req);
+	curl_easy_setopt(req->easy, CURLOPT_ERRORBUFFER, req->errbuf);
+	curl_easy_setopt(req->easy, CURLOPT_PRIVATE, req);
+	curl_easy_setopt(req->easy, CURLOPT_TIMEOUT_MS, timeout_ms);
+	curl_easy_setopt(req->easy, CURLOPT_CONNECTTIMEOUT_MS, Min(timeout_ms, 30000L));
+	curl_easy_setopt(req->easy, CURLOPT_ACCEPT_ENCODING, "");
+	curl_easy_setopt(req->easy, CURLOPT_USERAGENT, "rvbbit/0.1");
+	curl_easy_setopt(req->easy, CURLOPT_TCP_KEEPALIVE, 1L);
+
+	mc = curl_multi_add_handle(http->multi, req->easy);
+	if (mc != CURLM_OK)
+	{
+		snprintf(req->errbuf, sizeof(req->errbuf), "%s", curl_multi_strerror(mc));
+		rv_http_req_release(req);
+		return false;
+	}
+	http->in_flight++;
+	return true;
+}
+
+void
+rv_http_req_release(RvHttpReq *req)
+{
+	if (req->easy != NULL)
+		curl_easy_cleanup(req->easy);
+	req->easy = NULL;
+	if (req->headers != NULL)
+		curl_slist_free_all(req->headers);
+	req->headers = NULL;
+	free(req->body);
+	req->body = NULL;
+	free(req->resp);
+	req->resp = NULL;
+	req->resp_len = req->resp_cap = 0;
+}
+
+void
+rv_http_cancel(RvHttp *http, RvHttpReq *req)
+{
+	if (req->easy != NULL)
+	{
+		if (curl_multi_remove_handle(http->multi, req->easy) == CURLM_OK)
+			http->in_flight--;
+	}
+	rv_http_req_release(req);
+}
+
+long
+rv_http_timeout(RvHttp *http)
+{
+	int64		now;
+
+	if (http->timer_deadline_us < 0)
+		return -1;
+	now = http_now_us();
+	if (http->timer_deadline_us <= now)
+		return 0;
+	return (long) ((http->timer_deadline_us - now + 999) / 1000);
+}
+
+/* Move finished transfers from curl to our done list. */
+static void
+http_collect(RvHttp *http)
+{
+	CURLMsg    *msg;
+	int			left;
+
+	while ((msg = curl_multi_info_read(http->multi, &left)) != NULL)
+	{
+		RvHttpReq  *req = NULL;
+		double		total = 0;
+
+		if (msg->msg != CURLMSG_DONE)
+			continue;
+		curl_easy_getinfo(msg->easy_handle, CURLINFO_PRIVATE, (char **) &req);
+		if (req == NULL)
+			continue;
+		req->code = msg->data.result;
+		curl_easy_getinfo(msg->easy_handle, CURLINFO_RESPONSE_CODE, &req->status);
+		curl_easy_getinfo(msg->easy_handle, CURLINFO_TOTAL_TIME, &total);
+		req->latency_ms = total * 1000.0;
+		curl_multi_remove_handle(http->multi, msg->easy_handle);
+		http->in_flight--;
+		req->next_done = NULL;
+		if (http->done_tail)
+			http->done_tail->next_done = req;
+		else
+			http->done_head = req;
+		http->done_tail = req;
+	}
+}
+
+void
+rv_http_drive(RvHttp *http)
+{
+	struct epoll_event events[256];
+	int			n;
+	int			running;
+	int			i;
+
+	for (;;)
+	{
+		n = epoll_wait(http->epfd, events, lengthof(events), 0);
+		if (n <= 0)
+			break;
+		for (i = 0; i < n; i++)
+		{
+			int			flags = 0;
+
+			if (events[i].events & EPOLLIN)
+				flags |= CURL_CSELECT_IN;
+			if (events[i].events & EPOLLOUT)
+				flags |= CURL_CSELECT_OUT;
+			if (events[i].events & (EPOLLERR | EPOLLHUP))
+				flags |= CURL_CSELECT_ERR;
+			curl_multi_socket_action(http->multi, events[i].data.fd, flags, &running);
+		}
+		if (n < (int) lengthof(events))
+			break;
+	}
+	if (http->timer_deadline_us >= 0 && http->timer_deadline_us <= http_now_us())
+	{
+		http->timer_deadline_us = -1;
+		curl_multi_socket_action(http->multi, CURL_SOCKET_TIMEOUT, 0, &running);
+	}
+	http_collect(http);
+}
+
+RvHttpReq *
+rv_http_next_done(RvHttp *http)
+{
+	RvHttpReq  *req = http->done_head;
+
+	if (req != NULL)
+	{
+		http->done_head = req->next_done;
+		if (http->done_head == NULL)
+			http->done_tail = NULL;
+		req->next_done = NULL;
+	}
+	return req;
+}
+
+int
+rv_http_in_flight(RvHttp *http)
+{
+	return http->in_flight;
+}

@@ -1,0 +1,82 @@
+/*-------------------------------------------------------------------------
+ *
+ * http.h
+ *	  Concurrent HTTP requests with libcurl multi, for the rvbbit worker.
+ *
+ * Only the worker includes this.  The multi handle reports its sockets to
+ * an epoll set of its own; the worker adds that epoll descriptor to its
+ * WaitEventSet (readable when any socket is ready), so one wait covers the
+ * latch, postmaster death and every HTTP connection.
+ *
+ *-------------------------------------------------------------------------
+ */
+#ifndef RV_HTTP_H
+#define RV_HTTP_H
+
+#include <curl/curl.h>
+
+typedef struct RvHttp RvHttp;
+
+typedef struct RvHttpReq
+{
+	/* set by the caller */
+	void	   *owner;			/* caller's object, returned with the result */
+
+	/* owned by http.c, valid after completion */
+	CURL	   *easy;
+	struct curl_slist *headers;
+	char	   *body;			/* request body (malloc'd copy) */
+	char	   *resp;			/* response body (malloc'd, NUL-terminated) */
+	size_t		resp_len;
+	size_t		resp_cap;
+	size_t		resp_limit;		/* larger responses fail */
+	bool		too_big;
+	long		status;			/* HTTP status, 0 if none */
+	long		retry_after_ms; /* from Retry-After, -1 if none */
+	CURLcode	code;			/* CURLE_OK or the transfer error */
+	char		errbuf[CURL_ERROR_SIZE];
+	double		latency_ms;		/* from curl's total time */
+	struct RvHttpReq *next_done;
+} RvHttpReq;
+
+/*
+ * Create the multi context.  max_connections caps open connections.
+ * Returns NULL (with a message in errbuf) on failure.
+ */
+extern RvHttp *rv_http_create(int max_connections, char *errbuf, size_t errlen);
+extern void rv_http_destroy(RvHttp *http);
+
+/* The epoll descriptor to wait on (readable when curl has work). */
+extern int	rv_http_fd(RvHttp *http);
+
+/*
+ * Start a POST.  headers is an array of "Name: value" strings; body is
+ * copied.  Returns false (message in req->errbuf) when the transfer could
+ * not be set up; req is then not in flight and may be freed.
+ */
+extern bool rv_http_start(RvHttp *http, RvHttpReq *req, const char *url,
+						  const char *const *headers, int nheaders,
+						  const char *body, size_t body_len, long timeout_ms,
+						  size_t resp_limit);
+
+/* Abort a request in flight (or do nothing if done) and release curl state. */
+extern void rv_http_cancel(RvHttp *http, RvHttpReq *req);
+
+/* Free a request's buffers (after completion or cancel). */
+extern void rv_http_req_release(RvHttpReq *req);
+
+/* Milliseconds until curl needs its timer, or -1. */
+extern long rv_http_timeout(RvHttp *http);
+
+/*
+ * Process ready sockets and expired timers; completed requests are queued
+ * and returned by rv_http_next_done().  Never blocks.
+ */
+extern void rv_http_drive(RvHttp *http);
+
+extern RvHttpReq *rv_http_next_done(RvHttp *http);
+
+/* Number of requests in flight. */
+extern int	rv_http_in_flight(RvHttp *http);
+
+#endif							/* RV_HTTP_H */

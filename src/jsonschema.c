@@ -1,0 +1,1111 @@
+/*-------------------------------------------------------------------------
+ *
+ * jsonschema.c
+ *	  Checking and applying the JSON Schema subset used for cell
+ *	  output_schema; see jsonschema.h for the supported keywords.
+ *
+ * rv_schema_check() runs when a cascade is loaded and tells the author what
+ * is wrong with a schema ("properties.score.minimum" must be a number).
+ * rv_schema_validate() runs on every model answer; its message names the
+ * JSON path of the first problem ($.items[2].name: expected string, got 5)
+ * and is written so that it can be sent back to the model when re-asking.
+ *
+ * Pure: no PostgreSQL headers, no global state, no allocation of our own
+ * beyond what json-c does when printing a value.  Recursion is bounded by
+ * JS_MAX_DEPTH for schemas and for the values compared by enum/const.
+ * rv_schema_validate() never crashes on a schema that did not pass
+ * rv_schema_check(): keywords of the wrong type are ignored.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include <math.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "jsonschema.h"
+
+/* nesting limit for schemas and for values compared by enum/const */
+#define JS_MAX_DEPTH 64
+
+/* longest path kept for messages; longer paths are cut */
+#define JS_PATH_LEN 256
+
+/* longest rendering of a value inside a message */
+#define JS_SHOW_LEN 80
+
+/* longest rendering of an enum's list of values */
+#define JS_LIST_LEN 240
+
+/* the path of the current node: "$.a[2]" for values, "a.b" for schemas */
+typedef struct JsPath
+{
+	char		buf[JS_PATH_LEN];
+	size_t		len;
+} JsPath;
+
+static const char *const js_type_names[] = {
+	"object", "array", "string", "number", "integer", "boolean", "null"
+};
+
+#define JS_NTYPES ((int) (sizeof(js_type_names) / sizeof(js_type_names[0])))
+
+#define JS_TYPE_LIST "object, array, string, number, integer, boolean, null"
+
+/* keywords that change what a schema means and that we do not implement */
+static const char *const js_unsupported[] = {
+	"$ref", "allOf", "anyOf", "oneOf", "not", "if", "then", "else",
+	"patternProperties", "dependencies", "dependentSchemas",
+	"dependentRequired", "propertyNames", "prefixItems", "contains",
+	"unevaluatedProperties", "unevaluatedItems"
+};
+
+#define JS_NUNSUPPORTED ((int) (sizeof(js_unsupported) / sizeof(js_unsupported[0])))
+
+/*
+ * Append formatted text to a path, cutting it at the buffer size.  Returns
+ * the previous length so the caller can restore it with js_path_pop().
+ */
+static size_t
+js_path_push(JsPath *path, const char *fmt, const char *arg)
+{
+	size_t		old = path->len;
+	size_t		room = sizeof(path->buf) - path->len;
+	int			n;
+
+	n = snprintf(path->buf + path->len, room, fmt, arg);
+	if (n < 0)
+		n = 0;
+	if ((size_t) n >= room)
+		n = (int) room - 1;
+	path->len += (size_t) n;
+	return old;
+}
+
+/* Restore a path to an earlier length. */
+static void
+js_path_pop(JsPath *path, size_t old)
+{
+	path->len = old;
+	path->buf[old] = '\0';
+}
+
+/* True when a property name can be written as $.name in a path. */
+static bool
+js_is_identifier(const char *s)
+{
+	const unsigned char *p = (const unsigned char *) s;
+
+	if (*p == '\0' || (*p >= '0' && *p <= '9'))
+		return false;
+	for (; *p; p++)
+	{
+		if (!((*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') ||
+			  (*p >= '0' && *p <= '9') || *p == '_'))
+			return false;
+	}
+	return true;
+}
+
+/*
+ * Copy src into dst (size bytes) as a JSON string literal with quotes,
+ * escaping quotes, backslashes and control characters.  Long strings are
+ * cut at a UTF-8 character boundary and end in "...".
+ */
+static void
+js_quote(char *dst, size_t size, const char *src, size_t srclen, size_t maxlen)
+{
+	size_t		o = 0;
+	size_t		i;
+
+	if (size < 16)
+	{
+		if (size > 0)
+			dst[0] = '\0';
+		return;
+	}
+	/* room for a cut UTF-8 sequence, "...", the quotes and the NUL */
+	if (maxlen > size - 12)
+		maxlen = size - 12;
+	dst[o++] = '"';
+	for (i = 0; i < srclen; i++)
+	{
+		unsigned char c = (unsigned char) src[i];
+		char		esc[8];
+		size_t		n;
+
+		if (c == '"' || c == '\\')
+		{
+			esc[0] = '\\';
+			esc[1] = (char) c;
+			n = 2;
+		}
+		else if (c == '\n')
+		{
+			memcpy(esc, "\\n", 2);
+			n = 2;
+		}
+		else if (c == '\t')
+		{
+			memcpy(esc, "\\t", 2);
+			n = 2;
+		}
+		else if (c < 0x20 || c == 0x7f)
+		{
+			snprintf(esc, sizeof(esc), "\\u%04x", c);
+			n = 6;
+		}
+		else
+		{
+			esc[0] = (char) c;
+			n = 1;
+		}
+		/*
+		 * Stop before a character that would not fit, at a character
+		 * boundary; a continuation byte may use up to 3 bytes of slack, so
+		 * that invalid UTF-8 (long runs of them) still stops in time.
+		 */
+		if (o + n > maxlen + 1 && ((c & 0xC0) != 0x80 || o + n > maxlen + 4))
+		{
+			memcpy(dst + o, "...", 3);
+			o += 3;
+			break;
+		}
+		memcpy(dst + o, esc, n);
+		o += n;
+	}
+	dst[o++] = '"';
+	dst[o] = '\0';
+}
+
+/* Format a double the way a person writes it: 10, 0.1, 1e+300, NaN. */
+static void
+js_format_double(char *buf, size_t size, double d)
+{
+	if (isnan(d))
+		snprintf(buf, size, "NaN");
+	else if (isinf(d))
+		snprintf(buf, size, d > 0 ? "Infinity" : "-Infinity");
+	else if (d == floor(d) && fabs(d) < 1e15)
+		snprintf(buf, size, "%.0f", d);
+	else
+	{
+		snprintf(buf, size, "%.15g", d);
+		if (strtod(buf, NULL) != d)
+			snprintf(buf, size, "%.17g", d);
+	}
+}
+
+/*
+ * Render a value for a message: numbers and literals as JSON, strings
+ * quoted and cut, objects and arrays as compact JSON when full is true,
+ * else as "an object" / "an array".
+ */
+static void
+js_show(char *buf, size_t size, json_object *v, bool full)
+{
+	switch (json_object_get_type(v))
+	{
+		case json_type_null:
+			snprintf(buf, size, "null");
+			break;
+		case json_type_boolean:
+			snprintf(buf, size, json_object_get_boolean(v) ? "true" : "false");
+			break;
+		case json_type_int:
+			snprintf(buf, size, "%s", json_object_to_json_string_ext(v, JSON_C_TO_STRING_PLAIN));
+			break;
+		case json_type_double:
+			js_format_double(buf, size, json_object_get_double(v));
+			break;
+		case json_type_string:
+			js_quote(buf, size, json_object_get_string(v),
+					 (size_t) json_object_get_string_len(v), JS_SHOW_LEN);
+			break;
+		case json_type_object:
+		case json_type_array:
+			if (!full)
+				snprintf(buf, size, json_object_is_type(v, json_type_object) ?
+						 "an object" : "an array");
+			else
+			{
+				const char *s;
+				size_t		n;
+
+				s = json_object_to_json_string_ext(v, JSON_C_TO_STRING_PLAIN |
+												   JSON_C_TO_STRING_NOSLASHESCAPE);
+				n = strlen(s);
+				if (n > JS_SHOW_LEN && size > JS_SHOW_LEN + 4)
+				{
+					/* cut at a character boundary */
+					n = JS_SHOW_LEN;
+					while (n > 0 && ((unsigned char) s[n] & 0xC0) == 0x80)
+						n--;
+					snprintf(buf, size, "%.*s...", (int) n, s);
+				}
+				else
+					snprintf(buf, size, "%s", s);
+			}
+			break;
+	}
+}
+
+/* Is v a finite number (int, or double that is not NaN or infinite)? */
+static bool
+js_is_number(json_object *v)
+{
+	if (json_object_is_type(v, json_type_int))
+		return true;
+	if (json_object_is_type(v, json_type_double))
+		return isfinite(json_object_get_double(v));
+	return false;
+}
+
+/* Is v an integer: an int, or a finite double with an integral value? */
+static bool
+js_is_integer(json_object *v)
+{
+	double		d;
+
+	if (json_object_is_type(v, json_type_int))
+		return true;
+	if (!json_object_is_type(v, json_type_double))
+		return false;
+	d = json_object_get_double(v);
+	return isfinite(d) && d == floor(d);
+}
+
+/*
+ * Compare two numbers: -1, 0 or 1, or 2 when they are unordered (NaN).
+ * Two ints compare exactly; anything else compares as doubles.
+ */
+static int
+js_num_cmp(json_object *a, json_object *b)
+{
+	double		x,
+				y;
+
+	if (json_object_is_type(a, json_type_int) && json_object_is_type(b, json_type_int))
+	{
+		int64_t		i = json_object_get_int64(a);
+		int64_t		j = json_object_get_int64(b);
+
+		/* json-c clamps values above INT64_MAX; compare those unsigned */
+		if (i == INT64_MAX && j == INT64_MAX)
+		{
+			uint64_t	u = json_object_get_uint64(a);
+			uint64_t	w = json_object_get_uint64(b);
+
+			return u < w ? -1 : (u > w ? 1 : 0);
+		}
+		return i < j ? -1 : (i > j ? 1 : 0);
+	}
+	x = json_object_get_double(a);
+	y = json_object_get_double(b);
+	if (x < y)
+		return -1;
+	if (x > y)
+		return 1;
+	if (x == y)
+		return 0;
+	return 2;
+}
+
+/*
+ * JSON equality as JSON Schema defines it: numbers by value (1 == 1.0),
+ * strings byte-wise, arrays element-wise, objects by key set.  Values
+ * nested deeper than JS_MAX_DEPTH compare unequal.
+ */
+static bool
+js_equal(json_object *a, json_object *b, int depth)
+{
+	json_type	ta = json_object_get_type(a);
+	json_type	tb = json_object_get_type(b);
+
+	if (depth > JS_MAX_DEPTH)
+		return false;
+	if ((ta == json_type_int || ta == json_type_double) &&
+		(tb == json_type_int || tb == json_type_double))
+		return js_num_cmp(a, b) == 0;
+	if (ta != tb)
+		return false;
+	switch (ta)
+	{
+		case json_type_null:
+			return true;
+		case json_type_boolean:
+			return json_object_get_boolean(a) == json_object_get_boolean(b);
+		case json_type_string:
+			{
+				int			la = json_object_get_string_len(a);
+
+				return la == json_object_get_string_len(b) &&
+					memcmp(json_object_get_string(a), json_object_get_string(b), (size_t) la) == 0;
+			}
+		case json_type_array:
+			{
+				size_t		n = json_object_array_length(a);
+				size_t		i;
+
+				if (n != json_object_array_length(b))
+					return false;
+				for (i = 0; i < n; i++)
+				{
+					if (!js_equal(json_object_array_get_idx(a, i),
+								  json_object_array_get_idx(b, i), depth + 1))
+						return false;
+				}
+				return true;
+			}
+		case json_type_object:
+			{
+				struct json_object_iter it;
+
+				if (json_object_object_length(a) != json_object_object_length(b))
+					return false;
+				json_object_object_foreachC(a, it)
+				{
+					json_object *other;
+
+					if (!json_object_object_get_ex(b, it.key, &other))
+						return false;
+					if (!js_equal(it.val, other, depth + 1))
+						return false;
+				}
+				return true;
+			}
+		default:
+			return false;
+	}
+}
+
+/* Number of characters in a UTF-8 string of len bytes. */
+static int64_t
+js_utf8_chars(const char *s, size_t len)
+{
+	int64_t		n = 0;
+	size_t		i;
+
+	for (i = 0; i < len; i++)
+	{
+		if (((unsigned char) s[i] & 0xC0) != 0x80)
+			n++;
+	}
+	return n;
+}
+
+/* ----------------------------------------------------------------
+ *		Checking a schema
+ * ----------------------------------------------------------------
+ */
+
+/*
+ * The name of keyword kw at schema path for messages: "enum" at the root,
+ * "properties.sentiment.enum" below it.
+ */
+static const char *
+js_kw(char *buf, size_t size, const JsPath *path, const char *kw)
+{
+	if (path->len == 0)
+		snprintf(buf, size, "%s", kw);
+	else
+		snprintf(buf, size, "%s.%s", path->buf, kw);
+	return buf;
+}
+
+/* Is name one of the type names? */
+static bool
+js_known_type(const char *name)
+{
+	int			i;
+
+	for (i = 0; i < JS_NTYPES; i++)
+	{
+		if (strcmp(name, js_type_names[i]) == 0)
+			return true;
+	}
+	return false;
+}
+
+/* Is v a non-negative integer that fits an int64? */
+static bool
+js_is_count(json_object *v)
+{
+	if (json_object_is_type(v, json_type_int))
+		return json_object_get_int64(v) >= 0;
+	if (js_is_integer(v))
+	{
+		double		d = json_object_get_double(v);
+
+		return d >= 0 && d < 9.2e18;
+	}
+	return false;
+}
+
+/*
+ * Check one schema node at path (depth levels deep) and, recursively, the
+ * schemas below it.  Returns false with err set on the first problem.
+ */
+static bool
+js_check_node(json_object *schema, JsPath *path, int depth, RvError *err)
+{
+	struct json_object_iter it;
+	char		kw[JS_PATH_LEN + 32];
+	int			i;
+
+	if (depth > JS_MAX_DEPTH)
+	{
+		rv_error_set(err, "schema is nested too deeply");
+		rv_error_detail(err, "Schemas may be nested at most %d levels deep.", JS_MAX_DEPTH);
+		return false;
+	}
+	if (json_object_is_type(schema, json_type_boolean))
+		return true;
+	if (!json_object_is_type(schema, json_type_object))
+	{
+		if (path->len == 0)
+			rv_error_set(err, "schema must be an object");
+		else
+			rv_error_set(err, "\"%s\" must be an object", path->buf);
+		return false;
+	}
+
+	json_object_object_foreachC(schema, it)
+	{
+		const char *key = it.key;
+		json_object *val = it.val;
+
+		for (i = 0; i < JS_NUNSUPPORTED; i++)
+		{
+			if (strcmp(key, js_unsupported[i]) == 0)
+			{
+				rv_error_set(err, "\"%s\" is not supported", js_kw(kw, sizeof(kw), path, key));
+				rv_error_hint(err, "The supported keywords are type, properties, required, additionalProperties, enum, const, items, minItems, maxItems, minimum, maximum, exclusiveMinimum, exclusiveMaximum, minLength and maxLength.");
+				return false;
+			}
+		}
+
+		if (strcmp(key, "type") == 0)
+		{
+			bool		ok = false;
+
+			if (json_object_is_type(val, json_type_string))
+				ok = js_known_type(json_object_get_string(val));
+			else if (json_object_is_type(val, json_type_array) &&
+					 json_object_array_length(val) > 0)
+			{
+				size_t		n = json_object_array_length(val);
+				size_t		j;
+
+				ok = true;
+				for (j = 0; j < n && ok; j++)
+				{
+					json_object *t = json_object_array_get_idx(val, j);
+
+					ok = json_object_is_type(t, json_type_string) &&
+						js_known_type(json_object_get_string(t));
+				}
+			}
+			if (!ok)
+			{
+				char		shown[JS_SHOW_LEN + 8];
+
+				js_show(shown, sizeof(shown), val, true);
+				rv_error_set(err, "\"%s\" must be one of " JS_TYPE_LIST " or a list of them",
+							 js_kw(kw, sizeof(kw), path, key));
+				rv_error_detail(err, "The value given was %s.", shown);
+				return false;
+			}
+		}
+		else if (strcmp(key, "properties") == 0)
+		{
+			struct json_object_iter pit;
+
+			if (!json_object_is_type(val, json_type_object))
+			{
+				rv_error_set(err, "\"%s\" must be an object mapping property names to schemas",
+							 js_kw(kw, sizeof(kw), path, key));
+				return false;
+			}
+			json_object_object_foreachC(val, pit)
+			{
+				size_t		old;
+
+				old = js_path_push(path, path->len ? ".properties.%s" : "properties.%s", pit.key);
+				if (!js_check_node(pit.val, path, depth + 1, err))
+					return false;
+				js_path_pop(path, old);
+			}
+		}
+		else if (strcmp(key, "required") == 0)
+		{
+			bool		ok = json_object_is_type(val, json_type_array);
+			size_t		j;
+
+			for (j = 0; ok && j < json_object_array_length(val); j++)
+				ok = json_object_is_type(json_object_array_get_idx(val, j), json_type_string);
+			if (!ok)
+			{
+				rv_error_set(err, "\"%s\" must be an array of property names",
+							 js_kw(kw, sizeof(kw), path, key));
+				return false;
+			}
+		}
+		else if (strcmp(key, "additionalProperties") == 0 ||
+				 strcmp(key, "items") == 0)
+		{
+			size_t		old;
+
+			if (!json_object_is_type(val, json_type_object) &&
+				!json_object_is_type(val, json_type_boolean))
+			{
+				rv_error_set(err, "\"%s\" must be a schema object or a boolean",
+							 js_kw(kw, sizeof(kw), path, key));
+				return false;
+			}
+			old = js_path_push(path, path->len ? ".%s" : "%s", key);
+			if (!js_check_node(val, path, depth + 1, err))
+				return false;
+			js_path_pop(path, old);
+		}
+		else if (strcmp(key, "enum") == 0)
+		{
+			if (!json_object_is_type(val, json_type_array) ||
+				json_object_array_length(val) == 0)
+			{
+				rv_error_set(err, "\"%s\" must be a non-empty array",
+							 js_kw(kw, sizeof(kw), path, key));
+				return false;
+			}
+		}
+		else if (strcmp(key, "minItems") == 0 || strcmp(key, "maxItems") == 0 ||
+				 strcmp(key, "minLength") == 0 || strcmp(key, "maxLength") == 0)
+		{
+			if (!js_is_count(val))
+			{
+				rv_error_set(err, "\"%s\" must be a non-negative integer",
+							 js_kw(kw, sizeof(kw), path, key));
+				return false;
+			}
+		}
+		else if (strcmp(key, "minimum") == 0 || strcmp(key, "maximum") == 0)
+		{
+			if (!js_is_number(val))
+			{
+				rv_error_set(err, "\"%s\" must be a number",
+							 js_kw(kw, sizeof(kw), path, key));
+				return false;
+			}
+		}
+		else if (strcmp(key, "exclusiveMinimum") == 0 ||
+				 strcmp(key, "exclusiveMaximum") == 0)
+		{
+			/* a number (draft 6 and later) or a boolean (draft 4) */
+			if (!js_is_number(val) && !json_object_is_type(val, json_type_boolean))
+			{
+				rv_error_set(err, "\"%s\" must be a number",
+							 js_kw(kw, sizeof(kw), path, key));
+				return false;
+			}
+		}
+		else if (strcmp(key, "pattern") == 0)
+		{
+			if (!json_object_is_type(val, json_type_string))
+			{
+				rv_error_set(err, "\"%s\" must be a string",
+							 js_kw(kw, sizeof(kw), path, key));
+				return false;
+			}
+		}
+		/* const takes any value; other keywords are annotations */
+	}
+	return true;
+}
+
+/*
+ * Check that schema uses the supported subset correctly.  Messages name
+ * the keyword by its path inside the schema, e.g.
+ * "\"properties.sentiment.enum\" must be a non-empty array".
+ */
+bool
+rv_schema_check(json_object *schema, RvError *err)
+{
+	JsPath		path;
+
+	path.buf[0] = '\0';
+	path.len = 0;
+	if (schema != NULL && !json_object_is_type(schema, json_type_object) &&
+		!json_object_is_type(schema, json_type_boolean))
+	{
+		rv_error_set(err, "schema must be an object");
+		return false;
+	}
+	if (schema == NULL)
+		return true;
+	return js_check_node(schema, &path, 0, err);
+}
+
+/* ----------------------------------------------------------------
+ *		Validating a value
+ * ----------------------------------------------------------------
+ */
+
+/* Does value v have type name t? */
+static bool
+js_has_type(json_object *v, const char *t)
+{
+	json_type	vt = json_object_get_type(v);
+
+	if (strcmp(t, "object") == 0)
+		return vt == json_type_object;
+	if (strcmp(t, "array") == 0)
+		return vt == json_type_array;
+	if (strcmp(t, "string") == 0)
+		return vt == json_type_string;
+	if (strcmp(t, "number") == 0)
+		return js_is_number(v);
+	if (strcmp(t, "integer") == 0)
+		return js_is_integer(v);
+	if (strcmp(t, "boolean") == 0)
+		return vt == json_type_boolean;
+	if (strcmp(t, "null") == 0)
+		return vt == json_type_null;
+	return false;
+}
+
+/*
+ * Check the "type" keyword.  Returns false with "expected string or null,
+ * got 5" when value matches none of the types.  A malformed "type" is
+ * ignored.
+ */
+static bool
+js_validate_type(json_object *type, json_object *value, JsPath *path, RvError *err)
+{
+	char		expected[200];
+	char		shown[JS_SHOW_LEN + 8];
+	size_t		n,
+				i;
+
+	if (json_object_is_type(type, json_type_string))
+	{
+		if (js_has_type(value, json_object_get_string(type)))
+			return true;
+		snprintf(expected, sizeof(expected), "%s", json_object_get_string(type));
+	}
+	else if (json_object_is_type(type, json_type_array) &&
+			 (n = json_object_array_length(type)) > 0)
+	{
+		size_t		o = 0;
+
+		for (i = 0; i < n; i++)
+		{
+			json_object *t = json_object_array_get_idx(type, i);
+
+			if (!json_object_is_type(t, json_type_string))
+				return true;
+			if (js_has_type(value, json_object_get_string(t)))
+				return true;
+		}
+		expected[0] = '\0';
+		for (i = 0; i < n && o < sizeof(expected); i++)
+		{
+			const char *sep = i == 0 ? "" : (i == n - 1 ? " or " : ", ");
+			int			w;
+
+			w = snprintf(expected + o, sizeof(expected) - o, "%s%.20s", sep,
+						 json_object_get_string(json_object_array_get_idx(type, i)));
+			if (w < 0)
+				break;
+			o += (size_t) w;
+		}
+	}
+	else
+		return true;
+
+	js_show(shown, sizeof(shown), value, false);
+	rv_error_set(err, "%s: expected %s, got %s", path->buf, expected, shown);
+	return false;
+}
+
+/* Check "enum": value must equal one of the listed values. */
+static bool
+js_validate_enum(json_object *list, json_object *value, JsPath *path, RvError *err)
+{
+	char		shown[JS_SHOW_LEN + 8];
+	char		all[JS_LIST_LEN + 8];
+	size_t		n = json_object_array_length(list);
+	size_t		o = 0;
+	size_t		i;
+
+	for (i = 0; i < n; i++)
+	{
+		if (js_equal(json_object_array_get_idx(list, i), value, 0))
+			return true;
+	}
+	all[0] = '\0';
+	for (i = 0; i < n; i++)
+	{
+		char		one[JS_SHOW_LEN + 8];
+		size_t		w;
+
+		js_show(one, sizeof(one), json_object_array_get_idx(list, i), true);
+		w = strlen(one) + (i ? 2 : 0);
+		if (o + w > JS_LIST_LEN)
+		{
+			snprintf(all + o, sizeof(all) - o, ", ...");
+			break;
+		}
+		snprintf(all + o, sizeof(all) - o, "%s%s", i ? ", " : "", one);
+		o += w;
+	}
+	js_show(shown, sizeof(shown), value, true);
+	rv_error_set(err, "%s: %s is not one of %s", path->buf, shown, all);
+	return false;
+}
+
+/* Check minimum, maximum and the exclusive forms against a number. */
+static bool
+js_validate_number(json_object *schema, json_object *value, JsPath *path, RvError *err)
+{
+	json_object *bound;
+	json_object *flag;
+	char		shown[JS_SHOW_LEN + 8];
+	char		lim[JS_SHOW_LEN + 8];
+	bool		excl;
+
+	js_show(shown, sizeof(shown), value, false);
+
+	if (json_object_object_get_ex(schema, "minimum", &bound) && js_is_number(bound))
+	{
+		int			c = js_num_cmp(value, bound);
+
+		/* draft 4: "exclusiveMinimum": true makes "minimum" exclusive */
+		excl = json_object_object_get_ex(schema, "exclusiveMinimum", &flag) &&
+			json_object_is_type(flag, json_type_boolean) &&
+			json_object_get_boolean(flag);
+		js_show(lim, sizeof(lim), bound, false);
+		if (c == 2 || c < 0 || (excl && c == 0))
+		{
+			if (excl)
+				rv_error_set(err, "%s: %s is not greater than the exclusive minimum %s",
+							 path->buf, shown, lim);
+			else
+				rv_error_set(err, "%s: %s is less than the minimum %s", path->buf, shown, lim);
+			return false;
+		}
+	}
+	if (json_object_object_get_ex(schema, "maximum", &bound) && js_is_number(bound))
+	{
+		int			c = js_num_cmp(value, bound);
+
+		excl = json_object_object_get_ex(schema, "exclusiveMaximum", &flag) &&
+			json_object_is_type(flag, json_type_boolean) &&
+			json_object_get_boolean(flag);
+		js_show(lim, sizeof(lim), bound, false);
+		if (c == 2 || c > 0 || (excl && c == 0))
+		{
+			if (excl)
+				rv_error_set(err, "%s: %s is not less than the exclusive maximum %s",
+							 path->buf, shown, lim);
+			else
+				rv_error_set(err, "%s: %s is greater than the maximum %s", path->buf, shown, lim);
+			return false;
+		}
+	}
+	if (json_object_object_get_ex(schema, "exclusiveMinimum", &bound) && js_is_number(bound))
+	{
+		int			c = js_num_cmp(value, bound);
+
+		if (c == 2 || c <= 0)
+		{
+			js_show(lim, sizeof(lim), bound, false);
+			rv_error_set(err, "%s: %s is not greater than the exclusive minimum %s",
+						 path->buf, shown, lim);
+			return false;
+		}
+	}
+	if (json_object_object_get_ex(schema, "exclusiveMaximum", &bound) && js_is_number(bound))
+	{
+		int			c = js_num_cmp(value, bound);
+
+		if (c == 2 || c >= 0)
+		{
+			js_show(lim, sizeof(lim), bound, false);
+			rv_error_set(err, "%s: %s is not less than the exclusive maximum %s",
+						 path->buf, shown, lim);
+			return false;
+		}
+	}
+	return true;
+}
+
+/*
+ * Check a count (string length or array size) against the min and max
+ * keywords named minkw / maxkw.  unit is "character" or "item".
+ */
+static bool
+js_validate_count(json_object *schema, int64_t count, const char *minkw,
+				  const char *maxkw, const char *unit, JsPath *path, RvError *err)
+{
+	json_object *bound;
+
+	if (json_object_object_get_ex(schema, minkw, &bound) && js_is_count(bound))
+	{
+		int64_t		min = json_object_get_int64(bound);
+
+		if (count < min)
+		{
+			rv_error_set(err, "%s: expected at least %lld %s%s, got %lld",
+						 path->buf, (long long) min, unit, min == 1 ? "" : "s",
+						 (long long) count);
+			return false;
+		}
+	}
+	if (json_object_object_get_ex(schema, maxkw, &bound) && js_is_count(bound))
+	{
+		int64_t		max = json_object_get_int64(bound);
+
+		if (count > max)
+		{
+			rv_error_set(err, "%s: expected at most %lld %s%s, got %lld",
+						 path->buf, (long long) max, unit, max == 1 ? "" : "s",
+						 (long long) count);
+			return false;
+		}
+	}
+	return true;
+}
+
+static bool js_validate_node(json_object *schema, json_object *value,
+							 JsPath *path, int depth, RvError *err);
+
+/* Push a property name onto a value path: $.name or $["odd name"]. */
+static size_t
+js_path_push_key(JsPath *path, const char *key)
+{
+	char		quoted[JS_SHOW_LEN + 8];
+
+	if (js_is_identifier(key))
+		return js_path_push(path, ".%s", key);
+	js_quote(quoted, sizeof(quoted), key, strlen(key), JS_SHOW_LEN);
+	return js_path_push(path, "[%s]", quoted);
+}
+
+/*
+ * Validate an object value: required, properties, additionalProperties,
+ * in that order.
+ */
+static bool
+js_validate_object(json_object *schema, json_object *value, JsPath *path,
+				   int depth, RvError *err)
+{
+	json_object *required;
+	json_object *props = NULL;
+	json_object *addl;
+	size_t		i;
+
+	if (json_object_object_get_ex(schema, "required", &required) &&
+		json_object_is_type(required, json_type_array))
+	{
+		for (i = 0; i < json_object_array_length(required); i++)
+		{
+			json_object *name = json_object_array_get_idx(required, i);
+			char		quoted[JS_SHOW_LEN + 8];
+
+			if (!json_object_is_type(name, json_type_string))
+				continue;
+			if (json_object_object_get_ex(value, json_object_get_string(name), NULL))
+				continue;
+			js_quote(quoted, sizeof(quoted), json_object_get_string(name),
+					 strlen(json_object_get_string(name)), JS_SHOW_LEN);
+			rv_error_set(err, "%s: missing required property %s", path->buf, quoted);
+			return false;
+		}
+	}
+
+	if (json_object_object_get_ex(schema, "properties", &props) &&
+		json_object_is_type(props, json_type_object))
+	{
+		struct json_object_iter it;
+
+		json_object_object_foreachC(props, it)
+		{
+			json_object *member;
+			size_t		old;
+
+			if (!json_object_object_get_ex(value, it.key, &member))
+				continue;
+			old = js_path_push_key(path, it.key);
+			if (!js_validate_node(it.val, member, path, depth + 1, err))
+				return false;
+			js_path_pop(path, old);
+		}
+	}
+	else
+		props = NULL;
+
+	if (json_object_object_get_ex(schema, "additionalProperties", &addl) &&
+		(json_object_is_type(addl, json_type_object) ||
+		 (json_object_is_type(addl, json_type_boolean) && !json_object_get_boolean(addl))))
+	{
+		struct json_object_iter it;
+
+		json_object_object_foreachC(value, it)
+		{
+			size_t		old;
+
+			if (props != NULL && json_object_object_get_ex(props, it.key, NULL))
+				continue;
+			if (json_object_is_type(addl, json_type_boolean))
+			{
+				char		quoted[JS_SHOW_LEN + 8];
+
+				js_quote(quoted, sizeof(quoted), it.key, strlen(it.key), JS_SHOW_LEN);
+				rv_error_set(err, "%s: unexpected property %s", path->buf, quoted);
+				if (props != NULL && json_object_object_length(props) > 0)
+				{
+					char		names[JS_LIST_LEN + 8];
+					size_t		o = 0;
+					struct json_object_iter pit;
+
+					names[0] = '\0';
+					json_object_object_foreachC(props, pit)
+					{
+						int			w;
+
+						w = snprintf(names + o, sizeof(names) - o, "%s%s",
+									 o ? ", " : "", pit.key);
+						if (w < 0 || (size_t) w >= sizeof(names) - o)
+							break;
+						o += (size_t) w;
+					}
+					rv_error_detail(err, "The allowed properties are: %s.", names);
+				}
+				else
+					rv_error_detail(err, "No properties are allowed here.");
+				return false;
+			}
+			old = js_path_push_key(path, it.key);
+			if (!js_validate_node(addl, it.val, path, depth + 1, err))
+				return false;
+			js_path_pop(path, old);
+		}
+	}
+	return true;
+}
+
+/* Validate an array value: minItems, maxItems, then each item. */
+static bool
+js_validate_array(json_object *schema, json_object *value, JsPath *path,
+				  int depth, RvError *err)
+{
+	json_object *items;
+	size_t		n = json_object_array_length(value);
+	size_t		i;
+
+	if (!js_validate_count(schema, (int64_t) n, "minItems", "maxItems", "item", path, err))
+		return false;
+	if (json_object_object_get_ex(schema, "items", &items) &&
+		(json_object_is_type(items, json_type_object) ||
+		 json_object_is_type(items, json_type_boolean)))
+	{
+		for (i = 0; i < n; i++)
+		{
+			char		idx[32];
+			size_t		old;
+
+			snprintf(idx, sizeof(idx), "%zu", i);
+			old = js_path_push(path, "[%s]", idx);
+			if (!js_validate_node(items, json_object_array_get_idx(value, i), path,
+								  depth + 1, err))
+				return false;
+			js_path_pop(path, old);
+		}
+	}
+	return true;
+}
+
+/*
+ * Validate value against one schema node; path is the value's JSON path.
+ * Keywords apply in a fixed order: type, const, enum, then the keywords of
+ * the value's own type.
+ */
+static bool
+js_validate_node(json_object *schema, json_object *value, JsPath *path,
+				 int depth, RvError *err)
+{
+	json_object *kw;
+
+	if (depth > JS_MAX_DEPTH)
+	{
+		rv_error_set(err, "%s: schema is nested too deeply", path->buf);
+		rv_error_detail(err, "Schemas may be nested at most %d levels deep.", JS_MAX_DEPTH);
+		return false;
+	}
+	if (json_object_is_type(schema, json_type_boolean))
+	{
+		if (json_object_get_boolean(schema))
+			return true;
+		rv_error_set(err, "%s: no value is allowed here", path->buf);
+		return false;
+	}
+	if (!json_object_is_type(schema, json_type_object))
+		return true;
+
+	if (json_object_object_get_ex(schema, "type", &kw) &&
+		!js_validate_type(kw, value, path, err))
+		return false;
+
+	if (json_object_object_get_ex(schema, "const", &kw) && !js_equal(kw, value, 0))
+	{
+		char		want[JS_SHOW_LEN + 8];
+		char		got[JS_SHOW_LEN + 8];
+
+		js_show(want, sizeof(want), kw, true);
+		js_show(got, sizeof(got), value, true);
+		rv_error_set(err, "%s: expected %s, got %s", path->buf, want, got);
+		return false;
+	}
+
+	if (json_object_object_get_ex(schema, "enum", &kw) &&
+		json_object_is_type(kw, json_type_array) &&
+		json_object_array_length(kw) > 0 &&
+		!js_validate_enum(kw, value, path, err))
+		return false;
+
+	switch (json_object_get_type(value))
+	{
+		case json_type_object:
+			return js_validate_object(schema, value, path, depth, err);
+		case json_type_array:
+			return js_validate_array(schema, value, path, depth, err);
+		case json_type_string:
+			return js_validate_count(schema,
+									 js_utf8_chars(json_object_get_string(value),
+												   (size_t) json_object_get_string_len(value)),
+									 "minLength", "maxLength", "character", path, err);
+		case json_type_int:
+		case json_type_double:
+			return js_validate_number(schema, value, path, err);
+		default:
+			return true;
+	}
+}
+
+/*
+ * Validate value against schema.  On failure err->message names the JSON
+ * path of the first problem ("$.items[2].name: expected string, got 5").
+ * A NULL schema accepts everything.
+ */
+bool
+rv_schema_validate(json_object *schema, json_object *value, RvError *err)
+{
+	JsPath		path;
+
+	strcpy(path.buf, "$");
+	path.len = 1;
+	if (schema == NULL)
+		return true;
+	return js_validate_node(schema, value, &path, 0, err);
+}

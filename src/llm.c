@@ -1,0 +1,1343 @@
+/*-------------------------------------------------------------------------
+ *
+ * llm.c
+ *	  Provider request and response formats: OpenAI-compatible chat
+ *	  completions and the Anthropic Messages API; see llm.h.
+ *
+ * Everything here is pure: no PostgreSQL headers, no libcurl, no global
+ * state.  Results are malloc'd (or json-c references) and failures are
+ * reported in an RvError, so the file links into the extension, the unit
+ * tests and the fuzz target alike.
+ *
+ * Every body is parsed with a depth-limited strict json_tokener that must
+ * consume the whole input; provider bodies may be several megabytes, so no
+ * function here does more than a small constant number of passes over its
+ * input.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include <ctype.h>
+#include <limits.h>
+#include <math.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include "llm.h"
+
+/* maximum nesting accepted in any JSON text */
+#define LLM_JSON_DEPTH 64
+
+/* rv_llm_error_message() returns at most this many bytes, NUL included */
+#define LLM_ERRMSG_MAX 300
+
+/* excerpts of a body shown in err->detail */
+#define LLM_EXCERPT_MAX 200
+
+/* Anthropic requires max_tokens; this is used when the caller gave none */
+#define LLM_ANTHROPIC_MAX_TOKENS 1024
+
+/* balanced {...} / [...] spans tried by rv_llm_extract_json() */
+#define LLM_MAX_SPANS 8
+
+/* longest response_format schema name OpenAI accepts */
+#define LLM_SCHEMA_NAME_MAX 64
+
+/*
+ * Copy n bytes of s into a new NUL-terminated malloc'd string.  Returns NULL
+ * when out of memory.
+ */
+static char *
+llm_strndup(const char *s, size_t n)
+{
+	char	   *r;
+
+	if (n == SIZE_MAX)
+		return NULL;
+	r = malloc(n + 1);
+	if (r == NULL)
+		return NULL;
+	if (n > 0)
+		memcpy(r, s, n);
+	r[n] = '\0';
+	return r;
+}
+
+/*
+ * Length of the well-formed UTF-8 sequence at s (at most avail bytes), or 0
+ * when the bytes there are not one (overlong forms, surrogates and code
+ * points above U+10FFFF are rejected).
+ */
+static size_t
+llm_utf8_len(const unsigned char *s, size_t avail)
+{
+	unsigned char c = s[0];
+	size_t		n;
+	size_t		i;
+
+	if (c < 0x80)
+		return 1;
+	if (c >= 0xC2 && c <= 0xDF)
+		n = 2;
+	else if (c >= 0xE0 && c <= 0xEF)
+		n = 3;
+	else if (c >= 0xF0 && c <= 0xF4)
+		n = 4;
+	else
+		return 0;
+	if (avail < n)
+		return 0;
+	for (i = 1; i < n; i++)
+		if ((s[i] & 0xC0) != 0x80)
+			return 0;
+	if (c == 0xE0 && s[1] < 0xA0)
+		return 0;
+	if (c == 0xED && s[1] > 0x9F)
+		return 0;
+	if (c == 0xF0 && s[1] < 0x90)
+		return 0;
+	if (c == 0xF4 && s[1] > 0x8F)
+		return 0;
+	return n;
+}
+
+/*
+ * Make provider text fit for an error message: runs of whitespace and
+ * control characters become one space, bytes that are not valid UTF-8
+ * become '?', leading and trailing space is dropped, and the result is cut
+ * on a character boundary to at most max - 1 bytes (ending in "..." when
+ * cut).  Reads only as much of s as the output needs.  Returns a malloc'd
+ * string (possibly empty), or NULL when out of memory.
+ */
+static char *
+llm_sanitize(const char *s, size_t len, size_t max)
+{
+	const unsigned char *p = (const unsigned char *) s;
+	char	   *out;
+	size_t		o = 0;
+	size_t		i = 0;
+	size_t		limit;
+	bool		pending_space = false;
+	bool		cut = false;
+
+	if (max < 8)
+		max = 8;
+	limit = max - 1;
+	out = malloc(max);
+	if (out == NULL)
+		return NULL;
+
+	while (i < len)
+	{
+		size_t		n;
+
+		if (p[i] < 0x20 || p[i] == 0x7F || p[i] == ' ')
+		{
+			pending_space = (o > 0);
+			i++;
+			continue;
+		}
+		n = llm_utf8_len(p + i, len - i);
+		if (o + (pending_space ? 1 : 0) + (n ? n : 1) > limit)
+		{
+			cut = true;
+			break;
+		}
+		if (pending_space)
+		{
+			out[o++] = ' ';
+			pending_space = false;
+		}
+		if (n == 0)
+		{
+			out[o++] = '?';
+			i++;
+		}
+		else
+		{
+			memcpy(out + o, p + i, n);
+			o += n;
+			i += n;
+		}
+	}
+
+	if (cut)
+	{
+		/* back off to a character boundary that leaves room for "..." */
+		while (o > 0 && o + 3 > limit)
+		{
+			o--;
+			while (o > 0 && ((unsigned char) out[o] & 0xC0) == 0x80)
+				o--;
+		}
+		while (o > 0 && out[o - 1] == ' ')
+			o--;
+		memcpy(out + o, "...", 3);
+		o += 3;
+	}
+	out[o] = '\0';
+	return out;
+}
+
+/*
+ * Parse text[0..len) as exactly one JSON value with a strict, UTF-8
+ * validating tokener limited to LLM_JSON_DEPTH levels.  On success stores
+ * the value in *out (NULL for a JSON null) and returns true.  On failure
+ * returns false and writes a description ("json-c: <error> at offset N")
+ * into why when it is not NULL.
+ */
+static bool
+llm_parse(const char *text, size_t len, json_object **out, char *why,
+		  size_t whylen)
+{
+	json_tokener *tok;
+	json_object *obj;
+	enum json_tokener_error jerr;
+	size_t		end;
+
+	*out = NULL;
+	if (len > (size_t) INT_MAX)
+	{
+		if (why != NULL)
+			snprintf(why, whylen, "json-c: input of %zu bytes is too large", len);
+		return false;
+	}
+	tok = json_tokener_new_ex(LLM_JSON_DEPTH);
+	if (tok == NULL)
+	{
+		if (why != NULL)
+			snprintf(why, whylen, "json-c: out of memory");
+		return false;
+	}
+	json_tokener_set_flags(tok, JSON_TOKENER_STRICT | JSON_TOKENER_VALIDATE_UTF8);
+	obj = json_tokener_parse_ex(tok, text != NULL ? text : "", (int) len);
+	jerr = json_tokener_get_error(tok);
+	end = json_tokener_get_parse_end(tok);
+
+	/*
+	 * A number at the top level (or a truncated document) leaves the
+	 * tokener waiting for more input; a NUL byte tells it the input ended.
+	 * The offset of interest stays the one from the first call.
+	 */
+	if (obj == NULL && jerr == json_tokener_continue)
+	{
+		obj = json_tokener_parse_ex(tok, "", 1);
+		jerr = json_tokener_get_error(tok);
+		if (jerr == json_tokener_error_parse_eof)
+			jerr = json_tokener_continue;
+	}
+	json_tokener_free(tok);
+
+	if (jerr != json_tokener_success)
+	{
+		if (obj != NULL)
+			json_object_put(obj);
+		if (why != NULL)
+			snprintf(why, whylen, "json-c: %s at offset %zu",
+					 jerr == json_tokener_continue ?
+					 "unexpected end of data" : json_tokener_error_desc(jerr),
+					 end);
+		return false;
+	}
+
+	/* the tokener stops at a NUL byte; anything left must be whitespace */
+	while (end < len && (text[end] == ' ' || text[end] == '\t' ||
+						 text[end] == '\n' || text[end] == '\r'))
+		end++;
+	if (end < len)
+	{
+		if (obj != NULL)
+			json_object_put(obj);
+		if (why != NULL)
+			snprintf(why, whylen, "json-c: unexpected data after the value at offset %zu",
+					 end);
+		return false;
+	}
+	*out = obj;
+	return true;
+}
+
+/* The member key of object o, or NULL when o is not an object or lacks it. */
+static json_object *
+llm_get(json_object *o, const char *key)
+{
+	json_object *v = NULL;
+
+	if (o == NULL || !json_object_is_type(o, json_type_object))
+		return NULL;
+	if (!json_object_object_get_ex(o, key, &v))
+		return NULL;
+	return v;
+}
+
+/*
+ * The string member key of object o, with its length in *len when len is
+ * not NULL; NULL when absent or not a string.
+ */
+static const char *
+llm_get_str(json_object *o, const char *key, size_t *len)
+{
+	json_object *v = llm_get(o, key);
+
+	if (v == NULL || !json_object_is_type(v, json_type_string))
+		return NULL;
+	if (len != NULL)
+		*len = (size_t) json_object_get_string_len(v);
+	return json_object_get_string(v);
+}
+
+/*
+ * A token count: the non-negative integer member key of o, or -1 when it is
+ * absent, negative or not a number.  Integral doubles are accepted (some
+ * servers print counts as 12.0); values are capped at LONG_MAX.
+ */
+static long
+llm_get_count(json_object *o, const char *key)
+{
+	json_object *v = llm_get(o, key);
+
+	if (v == NULL)
+		return -1;
+	if (json_object_is_type(v, json_type_int))
+	{
+		int64_t		n = json_object_get_int64(v);
+
+		if (n < 0)
+			return -1;
+		if ((uint64_t) n > (uint64_t) LONG_MAX)
+			return LONG_MAX;
+		return (long) n;
+	}
+	if (json_object_is_type(v, json_type_double))
+	{
+		double		d = json_object_get_double(v);
+
+		if (!isfinite(d) || d < 0 || d != floor(d))
+			return -1;
+		if (d >= (double) LONG_MAX)
+			return LONG_MAX;
+		return (long) d;
+	}
+	return -1;
+}
+
+/* Copy of the string member key of o (malloc'd), or NULL. */
+static char *
+llm_dup_str(json_object *o, const char *key)
+{
+	size_t		len;
+	const char *s = llm_get_str(o, key, &len);
+
+	return s != NULL ? llm_strndup(s, len) : NULL;
+}
+
+/*
+ * The human-readable message of a provider error document:
+ * {"error": {"message": ...}}, {"error": "..."}, {"message": "..."} or
+ * {"detail": "..."}.  Returns a sanitized malloc'd string, or NULL when the
+ * document has none (or it is blank).
+ */
+static char *
+llm_error_text(json_object *root)
+{
+	json_object *e = llm_get(root, "error");
+	const char *s = NULL;
+	size_t		len = 0;
+	char	   *r;
+
+	if (e != NULL && json_object_is_type(e, json_type_object))
+		s = llm_get_str(e, "message", &len);
+	else if (e != NULL && json_object_is_type(e, json_type_string))
+	{
+		s = json_object_get_string(e);
+		len = (size_t) json_object_get_string_len(e);
+	}
+	if (s == NULL)
+		s = llm_get_str(root, "message", &len);
+	if (s == NULL)
+		s = llm_get_str(root, "detail", &len);
+	if (s == NULL)
+		return NULL;
+	r = llm_sanitize(s, len, LLM_ERRMSG_MAX);
+	if (r != NULL && r[0] == '\0')
+	{
+		free(r);
+		r = NULL;
+	}
+	return r;
+}
+
+/*
+ * The "error" member of o when it is an error object or a non-empty string;
+ * NULL otherwise (servers may send "error": null on success).
+ */
+static json_object *
+llm_error_member(json_object *o)
+{
+	json_object *e = llm_get(o, "error");
+
+	if (e == NULL)
+		return NULL;
+	if (json_object_is_type(e, json_type_object))
+		return e;
+	if (json_object_is_type(e, json_type_string) &&
+		json_object_get_string_len(e) > 0)
+		return e;
+	return NULL;
+}
+
+/*
+ * Put the start of a response body into err->detail, for errors where the
+ * body did not have the expected shape.
+ */
+static void
+llm_detail_excerpt(RvError *err, const char *body, size_t len)
+{
+	char	   *ex = llm_sanitize(body, len, LLM_EXCERPT_MAX);
+
+	if (ex != NULL)
+		rv_error_detail(err, "The response body starts with: %s", ex);
+	free(ex);
+}
+
+/*
+ * Record a provider-level error found in a 2xx body: e is the error member
+ * (an object or a string), root the whole document.  The provider's message
+ * goes into the primary message; its type and code into the detail.
+ */
+static void
+llm_report_provider_error(json_object *root, json_object *e,
+						  const char *body, size_t len, RvError *err)
+{
+	json_object *wrapper;
+	char	   *msg;
+	const char *type = NULL;
+	json_object *code = NULL;
+
+	/* llm_error_text() expects the error under "error" */
+	wrapper = json_object_new_object();
+	if (wrapper != NULL)
+	{
+		json_object_object_add(wrapper, "error", json_object_get(e));
+		msg = llm_error_text(wrapper);
+		json_object_put(wrapper);
+	}
+	else
+		msg = NULL;
+	if (msg == NULL)
+		msg = llm_error_text(root);
+	if (msg == NULL)
+		msg = llm_sanitize(body, len, LLM_ERRMSG_MAX);
+	rv_error_set(err, "provider returned an error: %s",
+				 msg != NULL ? msg : "(no message)");
+	free(msg);
+
+	if (json_object_is_type(e, json_type_object))
+	{
+		type = llm_get_str(e, "type", NULL);
+		code = llm_get(e, "code");
+		if (code != NULL && !json_object_is_type(code, json_type_string) &&
+			!json_object_is_type(code, json_type_int))
+			code = NULL;
+	}
+	if (type != NULL || code != NULL)
+	{
+		char	   *t = type ? llm_sanitize(type, strlen(type), 64) : NULL;
+		char	   *c = code ? llm_sanitize(json_object_get_string(code),
+											strlen(json_object_get_string(code)),
+											64) : NULL;
+		size_t		rawlen = 0;
+		const char *raw = llm_get_str(llm_get(e, "metadata"), "raw", &rawlen);
+		char	   *r = raw ? llm_sanitize(raw, rawlen, LLM_EXCERPT_MAX) : NULL;
+
+		/* OpenRouter passes the upstream provider's own text in metadata.raw */
+		if (t != NULL && c != NULL)
+			rv_error_detail(err, "The provider reported error type \"%s\", code \"%s\".", t, c);
+		else if (t != NULL)
+			rv_error_detail(err, "The provider reported error type \"%s\".", t);
+		else if (c != NULL && r != NULL && r[0] != '\0')
+			rv_error_detail(err, "The provider reported error code \"%s\": %s", c, r);
+		else if (c != NULL)
+			rv_error_detail(err, "The provider reported error code \"%s\".", c);
+		free(t);
+		free(c);
+		free(r);
+	}
+}
+
+/*
+ * The text of one content part: its "text" member when that is a string and
+ * its "type" is one of types (a NULL-terminated list), or absent when
+ * allow_untyped.  NULL when the part does not count.
+ */
+static const char *
+llm_part_text(json_object *part, const char *const *types,
+			  bool allow_untyped, size_t *len)
+{
+	json_object *tv = llm_get(part, "type");
+	bool		match = false;
+	int			k;
+
+	if (tv == NULL)
+		match = allow_untyped;
+	else if (json_object_is_type(tv, json_type_string))
+	{
+		const char *type = json_object_get_string(tv);
+
+		for (k = 0; types[k] != NULL && !match; k++)
+			match = (strcmp(type, types[k]) == 0);
+	}
+	if (!match)
+		return NULL;
+	return llm_get_str(part, "text", len);
+}
+
+/*
+ * Concatenate the text parts of an array of content parts (see
+ * llm_part_text()).  Returns a malloc'd string, or NULL when no part counted
+ * or, with *oom set, when out of memory.
+ */
+static char *
+llm_concat_parts(json_object *arr, const char *const *types,
+				 bool allow_untyped, bool *oom)
+{
+	size_t		n = json_object_array_length(arr);
+	size_t		i;
+	size_t		total = 0;
+	size_t		o = 0;
+	bool		any = false;
+	char	   *r;
+
+	*oom = false;
+	for (i = 0; i < n; i++)
+	{
+		size_t		len;
+
+		if (llm_part_text(json_object_array_get_idx(arr, i), types,
+						  allow_untyped, &len) == NULL)
+			continue;
+		if (len > SIZE_MAX - 1 - total)
+		{
+			*oom = true;
+			return NULL;
+		}
+		total += len;
+		any = true;
+	}
+	if (!any)
+		return NULL;
+
+	r = malloc(total + 1);
+	if (r == NULL)
+	{
+		*oom = true;
+		return NULL;
+	}
+	for (i = 0; i < n; i++)
+	{
+		size_t		len;
+		const char *text = llm_part_text(json_object_array_get_idx(arr, i),
+										 types, allow_untyped, &len);
+
+		if (text == NULL)
+			continue;
+		memcpy(r + o, text, len);
+		o += len;
+	}
+	r[o] = '\0';
+	return r;
+}
+
+const char *
+rv_llm_path(RvFlavor flavor)
+{
+	return flavor == RV_FLAVOR_ANTHROPIC ? "/messages" : "/chat/completions";
+}
+
+/*
+ * Write name reduced to [a-zA-Z0-9_-]{1,64} into out (LLM_SCHEMA_NAME_MAX + 1
+ * bytes): every other character (a whole UTF-8 sequence counts as one)
+ * becomes '_'; an empty or NULL name becomes "reply".
+ */
+static void
+llm_schema_name(const char *name, char *out)
+{
+	const unsigned char *p = (const unsigned char *) (name ? name : "");
+	size_t		o = 0;
+
+	while (*p != '\0' && o < LLM_SCHEMA_NAME_MAX)
+	{
+		if (isascii(*p) && (isalnum(*p) || *p == '_' || *p == '-'))
+			out[o++] = (char) *p++;
+		else
+		{
+			out[o++] = '_';
+			p++;
+			/* skip the continuation bytes of a multibyte character */
+			while ((*p & 0xC0) == 0x80)
+				p++;
+		}
+	}
+	out[o] = '\0';
+	if (o == 0)
+		strcpy(out, "reply");
+}
+
+/*
+ * A JSON number for a temperature, printed with at most 15 significant
+ * digits so that 0.7 goes out as 0.7.  NULL for NaN and infinities (the
+ * caller then leaves the temperature out) or when out of memory.
+ */
+static json_object *
+llm_new_temperature(double t)
+{
+	char		buf[64];
+
+	if (!isfinite(t))
+		return NULL;
+	snprintf(buf, sizeof(buf), "%.15g", t);
+	return json_object_new_double_s(t, buf);
+}
+
+/*
+ * Add key: value to obj, taking ownership of value.  Returns false (and
+ * drops value) when value is NULL or the add fails.
+ */
+static bool
+llm_add(json_object *obj, const char *key, json_object *value)
+{
+	if (value == NULL)
+		return false;
+	if (json_object_object_add(obj, key, value) != 0)
+	{
+		json_object_put(value);
+		return false;
+	}
+	return true;
+}
+
+/*
+ * Build the messages array for an OpenAI request: the system prompt first
+ * (when there is one), then references to the caller's messages.  NULL when
+ * out of memory.
+ */
+static json_object *
+llm_openai_messages(const RvLlmRequest *req)
+{
+	json_object *arr = json_object_new_array();
+	size_t		i;
+	size_t		n;
+
+	if (arr == NULL)
+		return NULL;
+	if (req->system != NULL)
+	{
+		json_object *m = json_object_new_object();
+
+		if (m == NULL ||
+			!llm_add(m, "role", json_object_new_string("system")) ||
+			!llm_add(m, "content", json_object_new_string(req->system)) ||
+			json_object_array_add(arr, m) != 0)
+		{
+			json_object_put(m);
+			json_object_put(arr);
+			return NULL;
+		}
+	}
+	if (req->messages != NULL && json_object_is_type(req->messages, json_type_array))
+	{
+		n = json_object_array_length(req->messages);
+		for (i = 0; i < n; i++)
+		{
+			json_object *m = json_object_array_get_idx(req->messages, i);
+
+			if (json_object_array_add(arr, json_object_get(m)) != 0)
+			{
+				json_object_put(m);
+				json_object_put(arr);
+				return NULL;
+			}
+		}
+	}
+	return arr;
+}
+
+/*
+ * Build the OpenAI response_format member for an output schema.  NULL when
+ * out of memory.
+ */
+static json_object *
+llm_openai_response_format(const RvLlmRequest *req)
+{
+	json_object *rf = json_object_new_object();
+	json_object *js = json_object_new_object();
+	char		name[LLM_SCHEMA_NAME_MAX + 1];
+
+	if (rf == NULL || js == NULL)
+	{
+		json_object_put(rf);
+		json_object_put(js);
+		return NULL;
+	}
+	llm_schema_name(req->schema_name, name);
+	/* rf owns js from here on, even when this fails */
+	if (!llm_add(rf, "type", json_object_new_string("json_schema")) ||
+		!llm_add(rf, "json_schema", js) ||
+		!llm_add(js, "name", json_object_new_string(name)) ||
+		!llm_add(js, "schema", json_object_get(req->output_schema)) ||
+		!llm_add(js, "strict", json_object_new_boolean(0)))
+	{
+		json_object_put(rf);
+		return NULL;
+	}
+	return rf;
+}
+
+/*
+ * The Anthropic system prompt: the caller's, followed by the instruction to
+ * reply with JSON matching the output schema when there is one.  Returns a
+ * malloc'd string, or NULL when there is no system prompt at all; *oom is
+ * set when out of memory.
+ */
+static char *
+llm_anthropic_system(const RvLlmRequest *req, bool *oom)
+{
+	static const char instr[] =
+	"Reply with only a JSON value that matches this JSON Schema: ";
+	const char *schema;
+	size_t		slen;
+	size_t		ilen;
+	size_t		total;
+	char	   *r;
+
+	*oom = false;
+	if (req->output_schema == NULL)
+	{
+		if (req->system == NULL)
+			return NULL;
+		r = llm_strndup(req->system, strlen(req->system));
+		*oom = (r == NULL);
+		return r;
+	}
+	schema = json_object_to_json_string_ext(req->output_schema,
+											JSON_C_TO_STRING_PLAIN |
+											JSON_C_TO_STRING_NOSLASHESCAPE);
+	if (schema == NULL)
+	{
+		*oom = true;
+		return NULL;
+	}
+	slen = req->system != NULL ? strlen(req->system) : 0;
+	ilen = strlen(instr);
+	total = slen + (slen > 0 ? 2 : 0) + ilen + strlen(schema) + 1;
+	r = malloc(total);
+	if (r == NULL)
+	{
+		*oom = true;
+		return NULL;
+	}
+	if (slen > 0)
+		snprintf(r, total, "%s\n\n%s%s", req->system, instr, schema);
+	else
+		snprintf(r, total, "%s%s", instr, schema);
+	return r;
+}
+
+char *
+rv_llm_build_body(const RvLlmRequest *req)
+{
+	json_object *root;
+	const char *s;
+	char	   *result = NULL;
+	bool		ok = true;
+
+	if (req == NULL)
+		return NULL;
+	root = json_object_new_object();
+	if (root == NULL)
+		return NULL;
+
+	if (req->model != NULL)
+		ok = llm_add(root, "model", json_object_new_string(req->model));
+
+	if (req->flavor == RV_FLAVOR_ANTHROPIC)
+	{
+		bool		oom;
+		char	   *system = llm_anthropic_system(req, &oom);
+
+		ok = ok && !oom;
+		ok = ok && llm_add(root, "max_tokens",
+						   json_object_new_int(req->max_tokens > 0 ?
+											   req->max_tokens :
+											   LLM_ANTHROPIC_MAX_TOKENS));
+		if (ok && system != NULL)
+			ok = llm_add(root, "system", json_object_new_string(system));
+		free(system);
+		if (ok)
+		{
+			json_object *msgs;
+
+			if (req->messages != NULL)
+				msgs = json_object_get(req->messages);
+			else
+				msgs = json_object_new_array();
+			ok = llm_add(root, "messages", msgs);
+		}
+	}
+	else
+	{
+		ok = ok && llm_add(root, "messages", llm_openai_messages(req));
+		if (ok && req->max_tokens > 0)
+			ok = llm_add(root, "max_tokens", json_object_new_int(req->max_tokens));
+		if (ok && req->output_schema != NULL)
+			ok = llm_add(root, "response_format", llm_openai_response_format(req));
+	}
+	if (ok && req->has_temperature && isfinite(req->temperature))
+		ok = llm_add(root, "temperature", llm_new_temperature(req->temperature));
+
+	if (ok)
+	{
+		s = json_object_to_json_string_ext(root, JSON_C_TO_STRING_PLAIN |
+										   JSON_C_TO_STRING_NOSLASHESCAPE);
+		if (s != NULL)
+			result = llm_strndup(s, strlen(s));
+	}
+	json_object_put(root);
+	return result;
+}
+
+/*
+ * Fill out from an OpenAI chat.completion document.  Returns false with err
+ * set when it carries an error or lacks choices[0].message.content.
+ */
+static bool
+llm_parse_openai(json_object *root, const char *body, size_t len,
+				 RvLlmResponse *out, RvError *err)
+{
+	static const char *const text_types[] = {"text", "output_text", NULL};
+	json_object *e = llm_error_member(root);
+	json_object *choices;
+	json_object *choice;
+	json_object *message;
+	json_object *content;
+	json_object *usage;
+	bool		oom = false;
+
+	if (e != NULL)
+	{
+		llm_report_provider_error(root, e, body, len, err);
+		return false;
+	}
+	choices = llm_get(root, "choices");
+	choice = (choices != NULL && json_object_is_type(choices, json_type_array) &&
+			  json_object_array_length(choices) > 0) ?
+		json_object_array_get_idx(choices, 0) : NULL;
+
+	/* OpenRouter reports a failure of the upstream model inside the choice */
+	e = llm_error_member(choice);
+	if (e != NULL)
+	{
+		llm_report_provider_error(root, e, body, len, err);
+		return false;
+	}
+
+	message = llm_get(choice, "message");
+	if (message == NULL || !json_object_is_type(message, json_type_object) ||
+		!json_object_object_get_ex(message, "content", &content))
+	{
+		rv_error_set(err, "provider response has no choices[0].message.content");
+		llm_detail_excerpt(err, body, len);
+		rv_error_hint(err, "Check that the provider's API flavour (openai or anthropic) matches its base URL.");
+		return false;
+	}
+
+	if (content != NULL && json_object_is_type(content, json_type_string))
+		out->content = llm_strndup(json_object_get_string(content),
+								   (size_t) json_object_get_string_len(content));
+	else if (content != NULL && json_object_is_type(content, json_type_array))
+	{
+		out->content = llm_concat_parts(content, text_types, true, &oom);
+		if (out->content == NULL && !oom)
+		{
+			/* a refusal part keeps its text in "refusal", not "text" */
+			size_t		i;
+
+			for (i = 0; i < json_object_array_length(content); i++)
+			{
+				json_object *part = json_object_array_get_idx(content, i);
+				const char *type = llm_get_str(part, "type", NULL);
+
+				if (type != NULL && strcmp(type, "refusal") == 0 &&
+					(out->content = llm_dup_str(part, "refusal")) != NULL)
+					break;
+			}
+		}
+		if (out->content == NULL && !oom)
+		{
+			rv_error_set(err, "provider returned an empty reply");
+			rv_error_detail(err, "The reply's content has no text parts.");
+			return false;
+		}
+	}
+	else if (content == NULL)
+	{
+		/* the model refused, or called a tool */
+		out->content = llm_dup_str(message, "refusal");
+		if (out->content == NULL)
+		{
+			const char *fr = llm_get_str(choice, "finish_reason", NULL);
+
+			rv_error_set(err, "provider returned an empty reply");
+			if (fr != NULL)
+			{
+				char	   *f = llm_sanitize(fr, strlen(fr), 64);
+
+				if (f != NULL)
+					rv_error_detail(err, "The finish reason is \"%s\".", f);
+				free(f);
+			}
+			return false;
+		}
+	}
+	else
+	{
+		rv_error_set(err, "provider response has no choices[0].message.content");
+		rv_error_detail(err, "The content is a JSON %s, not a string.",
+						json_type_to_name(json_object_get_type(content)));
+		return false;
+	}
+	if (out->content == NULL)
+	{
+		rv_error_set(err, "out of memory");
+		return false;
+	}
+
+	out->finish_reason = llm_dup_str(choice, "finish_reason");
+	out->model = llm_dup_str(root, "model");
+	usage = llm_get(root, "usage");
+	out->input_tokens = llm_get_count(usage, "prompt_tokens");
+	out->output_tokens = llm_get_count(usage, "completion_tokens");
+	return true;
+}
+
+/*
+ * Fill out from an Anthropic message document.  Returns false with err set
+ * when it is an error document or has no content.  input_tokens includes
+ * the prompt tokens written to or read from the prompt cache, so that it
+ * counts the whole prompt as OpenAI's prompt_tokens does.
+ */
+static bool
+llm_parse_anthropic(json_object *root, const char *body, size_t len,
+					RvLlmResponse *out, RvError *err)
+{
+	static const char *const text_types[] = {"text", NULL};
+	const char *type = llm_get_str(root, "type", NULL);
+	json_object *e = llm_error_member(root);
+	json_object *content;
+	json_object *usage;
+	bool		oom = false;
+
+	if (e != NULL || (type != NULL && strcmp(type, "error") == 0))
+	{
+		llm_report_provider_error(root, e != NULL ? e : root, body, len, err);
+		return false;
+	}
+
+	content = llm_get(root, "content");
+	if (content != NULL && json_object_is_type(content, json_type_array))
+	{
+		out->content = llm_concat_parts(content, text_types, false, &oom);
+		if (out->content == NULL && !oom)
+		{
+			const char *sr = llm_get_str(root, "stop_reason", NULL);
+
+			rv_error_set(err, "provider returned an empty reply");
+			if (sr != NULL)
+			{
+				char	   *s = llm_sanitize(sr, strlen(sr), 64);
+
+				if (s != NULL)
+					rv_error_detail(err, "The stop reason is \"%s\".", s);
+				free(s);
+			}
+			return false;
+		}
+	}
+	else if (content != NULL && json_object_is_type(content, json_type_string))
+		out->content = llm_strndup(json_object_get_string(content),
+								   (size_t) json_object_get_string_len(content));
+	else
+	{
+		rv_error_set(err, "provider response has no content");
+		llm_detail_excerpt(err, body, len);
+		rv_error_hint(err, "Check that the provider's API flavour (openai or anthropic) matches its base URL.");
+		return false;
+	}
+	if (out->content == NULL)
+	{
+		rv_error_set(err, "out of memory");
+		return false;
+	}
+
+	out->finish_reason = llm_dup_str(root, "stop_reason");
+	out->model = llm_dup_str(root, "model");
+	usage = llm_get(root, "usage");
+	out->input_tokens = llm_get_count(usage, "input_tokens");
+	out->output_tokens = llm_get_count(usage, "output_tokens");
+	if (out->input_tokens >= 0)
+	{
+		long		c1 = llm_get_count(usage, "cache_creation_input_tokens");
+		long		c2 = llm_get_count(usage, "cache_read_input_tokens");
+
+		if (c1 > 0)
+			out->input_tokens = (c1 > LONG_MAX - out->input_tokens) ?
+				LONG_MAX : out->input_tokens + c1;
+		if (c2 > 0)
+			out->input_tokens = (c2 > LONG_MAX - out->input_tokens) ?
+				LONG_MAX : out->input_tokens + c2;
+	}
+	return true;
+}
+
+bool
+rv_llm_parse_response(RvFlavor flavor, const char *body, size_t len,
+					  RvLlmResponse *out, RvError *err)
+{
+	json_object *root;
+	char		why[160];
+	bool		ok;
+
+	memset(out, 0, sizeof(RvLlmResponse));
+	out->input_tokens = -1;
+	out->output_tokens = -1;
+	if (body == NULL)
+		len = 0;
+
+	if (!llm_parse(body, len, &root, why, sizeof(why)))
+	{
+		rv_error_set(err, "provider returned malformed JSON");
+		rv_error_detail(err, "%s", why);
+		return false;
+	}
+	if (root == NULL || !json_object_is_type(root, json_type_object))
+	{
+		rv_error_set(err, "provider response is not a JSON object");
+		llm_detail_excerpt(err, body, len);
+		json_object_put(root);
+		return false;
+	}
+
+	if (flavor == RV_FLAVOR_ANTHROPIC)
+		ok = llm_parse_anthropic(root, body, len, out, err);
+	else
+		ok = llm_parse_openai(root, body, len, out, err);
+	json_object_put(root);
+	if (!ok)
+		rv_llm_response_free(out);
+	return ok;
+}
+
+void
+rv_llm_response_free(RvLlmResponse *resp)
+{
+	if (resp == NULL)
+		return;
+	free(resp->content);
+	free(resp->finish_reason);
+	free(resp->model);
+	resp->content = NULL;
+	resp->finish_reason = NULL;
+	resp->model = NULL;
+	resp->input_tokens = -1;
+	resp->output_tokens = -1;
+}
+
+char *
+rv_llm_error_message(const char *body, size_t len)
+{
+	json_object *root;
+	char	   *msg = NULL;
+	size_t		i;
+
+	if (body == NULL)
+		return NULL;
+	for (i = 0; i < len; i++)
+		if (!isspace((unsigned char) body[i]))
+			break;
+	if (i == len)
+		return NULL;
+
+	if (llm_parse(body, len, &root, NULL, 0))
+	{
+		msg = llm_error_text(root);
+		json_object_put(root);
+	}
+	if (msg == NULL)
+		msg = llm_sanitize(body + i, len - i, LLM_ERRMSG_MAX);
+	return msg;
+}
+
+/*
+ * Is the parsed value v fit to be returned as a reply?  Rejects a top-level
+ * JSON null (json-c represents it as NULL, which our callers take for
+ * failure) and the NaN / Infinity literals json-c accepts even in strict
+ * mode, which no other JSON reader (jsonb included) takes back.
+ */
+static bool
+llm_json_fit(json_object *v, int depth)
+{
+	if (v == NULL)
+		return depth > 0;
+	if (depth > LLM_JSON_DEPTH)
+		return false;
+	switch (json_object_get_type(v))
+	{
+		case json_type_double:
+			{
+				const char *s = json_object_to_json_string(v);
+
+				if (s == NULL)
+					return false;
+				if (*s == '-')
+					s++;
+				return isdigit((unsigned char) *s) != 0;
+			}
+		case json_type_array:
+			{
+				size_t		n = json_object_array_length(v);
+				size_t		i;
+
+				for (i = 0; i < n; i++)
+					if (!llm_json_fit(json_object_array_get_idx(v, i), depth + 1))
+						return false;
+				return true;
+			}
+		case json_type_object:
+			{
+				json_object_iter it;
+
+				json_object_object_foreachC(v, it)
+				{
+					if (!llm_json_fit(it.val, depth + 1))
+						return false;
+				}
+				return true;
+			}
+		default:
+			return true;
+	}
+}
+
+/*
+ * Try text[0..len) as a reply: returns the value when it parses and is fit
+ * (see llm_json_fit()), else NULL.
+ */
+static json_object *
+llm_try_reply(const char *text, size_t len, char *why, size_t whylen)
+{
+	json_object *v;
+
+	if (!llm_parse(text, len, &v, why, whylen))
+		return NULL;
+	if (!llm_json_fit(v, 0))
+	{
+		if (why != NULL)
+			snprintf(why, whylen, "the reply is JSON null, NaN or Infinity");
+		json_object_put(v);
+		return NULL;
+	}
+	return v;
+}
+
+/* Is c a JSON whitespace character? */
+static bool
+llm_is_ws(char c)
+{
+	return c == ' ' || c == '\t' || c == '\n' || c == '\r';
+}
+
+/*
+ * Find the first occurrence of needle (lower case) in text[from..len),
+ * ignoring ASCII case.  Returns its offset or len.
+ */
+static size_t
+llm_find_ci(const char *text, size_t len, size_t from, const char *needle)
+{
+	size_t		nlen = strlen(needle);
+	size_t		i;
+
+	if (nlen > len)
+		return len;
+	for (i = from; i + nlen <= len; i++)
+	{
+		if (tolower((unsigned char) text[i]) == needle[0] &&
+			strncasecmp(text + i, needle, nlen) == 0)
+			return i;
+	}
+	return len;
+}
+
+/*
+ * Locate the content of a code fence opening at text[open] ("```"):
+ * skips an info string ("json", or any word ended by a line break) and
+ * ends at the next "```" or at the end of the text.  Sets *start and *end.
+ */
+static void
+llm_fence_content(const char *text, size_t len, size_t open,
+				  size_t *start, size_t *end)
+{
+	size_t		p = open + 3;
+	size_t		w = p;
+	size_t		close;
+
+	while (w < len && (isalnum((unsigned char) text[w]) ||
+					   text[w] == '_' || text[w] == '-' || text[w] == '+' ||
+					   text[w] == '.'))
+		w++;
+	if (w - p == 4 && strncasecmp(text + p, "json", 4) == 0)
+		p = w;
+	else if (w > p)
+	{
+		size_t		q = w;
+
+		while (q < len && (text[q] == ' ' || text[q] == '\t'))
+			q++;
+		if (q == len || text[q] == '\n' || text[q] == '\r')
+			p = q;
+	}
+	close = llm_find_ci(text, len, p, "```");
+	*start = p;
+	*end = close;
+}
+
+/*
+ * Find the end of the balanced {...} or [...] span starting at text[from]
+ * in one pass that skips over JSON strings (with their escapes).  Returns
+ * the offset just past the closing bracket, or 0 when the span does not
+ * close before the end of the text.
+ */
+static size_t
+llm_span_end(const char *text, size_t len, size_t from)
+{
+	size_t		i;
+	size_t		depth = 0;
+	bool		in_string = false;
+
+	for (i = from; i < len; i++)
+	{
+		char		c = text[i];
+
+		if (in_string)
+		{
+			if (c == '\\')
+				i++;
+			else if (c == '"')
+				in_string = false;
+			continue;
+		}
+		if (c == '"')
+			in_string = true;
+		else if (c == '{' || c == '[')
+			depth++;
+		else if (c == '}' || c == ']')
+		{
+			if (--depth == 0)
+				return i + 1;
+		}
+	}
+	return 0;
+}
+
+/* Offset of the next '{' or '[' in text[from..len), or len. */
+static size_t
+llm_next_open(const char *text, size_t len, size_t from)
+{
+	size_t		i;
+
+	for (i = from; i < len; i++)
+		if (text[i] == '{' || text[i] == '[')
+			return i;
+	return len;
+}
+
+json_object *
+rv_llm_extract_json(const char *text, RvError *err)
+{
+	size_t		len;
+	size_t		b = 0;
+	size_t		e;
+	size_t		fence;
+	size_t		start;
+	size_t		end;
+	size_t		json_fence = SIZE_MAX;
+	size_t		pos;
+	int			tries;
+	json_object *v;
+	char		why[160];
+
+	if (text == NULL)
+	{
+		rv_error_set(err, "reply is not valid JSON");
+		rv_error_detail(err, "The reply is empty.");
+		return NULL;
+	}
+	len = strlen(text);
+	e = len;
+	while (b < e && llm_is_ws(text[b]))
+		b++;
+	while (e > b && llm_is_ws(text[e - 1]))
+		e--;
+	if (b == e)
+	{
+		rv_error_set(err, "reply is not valid JSON");
+		rv_error_detail(err, "The reply is empty.");
+		return NULL;
+	}
+
+	/* the whole text (the tokener skips the same whitespace we trimmed) */
+	v = llm_try_reply(text, len, why, sizeof(why));
+	if (v != NULL)
+		return v;
+
+	/* the first ```json fence, then the first fence of any kind */
+	fence = llm_find_ci(text, len, 0, "```json");
+	if (fence < len)
+	{
+		json_fence = fence;
+		llm_fence_content(text, len, fence, &start, &end);
+		v = llm_try_reply(text + start, end - start, NULL, 0);
+		if (v != NULL)
+			return v;
+	}
+	fence = llm_find_ci(text, len, 0, "```");
+	if (fence < len && fence != json_fence)
+	{
+		llm_fence_content(text, len, fence, &start, &end);
+		v = llm_try_reply(text + start, end - start, NULL, 0);
+		if (v != NULL)
+			return v;
+	}
+
+	/* the first few balanced spans */
+	pos = llm_next_open(text, len, 0);
+	for (tries = 0; tries < LLM_MAX_SPANS && pos < len; tries++)
+	{
+		end = llm_span_end(text, len, pos);
+		if (end == 0)
+		{
+			pos = llm_next_open(text, len, pos + 1);
+			continue;
+		}
+		v = llm_try_reply(text + pos, end - pos, NULL, 0);
+		if (v != NULL)
+			return v;
+		pos = llm_next_open(text, len, end);
+	}
+
+	rv_error_set(err, "reply is not valid JSON");
+	rv_error_detail(err, "%s", why);
+	return NULL;
+}

@@ -1,0 +1,96 @@
+/*-------------------------------------------------------------------------
+ *
+ * llm.h
+ *	  Provider request and response formats: OpenAI-compatible chat
+ *	  completions and the Anthropic Messages API.
+ *
+ * Pure: no PostgreSQL headers, no libcurl; json-c; malloc'd results;
+ * errors in an RvError.  The worker (worker.c) builds a body with
+ * rv_llm_build_body(), sends it with http.c, and parses the reply with
+ * rv_llm_parse_response() / rv_llm_parse_error().
+ *
+ *-------------------------------------------------------------------------
+ */
+#ifndef RV_LLM_H
+#define RV_LLM_H
+
+#include <json-c/json.h>
+
+#include "rverror.h"
+
+typedef enum RvFlavor
+{
+	RV_FLAVOR_OPENAI = 0,
+	RV_FLAVOR_ANTHROPIC = 1
+} RvFlavor;
+
+typedef struct RvLlmRequest
+{
+	RvFlavor	flavor;
+	const char *model;			/* without any "prefix:" routing part */
+	const char *system;			/* NULL or system prompt */
+	json_object *messages;		/* array of {"role": "user"|"assistant", "content": "..."} */
+	bool		has_temperature;
+	double		temperature;
+	int			max_tokens;		/* 0: default (openai: omit; anthropic: 1024) */
+	json_object *output_schema; /* NULL or a JSON Schema for the reply */
+	const char *schema_name;	/* name for response_format (cell name) */
+} RvLlmRequest;
+
+typedef struct RvLlmResponse
+{
+	char	   *content;		/* malloc'd text of the reply, never NULL on success */
+	long		input_tokens;	/* -1 when the provider did not say */
+	long		output_tokens;	/* -1 when the provider did not say */
+	char	   *finish_reason;	/* malloc'd or NULL (openai finish_reason, anthropic stop_reason) */
+	char	   *model;			/* malloc'd or NULL: the model the provider reports */
+} RvLlmResponse;
+
+/* "/chat/completions" or "/messages": appended to the provider's base URL. */
+extern const char *rv_llm_path(RvFlavor flavor);
+
+/*
+ * Build the JSON request body (malloc'd string).  For openai, with an
+ * output_schema: "response_format": {"type": "json_schema", "json_schema":
+ * {"name": <schema_name sanitized to [a-zA-Z0-9_-]{1,64}>, "schema": ...,
+ * "strict": false}}; the system prompt is the first message.  For
+ * anthropic: "system" top-level, "max_tokens" always present, and the
+ * schema is described in the system prompt (the Messages API has no
+ * response_format): "Reply with only a JSON value that matches this JSON
+ * Schema: ...".
+ */
+extern char *rv_llm_build_body(const RvLlmRequest *req);
+
+/*
+ * Parse a 2xx response body.  Returns false with err on malformed or
+ * truncated JSON ("provider returned malformed JSON" with the json-c
+ * tokener error in detail), on a body without the expected fields
+ * ("provider response has no choices[0].message.content"), or on a
+ * provider-level error object inside a 200.  Tolerates content given as an
+ * array of parts (text parts are concatenated) and missing usage.  On
+ * success fills out (free with rv_llm_response_free()).
+ */
+extern bool rv_llm_parse_response(RvFlavor flavor, const char *body, size_t len,
+								  RvLlmResponse *out, RvError *err);
+
+extern void rv_llm_response_free(RvLlmResponse *resp);
+
+/*
+ * Extract a human-readable error message from a non-2xx body
+ * ({"error": {"message": ...}} for both flavours, or {"error": "..."}, or
+ * {"message": ...}); returns a malloc'd string of at most 300 bytes, or a
+ * copy of the start of the body when nothing matched (non-printable bytes
+ * replaced), or NULL for an empty body.
+ */
+extern char *rv_llm_error_message(const char *body, size_t len);
+
+/*
+ * Extract a JSON value from model output text: the whole text when it
+ * parses, else the content of the first ```json ... ``` (or ``` ... ```)
+ * fence, else the first balanced {...} or [...] span that parses.
+ * Returns a new json_object reference or NULL (err set: "reply is not
+ * valid JSON").
+ */
+extern json_object *rv_llm_extract_json(const char *text, RvError *err);
+
+#endif							/* RV_LLM_H */

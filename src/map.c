@@ -1,0 +1,1353 @@
+/*-------------------------------------------------------------------------
+ *
+ * map.c
+ *	  The backend side of running cascades: cascade resolution, options,
+ *	  rvbbit.run(), the rvbbit.map() set-returning function, the cascade
+ *	  registry functions and the progress function.
+ *
+ * rvbbit.map() reads its input query through an SPI cursor in batches,
+ * with the caller's privileges, and streams rows to an rvbbit worker over
+ * the statement channel (channel.c), keeping at most `parallel` rows in
+ * flight.  Results come back in completion order and wait in a reorder
+ * window until every earlier row is done; rows leave the window in input
+ * order into the output tuplestore, which spills to disk.  The window is
+ * bounded (2 x parallel + 16 rows), so backend memory does not grow with
+ * the number of input rows.  Identical inputs in flight at the same time
+ * are sent once and the result is fanned out; the worker's cache answers
+ * identical inputs that come later.
+ *
+ * rvbbit.run() is the same machinery over one input row.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "pgjsonc.h"
+
+#include <limits.h>
+#include <stdlib.h>
+#include <sys/stat.h>
+
+
+
+#include "access/htup_details.h"
+#include "catalog/pg_type.h"
+#include "common/hashfn.h"
+#include "executor/spi.h"
+#include "fmgr.h"
+#include "funcapi.h"
+#include "miscadmin.h"
+#include "storage/fd.h"
+#include "utils/acl.h"
+#include "utils/builtins.h"
+#include "utils/jsonb.h"
+#include "utils/lsyscache.h"
+#include "utils/memutils.h"
+#include "utils/timestamp.h"
+
+#include "cascade.h"
+#include "channel.h"
+#include "map.h"
+#include "rvbbit.h"
+
+PG_FUNCTION_INFO_V1(rvbbit_run);
+PG_FUNCTION_INFO_V1(rvbbit_map);
+PG_FUNCTION_INFO_V1(rvbbit_create_cascade);
+PG_FUNCTION_INFO_V1(rvbbit_drop_cascade);
+PG_FUNCTION_INFO_V1(rvbbit_progress);
+PG_FUNCTION_INFO_V1(rvbbit_validate_cascade);
+
+#define MAP_FETCH_BATCH 500
+#define MAX_CASCADE_FILE (4 * 1024 * 1024)
+
+/* ----------------------------------------------------------------
+ * Cascade resolution
+ * ----------------------------------------------------------------
+ */
+
+/*
+ * Is name safe to look up as a file below a directory: relative, no ".."
+ * component, no NUL or backslash?
+ */
+static bool
+map_safe_relative(const char *name)
+{
+	const char *p = name;
+
+	if (name[0] == '\0' || name[0] == '/' || strchr(name, '\\') != NULL)
+		return false;
+	while (*p)
+	{
+		const char *slash = strchr(p, '/');
+		size_t		n = slash ? (size_t) (slash - p) : strlen(p);
+
+		if (n == 2 && p[0] == '.' && p[1] == '.')
+			return false;
+		if (slash == NULL)
+			break;
+		p = slash + 1;
+	}
+	return true;
+}
+
+/*
+ * Read dir/name[.yaml|.yml] if it exists and its real path stays inside
+ * dir (symlinks out of the directory are refused).  Returns palloc'd text
+ * or NULL when there is no such file.
+ */
+static char *
+map_read_cascade_file(const char *dir, const char *name, bool *refused)
+{
+	static const char *const suffixes[] = {"", ".yaml", ".yml"};
+	char		realdir[PATH_MAX];
+	int			i;
+
+	*refused = false;
+	if (dir == NULL || dir[0] == '\0')
+		return NULL;
+	if (!map_safe_relative(name))
+	{
+		*refused = true;
+		return NULL;
+	}
+	if (realpath(dir, realdir) == NULL)
+		return NULL;
+
+	for (i = 0; i < (int) lengthof(suffixes); i++)
+	{
+		char	   *path = psprintf("%s/%s%s", dir, name, suffixes[i]);
+		char		real[PATH_MAX];
+		size_t		dl = strlen(realdir);
+		struct stat st;
+		FILE	   *f;
+		char	   *buf;
+		size_t		n;
+
+		if (realpath(path, real) == NULL)
+			continue;
+		if (strncmp(real, realdir, dl) != 0 || real[dl] != '/')
+		{
+			*refused = true;
+			return NULL;
+		}
+		if (stat(real, &st) != 0 || !S_ISREG(st.st_mode))
+			continue;
+		if (st.st_size > MAX_CASCADE_FILE)
+			ereport(ERROR,
+					(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
+					 errmsg("cascade file \"%s\" is too large", path)));
+		f = AllocateFile(real, "r");
+		if (f == NULL)
+			ereport(ERROR,
+					(errcode_for_file_access(),
+					 errmsg("could not open cascade file \"%s\": %m", path)));
+		buf = palloc(st.st_size + 1);
+		n = fread(buf, 1, st.st_size, f);
+		FreeFile(f);
+		buf[n] = '\0';
+		return buf;
+	}
+	return NULL;
+}
+
+/* The directory of the example cascades shipped with the extension. */
+static char *
+map_examples_dir(void)
+{
+	char		share[MAXPGPATH];
+
+	get_share_path(my_exec_path, share);
+	return psprintf("%s/extension/rvbbit_cascades", share);
+}
+
+/*
+ * Resolve a cascade reference to its YAML text: the registry
+ * rvbbit.cascades, then rvbbit.cascade_path, then the shipped examples,
+ * then an inline definition.  *display is set to a short name for logs and
+ * call records.
+ */
+char *
+rv_resolve_cascade(const char *ref, char **display)
+{
+	char	   *def = NULL;
+	char	   *name = pstrdup(ref);
+	size_t		len = strlen(name);
+	bool		refused = false;
+	bool		refused2 = false;
+
+	if (rv_cascade_is_inline(ref))
+	{
+		RvError		err;
+		RvCascade  *c;
+
+		rv_error_clear(&err);
+		c = rv_cascade_parse(ref, strlen(ref), &err);
+		*display = pstrdup(c && c->cascade_id ? c->cascade_id : "inline");
+		if (c)
+			rv_cascade_free(c);
+		return pstrdup(ref);
+	}
+
+	if (len > 5 && strcmp(name + len - 5, ".yaml") == 0)
+		name[len - 5] = '\0';
+	else if (len > 4 && strcmp(name + len - 4, ".yml") == 0)
+		name[len - 4] = '\0';
+	*display = pstrdup(name);
+
+	/* the registry */
+	{
+		Oid			argtypes[1] = {TEXTOID};
+		Datum		args[1];
+
+		SPI_connect();
+		args[0] = CStringGetTextDatum(name);
+		if (SPI_execute_with_args("SELECT definition FROM rvbbit.cascades WHERE name = $1",
+								  1, argtypes, args, NULL, true, 1) == SPI_OK_SELECT &&
+			SPI_processed == 1)
+		{
+			char	   *v = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
+
+			if (v)
+			{
+				def = SPI_palloc(strlen(v) + 1);
+				strcpy(def, v);
+			}
+		}
+		SPI_finish();
+	}
+	if (def)
+		return def;
+
+	def = map_read_cascade_file(rv_cascade_path, name, &refused);
+	if (def)
+		return def;
+	def = map_read_cascade_file(map_examples_dir(), name, &refused2);
+	if (def)
+		return def;
+	if (refused)
+		ereport(ERROR,
+				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+				 errmsg("cascade name \"%s\" is not allowed", ref),
+				 errdetail("A cascade file must be named relative to rvbbit.cascade_path and stay inside it."),
+				 errhint("Remove \"..\", leading slashes and links that point outside the directory.")));
+	ereport(ERROR,
+			(errcode(ERRCODE_UNDEFINED_OBJECT),
+			 errmsg("cascade \"%s\" does not exist", ref),
+			 errhint("Create it with rvbbit.create_cascade(), put %s.yaml under rvbbit.cascade_path, "
+					 "or pass an inline YAML definition with a \"cells:\" list.", name)));
+	return NULL;				/* keep compiler quiet */
+}
+
+/*
+ * Parse and check a cascade definition; raise a user-facing error with the
+ * YAML line and column when it is invalid.  Returns the parsed cascade
+ * (caller frees with rv_cascade_free).
+ */
+RvCascade *
+rv_check_cascade(const char *display, const char *def)
+{
+	RvError		err;
+	RvCascade  *c;
+	int			i;
+
+	rv_error_clear(&err);
+	c = rv_cascade_parse(def, strlen(def), &err);
+	if (c == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("invalid cascade \"%s\": %s", display, err.message),
+				 err.line > 0 ? errdetail("At line %d, column %d of the definition.%s%s",
+										  err.line, err.column,
+										  err.detail[0] ? " " : "", err.detail) :
+				 (err.detail[0] ? errdetail("%s", err.detail) : 0),
+				 err.hint[0] ? errhint("%s", err.hint) : 0));
+	for (i = 0; i < c->ncells; i++)
+		if (c->cells[i].candidates > 1)
+		{
+			char	   *cell = pstrdup(c->cells[i].name);
+
+			rv_cascade_free(c);
+			ereport(ERROR,
+					(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+					 errmsg("cascade \"%s\": candidates are not supported yet (cell \"%s\")",
+							display, cell),
+					 errhint("Remove the candidates (takes, soundings) section of the cell.")));
+		}
+	return c;
+}
+
+/* ----------------------------------------------------------------
+ * Options
+ * ----------------------------------------------------------------
+ */
+
+/* Parse a duration given as a number of seconds or an interval string. */
+static double
+map_duration_seconds(const char *opt, json_object *v)
+{
+	if (json_object_is_type(v, json_type_int) || json_object_is_type(v, json_type_double))
+		return json_object_get_double(v);
+	if (json_object_is_type(v, json_type_string))
+	{
+		Datum		iv;
+		Interval   *itv;
+
+		iv = DirectFunctionCall3(interval_in,
+								 CStringGetDatum(json_object_get_string(v)),
+								 ObjectIdGetDatum(InvalidOid), Int32GetDatum(-1));
+		itv = DatumGetIntervalP(iv);
+		return (double) itv->time / 1e6 + itv->day * 86400.0 +
+			itv->month * 30.0 * 86400.0;
+	}
+	ereport(ERROR,
+			(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+			 errmsg("option \"%s\" must be a number of seconds or an interval such as '1 hour'", opt)));
+	return 0;
+}
+
+/*
+ * Parse the options object of rvbbit.run() / rvbbit.map() (a jsonb
+ * object, or the WITH (...) list of a statement converted to one).
+ * Unknown options are errors.
+ */
+void
+rv_parse_options(Jsonb *jb, RvOptions *o)
+{
+	char	   *text;
+	json_object *obj;
+	struct json_object_iterator it;
+	struct json_object_iterator end;
+
+	memset(o, 0, sizeof(RvOptions));
+	o->on_error = RV_ON_ERROR_NULL;
+	o->timeout_ms = rv_request_timeout_ms;
+	o->max_retries = rv_max_retries;
+	o->cache_read = true;
+	o->cache_write = true;
+	o->cache_max_age_s = -1;
+	o->parallel = -1;
+	o->limit = -1;
+
+	if (jb == NULL)
+		return;
+	text = JsonbToCString(NULL, &jb->root, VARSIZE(jb));
+	obj = json_tokener_parse(text);
+	if (obj == NULL || !json_object_is_type(obj, json_type_object))
+	{
+		if (obj)
+			json_object_put(obj);
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("options must be a JSON object"),
+				 errhint("Write options like '{\"model\": \"openai/gpt-4o-mini\", \"cache\": false}'.")));
+	}
+
+	PG_TRY();
+	{
+		it = json_object_iter_begin(obj);
+		end = json_object_iter_end(obj);
+		while (!json_object_iter_equal(&it, &end))
+		{
+			const char *k = json_object_iter_peek_name(&it);
+			json_object *v = json_object_iter_peek_value(&it);
+			bool		isnum = json_object_is_type(v, json_type_int) ||
+				json_object_is_type(v, json_type_double);
+
+			if (strcmp(k, "model") == 0)
+			{
+				if (!json_object_is_type(v, json_type_string) || json_object_get_string_len(v) == 0)
+					ereport(ERROR,
+							(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+							 errmsg("option \"model\" must be a non-empty string")));
+				o->model = pstrdup(json_object_get_string(v));
+			}
+			else if (strcmp(k, "cache") == 0)
+			{
+				if (json_object_is_type(v, json_type_boolean))
+					o->cache_read = json_object_get_boolean(v);
+				else
+				{
+					o->cache_max_age_s = (long) map_duration_seconds(k, v);
+					if (o->cache_max_age_s < 0)
+						ereport(ERROR,
+								(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+								 errmsg("option \"cache\" must not be negative")));
+				}
+			}
+			else if (strcmp(k, "timeout") == 0)
+			{
+				double		ms = json_object_is_type(v, json_type_string) ?
+				map_duration_seconds(k, v) * 1000.0 : (isnum ? json_object_get_double(v) : -1);
+
+				if (ms < 1 || ms > 3600 * 1000.0)
+					ereport(ERROR,
+							(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+							 errmsg("option \"timeout\" must be between 1 ms and 1 hour"),
+							 errhint("Give milliseconds as a number or an interval such as '30 seconds'.")));
+				o->timeout_ms = (long) ms;
+			}
+			else if (strcmp(k, "max_retries") == 0 || strcmp(k, "parallel") == 0 ||
+					 strcmp(k, "limit") == 0)
+			{
+				int64		n = json_object_get_int64(v);
+
+				if (!json_object_is_type(v, json_type_int) || n < 0 || n > INT_MAX ||
+					(strcmp(k, "parallel") == 0 && (n < 1 || n > 100000)) ||
+					(strcmp(k, "max_retries") == 0 && n > 100))
+					ereport(ERROR,
+							(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+							 errmsg("option \"%s\" must be %s", k,
+									strcmp(k, "parallel") == 0 ? "an integer between 1 and 100000" :
+									strcmp(k, "max_retries") == 0 ? "an integer between 0 and 100" :
+									"a non-negative integer")));
+				if (k[0] == 'm')
+					o->max_retries = (int) n;
+				else if (k[0] == 'p')
+					o->parallel = (int) n;
+				else
+					o->limit = n;
+			}
+			else if (strcmp(k, "on_error") == 0)
+			{
+				const char *s = json_object_is_type(v, json_type_null) ? "null" :
+				json_object_is_type(v, json_type_string) ? json_object_get_string(v) : "";
+
+				if (strcmp(s, "null") == 0)
+					o->on_error = RV_ON_ERROR_NULL;
+				else if (strcmp(s, "fail") == 0)
+					o->on_error = RV_ON_ERROR_FAIL;
+				else if (strcmp(s, "value") == 0)
+					o->on_error = RV_ON_ERROR_VALUE;
+				else
+					ereport(ERROR,
+							(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+							 errmsg("option \"on_error\" must be null, fail or value")));
+				o->on_error_given = true;
+			}
+			else if (strcmp(k, "budget_dollars") == 0 || strcmp(k, "as_table") == 0 ||
+					 strcmp(k, "result_column") == 0 || strcmp(k, "dedupe_by") == 0 ||
+					 strcmp(k, "infer_schema") == 0 || strcmp(k, "async") == 0)
+				ereport(ERROR,
+						(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+						 errmsg("option \"%s\" is not supported yet", k)));
+			else
+				ereport(ERROR,
+						(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+						 errmsg("unknown option \"%s\"", k),
+						 errhint("Valid options are: model, cache, timeout, max_retries, on_error, parallel, limit.")));
+			json_object_iter_next(&it);
+		}
+	}
+	PG_FINALLY();
+	{
+		json_object_put(obj);
+	}
+	PG_END_TRY();
+}
+
+/* The API key of the default provider: the GUC, else the environment. */
+static const char *
+map_api_key(void)
+{
+	const char *k;
+
+	if (rv_api_key && rv_api_key[0])
+		return rv_api_key;
+	k = getenv("RVBBIT_API_KEY");
+	if (k && k[0])
+		return k;
+	k = getenv(rv_api_flavor == 1 ? "ANTHROPIC_API_KEY" : "OPENROUTER_API_KEY");
+	if (k && k[0])
+		return k;
+	if (rv_api_flavor == 0)
+	{
+		k = getenv("OPENAI_API_KEY");
+		if (k && k[0])
+			return k;
+	}
+	return "";
+}
+
+/* Build the statement header the worker reads (JSON text). */
+static char *
+map_header_json(const char *display, const char *def, const RvOptions *o)
+{
+	json_object *h = json_object_new_object();
+	char	   *out;
+
+	json_object_object_add(h, "cascade", json_object_new_string(display));
+	json_object_object_add(h, "definition", json_object_new_string(def));
+	json_object_object_add(h, "api_base", json_object_new_string(rv_api_base ? rv_api_base : ""));
+	json_object_object_add(h, "api_key", json_object_new_string(map_api_key()));
+	json_object_object_add(h, "flavor", json_object_new_int(rv_api_flavor));
+	json_object_object_add(h, "default_model", json_object_new_string(rv_default_model ? rv_default_model : ""));
+	if (o->model)
+		json_object_object_add(h, "model", json_object_new_string(o->model));
+	json_object_object_add(h, "timeout_ms", json_object_new_int64(o->timeout_ms));
+	json_object_object_add(h, "max_retries", json_object_new_int(o->max_retries));
+	json_object_object_add(h, "cache_read", json_object_new_boolean(o->cache_read));
+	json_object_object_add(h, "cache_write", json_object_new_boolean(o->cache_write));
+	json_object_object_add(h, "cache_max_age_s", json_object_new_int64(o->cache_max_age_s));
+	out = pstrdup(json_object_to_json_string_ext(h, JSON_C_TO_STRING_PLAIN));
+	json_object_put(h);
+	return out;
+}
+
+/* ----------------------------------------------------------------
+ * The executor shared by run and map
+ * ----------------------------------------------------------------
+ */
+
+typedef struct MapSlot
+{
+	bool		used;
+	bool		done;
+	bool		failed;
+	int64		leader;			/* seq of the row this one copies, or -1 */
+	int			nfollowers;
+	uint64		hash;
+	HeapTuple	input;			/* map: the input row */
+	char	   *scope;			/* the JSON sent (kept for dedup checks) */
+	char	   *result;			/* JSON text of the result */
+	char	   *error;			/* the error message of a failed row */
+	char	   *error_detail;
+	int			sqlstate;
+} MapSlot;
+
+typedef struct DedupEntry
+{
+	uint64		hash;			/* key */
+	int64		seq;
+} DedupEntry;
+
+/* Row supplier: fills *scope (the JSON scope) and *tuple; false at the end. */
+typedef bool (*MapNextRow) (void *arg, StringInfo scope, HeapTuple *tuple);
+/* Row consumer: called in input order. */
+typedef void (*MapEmitRow) (void *arg, MapSlot *slot);
+
+typedef struct MapExec
+{
+	RvChannel  *ch;
+	int			parallel;
+	int			window;
+	MapSlot    *slots;
+	HTAB	   *dedup;
+	MemoryContext cxt;			/* window data */
+	const RvOptions *opts;
+	int64		nrows;
+	int64		nfailed;
+	int64		ncached;
+	char	   *first_error;
+	char	   *first_error_detail;
+	int			first_sqlstate;
+} MapExec;
+
+/* Free a slot's data. */
+static void
+map_slot_clear(MapSlot *s)
+{
+	if (s->input)
+		heap_freetuple(s->input);
+	if (s->scope)
+		pfree(s->scope);
+	if (s->result)
+		pfree(s->result);
+	if (s->error)
+		pfree(s->error);
+	if (s->error_detail)
+		pfree(s->error_detail);
+	memset(s, 0, sizeof(MapSlot));
+}
+
+/* Copy a finished slot's outcome into a follower. */
+static void
+map_copy_outcome(MapExec *ex, MapSlot *from, MapSlot *to)
+{
+	MemoryContext old = MemoryContextSwitchTo(ex->cxt);
+
+	to->done = true;
+	to->failed = from->failed;
+	to->sqlstate = from->sqlstate;
+	to->result = from->result ? pstrdup(from->result) : NULL;
+	to->error = from->error ? pstrdup(from->error) : NULL;
+	to->error_detail = from->error_detail ? pstrdup(from->error_detail) : NULL;
+	MemoryContextSwitchTo(old);
+}
+
+/*
+ * Handle one message from the worker.  Returns the number of rows it
+ * finished (the row itself and its followers).
+ */
+static void
+map_handle_message(MapExec *ex, char *data, Size len, int64 next_seq,
+				   int64 emitted, int *inflight)
+{
+	RvResultHead head;
+	MapSlot    *s;
+	MemoryContext old;
+	char		type = data[0];
+
+	if (type == RV_MSG_FATAL)
+		rv_channel_raise(data, len, ERROR);
+	if ((type != RV_MSG_RESULT && type != RV_MSG_ROWERR) || len < 1 + sizeof(head))
+		elog(ERROR, "unexpected message from rvbbit worker");
+	memcpy(&head, data + 1, sizeof(head));
+	if (head.seq < emitted || head.seq >= next_seq)
+		elog(ERROR, "rvbbit worker returned row %lld outside the window",
+			 (long long) head.seq);
+	s = &ex->slots[head.seq % ex->window];
+	if (s->done)
+		return;
+	(*inflight)--;
+	if (ex->ch->progress)
+	{
+		pg_atomic_fetch_add_u64(&ex->ch->progress->rows_done, 1 + s->nfollowers);
+		if (type == RV_MSG_ROWERR)
+			pg_atomic_fetch_add_u64(&ex->ch->progress->rows_failed, 1 + s->nfollowers);
+	}
+	if (head.cache_hits > 0 && head.llm_calls == 0)
+		ex->ncached++;
+
+	if (type == RV_MSG_ROWERR)
+	{
+		const char *msg = data + 1 + sizeof(head);
+		const char *detail = msg + strnlen(msg, data + len - msg) + 1;
+
+		if (ex->opts->on_error == RV_ON_ERROR_FAIL)
+			rv_channel_raise(data, len, ERROR);
+		old = MemoryContextSwitchTo(ex->cxt);
+		s->failed = true;
+		s->sqlstate = head.sqlstate;
+		s->error = pstrdup(msg);
+		s->error_detail = detail < data + len ? pstrdup(detail) : NULL;
+		MemoryContextSwitchTo(old);
+		if (ex->first_error == NULL)
+		{
+			old = MemoryContextSwitchTo(ex->cxt->parent);
+			ex->first_error = pstrdup(msg);
+			ex->first_error_detail = s->error_detail ? pstrdup(s->error_detail) : NULL;
+			ex->first_sqlstate = head.sqlstate;
+			MemoryContextSwitchTo(old);
+		}
+	}
+	else
+	{
+		old = MemoryContextSwitchTo(ex->cxt);
+		s->result = pstrdup(data + 1 + sizeof(head));
+		MemoryContextSwitchTo(old);
+	}
+	s->done = true;
+	if (s->scope)
+	{
+		pfree(s->scope);
+		s->scope = NULL;
+	}
+	if (ex->dedup)
+	{
+		bool		found;
+		DedupEntry *e = hash_search(ex->dedup, &s->hash, HASH_FIND, &found);
+
+		if (found && e->seq == head.seq)
+			hash_search(ex->dedup, &s->hash, HASH_REMOVE, NULL);
+	}
+	if (s->nfollowers > 0)
+	{
+		int64		q;
+
+		for (q = head.seq + 1; q < next_seq; q++)
+		{
+			MapSlot    *f = &ex->slots[q % ex->window];
+
+			if (f->leader == head.seq && !f->done)
+				map_copy_outcome(ex, s, f);
+		}
+	}
+}
+
+/*
+ * Run the statement: pull rows from next_row, keep up to `parallel` in
+ * flight, hand finished rows to emit in input order.
+ */
+static void
+map_execute(MapExec *ex, MapNextRow next_row, MapEmitRow emit, void *arg)
+{
+	int64		next_seq = 0;
+	int64		emitted = 0;
+	int			inflight = 0;
+	bool		input_eof = false;
+	bool		end_sent = false;
+	bool		need_send = false;
+	StringInfoData scope;
+	HASHCTL		hctl;
+
+	initStringInfo(&scope);
+	memset(&hctl, 0, sizeof(hctl));
+	hctl.keysize = sizeof(uint64);
+	hctl.entrysize = sizeof(DedupEntry);
+	hctl.hcxt = ex->cxt;
+	ex->dedup = hash_create("rvbbit map dedup", Max(64, ex->window), &hctl,
+							HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
+
+	for (;;)
+	{
+		bool		progress = false;
+		char	   *data;
+		Size		len;
+
+		/* read input and send rows while the window allows */
+		while (!input_eof)
+		{
+			MapSlot    *s;
+
+			if (need_send)
+			{
+				s = &ex->slots[(next_seq - 1) % ex->window];
+				if (!rv_channel_try_send(ex->ch, RV_MSG_ROW, next_seq - 1,
+										 s->scope, strlen(s->scope) + 1))
+					break;
+				need_send = false;
+				inflight++;
+				progress = true;
+				continue;
+			}
+			if (inflight >= ex->parallel || next_seq - emitted >= ex->window)
+				break;
+
+			{
+				HeapTuple	tup = NULL;
+				MemoryContext old;
+				bool		found;
+				DedupEntry *e;
+
+				resetStringInfo(&scope);
+				if (!next_row(arg, &scope, &tup))
+				{
+					input_eof = true;
+					break;
+				}
+				s = &ex->slots[next_seq % ex->window];
+				old = MemoryContextSwitchTo(ex->cxt);
+				s->used = true;
+				s->leader = -1;
+				s->input = tup ? heap_copytuple(tup) : NULL;
+				s->scope = pstrdup(scope.data);
+				MemoryContextSwitchTo(old);
+				s->hash = hash_bytes_extended((const unsigned char *) scope.data, scope.len, 0);
+				ex->nrows++;
+				if (ex->ch->progress)
+					pg_atomic_fetch_add_u64(&ex->ch->progress->rows_read, 1);
+
+				e = hash_search(ex->dedup, &s->hash, HASH_ENTER, &found);
+				if (found)
+				{
+					MapSlot    *l = &ex->slots[e->seq % ex->window];
+
+					if (e->seq >= emitted && !l->done && l->scope &&
+						strcmp(l->scope, s->scope) == 0)
+					{
+						s->leader = e->seq;
+						l->nfollowers++;
+						pfree(s->scope);
+						s->scope = NULL;
+						next_seq++;
+						progress = true;
+						continue;
+					}
+				}
+				e->seq = next_seq;
+				next_seq++;
+				need_send = true;
+			}
+		}
+		if (input_eof && !need_send && !end_sent)
+		{
+			if (rv_channel_try_send(ex->ch, RV_MSG_END, 0, NULL, 0))
+			{
+				end_sent = true;
+				progress = true;
+			}
+		}
+
+		/* take what the worker finished */
+		while (rv_channel_try_receive(ex->ch, &data, &len))
+		{
+			map_handle_message(ex, data, len, next_seq, emitted, &inflight);
+			progress = true;
+		}
+
+		/* emit in input order */
+		while (emitted < next_seq && ex->slots[emitted % ex->window].done)
+		{
+			MapSlot    *s = &ex->slots[emitted % ex->window];
+
+			if (s->failed)
+				ex->nfailed++;
+			emit(arg, s);
+			map_slot_clear(s);
+			emitted++;
+			progress = true;
+		}
+
+		if (input_eof && end_sent && emitted == next_seq)
+			break;
+		if (ex->ch->worker_done && !progress)
+			ereport(ERROR,
+					(errcode(ERRCODE_CONNECTION_FAILURE),
+					 errmsg("rvbbit worker exited while the statement was running"),
+					 errhint("Check the server log for the reason, then run the statement again; "
+							 "completed calls are answered from the cache.")));
+		if (!progress)
+			rv_channel_wait(ex->ch);
+	}
+	pfree(scope.data);
+}
+
+/* Set up the executor for a statement. */
+static void
+map_exec_init(MapExec *ex, const char *kind, const char *display,
+			  const char *def, const RvOptions *opts, int parallel)
+{
+	char	   *hdr = map_header_json(display, def, opts);
+
+	memset(ex, 0, sizeof(MapExec));
+	ex->opts = opts;
+	ex->parallel = parallel;
+	ex->window = 2 * parallel + 16;
+	ex->cxt = AllocSetContextCreate(CurrentMemoryContext, "rvbbit map window",
+									ALLOCSET_DEFAULT_SIZES);
+	ex->slots = MemoryContextAllocZero(ex->cxt, sizeof(MapSlot) * ex->window);
+	ex->ch = rv_channel_open(kind, display, parallel, hdr);
+	pfree(hdr);
+}
+
+/* Finish: close the channel and warn about failed rows. */
+static void
+map_exec_finish(MapExec *ex, bool warn)
+{
+	rv_channel_close(ex->ch);
+	if (warn && ex->nfailed > 0)
+		ereport(WARNING,
+				(errcode(ex->first_sqlstate ? ex->first_sqlstate : ERRCODE_WARNING),
+				 errmsg("%lld of %lld rows failed and returned NULL",
+						(long long) ex->nfailed, (long long) ex->nrows),
+				 errdetail("First error: %s%s%s", ex->first_error ? ex->first_error : "",
+						   ex->first_error_detail && ex->first_error_detail[0] ? " " : "",
+						   ex->first_error_detail ? ex->first_error_detail : ""),
+				 errhint("Query rvbbit.calls for each call's error, or use on_error => 'fail' to stop at the first one.")));
+	MemoryContextDelete(ex->cxt);
+}
+
+/* The jsonb value of a finished slot by on_error mode; *isnull if NULL. */
+static Datum
+map_slot_value(MapExec *ex, MapSlot *s, bool *isnull)
+{
+	*isnull = false;
+	if (!s->failed)
+		return DirectFunctionCall1(jsonb_in, CStringGetDatum(s->result));
+	if (ex->opts->on_error == RV_ON_ERROR_VALUE)
+	{
+		json_object *o = json_object_new_object();
+		Datum		d;
+		char		code[6];
+		int			i;
+		int			sc = s->sqlstate;
+
+		for (i = 0; i < 5; i++)
+		{
+			code[i] = PGUNSIXBIT(sc);
+			sc = sc >> 6;
+		}
+		code[5] = '\0';
+		json_object_object_add(o, "error", json_object_new_string(s->error ? s->error : ""));
+		if (s->error_detail && s->error_detail[0])
+			json_object_object_add(o, "detail", json_object_new_string(s->error_detail));
+		json_object_object_add(o, "sqlstate", json_object_new_string(code));
+		d = DirectFunctionCall1(jsonb_in,
+								CStringGetDatum(pstrdup(json_object_to_json_string_ext(o, JSON_C_TO_STRING_PLAIN))));
+		json_object_put(o);
+		return d;
+	}
+	*isnull = true;
+	return (Datum) 0;
+}
+
+/* ----------------------------------------------------------------
+ * rvbbit.run(cascade text, input jsonb, options jsonb) returns jsonb
+ * ----------------------------------------------------------------
+ */
+
+typedef struct RunState
+{
+	const char *input;
+	bool		given;
+	MapExec    *ex;
+	Datum		result;
+	bool		isnull;
+	bool		failed;
+} RunState;
+
+static bool
+run_next(void *arg, StringInfo scope, HeapTuple *tuple)
+{
+	RunState   *st = (RunState *) arg;
+
+	if (st->given)
+		return false;
+	st->given = true;
+	appendStringInfoString(scope, "{\"input\":");
+	appendStringInfoString(scope, st->input);
+	appendStringInfoChar(scope, '}');
+	*tuple = NULL;
+	return true;
+}
+
+static void
+run_emit(void *arg, MapSlot *s)
+{
+	RunState   *st = (RunState *) arg;
+
+	st->failed = s->failed;
+	st->result = map_slot_value(st->ex, s, &st->isnull);
+}
+
+Datum
+rvbbit_run(PG_FUNCTION_ARGS)
+{
+	char	   *ref;
+	Jsonb	   *input;
+	RvOptions	opts;
+	char	   *display;
+	char	   *def;
+	RvCascade  *c;
+	MapExec		ex;
+	RunState	st;
+
+	rv_require_shared();
+	if (PG_ARGISNULL(0))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("cascade must not be null")));
+	ref = text_to_cstring(PG_GETARG_TEXT_PP(0));
+	input = PG_ARGISNULL(1) ? NULL : PG_GETARG_JSONB_P(1);
+	rv_parse_options(PG_ARGISNULL(2) ? NULL : PG_GETARG_JSONB_P(2), &opts);
+	if (!opts.on_error_given)
+		opts.on_error = RV_ON_ERROR_FAIL;
+
+	def = rv_resolve_cascade(ref, &display);
+	c = rv_check_cascade(display, def);
+	rv_cascade_free(c);
+
+	memset(&st, 0, sizeof(st));
+	st.input = input ? JsonbToCString(NULL, &input->root, VARSIZE(input)) : "{}";
+	map_exec_init(&ex, "run", display, def, &opts, 1);
+	st.ex = &ex;
+	map_execute(&ex, run_next, run_emit, &st);
+	map_exec_finish(&ex, false);
+	if (st.isnull)
+		PG_RETURN_NULL();
+	PG_RETURN_DATUM(st.result);
+}
+
+/* ----------------------------------------------------------------
+ * rvbbit.map(cascade, query, parallel, options) returns setof record
+ * ----------------------------------------------------------------
+ */
+
+typedef struct MapState
+{
+	Portal		portal;
+	SPITupleTable *batch;
+	uint64		batch_pos;
+	TupleDesc	spi_desc;		/* copy */
+	int			ncols;			/* query columns (without the jsonb) */
+	int64		limit;			/* -1 none */
+	int64		nread;
+	bool		truncated;
+	bool		eof;
+	MapExec    *ex;
+	Tuplestorestate *tupstore;
+	TupleDesc	out_desc;
+	Datum	   *values;
+	bool	   *nulls;
+} MapState;
+
+static bool
+mapfn_next(void *arg, StringInfo scope, HeapTuple *tuple)
+{
+	MapState   *st = (MapState *) arg;
+	HeapTuple	tup;
+	bool		isnull;
+	Datum		d;
+
+	if (st->eof)
+		return false;
+	if (st->batch == NULL || st->batch_pos >= st->batch->numvals)
+	{
+		if (st->batch)
+			SPI_freetuptable(st->batch);
+		st->batch = NULL;
+		SPI_cursor_fetch(st->portal, true, MAP_FETCH_BATCH);
+		if (SPI_processed == 0)
+		{
+			SPI_freetuptable(SPI_tuptable);
+			st->eof = true;
+			return false;
+		}
+		st->batch = SPI_tuptable;
+		st->batch_pos = 0;
+	}
+	if (st->limit >= 0 && st->nread >= st->limit)
+	{
+		st->truncated = true;
+		st->eof = true;
+		return false;
+	}
+	tup = st->batch->vals[st->batch_pos++];
+	st->nread++;
+	d = heap_getattr(tup, st->ncols + 1, st->batch->tupdesc, &isnull);
+	appendStringInfoString(scope, "{\"input\":");
+	if (isnull)
+		appendStringInfoString(scope, "{}");
+	else
+	{
+		Jsonb	   *jb = DatumGetJsonbP(d);
+
+		(void) JsonbToCString(scope, &jb->root, VARSIZE(jb));
+	}
+	appendStringInfoChar(scope, '}');
+	*tuple = tup;
+	return true;
+}
+
+static void
+mapfn_emit(void *arg, MapSlot *s)
+{
+	MapState   *st = (MapState *) arg;
+	int			i;
+	bool		isnull;
+
+	heap_deform_tuple(s->input, st->spi_desc, st->values, st->nulls);
+	st->values[st->ncols] = map_slot_value(st->ex, s, &isnull);
+	st->nulls[st->ncols] = isnull;
+	for (i = st->ncols + 1; i < st->out_desc->natts; i++)
+		st->nulls[i] = true;
+	tuplestore_putvalues(st->tupstore, st->out_desc, st->values, st->nulls);
+}
+
+/*
+ * Check the column definition list against the query: the query's
+ * columns with the same types, then one jsonb column for the result.
+ */
+static void
+map_check_columns(TupleDesc out, TupleDesc q, int ncols)
+{
+	int			i;
+
+	if (out->natts != ncols + 1)
+		ereport(ERROR,
+				(errcode(ERRCODE_DATATYPE_MISMATCH),
+				 errmsg("column definition list has %d columns, but the query returns %d columns and the result needs one more",
+						out->natts, ncols),
+				 errhint("List the query's columns with their types, followed by one jsonb column for the result.")));
+	for (i = 0; i < ncols; i++)
+	{
+		Oid			want = TupleDescAttr(out, i)->atttypid;
+		Oid			got = TupleDescAttr(q, i)->atttypid;
+
+		if (want != got)
+			ereport(ERROR,
+					(errcode(ERRCODE_DATATYPE_MISMATCH),
+					 errmsg("column %d (\"%s\") of the column definition list has type %s, but the query returns %s",
+							i + 1, NameStr(TupleDescAttr(out, i)->attname),
+							format_type_be(want), format_type_be(got)),
+					 errhint("Use the query's column types in the column definition list, or cast in the query.")));
+	}
+	if (TupleDescAttr(out, ncols)->atttypid != JSONBOID)
+		ereport(ERROR,
+				(errcode(ERRCODE_DATATYPE_MISMATCH),
+				 errmsg("the last column of the column definition list must be of type jsonb"),
+				 errdetail("It has type %s.", format_type_be(TupleDescAttr(out, ncols)->atttypid))));
+}
+
+Datum
+rvbbit_map(PG_FUNCTION_ARGS)
+{
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+	char	   *ref;
+	char	   *query;
+	int			parallel;
+	RvOptions	opts;
+	char	   *display;
+	char	   *def;
+	RvCascade  *c;
+	MapExec		ex;
+	MapState	st;
+	SPIPlanPtr	plan;
+	char	   *sql;
+	MemoryContext fn_cxt = CurrentMemoryContext;
+
+	rv_require_shared();
+	if (PG_ARGISNULL(0) || PG_ARGISNULL(1))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("cascade and query must not be null")));
+	ref = text_to_cstring(PG_GETARG_TEXT_PP(0));
+	query = text_to_cstring(PG_GETARG_TEXT_PP(1));
+	parallel = PG_ARGISNULL(2) ? rv_default_parallel : PG_GETARG_INT32(2);
+	rv_parse_options(PG_ARGISNULL(3) ? NULL : PG_GETARG_JSONB_P(3), &opts);
+	if (opts.parallel > 0)
+		parallel = opts.parallel;
+	if (parallel < 1 || parallel > 100000)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("parallel must be between 1 and 100000")));
+
+	if (rsinfo == NULL || !IsA(rsinfo, ReturnSetInfo) || rsinfo->expectedDesc == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("rvbbit.map must be called with a column definition list"),
+				 errhint("Write SELECT * FROM rvbbit.map(...) AS t(col1 type1, ..., result jsonb), "
+						 "or use rvbbit.sql() with an RVBBIT MAP statement.")));
+	InitMaterializedSRF(fcinfo, MAT_SRF_USE_EXPECTED_DESC);
+
+	def = rv_resolve_cascade(ref, &display);
+	c = rv_check_cascade(display, def);
+	rv_cascade_free(c);
+
+	memset(&st, 0, sizeof(st));
+	st.tupstore = rsinfo->setResult;
+	st.out_desc = rsinfo->setDesc;
+	st.limit = opts.limit >= 0 ? opts.limit : -1;
+
+	SPI_connect();
+	sql = psprintf("SELECT _rvbbit_q.*, to_jsonb(_rvbbit_q.*) FROM (%s) AS _rvbbit_q", query);
+	plan = SPI_prepare(sql, 0, NULL);
+	if (plan == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_SYNTAX_ERROR),
+				 errmsg("could not prepare the input query: %s", SPI_result_code_string(SPI_result))));
+	st.portal = SPI_cursor_open(NULL, plan, NULL, NULL, false);
+	{
+		MemoryContext old = MemoryContextSwitchTo(fn_cxt);
+
+		st.spi_desc = CreateTupleDescCopy(st.portal->tupDesc);
+		MemoryContextSwitchTo(old);
+	}
+	st.ncols = st.spi_desc->natts - 1;
+	map_check_columns(st.out_desc, st.spi_desc, st.ncols);
+	st.values = MemoryContextAlloc(fn_cxt, sizeof(Datum) * st.out_desc->natts);
+	st.nulls = MemoryContextAlloc(fn_cxt, sizeof(bool) * st.out_desc->natts);
+
+	{
+		MemoryContext old = MemoryContextSwitchTo(fn_cxt);
+
+		map_exec_init(&ex, "map", display, def, &opts, parallel);
+		MemoryContextSwitchTo(old);
+	}
+	st.ex = &ex;
+	map_execute(&ex, mapfn_next, mapfn_emit, &st);
+	if (st.batch)
+		SPI_freetuptable(st.batch);
+	SPI_cursor_close(st.portal);
+	SPI_finish();
+	map_exec_finish(&ex, opts.on_error == RV_ON_ERROR_NULL);
+	if (st.truncated)
+		ereport(NOTICE,
+				(errmsg("input truncated to %lld rows by the limit", (long long) st.limit),
+				 errhint("Set the limit option (0 for none) or rvbbit.default_limit.")));
+	return (Datum) 0;
+}
+
+/* ----------------------------------------------------------------
+ * The cascade registry
+ * ----------------------------------------------------------------
+ */
+
+/* Check a registry name: 1-200 characters of [A-Za-z0-9_./-], relative. */
+static void
+map_check_name(const char *name)
+{
+	const char *p;
+
+	if (name[0] == '\0' || strlen(name) > 200)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_NAME),
+				 errmsg("cascade name must be 1 to 200 characters long")));
+	for (p = name; *p; p++)
+		if (!(isalnum((unsigned char) *p) || *p == '_' || *p == '-' || *p == '.' || *p == '/'))
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_NAME),
+					 errmsg("invalid cascade name \"%s\"", name),
+					 errhint("Use letters, digits, \"_\", \"-\", \".\" and \"/\".")));
+}
+
+/*
+ * May the current outer user change or drop a cascade owned by owner?
+ * Its owner, superusers and members of rvbbit_admin may.
+ */
+static bool
+map_may_manage(Oid owner)
+{
+	Oid			me = GetOuterUserId();
+	Oid			admin = get_role_oid("rvbbit_admin", true);
+
+	return me == owner || superuser_arg(me) ||
+		(OidIsValid(admin) && has_privs_of_role(me, admin));
+}
+
+/* rvbbit._validate_cascade(definition text) returns void */
+Datum
+rvbbit_validate_cascade(PG_FUNCTION_ARGS)
+{
+	char	   *def = text_to_cstring(PG_GETARG_TEXT_PP(0));
+
+	rv_cascade_free(rv_check_cascade("definition", def));
+	PG_RETURN_VOID();
+}
+
+/*
+ * rvbbit.create_cascade(name text, definition text) returns void.
+ * SECURITY DEFINER: validates the definition, then inserts or replaces
+ * the registry row, recording the calling role as owner.
+ */
+Datum
+rvbbit_create_cascade(PG_FUNCTION_ARGS)
+{
+	char	   *name;
+	char	   *def;
+	Oid			me = GetOuterUserId();
+	Oid			argtypes[3] = {TEXTOID, TEXTOID, OIDOID};
+	Datum		args[3];
+
+	if (PG_ARGISNULL(0) || PG_ARGISNULL(1))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("cascade name and definition must not be null")));
+	name = text_to_cstring(PG_GETARG_TEXT_PP(0));
+	def = text_to_cstring(PG_GETARG_TEXT_PP(1));
+	map_check_name(name);
+	rv_cascade_free(rv_check_cascade(name, def));
+
+	SPI_connect();
+	args[0] = CStringGetTextDatum(name);
+	args[1] = CStringGetTextDatum(def);
+	args[2] = ObjectIdGetDatum(me);
+	if (SPI_execute_with_args("SELECT owner::oid FROM rvbbit.cascades WHERE name = $1 FOR UPDATE",
+							  1, argtypes, args, NULL, false, 1) != SPI_OK_SELECT)
+		elog(ERROR, "could not read rvbbit.cascades");
+	if (SPI_processed == 1)
+	{
+		bool		isnull;
+		Oid			owner = DatumGetObjectId(SPI_getbinval(SPI_tuptable->vals[0],
+														   SPI_tuptable->tupdesc, 1, &isnull));
+
+		if (!map_may_manage(owner))
+			ereport(ERROR,
+					(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+					 errmsg("must be owner of cascade \"%s\" to replace it", name),
+					 errhint("Ask its owner or a member of rvbbit_admin, or choose another name.")));
+		if (SPI_execute_with_args("UPDATE rvbbit.cascades SET definition = $2, updated_at = now() "
+								  "WHERE name = $1", 2, argtypes, args, NULL, false, 0) != SPI_OK_UPDATE)
+			elog(ERROR, "could not update rvbbit.cascades");
+	}
+	else if (SPI_execute_with_args("INSERT INTO rvbbit.cascades (name, definition, owner) "
+								   "VALUES ($1, $2, $3::regrole)", 3, argtypes, args, NULL,
+								   false, 0) != SPI_OK_INSERT)
+		elog(ERROR, "could not insert into rvbbit.cascades");
+	SPI_finish();
+	PG_RETURN_VOID();
+}
+
+/* rvbbit.drop_cascade(name text, if_exists boolean) returns void (SECURITY DEFINER) */
+Datum
+rvbbit_drop_cascade(PG_FUNCTION_ARGS)
+{
+	char	   *name;
+	bool		if_exists = PG_ARGISNULL(1) ? false : PG_GETARG_BOOL(1);
+	Oid			argtypes[1] = {TEXTOID};
+	Datum		args[1];
+
+	if (PG_ARGISNULL(0))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("cascade name must not be null")));
+	name = text_to_cstring(PG_GETARG_TEXT_PP(0));
+	SPI_connect();
+	args[0] = CStringGetTextDatum(name);
+	if (SPI_execute_with_args("SELECT owner::oid FROM rvbbit.cascades WHERE name = $1 FOR UPDATE",
+							  1, argtypes, args, NULL, false, 1) != SPI_OK_SELECT)
+		elog(ERROR, "could not read rvbbit.cascades");
+	if (SPI_processed == 0)
+	{
+		SPI_finish();
+		if (if_exists)
+		{
+			ereport(NOTICE,
+					(errmsg("cascade \"%s\" does not exist, skipping", name)));
+			PG_RETURN_VOID();
+		}
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_OBJECT),
+				 errmsg("cascade \"%s\" does not exist", name)));
+	}
+	{
+		bool		isnull;
+		Oid			owner = DatumGetObjectId(SPI_getbinval(SPI_tuptable->vals[0],
+														   SPI_tuptable->tupdesc, 1, &isnull));
+
+		if (!map_may_manage(owner))
+			ereport(ERROR,
+					(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+					 errmsg("must be owner of cascade \"%s\" to drop it", name)));
+	}
+	if (SPI_execute_with_args("DELETE FROM rvbbit.cascades WHERE name = $1",
+							  1, argtypes, args, NULL, false, 0) != SPI_OK_DELETE)
+		elog(ERROR, "could not delete from rvbbit.cascades");
+	SPI_finish();
+	PG_RETURN_VOID();
+}
+
+/* ----------------------------------------------------------------
+ * rvbbit._progress(): the rows of rvbbit.progress
+ * ----------------------------------------------------------------
+ */
+Datum
+rvbbit_progress(PG_FUNCTION_ARGS)
+{
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+	int			i;
+
+	rv_require_shared();
+	InitMaterializedSRF(fcinfo, 0);
+	for (i = 0; i < RV_MAX_PROGRESS; i++)
+	{
+		RvProgress *p = &rv_shared->progress[i];
+		Datum		v[16];
+		bool		n[16];
+
+		if (pg_atomic_read_u32(&p->used) != 1)
+			continue;
+		pg_read_barrier();
+		memset(n, 0, sizeof(n));
+		v[0] = Int32GetDatum(p->pid);
+		v[1] = Int64GetDatum(p->statement_id);
+		v[2] = ObjectIdGetDatum(p->dboid);
+		v[3] = ObjectIdGetDatum(p->roleid);
+		v[4] = TimestampTzGetDatum(p->started_at);
+		v[5] = CStringGetTextDatum(p->kind);
+		v[6] = CStringGetTextDatum(p->cascade);
+		v[7] = Int32GetDatum(p->parallel);
+		v[8] = Int64GetDatum((int64) pg_atomic_read_u64(&p->rows_read));
+		v[9] = Int64GetDatum((int64) pg_atomic_read_u64(&p->rows_done));
+		v[10] = Int64GetDatum((int64) pg_atomic_read_u64(&p->in_flight));
+		v[11] = Int64GetDatum((int64) pg_atomic_read_u64(&p->rows_failed));
+		v[12] = Int64GetDatum((int64) pg_atomic_read_u64(&p->cache_hits));
+		v[13] = Int64GetDatum((int64) pg_atomic_read_u64(&p->llm_calls));
+		v[14] = Int64GetDatum((int64) (pg_atomic_read_u64(&p->tokens_in) + pg_atomic_read_u64(&p->tokens_out)));
+		v[15] = Float8GetDatum((double) pg_atomic_read_u64(&p->cost_micros) / 1e6);
+		if (pg_atomic_read_u32(&p->used) != 1)
+			continue;
+		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, v, n);
+	}
+	return (Datum) 0;
+}

@@ -1,0 +1,265 @@
+/*-------------------------------------------------------------------------
+ *
+ * rvbbit.c
+ *	  Module entry point: _PG_init, the GUC variables, and the shared
+ *	  memory the backends and the rvbbit workers share.
+ *
+ * The library must be loaded through shared_preload_libraries: shared
+ * memory and the worker pool exist only then.  Loaded any other way (for
+ * instance by CREATE EXTENSION in a server without the setting), the GUCs
+ * are defined but every entry point raises an error whose hint says how to
+ * fix the configuration (rv_require_shared()).
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include <stdlib.h>
+
+#include "fmgr.h"
+#include "miscadmin.h"
+#include "storage/ipc.h"
+#include "storage/shmem.h"
+#include "utils/guc.h"
+
+#include "rvbbit.h"
+#include "ratelimit.h"
+
+PG_MODULE_MAGIC;
+
+/* GUC variables */
+char	   *rv_api_base = NULL;
+char	   *rv_api_key = NULL;
+int			rv_api_flavor = 0;
+char	   *rv_default_model = NULL;
+int			rv_request_timeout_ms = 60000;
+char	   *rv_cascade_path = NULL;
+int			rv_max_concurrency = 200;
+int			rv_workers_per_database = 2;
+int			rv_worker_idle_timeout_s = 60;
+int			rv_max_retries = 3;
+int			rv_default_parallel = 10;
+int			rv_default_limit = 1000;
+int			rv_max_connections_per_worker = 900;
+int			rv_requests_per_minute = 0;
+int			rv_tokens_per_minute = 0;
+double		rv_budget_dollars_per_day = 0.0;
+
+RvShared   *rv_shared = NULL;
+
+static shmem_request_hook_type prev_shmem_request_hook = NULL;
+static shmem_startup_hook_type prev_shmem_startup_hook = NULL;
+
+static const struct config_enum_entry rv_flavor_options[] = {
+	{"openai", 0, false},
+	{"anthropic", 1, false},
+	{NULL, 0, false}
+};
+
+void		_PG_init(void);
+static void rv_shmem_request(void);
+static void rv_shmem_startup(void);
+static const char *rv_show_api_key(void);
+
+/*
+ * Show hook of rvbbit.api_key: the key itself is never shown, not even to
+ * superusers; SHOW says only whether one is set.
+ */
+static const char *
+rv_show_api_key(void)
+{
+	if (rv_api_key != NULL && rv_api_key[0] != '\0')
+		return "(set)";
+	return "";
+}
+
+/*
+ * _PG_init: define the GUCs; when preloaded, ask for shared memory and
+ * chain the shared-memory hooks and the query hooks.
+ */
+void
+_PG_init(void)
+{
+	if (IsBinaryUpgrade)
+		return;
+
+	DefineCustomStringVariable("rvbbit.api_base",
+							   "Sets the base URL of the default LLM provider.",
+							   "The chat completions (or messages) path is appended to it.",
+							   &rv_api_base,
+							   "https://openrouter.ai/api/v1",
+							   PGC_SUSET, 0, NULL, NULL, NULL);
+	DefineCustomStringVariable("rvbbit.api_key",
+							   "Sets the API key of the default LLM provider.",
+							   "When empty, the server's environment variable RVBBIT_API_KEY is used, "
+							   "then OPENROUTER_API_KEY, OPENAI_API_KEY or ANTHROPIC_API_KEY by flavor.",
+							   &rv_api_key,
+							   "",
+							   PGC_SUSET,
+							   GUC_SUPERUSER_ONLY | GUC_NO_SHOW_ALL | GUC_NOT_IN_SAMPLE,
+							   NULL, NULL, rv_show_api_key);
+	DefineCustomEnumVariable("rvbbit.api_flavor",
+							 "Sets the API format of the default LLM provider.",
+							 "openai (chat completions) or anthropic (messages).",
+							 &rv_api_flavor,
+							 0, rv_flavor_options,
+							 PGC_SUSET, 0, NULL, NULL, NULL);
+	DefineCustomStringVariable("rvbbit.default_model",
+							   "Sets the model used when a cascade names none.",
+							   NULL,
+							   &rv_default_model,
+							   "openai/gpt-4o-mini",
+							   PGC_USERSET, 0, NULL, NULL, NULL);
+	DefineCustomIntVariable("rvbbit.request_timeout",
+							"Sets the time limit of one LLM request.",
+							NULL,
+							&rv_request_timeout_ms,
+							60000, 100, 3600 * 1000,
+							PGC_USERSET, GUC_UNIT_MS, NULL, NULL, NULL);
+	DefineCustomStringVariable("rvbbit.cascade_path",
+							   "Sets the directory cascade files are read from.",
+							   "Cascade names are resolved relative to it and may not escape it.",
+							   &rv_cascade_path,
+							   "",
+							   PGC_SUSET, 0, NULL, NULL, NULL);
+	DefineCustomIntVariable("rvbbit.max_concurrency",
+							"Sets the maximum number of LLM requests in flight in the whole cluster.",
+							NULL,
+							&rv_max_concurrency,
+							200, 1, 100000,
+							PGC_SIGHUP, 0, NULL, NULL, NULL);
+	DefineCustomIntVariable("rvbbit.workers_per_database",
+							"Sets the maximum number of rvbbit workers per database.",
+							NULL,
+							&rv_workers_per_database,
+							2, 1, RV_MAX_WORKERS,
+							PGC_SIGHUP, 0, NULL, NULL, NULL);
+	DefineCustomIntVariable("rvbbit.worker_idle_timeout",
+							"Sets how long an idle rvbbit worker waits before exiting.",
+							NULL,
+							&rv_worker_idle_timeout_s,
+							60, 1, 86400,
+							PGC_SIGHUP, GUC_UNIT_S, NULL, NULL, NULL);
+	DefineCustomIntVariable("rvbbit.max_connections_per_worker",
+							"Sets the maximum number of HTTP requests one worker keeps in flight.",
+							"The worker lowers it further to fit its open-file limit.",
+							&rv_max_connections_per_worker,
+							900, 1, 100000,
+							PGC_SIGHUP, 0, NULL, NULL, NULL);
+	DefineCustomIntVariable("rvbbit.max_retries",
+							"Sets how often a request failing with 429, 5xx or a network error is retried.",
+							NULL,
+							&rv_max_retries,
+							3, 0, 100,
+							PGC_USERSET, 0, NULL, NULL, NULL);
+	DefineCustomIntVariable("rvbbit.default_parallel",
+							"Sets the number of rows in flight for MAP PARALLEL without a number.",
+							NULL,
+							&rv_default_parallel,
+							10, 1, 100000,
+							PGC_USERSET, 0, NULL, NULL, NULL);
+	DefineCustomIntVariable("rvbbit.default_limit",
+							"Sets the automatic LIMIT on the input of RVBBIT MAP statements.",
+							"0 means no limit.",
+							&rv_default_limit,
+							1000, 0, INT_MAX,
+							PGC_USERSET, 0, NULL, NULL, NULL);
+	DefineCustomIntVariable("rvbbit.requests_per_minute",
+							"Sets the default provider's request rate limit, shared by all sessions.",
+							"0 means no limit.",
+							&rv_requests_per_minute,
+							0, 0, INT_MAX,
+							PGC_SIGHUP, 0, NULL, NULL, NULL);
+	DefineCustomIntVariable("rvbbit.tokens_per_minute",
+							"Sets the default provider's token rate limit, shared by all sessions.",
+							"0 means no limit.",
+							&rv_tokens_per_minute,
+							0, 0, INT_MAX,
+							PGC_SIGHUP, 0, NULL, NULL, NULL);
+	DefineCustomRealVariable("rvbbit.budget_dollars_per_day",
+							 "Sets the most each role may spend on LLM calls per day.",
+							 "0 means no limit.",
+							 &rv_budget_dollars_per_day,
+							 0.0, 0.0, 1e12,
+							 PGC_SUSET, 0, NULL, NULL, NULL);
+
+	MarkGUCPrefixReserved("rvbbit");
+
+	if (!process_shared_preload_libraries_in_progress)
+		return;
+
+	prev_shmem_request_hook = shmem_request_hook;
+	shmem_request_hook = rv_shmem_request;
+	prev_shmem_startup_hook = shmem_startup_hook;
+	shmem_startup_hook = rv_shmem_startup;
+
+}
+
+/* shmem_request_hook: reserve the shared struct and its lock. */
+static void
+rv_shmem_request(void)
+{
+	if (prev_shmem_request_hook)
+		prev_shmem_request_hook();
+	RequestAddinShmemSpace(MAXALIGN(sizeof(RvShared)));
+	RequestAddinShmemSpace(rv_ratelimit_shmem_size());
+	RequestNamedLWLockTranche("rvbbit", 2);
+}
+
+/*
+ * shmem_startup_hook: create or attach the shared struct.  Runs in the
+ * postmaster at start and after a crash restart (which wipes all state:
+ * worker slots, pending statements and progress entries start empty).
+ */
+static void
+rv_shmem_startup(void)
+{
+	bool		found;
+	int			i;
+
+	if (prev_shmem_startup_hook)
+		prev_shmem_startup_hook();
+
+	LWLockAcquire(AddinShmemInitLock, LW_EXCLUSIVE);
+	rv_shared = ShmemInitStruct("rvbbit", sizeof(RvShared), &found);
+	if (!found)
+	{
+		memset(rv_shared, 0, sizeof(RvShared));
+		rv_shared->lock = &(GetNamedLWLockTranche("rvbbit"))[0].lock;
+		pg_atomic_init_u64(&rv_shared->next_statement_id, 1);
+		pg_atomic_init_u32(&rv_shared->http_in_flight, 0);
+		for (i = 0; i < RV_MAX_PROGRESS; i++)
+		{
+			RvProgress *p = &rv_shared->progress[i];
+
+			pg_atomic_init_u32(&p->used, 0);
+			pg_atomic_init_u64(&p->rows_read, 0);
+			pg_atomic_init_u64(&p->rows_done, 0);
+			pg_atomic_init_u64(&p->rows_failed, 0);
+			pg_atomic_init_u64(&p->in_flight, 0);
+			pg_atomic_init_u64(&p->cache_hits, 0);
+			pg_atomic_init_u64(&p->llm_calls, 0);
+			pg_atomic_init_u64(&p->tokens_in, 0);
+			pg_atomic_init_u64(&p->tokens_out, 0);
+			pg_atomic_init_u64(&p->cost_micros, 0);
+		}
+	}
+	rv_ratelimit_shmem_init(&(GetNamedLWLockTranche("rvbbit"))[1].lock);
+	LWLockRelease(AddinShmemInitLock);
+}
+
+/*
+ * Raise an error unless the library was preloaded (and shared memory
+ * exists).  Every SQL-callable entry point calls this first.
+ */
+void
+rv_require_shared(void)
+{
+	if (rv_shared == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("rvbbit must be loaded via \"shared_preload_libraries\""),
+				 errhint("Add rvbbit to \"shared_preload_libraries\" in postgresql.conf "
+						 "(or run ALTER SYSTEM SET shared_preload_libraries = 'rvbbit') "
+						 "and restart the server.")));
+}

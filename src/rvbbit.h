@@ -1,0 +1,181 @@
+/*-------------------------------------------------------------------------
+ *
+ * rvbbit.h
+ *	  Declarations shared by the server-side parts of rvbbit: GUC
+ *	  variables, the shared-memory state (worker slots, the statement inbox,
+ *	  progress entries), and the backend <-> worker channel protocol.
+ *
+ * The pure parsers (template, jsonschema, cascade, llm, syntax) do not
+ * include this file; see rverror.h.
+ *
+ *-------------------------------------------------------------------------
+ */
+#ifndef RVBBIT_H
+#define RVBBIT_H
+
+#include "postgres.h"
+
+#include "datatype/timestamp.h"
+#include "port/atomics.h"
+#include "storage/dsm.h"
+#include "storage/lwlock.h"
+#include "storage/shm_mq.h"
+
+/* Limits of the shared-memory arrays. */
+#define RV_MAX_WORKERS		32	/* worker slots, all databases */
+#define RV_MAX_PENDING		64	/* statements waiting for a worker to attach */
+#define RV_MAX_PROGRESS		128 /* running statements shown in rvbbit.progress */
+#define RV_NAME_LEN			64
+
+/* Size of each shm_mq ring in a statement's DSM segment. */
+#define RV_QUEUE_SIZE		(256 * 1024)
+
+/* Magic number of the statement DSM segment's table of contents. */
+#define RV_SHM_MAGIC		0x52564254	/* "RVBT" */
+
+/* GUC variables (rvbbit.c). */
+extern char *rv_api_base;
+extern char *rv_api_key;
+extern int	rv_api_flavor;
+extern char *rv_default_model;
+extern int	rv_request_timeout_ms;
+extern char *rv_cascade_path;
+extern int	rv_max_concurrency;
+extern int	rv_workers_per_database;
+extern int	rv_worker_idle_timeout_s;
+extern int	rv_max_retries;
+extern int	rv_default_parallel;
+extern int	rv_default_limit;
+extern int	rv_max_connections_per_worker;
+extern int	rv_requests_per_minute;
+extern int	rv_tokens_per_minute;
+extern double rv_budget_dollars_per_day;
+
+/* One pooled worker.  Protected by RvShared->lock. */
+typedef struct RvWorkerSlot
+{
+	Oid			dboid;			/* InvalidOid: slot free */
+	pid_t		pid;			/* 0 while starting */
+	bool		exiting;		/* taking no new statements */
+	uint64		generation;		/* changes each time the slot is reused */
+	int			nstatements;	/* statements assigned (pending or attached) */
+	Latch	   *latch;			/* the worker's process latch, once running */
+	TimestampTz started_at;
+} RvWorkerSlot;
+
+/* A statement waiting for its worker to attach.  Protected by lock. */
+typedef struct RvPending
+{
+	bool		used;
+	int			worker;			/* index into workers[] */
+	dsm_handle	handle;
+} RvPending;
+
+/* Live counters of one running statement (rvbbit.progress). */
+typedef struct RvProgress
+{
+	pg_atomic_uint32 used;		/* 0 free, 1 in use */
+	pid_t		pid;
+	Oid			dboid;
+	Oid			roleid;
+	int64		statement_id;
+	TimestampTz started_at;
+	char		cascade[RV_NAME_LEN];
+	char		kind[16];		/* "map", "run" */
+	int			parallel;
+	pg_atomic_uint64 rows_read;
+	pg_atomic_uint64 rows_done;
+	pg_atomic_uint64 rows_failed;
+	pg_atomic_uint64 in_flight;
+	pg_atomic_uint64 cache_hits;
+	pg_atomic_uint64 llm_calls;
+	pg_atomic_uint64 tokens_in;
+	pg_atomic_uint64 tokens_out;
+	pg_atomic_uint64 cost_micros;	/* dollars x 1e6 */
+} RvProgress;
+
+typedef struct RvShared
+{
+	LWLock	   *lock;
+	pg_atomic_uint64 next_statement_id;
+	pg_atomic_uint32 http_in_flight;	/* cluster-wide, for max_concurrency */
+	RvWorkerSlot workers[RV_MAX_WORKERS];
+	RvPending	pending[RV_MAX_PENDING];
+	RvProgress	progress[RV_MAX_PROGRESS];
+	/* rate limiter (ratelimit.c) lives in its own shared struct */
+} RvShared;
+
+extern RvShared *rv_shared;
+
+/* rvbbit.c */
+extern void rv_check_preloaded(void);
+extern void rv_require_shared(void);
+
+/*
+ * Channel protocol.  Each statement has a DSM segment with two shm_mq rings:
+ * requests (backend -> worker) and results (worker -> backend).  Every
+ * message starts with one type byte.
+ *
+ * Backend -> worker:
+ *	 'H' header: JSON object (RvChannelHeader fields; see map.c)
+ *	 'R' row: int64 seq, then the scope JSON text (NUL-terminated)
+ *	 'E' end of input
+ * Worker -> backend:
+ *	 'O' result: RvResultHead, then the result JSON text (NUL-terminated)
+ *	 'X' error of one row: RvResultHead, then message\0detail\0hint\0
+ *	 'F' fatal error of the statement: RvResultHead (seq -1), then
+ *		 message\0detail\0hint\0
+ */
+#define RV_MSG_HEADER	'H'
+#define RV_MSG_ROW		'R'
+#define RV_MSG_END		'E'
+#define RV_MSG_RESULT	'O'
+#define RV_MSG_ROWERR	'X'
+#define RV_MSG_FATAL	'F'
+
+typedef struct RvResultHead
+{
+	int64		seq;
+	int32		sqlstate;		/* for errors */
+	int32		llm_calls;		/* HTTP calls made for this row */
+	int32		cache_hits;		/* calls answered from the cache */
+	int32		pad;
+	int64		tokens_in;
+	int64		tokens_out;
+	double		cost;
+} RvResultHead;
+
+/* The table of contents of a statement segment. */
+typedef struct RvSegmentHeader
+{
+	uint32		magic;
+	int			progress_index; /* -1 when none */
+	Oid			roleid;
+	Oid			dboid;
+	pid_t		backend_pid;
+	int64		statement_id;
+	/* followed by the two queues at fixed offsets */
+} RvSegmentHeader;
+
+#define RV_SEG_REQ_OFFSET	MAXALIGN(sizeof(RvSegmentHeader))
+#define RV_SEG_RES_OFFSET	(RV_SEG_REQ_OFFSET + RV_QUEUE_SIZE)
+#define RV_SEG_SIZE			(RV_SEG_RES_OFFSET + RV_QUEUE_SIZE)
+
+/* worker.c */
+extern PGDLLEXPORT void rv_worker_main(Datum main_arg);
+
+/* pool.c: assigning statements to workers */
+extern int	rv_pool_submit(dsm_handle handle, uint64 *generation);
+extern bool rv_pool_worker_alive(int worker, uint64 generation);
+extern void rv_pool_release(int worker, uint64 generation);
+
+/* progress.c */
+extern int	rv_progress_acquire(const char *kind, const char *cascade, int parallel,
+								int64 statement_id);
+extern void rv_progress_release(int index);
+extern RvProgress *rv_progress_get(int index);
+
+#endif							/* RVBBIT_H */
+
+/* rewrite.c: post_parse_analyze / ProcessUtility hooks */
+extern void rv_hooks_init(void);

@@ -1,0 +1,1770 @@
+/*-------------------------------------------------------------------------
+ *
+ * worker.c
+ *	  The rvbbit background worker: runs cascades for the statements of
+ *	  one database, many statements and many HTTP requests at a time.
+ *
+ * A worker is started on demand by pool.c, connects to its database as the
+ * bootstrap superuser and loops:
+ *
+ *	1. take new statement segments from the shared inbox and attach;
+ *	2. read header / row / end messages from each statement's request queue
+ *	   (never blocking) and turn rows into tasks;
+ *	3. render each task's next cell, build the provider request, and look
+ *	   the request up in rvbbit.cache (one transaction for all new tasks);
+ *	4. start HTTP requests for cache misses while the caps allow (per
+ *	   worker, cluster-wide rvbbit.max_concurrency, rate limits);
+ *	5. let libcurl progress, handle finished requests: retry 429/5xx with
+ *	   backoff, validate against the cell's output_schema and re-ask, move
+ *	   to the next cell, or finish the row;
+ *	6. commit the cache entries and call records of everything that
+ *	   completed in one transaction, then send the results to the backends;
+ *	7. wait on one WaitEventSet: the latch (new statements, rows, detached
+ *	   queues, SIGTERM, SIGHUP), postmaster death, and curl's epoll set.
+ *
+ * A statement whose backend detached (finished, cancelled, or died) has its
+ * requests aborted at once.  The worker exits after
+ * rvbbit.worker_idle_timeout with nothing to do, on SIGTERM, or with the
+ * postmaster.
+ *
+ * Memory: statement state lives in a per-statement memory context; cascade
+ * and template state, JSON values (json-c) and HTTP buffers are malloc'd by
+ * the pure modules and freed explicitly.  Nothing here runs inside a
+ * transaction except the short cache/call-log transactions, which catch
+ * their own errors so that a failed write never loses the results in
+ * hand.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "pgjsonc.h"
+
+#include <ctype.h>
+#include <math.h>
+#include <sys/resource.h>
+
+
+
+#include "access/xact.h"
+#include "common/cryptohash.h"
+#include "common/pg_prng.h"
+#include "executor/spi.h"
+#include "lib/ilist.h"
+#include "miscadmin.h"
+#include "pgstat.h"
+#include "postmaster/bgworker.h"
+#include "postmaster/interrupt.h"
+#include "storage/ipc.h"
+#include "storage/latch.h"
+#include "storage/proc.h"
+#include "tcop/tcopprot.h"
+#include "utils/builtins.h"
+#include "utils/memutils.h"
+#include "utils/resowner.h"
+#include "utils/snapmgr.h"
+#include "utils/timestamp.h"
+
+#include "cascade.h"
+#include "http.h"
+#include "jsonschema.h"
+#include "llm.h"
+#include "ratelimit.h"
+#include "rvbbit.h"
+
+/* A provider a model can be routed to. */
+typedef struct WkProvider
+{
+	char	   *prefix;			/* NULL for the default provider */
+	char	   *api_base;
+	char	   *api_key;
+	RvFlavor	flavor;
+	int			rpm;			/* -1: use the GUC */
+	int			tpm;
+} WkProvider;
+
+/* One statement attached to this worker. */
+typedef struct WkStmt
+{
+	dlist_node	node;
+	MemoryContext cxt;
+	dsm_segment *seg;
+	shm_mq_handle *inq;			/* requests: backend -> worker */
+	shm_mq_handle *outq;		/* results: worker -> backend */
+	RvSegmentHeader *seghdr;
+	RvProgress *progress;		/* or NULL */
+	bool		got_header;
+	bool		input_done;
+	bool		closing;		/* backend gone or fatal error sent */
+	int			ntasks;			/* tasks not yet finished */
+	dlist_head	outbox;			/* WkMsg waiting to be sent */
+
+	/* from the header */
+	char	   *cascade_name;
+	RvCascade  *cascade;
+	char	   *default_model;
+	char	   *model_override; /* or NULL */
+	long		timeout_ms;
+	int			max_retries;
+	bool		cache_read;
+	bool		cache_write;
+	long		cache_max_age_s;	/* -1: any age */
+	int			nproviders;		/* [0] is the default provider */
+	WkProvider *providers;
+	json_object *prices;		/* model -> [input, output] dollars per token */
+} WkStmt;
+
+/* A message waiting in a statement's outbox. */
+typedef struct WkMsg
+{
+	dlist_node	node;
+	Size		len;
+	char		data[FLEXIBLE_ARRAY_MEMBER];
+} WkMsg;
+
+typedef enum WkTaskState
+{
+	WT_PREPARE,					/* render the next request */
+	WT_LOOKUP,					/* look the request up in the cache */
+	WT_READY,					/* waiting for a slot to send */
+	WT_RETRY,					/* waiting for retry_at */
+	WT_HTTP						/* in flight */
+} WkTaskState;
+
+/* One row being run through the cascade. */
+typedef struct WkTask
+{
+	dlist_node	node;			/* in exactly one of the worker's queues */
+	WkStmt	   *stmt;
+	WkTaskState state;
+	int64		seq;
+	json_object *scope;			/* input, outputs, state, rows, row_count */
+	int			cell;			/* index of the current cell */
+	int			attempt;		/* schema attempts made for this cell */
+	int			tries;			/* HTTP tries for the current request */
+	json_object *messages;		/* the conversation for the current cell */
+	char	   *body;			/* malloc'd request body */
+	size_t		body_len;
+	char		key[65];		/* cache key of the request */
+	const char *model;			/* model name sent (no prefix) */
+	char	   *model_ref;		/* malloc'd model as written (with prefix) */
+	WkProvider *provider;
+	TimestampTz retry_at;
+	RvHttpReq	req;
+	bool		in_http;
+	bool		counted;		/* holds a cluster-wide concurrency slot */
+	/* accumulated for the row */
+	int			calls;
+	int			hits;
+	int64		tokens_in;
+	int64		tokens_out;
+	double		cost;
+} WkTask;
+
+/* A row to write to rvbbit.cache / rvbbit.call_log at the next flush. */
+static json_object *wk_cache_rows = NULL;	/* array */
+static json_object *wk_call_rows = NULL;	/* array */
+
+static int	wk_slot = -1;
+static uint64 wk_generation = 0;
+static MemoryContext wk_cxt = NULL;
+static ResourceOwner wk_resowner = NULL;
+static RvHttp *wk_http = NULL;
+static int	wk_max_conn = 100;
+static int	wk_counted = 0;		/* cluster-wide slots this worker holds */
+static dlist_head wk_stmts = DLIST_STATIC_INIT(wk_stmts);
+static dlist_head wk_prepare = DLIST_STATIC_INIT(wk_prepare);
+static dlist_head wk_lookup = DLIST_STATIC_INIT(wk_lookup);
+static dlist_head wk_ready = DLIST_STATIC_INIT(wk_ready);
+static dlist_head wk_retry = DLIST_STATIC_INIT(wk_retry);
+static dlist_head wk_inflight = DLIST_STATIC_INIT(wk_inflight);
+static long wk_ratelimit_wait_ms = -1;
+
+static void wk_task_done(WkTask *t, json_object *result);
+static void wk_task_fail(WkTask *t, int sqlstate, const char *msg,
+						 const char *detail, const char *hint);
+static void wk_task_prepare(WkTask *t);
+static void wk_task_response(WkTask *t, const char *content, long tin, long tout,
+							 bool cached, double latency_ms);
+
+/* ----------------------------------------------------------------
+ * Small helpers
+ * ----------------------------------------------------------------
+ */
+
+/* json_object_object_get for a string value, or NULL. */
+static const char *
+wk_json_str(json_object *obj, const char *key)
+{
+	json_object *v;
+
+	if (obj == NULL || !json_object_object_get_ex(obj, key, &v) ||
+		!json_object_is_type(v, json_type_string))
+		return NULL;
+	return json_object_get_string(v);
+}
+
+static int64
+wk_json_int(json_object *obj, const char *key, int64 dflt)
+{
+	json_object *v;
+
+	if (obj == NULL || !json_object_object_get_ex(obj, key, &v) || v == NULL)
+		return dflt;
+	return json_object_get_int64(v);
+}
+
+static bool
+wk_json_bool(json_object *obj, const char *key, bool dflt)
+{
+	json_object *v;
+
+	if (obj == NULL || !json_object_object_get_ex(obj, key, &v) || v == NULL)
+		return dflt;
+	return json_object_get_boolean(v);
+}
+
+/* Hex SHA-256 of the concatenation of parts (NUL-separated). */
+static void
+wk_sha256_hex(const char *const *parts, const size_t *lens, int nparts, char *out)
+{
+	pg_cryptohash_ctx *ctx;
+	uint8		digest[32];
+	int			i;
+	static const char hex[] = "0123456789abcdef";
+	ResourceOwner save = CurrentResourceOwner;
+
+	/* cryptohash contexts belong to a resource owner; outside a transaction, ours */
+	if (CurrentResourceOwner == NULL)
+		CurrentResourceOwner = wk_resowner;
+	ctx = pg_cryptohash_create(PG_SHA256);
+
+	if (ctx == NULL || pg_cryptohash_init(ctx) < 0)
+		elog(ERROR, "could not initialize SHA-256");
+	for (i = 0; i < nparts; i++)
+	{
+		pg_cryptohash_update(ctx, (const uint8 *) parts[i], lens[i]);
+		pg_cryptohash_update(ctx, (const uint8 *) "", 1);
+	}
+	if (pg_cryptohash_final(ctx, digest, sizeof(digest)) < 0)
+		elog(ERROR, "could not finalize SHA-256");
+	pg_cryptohash_free(ctx);
+	CurrentResourceOwner = save;
+	for (i = 0; i < 32; i++)
+	{
+		out[2 * i] = hex[digest[i] >> 4];
+		out[2 * i + 1] = hex[digest[i] & 15];
+	}
+	out[64] = '\0';
+}
+
+/* Queue a message (type byte + head + payload parts) for the backend. */
+static void
+wk_queue_msg(WkStmt *s, char type, const RvResultHead *head,
+			 const char *const *parts, int nparts)
+{
+	Size		len = 1 + sizeof(RvResultHead);
+	WkMsg	   *m;
+	char	   *p;
+	int			i;
+
+	for (i = 0; i < nparts; i++)
+		len += strlen(parts[i] ? parts[i] : "") + 1;
+	m = MemoryContextAlloc(s->cxt, offsetof(WkMsg, data) + len);
+	m->len = len;
+	p = m->data;
+	*p++ = type;
+	memcpy(p, head, sizeof(RvResultHead));
+	p += sizeof(RvResultHead);
+	for (i = 0; i < nparts; i++)
+	{
+		size_t		k = strlen(parts[i] ? parts[i] : "");
+
+		memcpy(p, parts[i] ? parts[i] : "", k + 1);
+		p += k + 1;
+	}
+	dlist_push_tail(&s->outbox, &m->node);
+}
+
+/* Send a fatal statement error and stop taking its rows. */
+static void
+wk_stmt_fatal(WkStmt *s, int sqlstate, const char *msg, const char *detail,
+			  const char *hint)
+{
+	RvResultHead head;
+	const char *parts[3];
+
+	memset(&head, 0, sizeof(head));
+	head.seq = -1;
+	head.sqlstate = sqlstate;
+	parts[0] = msg;
+	parts[1] = detail;
+	parts[2] = hint;
+	wk_queue_msg(s, RV_MSG_FATAL, &head, parts, 3);
+}
+
+/* ----------------------------------------------------------------
+ * Database access: cache lookups and the batched writes
+ * ----------------------------------------------------------------
+ */
+
+static void
+wk_xact_begin(const char *what)
+{
+	SetCurrentStatementStartTimestamp();
+	StartTransactionCommand();
+	SPI_connect();
+	PushActiveSnapshot(GetTransactionSnapshot());
+	pgstat_report_activity(STATE_RUNNING, what);
+}
+
+static void
+wk_xact_commit(void)
+{
+	SPI_finish();
+	PopActiveSnapshot();
+	CommitTransactionCommand();
+	pgstat_report_stat(false);
+	pgstat_report_activity(STATE_IDLE, NULL);
+}
+
+/*
+ * Report and clear an error caught from a worker transaction, and abort
+ * the transaction.  The worker carries on.
+ */
+static void
+wk_xact_abort(void)
+{
+	MemoryContextSwitchTo(wk_cxt);
+	EmitErrorReport();
+	FlushErrorState();
+	AbortCurrentTransaction();
+	MemoryContextSwitchTo(wk_cxt);
+	pgstat_report_activity(STATE_IDLE, NULL);
+}
+
+/*
+ * Load the providers table and the price table for a statement.  Runs its
+ * own transaction; on error the statement fails with the message.
+ */
+static bool
+wk_load_config(WkStmt *s, json_object *hdr)
+{
+	volatile bool ok = true;
+	MemoryContext old;
+
+	s->nproviders = 1;
+	s->providers = MemoryContextAllocZero(s->cxt, sizeof(WkProvider) * 1);
+	s->providers[0].api_base = MemoryContextStrdup(s->cxt, wk_json_str(hdr, "api_base") ? wk_json_str(hdr, "api_base") : "");
+	s->providers[0].api_key = MemoryContextStrdup(s->cxt, wk_json_str(hdr, "api_key") ? wk_json_str(hdr, "api_key") : "");
+	s->providers[0].flavor = (RvFlavor) wk_json_int(hdr, "flavor", 0);
+	s->providers[0].rpm = -1;
+	s->providers[0].tpm = -1;
+	s->prices = json_object_new_object();
+
+	PG_TRY();
+	{
+		uint64		i;
+
+		wk_xact_begin("rvbbit: loading providers");
+		if (SPI_execute("SELECT prefix, api_base, api_flavor, api_key, api_key_env, "
+						"requests_per_minute, tokens_per_minute FROM rvbbit.providers",
+						true, 0) != SPI_OK_SELECT)
+			elog(ERROR, "could not read rvbbit.providers");
+		old = MemoryContextSwitchTo(s->cxt);
+		s->providers = repalloc(s->providers,
+								sizeof(WkProvider) * (1 + SPI_processed));
+		for (i = 0; i < SPI_processed; i++)
+		{
+			HeapTuple	tup = SPI_tuptable->vals[i];
+			TupleDesc	td = SPI_tuptable->tupdesc;
+			WkProvider *p = &s->providers[s->nproviders++];
+			char	   *flavor = SPI_getvalue(tup, td, 3);
+			char	   *key = SPI_getvalue(tup, td, 4);
+			char	   *env = SPI_getvalue(tup, td, 5);
+			char	   *rpm = SPI_getvalue(tup, td, 6);
+			char	   *tpm = SPI_getvalue(tup, td, 7);
+
+			p->prefix = SPI_getvalue(tup, td, 1);
+			p->api_base = SPI_getvalue(tup, td, 2);
+			p->flavor = (flavor && strcmp(flavor, "anthropic") == 0) ?
+				RV_FLAVOR_ANTHROPIC : RV_FLAVOR_OPENAI;
+			if (key == NULL && env != NULL && getenv(env) != NULL)
+				key = pstrdup(getenv(env));
+			p->api_key = key ? key : pstrdup("");
+			p->rpm = rpm ? atoi(rpm) : 0;
+			p->tpm = tpm ? atoi(tpm) : 0;
+		}
+		MemoryContextSwitchTo(old);
+
+		if (SPI_execute("SELECT model, input_per_million::float8 / 1e6, "
+						"output_per_million::float8 / 1e6 FROM rvbbit.model_prices",
+						true, 0) != SPI_OK_SELECT)
+			elog(ERROR, "could not read rvbbit.model_prices");
+		for (i = 0; i < SPI_processed; i++)
+		{
+			HeapTuple	tup = SPI_tuptable->vals[i];
+			TupleDesc	td = SPI_tuptable->tupdesc;
+			char	   *model = SPI_getvalue(tup, td, 1);
+			char	   *pin = SPI_getvalue(tup, td, 2);
+			char	   *pout = SPI_getvalue(tup, td, 3);
+			json_object *pair = json_object_new_array();
+
+			json_object_array_add(pair, json_object_new_double(pin ? atof(pin) : 0));
+			json_object_array_add(pair, json_object_new_double(pout ? atof(pout) : 0));
+			json_object_object_add(s->prices, model, pair);
+		}
+		wk_xact_commit();
+	}
+	PG_CATCH();
+	{
+		ErrorData  *edata;
+
+		MemoryContextSwitchTo(wk_cxt);
+		edata = CopyErrorData();
+		FlushErrorState();
+		AbortCurrentTransaction();
+		MemoryContextSwitchTo(wk_cxt);
+		wk_stmt_fatal(s, edata->sqlerrcode, edata->message, edata->detail, edata->hint);
+		FreeErrorData(edata);
+		ok = false;
+	}
+	PG_END_TRY();
+	return ok;
+}
+
+/*
+ * Look up every task in the lookup queue in rvbbit.cache, in one
+ * transaction.  Hits are answered at once; misses move to the ready
+ * queue.  A failed lookup sends everything to the ready queue.
+ */
+static void
+wk_cache_lookup(void)
+{
+	json_object *keys;
+	json_object *hits = NULL;
+	dlist_mutable_iter it;
+	if (dlist_is_empty(&wk_lookup))
+		return;
+
+	keys = json_object_new_array();
+	dlist_foreach_modify(it, &wk_lookup)
+	{
+		WkTask	   *t = dlist_container(WkTask, node, it.cur);
+
+		json_object_array_add(keys, json_object_new_string(t->key));
+	}
+
+	PG_TRY();
+	{
+		Oid			argtypes[1] = {TEXTOID};
+		Datum		args[1];
+		uint64		i;
+
+		wk_xact_begin("rvbbit: cache lookup");
+		args[0] = CStringGetTextDatum(json_object_to_json_string_ext(keys, JSON_C_TO_STRING_PLAIN));
+		if (SPI_execute_with_args("SELECT key, response, input_tokens, output_tokens, "
+								  "extract(epoch FROM now() - created_at)::float8 "
+								  "FROM rvbbit.cache WHERE key = ANY (ARRAY("
+								  "SELECT jsonb_array_elements_text($1::jsonb)))",
+								  1, argtypes, args, NULL, true, 0) != SPI_OK_SELECT)
+			elog(ERROR, "could not read rvbbit.cache");
+		hits = json_object_new_object();
+		for (i = 0; i < SPI_processed; i++)
+		{
+			HeapTuple	tup = SPI_tuptable->vals[i];
+			TupleDesc	td = SPI_tuptable->tupdesc;
+			char	   *age = SPI_getvalue(tup, td, 5);
+			json_object *hit = json_object_new_object();
+			char	   *tin = SPI_getvalue(tup, td, 3);
+			char	   *tout = SPI_getvalue(tup, td, 4);
+
+			json_object_object_add(hit, "response", json_object_new_string(SPI_getvalue(tup, td, 2)));
+			json_object_object_add(hit, "in", json_object_new_int64(tin ? atol(tin) : 0));
+			json_object_object_add(hit, "out", json_object_new_int64(tout ? atol(tout) : 0));
+			json_object_object_add(hit, "age", json_object_new_double(age ? atof(age) : 0));
+			json_object_object_add(hits, SPI_getvalue(tup, td, 1), hit);
+		}
+		wk_xact_commit();
+	}
+	PG_CATCH();
+	{
+		wk_xact_abort();
+		if (hits)
+			json_object_put(hits);
+		hits = NULL;
+	}
+	PG_END_TRY();
+
+	dlist_foreach_modify(it, &wk_lookup)
+	{
+		WkTask	   *t = dlist_container(WkTask, node, it.cur);
+		json_object *hit = NULL;
+
+		dlist_delete(&t->node);
+		if (hits && json_object_object_get_ex(hits, t->key, &hit) &&
+			(t->stmt->cache_max_age_s < 0 ||
+			 json_object_get_double(json_object_object_get(hit, "age")) <= t->stmt->cache_max_age_s))
+		{
+			char	   *content = strdup(wk_json_str(hit, "response"));
+
+			wk_task_response(t, content,
+							 (long) wk_json_int(hit, "in", 0),
+							 (long) wk_json_int(hit, "out", 0), true, 0);
+			free(content);
+		}
+		else
+		{
+			t->state = WT_READY;
+			dlist_push_tail(&wk_ready, &t->node);
+		}
+	}
+	if (hits)
+		json_object_put(hits);
+	json_object_put(keys);
+}
+
+/*
+ * Write the queued cache entries and call records in one transaction.
+ * A failure is logged; the results still go to the backends.
+ */
+static void
+wk_flush_writes(void)
+{
+	bool		have_cache = json_object_array_length(wk_cache_rows) > 0;
+	bool		have_calls = json_object_array_length(wk_call_rows) > 0;
+
+	if (!have_cache && !have_calls)
+		return;
+
+	PG_TRY();
+	{
+		Oid			argtypes[1] = {TEXTOID};
+		Datum		args[1];
+
+		wk_xact_begin("rvbbit: recording calls");
+		if (have_cache)
+		{
+			args[0] = CStringGetTextDatum(json_object_to_json_string_ext(wk_cache_rows, JSON_C_TO_STRING_PLAIN));
+			if (SPI_execute_with_args("INSERT INTO rvbbit.cache (key, model, cascade, cell, response, "
+									  "input_tokens, output_tokens, role_oid) "
+									  "SELECT key, model, cascade, cell, response, input_tokens, "
+									  "output_tokens, role_oid FROM jsonb_to_recordset($1::jsonb) AS x("
+									  "key text, model text, cascade text, cell text, response text, "
+									  "input_tokens int, output_tokens int, role_oid oid) "
+									  "ON CONFLICT (key) DO NOTHING",
+									  1, argtypes, args, NULL, false, 0) != SPI_OK_INSERT)
+				elog(ERROR, "could not write rvbbit.cache");
+		}
+		if (have_calls)
+		{
+			args[0] = CStringGetTextDatum(json_object_to_json_string_ext(wk_call_rows, JSON_C_TO_STRING_PLAIN));
+			if (SPI_execute_with_args("INSERT INTO rvbbit.call_log (statement_id, backend_pid, role_oid, "
+									  "cascade, cell, model, attempt, status, http_status, input_tokens, "
+									  "output_tokens, cost, latency_ms, error, cache_key) "
+									  "SELECT statement_id, backend_pid, role_oid, cascade, cell, model, "
+									  "attempt, status, http_status, input_tokens, output_tokens, cost, "
+									  "latency_ms, error, cache_key FROM jsonb_to_recordset($1::jsonb) AS x("
+									  "statement_id int8, backend_pid int, role_oid oid, cascade text, "
+									  "cell text, model text, attempt int, status text, http_status int, "
+									  "input_tokens int, output_tokens int, cost float8, latency_ms float8, "
+									  "error text, cache_key text)",
+									  1, argtypes, args, NULL, false, 0) != SPI_OK_INSERT)
+				elog(ERROR, "could not write rvbbit.call_log");
+		}
+		wk_xact_commit();
+	}
+	PG_CATCH();
+	{
+		wk_xact_abort();
+	}
+	PG_END_TRY();
+
+	json_object_put(wk_cache_rows);
+	json_object_put(wk_call_rows);
+	wk_cache_rows = json_object_new_array();
+	wk_call_rows = json_object_new_array();
+}
+
+/* Queue a call record for the next flush. */
+static void
+wk_record_call(WkTask *t, const char *status, long http_status, long tin,
+			   long tout, double cost, double latency_ms, const char *error)
+{
+	json_object *r = json_object_new_object();
+	WkStmt	   *s = t->stmt;
+
+	json_object_object_add(r, "statement_id", json_object_new_int64(s->seghdr->statement_id));
+	json_object_object_add(r, "backend_pid", json_object_new_int(s->seghdr->backend_pid));
+	json_object_object_add(r, "role_oid", json_object_new_int64(s->seghdr->roleid));
+	json_object_object_add(r, "cascade", json_object_new_string(s->cascade_name));
+	json_object_object_add(r, "cell", json_object_new_string(s->cascade->cells[t->cell].name));
+	json_object_object_add(r, "model", json_object_new_string(t->model_ref ? t->model_ref : ""));
+	json_object_object_add(r, "attempt", json_object_new_int(t->attempt));
+	json_object_object_add(r, "status", json_object_new_string(status));
+	if (http_status > 0)
+		json_object_object_add(r, "http_status", json_object_new_int((int) http_status));
+	if (tin >= 0)
+		json_object_object_add(r, "input_tokens", json_object_new_int64(tin));
+	if (tout >= 0)
+		json_object_object_add(r, "output_tokens", json_object_new_int64(tout));
+	json_object_object_add(r, "cost", json_object_new_double(cost));
+	json_object_object_add(r, "latency_ms", json_object_new_double(latency_ms));
+	if (error)
+		json_object_object_add(r, "error", json_object_new_string(error));
+	json_object_object_add(r, "cache_key", json_object_new_string(t->key));
+	json_object_array_add(wk_call_rows, r);
+}
+
+/* ----------------------------------------------------------------
+ * Tasks: the cascade state machine of one row
+ * ----------------------------------------------------------------
+ */
+
+/* Free a task's request state (not the task). */
+static void
+wk_task_clear_request(WkTask *t)
+{
+	if (t->in_http)
+	{
+		rv_http_cancel(wk_http, &t->req);
+		t->in_http = false;
+	}
+	rv_http_req_release(&t->req);
+	if (t->counted)
+	{
+		pg_atomic_fetch_sub_u32(&rv_shared->http_in_flight, 1);
+		wk_counted--;
+		t->counted = false;
+		if (t->stmt->progress)
+			pg_atomic_fetch_sub_u64(&t->stmt->progress->in_flight, 1);
+	}
+	free(t->body);
+	t->body = NULL;
+}
+
+/* Free a task entirely; it must not be in any queue. */
+static void
+wk_task_free(WkTask *t)
+{
+	wk_task_clear_request(t);
+	if (t->scope)
+		json_object_put(t->scope);
+	if (t->messages)
+		json_object_put(t->messages);
+	free(t->model_ref);
+	t->stmt->ntasks--;
+	pfree(t);
+}
+
+/* Cost of a call in dollars from the statement's price table. */
+static double
+wk_cost(WkStmt *s, const char *model_ref, long tin, long tout)
+{
+	json_object *pair;
+
+	if (model_ref == NULL || !json_object_object_get_ex(s->prices, model_ref, &pair))
+		return 0.0;
+	return Max(tin, 0) * json_object_get_double(json_object_array_get_idx(pair, 0)) +
+		Max(tout, 0) * json_object_get_double(json_object_array_get_idx(pair, 1));
+}
+
+/* The row is done: queue its result for the backend and free it. */
+static void
+wk_task_done(WkTask *t, json_object *result)
+{
+	RvResultHead head;
+	const char *parts[1];
+
+	memset(&head, 0, sizeof(head));
+	head.seq = t->seq;
+	head.llm_calls = t->calls;
+	head.cache_hits = t->hits;
+	head.tokens_in = t->tokens_in;
+	head.tokens_out = t->tokens_out;
+	head.cost = t->cost;
+	parts[0] = json_object_to_json_string_ext(result, JSON_C_TO_STRING_PLAIN | JSON_C_TO_STRING_NOSLASHESCAPE);
+	wk_queue_msg(t->stmt, RV_MSG_RESULT, &head, parts, 1);
+	wk_task_free(t);
+}
+
+/* The row failed: queue the error for the backend and free it. */
+static void
+wk_task_fail(WkTask *t, int sqlstate, const char *msg, const char *detail,
+			 const char *hint)
+{
+	RvResultHead head;
+	const char *parts[3];
+
+	memset(&head, 0, sizeof(head));
+	head.seq = t->seq;
+	head.sqlstate = sqlstate;
+	head.llm_calls = t->calls;
+	head.cache_hits = t->hits;
+	head.tokens_in = t->tokens_in;
+	head.tokens_out = t->tokens_out;
+	head.cost = t->cost;
+	parts[0] = msg;
+	parts[1] = detail;
+	parts[2] = hint;
+	wk_queue_msg(t->stmt, RV_MSG_ROWERR, &head, parts, 3);
+	wk_task_free(t);
+}
+
+/* Pick the provider for a model reference; sets *model to the bare name. */
+static WkProvider *
+wk_route(WkStmt *s, const char *model_ref, const char **model)
+{
+	const char *colon = strchr(model_ref, ':');
+	int			i;
+
+	*model = model_ref;
+	if (colon != NULL)
+	{
+		for (i = 1; i < s->nproviders; i++)
+		{
+			size_t		n = strlen(s->providers[i].prefix);
+
+			if ((size_t) (colon - model_ref) == n &&
+				strncmp(model_ref, s->providers[i].prefix, n) == 0)
+			{
+				*model = colon + 1;
+				return &s->providers[i];
+			}
+		}
+	}
+	return &s->providers[0];
+}
+
+/*
+ * Render the current cell's request for a task (first attempt), or build
+ * the request from the conversation so far (re-asks), compute its cache
+ * key, and queue the task for lookup or sending.  Template errors fail the
+ * row.
+ */
+static void
+wk_task_prepare(WkTask *t)
+{
+	WkStmt	   *s = t->stmt;
+	RvCell	   *cell = &s->cascade->cells[t->cell];
+	RvLlmRequest lreq;
+	char	   *system = NULL;
+	const char *model_ref;
+	const char *parts[3];
+	size_t		lens[3];
+	RvError		err;
+
+	rv_error_clear(&err);
+	if (t->attempt == 0)
+	{
+		char	   *prompt;
+		json_object *m;
+
+		prompt = rv_template_render(cell->tmpl_instructions, t->scope, true, &err);
+		if (prompt == NULL)
+		{
+			char		msg[RV_ERRMSG_LEN + 64];
+
+			snprintf(msg, sizeof(msg), "%s", err.message);
+			wk_task_fail(t, err.message[0] == 'i' && strncmp(err.message, "input has no field", 18) == 0 ?
+						 ERRCODE_UNDEFINED_COLUMN : ERRCODE_DATA_EXCEPTION,
+						 msg, psprintf("While rendering the instructions of cell \"%s\".", cell->name),
+						 err.hint[0] ? err.hint : NULL);
+			return;
+		}
+		if (t->messages)
+			json_object_put(t->messages);
+		t->messages = json_object_new_array();
+		m = json_object_new_object();
+		json_object_object_add(m, "role", json_object_new_string("user"));
+		json_object_object_add(m, "content", json_object_new_string(prompt));
+		json_object_array_add(t->messages, m);
+		free(prompt);
+	}
+	if (cell->tmpl_system)
+	{
+		rv_error_clear(&err);
+		system = rv_template_render(cell->tmpl_system, t->scope, true, &err);
+		if (system == NULL)
+		{
+			wk_task_fail(t, ERRCODE_DATA_EXCEPTION, err.message,
+						 psprintf("While rendering the system prompt of cell \"%s\".", cell->name),
+						 err.hint[0] ? err.hint : NULL);
+			return;
+		}
+	}
+
+	model_ref = s->model_override ? s->model_override :
+		cell->model ? cell->model :
+		s->cascade->model ? s->cascade->model : s->default_model;
+	free(t->model_ref);
+	t->model_ref = strdup(model_ref);
+	t->provider = wk_route(s, t->model_ref, &t->model);
+
+	memset(&lreq, 0, sizeof(lreq));
+	lreq.flavor = t->provider->flavor;
+	lreq.model = t->model;
+	lreq.system = system;
+	lreq.messages = t->messages;
+	lreq.has_temperature = cell->has_temperature;
+	lreq.temperature = cell->temperature;
+	lreq.max_tokens = cell->max_tokens;
+	lreq.output_schema = cell->output_schema;
+	lreq.schema_name = cell->name;
+	free(t->body);
+	t->body = rv_llm_build_body(&lreq);
+	free(system);
+	if (t->body == NULL)
+	{
+		wk_task_fail(t, ERRCODE_OUT_OF_MEMORY, "could not build the provider request", NULL, NULL);
+		return;
+	}
+	t->body_len = strlen(t->body);
+	t->tries = 0;
+
+	parts[0] = "rvbbit-call-v1";
+	lens[0] = strlen(parts[0]);
+	parts[1] = t->provider->api_base;
+	lens[1] = strlen(parts[1]);
+	parts[2] = t->body;
+	lens[2] = t->body_len;
+	wk_sha256_hex(parts, lens, 3, t->key);
+
+	if (s->cache_read)
+	{
+		t->state = WT_LOOKUP;
+		dlist_push_tail(&wk_lookup, &t->node);
+	}
+	else
+	{
+		t->state = WT_READY;
+		dlist_push_tail(&wk_ready, &t->node);
+	}
+}
+
+/* Text of a non-schema cell's reply as a JSON value: parsed if JSON. */
+static json_object *
+wk_text_value(const char *content)
+{
+	json_tokener *tok = json_tokener_new_ex(64);
+	json_object *v = NULL;
+	size_t		len = strlen(content);
+	const char *p = content;
+
+	while (len > 0 && isspace((unsigned char) *p))
+	{
+		p++;
+		len--;
+	}
+	while (len > 0 && isspace((unsigned char) p[len - 1]))
+		len--;
+	if (tok != NULL && len > 0 && (*p == '{' || *p == '['))
+	{
+		v = json_tokener_parse_ex(tok, p, (int) len);
+		if (v != NULL && json_tokener_get_parse_end(tok) != len)
+		{
+			json_object_put(v);
+			v = NULL;
+		}
+	}
+	if (tok)
+		json_tokener_free(tok);
+	if (v == NULL)
+		v = json_object_new_string(content);
+	return v;
+}
+
+/*
+ * A reply for the task's current request (from HTTP or the cache).
+ * Validates it, records it, and moves on: re-ask, next cell, or done.
+ */
+static void
+wk_task_response(WkTask *t, const char *content, long tin, long tout,
+				 bool cached, double latency_ms)
+{
+	WkStmt	   *s = t->stmt;
+	RvCell	   *cell = &s->cascade->cells[t->cell];
+	json_object *value = NULL;
+	RvError		err;
+	double		cost = cached ? 0.0 : wk_cost(s, t->model_ref, tin, tout);
+	bool		usable = true;
+
+	rv_error_clear(&err);
+	if (cached)
+	{
+		t->hits++;
+		if (s->progress)
+			pg_atomic_fetch_add_u64(&s->progress->cache_hits, 1);
+	}
+	else
+	{
+		t->calls++;
+		t->tokens_in += Max(tin, 0);
+		t->tokens_out += Max(tout, 0);
+		t->cost += cost;
+		if (s->progress)
+		{
+			pg_atomic_fetch_add_u64(&s->progress->llm_calls, 1);
+			pg_atomic_fetch_add_u64(&s->progress->tokens_in, Max(tin, 0));
+			pg_atomic_fetch_add_u64(&s->progress->tokens_out, Max(tout, 0));
+			pg_atomic_fetch_add_u64(&s->progress->cost_micros, (uint64) (cost * 1e6));
+		}
+	}
+
+	if (cell->output_schema != NULL)
+	{
+		value = rv_llm_extract_json(content, &err);
+		if (value != NULL && !rv_schema_validate(cell->output_schema, value, &err))
+		{
+			json_object_put(value);
+			value = NULL;
+		}
+		usable = (value != NULL);
+	}
+	else
+		value = wk_text_value(content);
+
+	if (!cached)
+	{
+		wk_record_call(t, usable ? "ok" : "invalid", 200, tin, tout, cost,
+					   latency_ms, usable ? NULL : err.message);
+		if (usable && s->cache_write)
+		{
+			json_object *r = json_object_new_object();
+
+			json_object_object_add(r, "key", json_object_new_string(t->key));
+			json_object_object_add(r, "model", json_object_new_string(t->model_ref));
+			json_object_object_add(r, "cascade", json_object_new_string(s->cascade_name));
+			json_object_object_add(r, "cell", json_object_new_string(cell->name));
+			json_object_object_add(r, "response", json_object_new_string(content));
+			if (tin >= 0)
+				json_object_object_add(r, "input_tokens", json_object_new_int64(tin));
+			if (tout >= 0)
+				json_object_object_add(r, "output_tokens", json_object_new_int64(tout));
+			json_object_object_add(r, "role_oid", json_object_new_int64(s->seghdr->roleid));
+			json_object_array_add(wk_cache_rows, r);
+		}
+	}
+	else
+		wk_record_call(t, "cached", 0, tin, tout, 0.0, 0.0, NULL);
+
+	free(t->body);
+	t->body = NULL;
+
+	if (value == NULL)
+	{
+		/* schema failure: re-ask with the error, or give up */
+		t->attempt++;
+		if (t->attempt < cell->max_attempts)
+		{
+			json_object *m = json_object_new_object();
+			char	   *msg;
+
+			json_object_object_add(m, "role", json_object_new_string("assistant"));
+			json_object_object_add(m, "content", json_object_new_string(content));
+			json_object_array_add(t->messages, m);
+			m = json_object_new_object();
+			msg = psprintf("Your reply did not match the required JSON schema: %s. "
+						   "Reply again with only a JSON value that matches the schema.",
+						   err.message);
+			json_object_object_add(m, "role", json_object_new_string("user"));
+			json_object_object_add(m, "content", json_object_new_string(msg));
+			json_object_array_add(t->messages, m);
+			pfree(msg);
+			wk_task_prepare(t);
+		}
+		else
+			wk_task_fail(t, ERRCODE_DATA_EXCEPTION,
+						 psprintf("reply of cell \"%s\" does not match its output_schema", cell->name),
+						 psprintf("After %d attempts: %s.", cell->max_attempts, err.message),
+						 "Check the cell's instructions and output_schema, or raise rules.max_attempts.");
+		return;
+	}
+
+	/* the cell is done */
+	{
+		json_object *outputs;
+
+		if (!json_object_object_get_ex(t->scope, "outputs", &outputs) ||
+			!json_object_is_type(outputs, json_type_object))
+		{
+			outputs = json_object_new_object();
+			json_object_object_add(t->scope, "outputs", outputs);
+		}
+		t->cell++;
+		t->attempt = 0;
+		if (t->cell >= s->cascade->ncells)
+		{
+			wk_task_done(t, value);
+			json_object_put(value);
+			return;
+		}
+		json_object_object_add(outputs, cell->name, value);
+		wk_task_prepare(t);
+	}
+}
+
+/* The message for a failed HTTP transfer, and whether to retry it. */
+static bool
+wk_transfer_retryable(CURLcode code)
+{
+	switch (code)
+	{
+		case CURLE_COULDNT_CONNECT:
+		case CURLE_SEND_ERROR:
+		case CURLE_RECV_ERROR:
+		case CURLE_GOT_NOTHING:
+		case CURLE_PARTIAL_FILE:
+		case CURLE_COULDNT_RESOLVE_HOST:
+			return true;
+		default:
+			return false;
+	}
+}
+
+/* Schedule a retry with exponential backoff and jitter, or Retry-After. */
+static void
+wk_task_retry_later(WkTask *t, long retry_after_ms)
+{
+	long		delay;
+
+	if (retry_after_ms >= 0)
+		delay = Min(retry_after_ms, 60000L);
+	else
+	{
+		double		base = 250.0 * pow(2.0, t->tries - 1);
+
+		base = Min(base, 30000.0);
+		delay = (long) (base * (0.5 + 0.5 * pg_prng_double(&pg_global_prng_state)));
+	}
+	t->retry_at = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), delay);
+	t->state = WT_RETRY;
+	dlist_push_tail(&wk_retry, &t->node);
+}
+
+/* Handle a finished HTTP transfer. */
+static void
+wk_http_done(RvHttpReq *req)
+{
+	WkTask	   *t = (WkTask *) req->owner;
+	WkStmt	   *s = t->stmt;
+	long		status = req->status;
+	char	   *errmsg = NULL;
+	bool		retry = false;
+	int			sqlstate = ERRCODE_EXTERNAL_ROUTINE_EXCEPTION;
+	char	   *msg = NULL;
+	char	   *hint = NULL;
+
+	dlist_delete(&t->node);
+	t->in_http = false;
+	if (t->counted)
+	{
+		pg_atomic_fetch_sub_u32(&rv_shared->http_in_flight, 1);
+		wk_counted--;
+		t->counted = false;
+		if (s->progress)
+			pg_atomic_fetch_sub_u64(&s->progress->in_flight, 1);
+	}
+	t->tries++;
+
+	if (req->code != CURLE_OK)
+	{
+		if (req->too_big)
+		{
+			msg = psprintf("provider response is larger than %zu bytes", req->resp_limit);
+			errmsg = msg;
+		}
+		else if (req->code == CURLE_OPERATION_TIMEDOUT)
+		{
+			sqlstate = ERRCODE_CONNECTION_FAILURE;
+			msg = psprintf("LLM request timed out after %ld ms", s->timeout_ms);
+			hint = "Raise rvbbit.request_timeout or the timeout option.";
+			errmsg = msg;
+		}
+		else
+		{
+			sqlstate = ERRCODE_CONNECTION_FAILURE;
+			msg = psprintf("could not complete the request to the LLM provider");
+			errmsg = psprintf("%s", req->errbuf[0] ? req->errbuf : curl_easy_strerror(req->code));
+			retry = wk_transfer_retryable(req->code);
+		}
+		wk_record_call(t, retry && t->tries <= s->max_retries ? "retry" : "error",
+					   status, -1, -1, 0, req->latency_ms, errmsg);
+		if (retry && t->tries <= s->max_retries)
+		{
+			rv_http_req_release(req);
+			wk_task_retry_later(t, -1);
+			return;
+		}
+		rv_http_req_release(req);
+		wk_task_fail(t, sqlstate, msg, errmsg != msg ? psprintf("%s.", errmsg) : NULL, hint);
+		return;
+	}
+
+	if (status == 429 || status >= 500)
+	{
+		char	   *pmsg = rv_llm_error_message(req->resp, req->resp_len);
+
+		wk_record_call(t, t->tries <= s->max_retries ? "retry" : "error", status,
+					   -1, -1, 0, req->latency_ms, pmsg);
+		if (t->tries <= s->max_retries)
+		{
+			long		ra = req->retry_after_ms;
+
+			free(pmsg);
+			rv_http_req_release(req);
+			wk_task_retry_later(t, ra);
+			return;
+		}
+		msg = psprintf("LLM provider returned HTTP %ld after %d attempts", status, t->tries);
+		rv_http_req_release(req);
+		wk_task_fail(t, status == 429 ? ERRCODE_CONFIGURATION_LIMIT_EXCEEDED : ERRCODE_EXTERNAL_ROUTINE_EXCEPTION,
+					 msg, pmsg ? psprintf("Provider said: %s", pmsg) : NULL,
+					 status == 429 ? "Lower PARALLEL, set rvbbit.requests_per_minute, or raise max_retries." :
+					 "Raise max_retries, or try again later.");
+		free(pmsg);
+		return;
+	}
+	if (status < 200 || status >= 300)
+	{
+		char	   *pmsg = rv_llm_error_message(req->resp, req->resp_len);
+
+		wk_record_call(t, "error", status, -1, -1, 0, req->latency_ms, pmsg);
+		rv_http_req_release(req);
+		if (status == 401 || status == 403)
+			wk_task_fail(t, ERRCODE_INVALID_AUTHORIZATION_SPECIFICATION,
+						 psprintf("LLM provider rejected the request with HTTP %ld", status),
+						 pmsg ? psprintf("Provider said: %s", pmsg) : NULL,
+						 "Check rvbbit.api_key (or the provider's key in rvbbit.providers).");
+		else if (status == 404)
+			wk_task_fail(t, ERRCODE_UNDEFINED_OBJECT,
+						 psprintf("LLM provider returned HTTP 404 for model \"%s\"", t->model_ref),
+						 pmsg ? psprintf("Provider said: %s", pmsg) : NULL,
+						 "Check the model name and rvbbit.api_base.");
+		else
+			wk_task_fail(t, ERRCODE_EXTERNAL_ROUTINE_EXCEPTION,
+						 psprintf("LLM provider returned HTTP %ld", status),
+						 pmsg ? psprintf("Provider said: %s", pmsg) : NULL, NULL);
+		free(pmsg);
+		return;
+	}
+
+	/* 2xx */
+	{
+		RvLlmResponse resp;
+		RvError		err;
+
+		memset(&resp, 0, sizeof(resp));
+		rv_error_clear(&err);
+		if (!rv_llm_parse_response(t->provider->flavor, req->resp ? req->resp : "",
+								   req->resp_len, &resp, &err))
+		{
+			wk_record_call(t, "error", status, -1, -1, 0, req->latency_ms, err.message);
+			rv_http_req_release(req);
+			wk_task_fail(t, ERRCODE_EXTERNAL_ROUTINE_EXCEPTION, err.message,
+						 err.detail[0] ? err.detail : NULL, NULL);
+			return;
+		}
+		{
+			int			tpm = t->provider->tpm >= 0 ? t->provider->tpm : rv_tokens_per_minute;
+			long		used = Max(resp.input_tokens, 0) + Max(resp.output_tokens, 0);
+
+			rv_ratelimit_charge(t->provider->api_base, tpm, (int) (used - (long) (t->body_len / 4)));
+		}
+		{
+			double		lat = req->latency_ms;
+
+			rv_http_req_release(req);
+			wk_task_response(t, resp.content, resp.input_tokens, resp.output_tokens,
+							 false, lat);
+		}
+		rv_llm_response_free(&resp);
+	}
+}
+
+/*
+ * Start requests from the ready queue while the caps allow: this worker's
+ * connections, the cluster-wide rvbbit.max_concurrency, and the rate
+ * limits.  Sets wk_ratelimit_wait_ms when a rate limit holds requests back.
+ */
+static void
+wk_dispatch(void)
+{
+	wk_ratelimit_wait_ms = -1;
+	while (!dlist_is_empty(&wk_ready))
+	{
+		WkTask	   *t = dlist_container(WkTask, node, dlist_head_node(&wk_ready));
+		WkStmt	   *s = t->stmt;
+		const char *headers[4];
+		int			nh = 0;
+		char	   *url;
+		long		wait_ms;
+		int			rpm,
+					tpm;
+		uint32		prev;
+
+		if (rv_http_in_flight(wk_http) >= wk_max_conn)
+			break;
+		prev = pg_atomic_fetch_add_u32(&rv_shared->http_in_flight, 1);
+		if ((int) prev >= rv_max_concurrency)
+		{
+			pg_atomic_fetch_sub_u32(&rv_shared->http_in_flight, 1);
+			wk_ratelimit_wait_ms = 10;
+			break;
+		}
+		rpm = t->provider->rpm >= 0 ? t->provider->rpm : rv_requests_per_minute;
+		tpm = t->provider->tpm >= 0 ? t->provider->tpm : rv_tokens_per_minute;
+		if (!rv_ratelimit_acquire(t->provider->api_base, rpm, tpm,
+								  (int) (t->body_len / 4) + 1, &wait_ms))
+		{
+			pg_atomic_fetch_sub_u32(&rv_shared->http_in_flight, 1);
+			wk_ratelimit_wait_ms = Max(wait_ms, 1);
+			break;
+		}
+		t->counted = true;
+		wk_counted++;
+		if (s->progress)
+			pg_atomic_fetch_add_u64(&s->progress->in_flight, 1);
+
+		dlist_delete(&t->node);
+		url = psprintf("%s%s", t->provider->api_base, rv_llm_path(t->provider->flavor));
+		headers[nh++] = "Content-Type: application/json";
+		if (t->provider->flavor == RV_FLAVOR_ANTHROPIC)
+		{
+			headers[nh++] = psprintf("x-api-key: %s", t->provider->api_key);
+			headers[nh++] = "anthropic-version: 2023-06-01";
+		}
+		else if (t->provider->api_key[0] != '\0')
+			headers[nh++] = psprintf("Authorization: Bearer %s", t->provider->api_key);
+
+		memset(&t->req, 0, sizeof(t->req));
+		t->req.owner = t;
+		if (!rv_http_start(wk_http, &t->req, url, headers, nh, t->body, t->body_len,
+						   s->timeout_ms, 64 * 1024 * 1024))
+		{
+			char		errbuf[CURL_ERROR_SIZE];
+
+			strlcpy(errbuf, t->req.errbuf, sizeof(errbuf));
+			pg_atomic_fetch_sub_u32(&rv_shared->http_in_flight, 1);
+			wk_counted--;
+			t->counted = false;
+			if (s->progress)
+				pg_atomic_fetch_sub_u64(&s->progress->in_flight, 1);
+			wk_task_fail(t, ERRCODE_CONNECTION_FAILURE,
+						 "could not start the request to the LLM provider",
+						 psprintf("%s.", errbuf), NULL);
+			pfree(url);
+			continue;
+		}
+		pfree(url);
+		t->in_http = true;
+		t->state = WT_HTTP;
+		dlist_push_tail(&wk_inflight, &t->node);
+	}
+}
+
+/* ----------------------------------------------------------------
+ * Statements
+ * ----------------------------------------------------------------
+ */
+
+/* Parse a statement header; on error send a fatal message. */
+static void
+wk_stmt_header(WkStmt *s, const char *json, Size len)
+{
+	json_object *hdr = json_tokener_parse(json);
+	const char *def;
+	RvError		err;
+
+	s->got_header = true;
+	if (hdr == NULL)
+	{
+		wk_stmt_fatal(s, ERRCODE_INTERNAL_ERROR, "malformed rvbbit statement header", NULL, NULL);
+		s->closing = true;
+		return;
+	}
+	s->cascade_name = MemoryContextStrdup(s->cxt, wk_json_str(hdr, "cascade") ? wk_json_str(hdr, "cascade") : "?");
+	s->default_model = MemoryContextStrdup(s->cxt, wk_json_str(hdr, "default_model") ? wk_json_str(hdr, "default_model") : "");
+	if (wk_json_str(hdr, "model"))
+		s->model_override = MemoryContextStrdup(s->cxt, wk_json_str(hdr, "model"));
+	s->timeout_ms = (long) wk_json_int(hdr, "timeout_ms", 60000);
+	s->max_retries = (int) wk_json_int(hdr, "max_retries", 3);
+	s->cache_read = wk_json_bool(hdr, "cache_read", true);
+	s->cache_write = wk_json_bool(hdr, "cache_write", true);
+	s->cache_max_age_s = (long) wk_json_int(hdr, "cache_max_age_s", -1);
+
+	def = wk_json_str(hdr, "definition");
+	rv_error_clear(&err);
+	s->cascade = def ? rv_cascade_parse(def, strlen(def), &err) : NULL;
+	if (s->cascade == NULL)
+	{
+		wk_stmt_fatal(s, ERRCODE_INVALID_PARAMETER_VALUE,
+					  err.set ? err.message : "cascade definition missing", NULL, NULL);
+		s->closing = true;
+		json_object_put(hdr);
+		return;
+	}
+	if (!wk_load_config(s, hdr))
+		s->closing = true;
+	json_object_put(hdr);
+	(void) len;
+}
+
+/* A row message: make a task. */
+static void
+wk_stmt_row(WkStmt *s, const char *data, Size len)
+{
+	WkTask	   *t;
+	int64		seq;
+	json_object *scope;
+
+	if (len < sizeof(int64) + 1)
+		return;
+	memcpy(&seq, data, sizeof(int64));
+	scope = json_tokener_parse(data + sizeof(int64));
+	t = MemoryContextAllocZero(s->cxt, sizeof(WkTask));
+	t->stmt = s;
+	t->seq = seq;
+	s->ntasks++;
+	if (scope == NULL || !json_object_is_type(scope, json_type_object))
+	{
+		if (scope)
+			json_object_put(scope);
+		t->scope = json_object_new_object();
+		wk_task_fail(t, ERRCODE_INTERNAL_ERROR, "malformed rvbbit row message", NULL, NULL);
+		return;
+	}
+	t->scope = scope;
+	if (!json_object_object_get_ex(scope, "outputs", NULL))
+		json_object_object_add(scope, "outputs", json_object_new_object());
+	if (!json_object_object_get_ex(scope, "state", NULL))
+		json_object_object_add(scope, "state", json_object_new_object());
+	t->state = WT_PREPARE;
+	dlist_push_tail(&wk_prepare, &t->node);
+}
+
+/* Read all available messages of a statement (never blocks). */
+static void
+wk_stmt_receive(WkStmt *s)
+{
+	for (;;)
+	{
+		Size		len;
+		void	   *data;
+		shm_mq_result res;
+
+		if (s->closing || s->input_done)
+			return;
+		res = shm_mq_receive(s->inq, &len, &data, true);
+		if (res == SHM_MQ_WOULD_BLOCK)
+			return;
+		if (res == SHM_MQ_DETACHED)
+		{
+			s->closing = true;
+			return;
+		}
+		if (len < 1)
+			continue;
+		switch (((char *) data)[0])
+		{
+			case RV_MSG_HEADER:
+				wk_stmt_header(s, (char *) data + 1, len - 1);
+				break;
+			case RV_MSG_ROW:
+				if (s->got_header && !s->closing)
+					wk_stmt_row(s, (char *) data + 1, len - 1);
+				break;
+			case RV_MSG_END:
+				s->input_done = true;
+				break;
+			default:
+				break;
+		}
+	}
+}
+
+/* Send what is in a statement's outbox (never blocks). */
+static void
+wk_stmt_send(WkStmt *s)
+{
+	while (!dlist_is_empty(&s->outbox))
+	{
+		WkMsg	   *m = dlist_container(WkMsg, node, dlist_head_node(&s->outbox));
+		shm_mq_result res;
+
+		res = shm_mq_send(s->outq, m->len, m->data, true, true);
+		if (res == SHM_MQ_WOULD_BLOCK)
+			return;
+		dlist_delete(&m->node);
+		pfree(m);
+		if (res == SHM_MQ_DETACHED)
+		{
+			s->closing = true;
+			return;
+		}
+	}
+}
+
+/* Remove every task of a statement from the worker's queues. */
+static void
+wk_stmt_abort_tasks(WkStmt *s)
+{
+	dlist_head *queues[] = {&wk_prepare, &wk_lookup, &wk_ready, &wk_retry, &wk_inflight};
+	int			q;
+
+	for (q = 0; q < (int) lengthof(queues); q++)
+	{
+		dlist_mutable_iter it;
+
+		dlist_foreach_modify(it, queues[q])
+		{
+			WkTask	   *t = dlist_container(WkTask, node, it.cur);
+
+			if (t->stmt != s)
+				continue;
+			dlist_delete(&t->node);
+			if (t->in_http)
+			{
+				rv_http_cancel(wk_http, &t->req);
+				t->in_http = false;
+			}
+			wk_task_free(t);
+		}
+	}
+}
+
+/* Detach and free a statement. */
+static void
+wk_stmt_close(WkStmt *s)
+{
+	wk_stmt_abort_tasks(s);
+	dlist_delete(&s->node);
+	if (s->cascade)
+		rv_cascade_free(s->cascade);
+	if (s->prices)
+		json_object_put(s->prices);
+	dsm_detach(s->seg);
+	MemoryContextDelete(s->cxt);
+}
+
+/* Take this worker's statements from the shared inbox and attach. */
+static void
+wk_take_pending(void)
+{
+	dsm_handle	handles[RV_MAX_PENDING];
+	int			n = 0;
+	int			i;
+
+	LWLockAcquire(rv_shared->lock, LW_EXCLUSIVE);
+	for (i = 0; i < RV_MAX_PENDING; i++)
+	{
+		RvPending  *p = &rv_shared->pending[i];
+
+		if (p->used && p->worker == wk_slot)
+		{
+			handles[n++] = p->handle;
+			p->used = false;
+		}
+	}
+	LWLockRelease(rv_shared->lock);
+
+	for (i = 0; i < n; i++)
+	{
+		dsm_segment *seg;
+		WkStmt	   *s;
+		MemoryContext cxt;
+		MemoryContext old;
+		RvSegmentHeader *hdr;
+		shm_mq	   *req;
+		shm_mq	   *res;
+
+		seg = dsm_attach(handles[i]);
+		if (seg == NULL)
+			continue;			/* the backend is already gone */
+		hdr = dsm_segment_address(seg);
+		if (hdr->magic != RV_SHM_MAGIC)
+		{
+			dsm_detach(seg);
+			continue;
+		}
+		cxt = AllocSetContextCreate(wk_cxt, "rvbbit statement", ALLOCSET_DEFAULT_SIZES);
+		old = MemoryContextSwitchTo(cxt);
+		s = palloc0(sizeof(WkStmt));
+		s->cxt = cxt;
+		s->seg = seg;
+		s->seghdr = hdr;
+		s->progress = hdr->progress_index >= 0 ? rv_progress_get(hdr->progress_index) : NULL;
+		dlist_init(&s->outbox);
+		req = (shm_mq *) ((char *) hdr + RV_SEG_REQ_OFFSET);
+		res = (shm_mq *) ((char *) hdr + RV_SEG_RES_OFFSET);
+		shm_mq_set_receiver(req, MyProc);
+		shm_mq_set_sender(res, MyProc);
+		s->inq = shm_mq_attach(req, seg, NULL);
+		s->outq = shm_mq_attach(res, seg, NULL);
+		MemoryContextSwitchTo(old);
+		dlist_push_tail(&wk_stmts, &s->node);
+	}
+}
+
+/* before_shmem_exit: free our slot and drop statements waiting for us. */
+static void
+wk_on_exit(int code, Datum arg)
+{
+	int			i;
+
+	if (wk_counted > 0 && rv_shared != NULL)
+		pg_atomic_fetch_sub_u32(&rv_shared->http_in_flight, wk_counted);
+	wk_counted = 0;
+	if (wk_slot < 0 || rv_shared == NULL)
+		return;
+	LWLockAcquire(rv_shared->lock, LW_EXCLUSIVE);
+	if (rv_shared->workers[wk_slot].generation == wk_generation)
+	{
+		RvWorkerSlot *w = &rv_shared->workers[wk_slot];
+
+		w->dboid = InvalidOid;
+		w->pid = 0;
+		w->latch = NULL;
+		w->exiting = false;
+		w->nstatements = 0;
+		w->generation++;
+		for (i = 0; i < RV_MAX_PENDING; i++)
+			if (rv_shared->pending[i].used && rv_shared->pending[i].worker == wk_slot)
+				rv_shared->pending[i].used = false;
+	}
+	LWLockRelease(rv_shared->lock);
+}
+
+/*
+ * Leave the pool if idle: under the lock, no statement pending for us.
+ * Returns true when the worker should exit.
+ */
+static bool
+wk_try_retire(void)
+{
+	bool		retire = true;
+	int			i;
+
+	LWLockAcquire(rv_shared->lock, LW_EXCLUSIVE);
+	for (i = 0; i < RV_MAX_PENDING; i++)
+		if (rv_shared->pending[i].used && rv_shared->pending[i].worker == wk_slot)
+			retire = false;
+	if (retire && rv_shared->workers[wk_slot].generation == wk_generation)
+		rv_shared->workers[wk_slot].exiting = true;
+	LWLockRelease(rv_shared->lock);
+	return retire;
+}
+
+/* Raise the soft open-file limit and size the connection cap to fit it. */
+static void
+wk_size_connections(void)
+{
+	struct rlimit rl;
+	int			cap = rv_max_connections_per_worker;
+
+	if (getrlimit(RLIMIT_NOFILE, &rl) == 0)
+	{
+		if (rl.rlim_cur < rl.rlim_max)
+		{
+			rlim_t		want = Min(rl.rlim_max, (rlim_t) 65536);
+
+			if (want > rl.rlim_cur)
+			{
+				rl.rlim_cur = want;
+				(void) setrlimit(RLIMIT_NOFILE, &rl);
+				(void) getrlimit(RLIMIT_NOFILE, &rl);
+			}
+		}
+		/* leave room for the files PostgreSQL itself opens */
+		if (rl.rlim_cur != RLIM_INFINITY)
+			cap = Min(cap, Max(1, (int) rl.rlim_cur - 200));
+	}
+	wk_max_conn = cap;
+}
+
+/*
+ * Entry point of an rvbbit worker.  main_arg is the worker slot index;
+ * bgw_extra carries the slot generation it was started for.
+ */
+void
+rv_worker_main(Datum main_arg)
+{
+	WaitEventSet *wes;
+	TimestampTz idle_since;
+	Oid			dboid;
+	char		errbuf[256];
+
+	wk_slot = DatumGetInt32(main_arg);
+	memcpy(&wk_generation, MyBgworkerEntry->bgw_extra, sizeof(uint64));
+
+	pqsignal(SIGTERM, die);
+	pqsignal(SIGHUP, SignalHandlerForConfigReload);
+	BackgroundWorkerUnblockSignals();
+
+	LWLockAcquire(rv_shared->lock, LW_EXCLUSIVE);
+	if (rv_shared->workers[wk_slot].generation != wk_generation ||
+		rv_shared->workers[wk_slot].dboid == InvalidOid)
+	{
+		LWLockRelease(rv_shared->lock);
+		proc_exit(0);
+	}
+	rv_shared->workers[wk_slot].pid = MyProcPid;
+	rv_shared->workers[wk_slot].latch = MyLatch;
+	dboid = rv_shared->workers[wk_slot].dboid;
+	LWLockRelease(rv_shared->lock);
+	before_shmem_exit(wk_on_exit, (Datum) 0);
+
+	BackgroundWorkerInitializeConnectionByOid(dboid, InvalidOid, 0);
+	pgstat_report_appname("rvbbit worker");
+
+	wk_cxt = AllocSetContextCreate(TopMemoryContext, "rvbbit worker", ALLOCSET_DEFAULT_SIZES);
+	wk_resowner = ResourceOwnerCreate(NULL, "rvbbit worker");
+	MemoryContextSwitchTo(wk_cxt);
+
+	if (curl_global_init(CURL_GLOBAL_ALL) != CURLE_OK)
+		ereport(FATAL,
+				(errcode(ERRCODE_INTERNAL_ERROR),
+				 errmsg("could not initialize libcurl")));
+	wk_size_connections();
+	wk_http = rv_http_create(wk_max_conn, errbuf, sizeof(errbuf));
+	if (wk_http == NULL)
+		ereport(FATAL,
+				(errcode(ERRCODE_INTERNAL_ERROR),
+				 errmsg("could not initialize the HTTP client"),
+				 errdetail("%s", errbuf)));
+	wk_cache_rows = json_object_new_array();
+	wk_call_rows = json_object_new_array();
+
+	wes = CreateWaitEventSet(TopMemoryContext, 3);
+	AddWaitEventToSet(wes, WL_LATCH_SET, PGINVALID_SOCKET, MyLatch, NULL);
+	AddWaitEventToSet(wes, WL_EXIT_ON_PM_DEATH, PGINVALID_SOCKET, NULL, NULL);
+	AddWaitEventToSet(wes, WL_SOCKET_READABLE, rv_http_fd(wk_http), NULL, NULL);
+
+	idle_since = GetCurrentTimestamp();
+	for (;;)
+	{
+		dlist_mutable_iter it;
+		long		timeout;
+		long		t;
+		WaitEvent	ev;
+		TimestampTz now;
+
+		CHECK_FOR_INTERRUPTS();
+		if (ConfigReloadPending)
+		{
+			ConfigReloadPending = false;
+			ProcessConfigFile(PGC_SIGHUP);
+		}
+
+		wk_take_pending();
+
+		/* read what the backends sent */
+		dlist_foreach_modify(it, &wk_stmts)
+		{
+			WkStmt	   *s = dlist_container(WkStmt, node, it.cur);
+
+			wk_stmt_receive(s);
+		}
+
+		/* tasks whose retry time came */
+		now = GetCurrentTimestamp();
+		dlist_foreach_modify(it, &wk_retry)
+		{
+			WkTask	   *tk = dlist_container(WkTask, node, it.cur);
+
+			if (tk->retry_at <= now)
+			{
+				dlist_delete(&tk->node);
+				tk->state = WT_READY;
+				dlist_push_tail(&wk_ready, &tk->node);
+			}
+		}
+
+		/* render requests, look them up, send the misses */
+		while (!dlist_is_empty(&wk_prepare))
+		{
+			WkTask	   *tk = dlist_container(WkTask, node, dlist_head_node(&wk_prepare));
+
+			dlist_delete(&tk->node);
+			wk_task_prepare(tk);
+		}
+		wk_cache_lookup();
+		/* cache hits may have moved tasks to their next cell */
+		while (!dlist_is_empty(&wk_prepare) || !dlist_is_empty(&wk_lookup))
+		{
+			while (!dlist_is_empty(&wk_prepare))
+			{
+				WkTask	   *tk = dlist_container(WkTask, node, dlist_head_node(&wk_prepare));
+
+				dlist_delete(&tk->node);
+				wk_task_prepare(tk);
+			}
+			wk_cache_lookup();
+		}
+		wk_dispatch();
+
+		/* let curl work and collect what finished */
+		rv_http_drive(wk_http);
+		{
+			RvHttpReq  *done;
+
+			while ((done = rv_http_next_done(wk_http)) != NULL)
+				wk_http_done(done);
+		}
+
+		/* commit, then tell the backends */
+		wk_flush_writes();
+		dlist_foreach_modify(it, &wk_stmts)
+		{
+			WkStmt	   *s = dlist_container(WkStmt, node, it.cur);
+
+			if (!s->closing)
+				wk_stmt_send(s);
+			if (s->closing ||
+				(s->input_done && s->ntasks == 0 && dlist_is_empty(&s->outbox)))
+				wk_stmt_close(s);
+		}
+
+		/* idle: leave after the timeout */
+		if (dlist_is_empty(&wk_stmts))
+		{
+			if (TimestampDifferenceExceeds(idle_since, GetCurrentTimestamp(),
+										   rv_worker_idle_timeout_s * 1000) &&
+				wk_try_retire())
+				break;
+		}
+		else
+			idle_since = GetCurrentTimestamp();
+
+		/* how long may we sleep? */
+		timeout = 1000;
+		t = rv_http_timeout(wk_http);
+		if (t >= 0)
+			timeout = Min(timeout, t);
+		if (wk_ratelimit_wait_ms >= 0)
+			timeout = Min(timeout, wk_ratelimit_wait_ms);
+		if (!dlist_is_empty(&wk_retry))
+		{
+			now = GetCurrentTimestamp();
+			dlist_foreach_modify(it, &wk_retry)
+			{
+				WkTask	   *tk = dlist_container(WkTask, node, it.cur);
+				long		ms = (long) ((tk->retry_at - now) / 1000);
+
+				timeout = Min(timeout, Max(ms, 0));
+			}
+		}
+		if (!dlist_is_empty(&wk_ready) && rv_http_in_flight(wk_http) < wk_max_conn &&
+			wk_ratelimit_wait_ms < 0)
+			timeout = 0;
+
+		if (timeout > 0)
+		{
+			(void) WaitEventSetWait(wes, timeout, &ev, 1, PG_WAIT_EXTENSION);
+			ResetLatch(MyLatch);
+		}
+	}
+
+	rv_http_destroy(wk_http);
+	proc_exit(0);
+}

@@ -1,0 +1,86 @@
+/*-------------------------------------------------------------------------
+ *
+ * fuzz_llm.c
+ *	  Fuzz target for llm.c: the input is taken as a provider response body
+ *	  (both flavours), as an error body, and as model output to extract JSON
+ *	  from; it also goes into a request body as the system prompt and the
+ *	  schema name.
+ *
+ * Build with tests/unit/Makefile (fuzz_llm), under libFuzzer or driver.c.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "llm.h"
+
+int			LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
+
+int
+LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+{
+	RvLlmResponse resp;
+	RvError		err;
+	RvLlmRequest req;
+	json_object *v;
+	char	   *text;
+	char	   *s;
+	int			f;
+
+	for (f = RV_FLAVOR_OPENAI; f <= RV_FLAVOR_ANTHROPIC; f++)
+	{
+		rv_error_clear(&err);
+		if (rv_llm_parse_response((RvFlavor) f, (const char *) data, size, &resp, &err))
+		{
+			/* success always yields a NUL-terminated content */
+			if (resp.content == NULL || err.set)
+				abort();
+			(void) strlen(resp.content);
+		}
+		else if (!err.set || resp.content != NULL)
+			abort();
+		rv_llm_response_free(&resp);
+	}
+
+	s = rv_llm_error_message((const char *) data, size);
+	if (s != NULL && strlen(s) >= 300)
+		abort();
+	free(s);
+
+	text = malloc(size + 1);
+	if (text == NULL)
+		return 0;
+	memcpy(text, data, size);
+	text[size] = '\0';
+
+	rv_error_clear(&err);
+	v = rv_llm_extract_json(text, &err);
+	if (v == NULL && !err.set)
+		abort();
+	if (v != NULL)
+	{
+		/* what we return must serialize and parse back */
+		const char *out = json_object_to_json_string_ext(v, JSON_C_TO_STRING_PLAIN);
+		json_object *back = json_tokener_parse(out);
+
+		if (back == NULL)
+			abort();
+		json_object_put(back);
+		json_object_put(v);
+	}
+
+	memset(&req, 0, sizeof(req));
+	req.flavor = (size > 0 && (data[0] & 1)) ? RV_FLAVOR_ANTHROPIC : RV_FLAVOR_OPENAI;
+	req.model = "m";
+	req.system = text;
+	req.schema_name = text;
+	req.output_schema = json_object_new_object();
+	s = rv_llm_build_body(&req);
+	free(s);
+	json_object_put(req.output_schema);
+
+	free(text);
+	return 0;
+}

@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Install the Debian packages rvbbit needs to build and test, when missing.
+# Runs as root (CI, a fresh machine) or with sudo available.
+set -euo pipefail
+pkgs=(build-essential pkg-config postgresql-15 postgresql-server-dev-15
+      postgresql-15-cron libcurl4-openssl-dev libjson-c-dev libyaml-dev
+      libipc-run-perl python3 python3-psycopg2 curl ca-certificates)
+missing=()
+for p in "${pkgs[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+  echo "rvbbit: installing ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  $SUDO apt-get update -qq
+  # the server package's post-install creates a "main" cluster; we never use it
+  $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi

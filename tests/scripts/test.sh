@@ -1,0 +1,124 @@
+#!/usr/bin/env bash
+# make test: install what is missing, build with -Werror, install, and run
+# every suite: unit tests, fuzz targets (bounded), the mock's self-test,
+# pg_regress against a temporary instance, TAP tests, the client test.
+# Prints one summary line at the end: "total: N passed, N failed".
+set -uo pipefail
+here="$(cd "$(dirname "$0")" && pwd)"
+bash "$here/deps.sh" || exit 1
+. "$here/common.sh"
+
+work=$(mktemp -d /tmp/rvbbit-test.XXXXXX)
+chmod 755 "$work"
+TOTAL_PASS=0
+TOTAL_FAIL=0
+FAILED_SUITES=()
+
+cleanup() {
+  mock_stop
+  [ -n "${KEEP_TEST_DIR:-}" ] || rm -rf "$work"
+}
+trap cleanup EXIT
+
+# record SUITE PASSED FAILED
+record() {
+  TOTAL_PASS=$((TOTAL_PASS + $2))
+  TOTAL_FAIL=$((TOTAL_FAIL + $3))
+  [ "$3" -gt 0 ] && FAILED_SUITES+=("$1")
+  printf '%-10s %d passed, %d failed\n' "$1:" "$2" "$3"
+}
+
+echo "== build (warnings are errors)"
+if ! build_install; then
+  echo "build failed"
+  make -C "$RV_ROOT" PG_CONFIG="$PG_CONFIG" COPT="-Werror" 2>&1 | grep -E "error|warning" | head -30
+  echo "total: 0 passed, 1 failed"
+  exit 1
+fi
+
+echo "== unit tests and fuzz targets"
+make -C "$RV_ROOT/tests/unit" -s clean >/dev/null
+if make -C "$RV_ROOT/tests/unit" -s all >"$work/unit-build.log" 2>&1; then
+  for t in test_template test_jsonschema test_cascade test_llm test_syntax; do
+    (cd "$RV_ROOT/tests/unit" && ./$t >"$work/$t.log" 2>&1)
+    line=$(tail -n 1 "$work/$t.log")
+    p=$(echo "$line" | sed -n 's/.*: \([0-9]*\) passed, \([0-9]*\) failed.*/\1/p')
+    f=$(echo "$line" | sed -n 's/.*: \([0-9]*\) passed, \([0-9]*\) failed.*/\2/p')
+    [ -z "$p" ] && { p=0; f=1; tail -20 "$work/$t.log"; }
+    [ "$f" != 0 ] && grep -E '^not ok|^#|runtime error|ERROR' "$work/$t.log" | head -20
+    record "$t" "$p" "$f"
+  done
+  if make -C "$RV_ROOT/tests/unit" -s fuzz FUZZ_SECONDS="${FUZZ_SECONDS:-8}" >"$work/fuzz.log" 2>&1; then
+    record fuzz "$(grep -c 'no crash' "$work/fuzz.log")" 0
+  else
+    tail -30 "$work/fuzz.log"
+    record fuzz 0 1
+  fi
+else
+  tail -30 "$work/unit-build.log"
+  record unit 0 1
+fi
+
+echo "== mock provider self-test"
+"$PYTHON" "$RV_ROOT/tests/mock/test_mock.py" >"$work/mock-test.log" 2>&1
+line=$(grep -E '^mock: [0-9]+ passed' "$work/mock-test.log" | tail -1)
+p=$(echo "$line" | sed -n 's/mock: \([0-9]*\) passed, \([0-9]*\) failed/\1/p')
+f=$(echo "$line" | sed -n 's/mock: \([0-9]*\) passed, \([0-9]*\) failed/\2/p')
+[ -z "$p" ] && { p=0; f=1; tail -30 "$work/mock-test.log"; }
+record mock "$p" "$f"
+
+echo "== pg_regress (temporary instance, library preloaded)"
+# a copy of the tree the postgres user can write in
+cp -a "$RV_ROOT" "$work/tree"
+rm -rf "$work/tree/.git"
+chown -R postgres: "$work"
+mock_start "$work/mock" --fixtures "$RV_ROOT/tests/mock/fixtures/demo.json"
+chown -R postgres: "$work/mock"
+cat >"$work/tree/tests/rvbbit_test.conf" <<CONF
+shared_preload_libraries = 'rvbbit'
+rvbbit.api_base = 'http://127.0.0.1:$MOCK_PORT/v1'
+rvbbit.default_model = 'mock/default'
+rvbbit.cascade_path = '$work/tree/tests/cascades'
+rvbbit.worker_idle_timeout = 10
+max_worker_processes = 32
+CONF
+(cd "$work/tree" && as_pg env MOCK_PORT="$MOCK_PORT" "$PG_REGRESS" --inputdir=. \
+    --bindir="$PG_BINDIR" --temp-instance=./tmp_check \
+    --temp-config=./tests/rvbbit_test.conf \
+    $(sed -n 's/^REGRESS = //p' Makefile) >"$work/regress.log" 2>&1)
+rc=$?
+cat "$work/regress.log" | grep -E '^(ok|not ok|test | [a-z_]+ +\.\.\.)|tests passed|failed' | head -40
+n=$(grep -cE '^(ok|not ok|test )|^ [a-z_]+ +\.\.\.' "$work/regress.log")
+nf=$(grep -cE '^not ok|FAILED|failed \(' "$work/regress.log")
+[ $rc -ne 0 ] && [ "$nf" -eq 0 ] && nf=1
+if [ $rc -ne 0 ] && [ -f "$work/tree/regression.diffs" ]; then
+  head -150 "$work/tree/regression.diffs"
+  cp "$work/tree/regression.diffs" /tmp/rvbbit-regression.diffs 2>/dev/null || true
+fi
+record regress $((n - nf)) "$nf"
+mock_stop
+
+echo "== TAP tests"
+if ls "$RV_ROOT"/tests/t/*.pl >/dev/null 2>&1; then
+  (cd "$work/tree" && as_pg env PATH="$PG_BINDIR:$PATH" PG_REGRESS="$PG_REGRESS" \
+      RV_ROOT="$work/tree" PYTHON="$PYTHON" \
+      prove -I "$PG_PERL" -I "$work/tree/tests/t" tests/t/ >"$work/tap.log" 2>&1)
+  rc=$?
+  grep -E '^tests/t|^Files=|^Result' "$work/tap.log"
+  n=$(sed -n 's/^Files=.*Tests=\([0-9]*\),.*/\1/p' "$work/tap.log")
+  nf=$(grep -oE 'Failed [0-9]+/' "$work/tap.log" | grep -oE '[0-9]+' | awk '{s+=$1} END {print s+0}')
+  [ -z "$n" ] && n=0
+  [ -z "$nf" ] && nf=0
+  [ $rc -ne 0 ] && [ "$nf" -eq 0 ] && nf=1
+  if [ $rc -ne 0 ]; then
+    tail -60 "$work/tap.log"
+    for l in "$work"/tree/tmp_check/log/*.log; do [ -f "$l" ] && { echo "--- $l"; tail -40 "$l"; }; done
+  fi
+  record tap $((n > nf ? n - nf : 0)) "$nf"
+fi
+
+if [ ${#FAILED_SUITES[@]} -gt 0 ]; then
+  echo "failed suites: ${FAILED_SUITES[*]}"
+fi
+echo "total: $TOTAL_PASS passed, $TOTAL_FAIL failed"
+[ "$TOTAL_FAIL" -eq 0 ]
