@@ -53,5 +53,5 @@ SELECT rvbbit.run($$cells: [{name: a}]$$, '{}');
 SELECT rvbbit.run($$cells: [{name: a, instructions: x}, {name: a, instructions: y}]$$, '{}');
 SELECT rvbbit.run($$cells: [{name: a, instructions: x, output_schema: {type: strnig}}]$$, '{}');
 SELECT rvbbit.run(NULL, '{}');
--- no HTTP request was made for any of the errors above
+-- only the five calls that succeeded above reached the provider
 SELECT mock('/stats')->'requests' AS http_requests;

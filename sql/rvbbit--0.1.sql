@@ -143,6 +143,12 @@ AS 'MODULE_PATHNAME', 'rvbbit_map'
 LANGUAGE C VOLATILE PARALLEL RESTRICTED;
 COMMENT ON FUNCTION rvbbit.map(text, text, int, jsonb) IS 'Runs a cascade on every row of a query, up to parallel rows at a time, in input order.';
 
+CREATE FUNCTION rvbbit.sql(statement text)
+RETURNS SETOF jsonb
+AS 'MODULE_PATHNAME', 'rvbbit_sql'
+LANGUAGE C VOLATILE PARALLEL RESTRICTED;
+COMMENT ON FUNCTION rvbbit.sql(text) IS 'Runs an RVBBIT statement (MAP ...); as the whole query it returns typed columns.';
+
 CREATE FUNCTION rvbbit.create_cascade(name text, definition text)
 RETURNS void
 AS 'MODULE_PATHNAME', 'rvbbit_create_cascade'
@@ -185,6 +191,7 @@ COMMENT ON VIEW rvbbit.progress IS 'One row per running rvbbit statement.';
 REVOKE ALL ON ALL FUNCTIONS IN SCHEMA rvbbit FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION rvbbit.run(text, jsonb, jsonb),
                           rvbbit.map(text, text, int, jsonb),
+                          rvbbit.sql(text),
                           rvbbit.create_cascade(text, text),
                           rvbbit.drop_cascade(text, boolean),
                           rvbbit.validate_cascade(text),

@@ -40,10 +40,12 @@
 #include "storage/fd.h"
 #include "utils/acl.h"
 #include "utils/builtins.h"
+#include "utils/json.h"
 #include "utils/jsonb.h"
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
 #include "utils/timestamp.h"
+#include "access/xact.h"
 
 #include "cascade.h"
 #include "channel.h"
@@ -52,6 +54,7 @@
 
 PG_FUNCTION_INFO_V1(rvbbit_run);
 PG_FUNCTION_INFO_V1(rvbbit_map);
+PG_FUNCTION_INFO_V1(rvbbit_sql);
 PG_FUNCTION_INFO_V1(rvbbit_create_cascade);
 PG_FUNCTION_INFO_V1(rvbbit_drop_cascade);
 PG_FUNCTION_INFO_V1(rvbbit_progress);
@@ -310,14 +313,10 @@ map_duration_seconds(const char *opt, json_object *v)
  * object, or the WITH (...) list of a statement converted to one).
  * Unknown options are errors.
  */
+/* The options of a call that gives none. */
 void
-rv_parse_options(Jsonb *jb, RvOptions *o)
+rv_default_options(RvOptions *o)
 {
-	char	   *text;
-	json_object *obj;
-	struct json_object_iterator it;
-	struct json_object_iterator end;
-
 	memset(o, 0, sizeof(RvOptions));
 	o->on_error = RV_ON_ERROR_NULL;
 	o->timeout_ms = rv_request_timeout_ms;
@@ -327,7 +326,19 @@ rv_parse_options(Jsonb *jb, RvOptions *o)
 	o->cache_max_age_s = -1;
 	o->parallel = -1;
 	o->limit = -1;
+}
 
+/*
+ * Parse the options object of rvbbit.run() / rvbbit.map() (a jsonb
+ * object).  Unknown options are errors.
+ */
+void
+rv_parse_options(Jsonb *jb, RvOptions *o)
+{
+	char	   *text;
+	json_object *obj;
+
+	rv_default_options(o);
 	if (jb == NULL)
 		return;
 	text = JsonbToCString(NULL, &jb->root, VARSIZE(jb));
@@ -341,8 +352,27 @@ rv_parse_options(Jsonb *jb, RvOptions *o)
 				 errmsg("options must be a JSON object"),
 				 errhint("Write options like '{\"model\": \"openai/gpt-4o-mini\", \"cache\": false}'.")));
 	}
-
 	PG_TRY();
+	{
+		rv_parse_options_json(obj, o);
+	}
+	PG_FINALLY();
+	{
+		json_object_put(obj);
+	}
+	PG_END_TRY();
+}
+
+/*
+ * Parse options given as a json-c object into o (which the caller set to
+ * defaults with rv_default_options()).  The caller frees obj.
+ */
+void
+rv_parse_options_json(json_object *obj, RvOptions *o)
+{
+	struct json_object_iterator it;
+	struct json_object_iterator end;
+
 	{
 		it = json_object_iter_begin(obj);
 		end = json_object_iter_end(obj);
@@ -424,9 +454,27 @@ rv_parse_options(Jsonb *jb, RvOptions *o)
 							 errmsg("option \"on_error\" must be null, fail or value")));
 				o->on_error_given = true;
 			}
+			else if (strcmp(k, "unpack") == 0 || strcmp(k, "infer_schema") == 0)
+			{
+				if (!json_object_is_type(v, json_type_boolean))
+					ereport(ERROR,
+							(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+							 errmsg("option \"%s\" must be true or false", k)));
+				if (k[0] == 'u')
+					o->unpack = json_object_get_boolean(v);
+				else
+					o->infer_schema = json_object_get_boolean(v);
+			}
+			else if (strcmp(k, "result_column") == 0)
+			{
+				if (!json_object_is_type(v, json_type_string) || json_object_get_string_len(v) == 0)
+					ereport(ERROR,
+							(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+							 errmsg("option \"result_column\" must be a non-empty string")));
+				o->result_column = pstrdup(json_object_get_string(v));
+			}
 			else if (strcmp(k, "budget_dollars") == 0 || strcmp(k, "as_table") == 0 ||
-					 strcmp(k, "result_column") == 0 || strcmp(k, "dedupe_by") == 0 ||
-					 strcmp(k, "infer_schema") == 0 || strcmp(k, "async") == 0)
+					 strcmp(k, "dedupe_by") == 0 || strcmp(k, "async") == 0)
 				ereport(ERROR,
 						(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
 						 errmsg("option \"%s\" is not supported yet", k)));
@@ -434,15 +482,10 @@ rv_parse_options(Jsonb *jb, RvOptions *o)
 				ereport(ERROR,
 						(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 						 errmsg("unknown option \"%s\"", k),
-						 errhint("Valid options are: model, cache, timeout, max_retries, on_error, parallel, limit.")));
+						 errhint("Valid options are: model, cache, timeout, max_retries, on_error, parallel, limit, unpack, result_column, infer_schema.")));
 			json_object_iter_next(&it);
 		}
 	}
-	PG_FINALLY();
-	{
-		json_object_put(obj);
-	}
-	PG_END_TRY();
 }
 
 /* The API key of the default provider: the GUC, else the environment. */
@@ -830,9 +873,9 @@ map_exec_finish(MapExec *ex, bool warn)
 				(errcode(ex->first_sqlstate ? ex->first_sqlstate : ERRCODE_WARNING),
 				 errmsg("%lld of %lld rows failed and returned NULL",
 						(long long) ex->nfailed, (long long) ex->nrows),
-				 errdetail("First error: %s%s%s", ex->first_error ? ex->first_error : "",
-						   ex->first_error_detail && ex->first_error_detail[0] ? " " : "",
-						   ex->first_error_detail ? ex->first_error_detail : ""),
+				 ex->first_error_detail && ex->first_error_detail[0] ?
+				 errdetail("The first error was: %s. %s", ex->first_error, ex->first_error_detail) :
+				 errdetail("The first error was: %s.", ex->first_error ? ex->first_error : "?"),
 				 errhint("Query rvbbit.calls for each call's error, or use on_error => 'fail' to stop at the first one.")));
 	MemoryContextDelete(ex->cxt);
 }
@@ -953,6 +996,14 @@ rvbbit_run(PG_FUNCTION_ARGS)
  * ----------------------------------------------------------------
  */
 
+/* How rows leave a MAP. */
+typedef enum MapOutput
+{
+	MAP_OUT_RESULT,				/* query columns, then the result (jsonb) */
+	MAP_OUT_UNPACK,				/* query columns, then typed columns from result keys */
+	MAP_OUT_JSON				/* one jsonb object per row */
+} MapOutput;
+
 typedef struct MapState
 {
 	Portal		portal;
@@ -965,10 +1016,17 @@ typedef struct MapState
 	bool		truncated;
 	bool		eof;
 	MapExec    *ex;
+	MapOutput	output;
+	const char *result_name;	/* MAP_OUT_JSON: the key of the result */
 	Tuplestorestate *tupstore;
 	TupleDesc	out_desc;
 	Datum	   *values;
 	bool	   *nulls;
+	FmgrInfo   *in_funcs;		/* MAP_OUT_UNPACK: input functions */
+	Oid		   *in_ioparams;
+	int64		nunconverted;	/* values that did not convert */
+	char	   *first_unconverted;
+	MemoryContext row_cxt;		/* reset for every emitted row */
 } MapState;
 
 static bool
@@ -996,7 +1054,7 @@ mapfn_next(void *arg, StringInfo scope, HeapTuple *tuple)
 		st->batch = SPI_tuptable;
 		st->batch_pos = 0;
 	}
-	if (st->limit >= 0 && st->nread >= st->limit)
+	if (st->limit > 0 && st->nread >= st->limit)
 	{
 		st->truncated = true;
 		st->eof = true;
@@ -1019,36 +1077,194 @@ mapfn_next(void *arg, StringInfo scope, HeapTuple *tuple)
 	return true;
 }
 
+/*
+ * Convert one value of a result object to the type of an output column.
+ * Returns false (and leaves *out unset) when it does not convert; errors
+ * of the type's input function are caught in a subtransaction.
+ */
+static bool
+map_convert(MapState *st, int col, json_object *v, Datum *out)
+{
+	Form_pg_attribute att = TupleDescAttr(st->out_desc, col);
+	const char *text;
+	volatile bool ok = true;
+	MemoryContext cxt = CurrentMemoryContext;
+	ResourceOwner owner = CurrentResourceOwner;
+
+	if (att->atttypid == JSONBOID)
+	{
+		*out = DirectFunctionCall1(jsonb_in,
+								   CStringGetDatum(json_object_to_json_string_ext(v, JSON_C_TO_STRING_PLAIN)));
+		return true;
+	}
+	text = json_object_is_type(v, json_type_string) ? json_object_get_string(v) :
+		json_object_to_json_string_ext(v, JSON_C_TO_STRING_PLAIN);
+	if (att->atttypid == TEXTOID)
+	{
+		*out = CStringGetTextDatum(text);
+		return true;
+	}
+	BeginInternalSubTransaction(NULL);
+	MemoryContextSwitchTo(cxt);
+	PG_TRY();
+	{
+		*out = InputFunctionCall(&st->in_funcs[col], (char *) text,
+								 st->in_ioparams[col], att->atttypmod);
+		ReleaseCurrentSubTransaction();
+		MemoryContextSwitchTo(cxt);
+		CurrentResourceOwner = owner;
+	}
+	PG_CATCH();
+	{
+		ErrorData  *edata;
+
+		MemoryContextSwitchTo(cxt);
+		edata = CopyErrorData();
+		FlushErrorState();
+		RollbackAndReleaseCurrentSubTransaction();
+		MemoryContextSwitchTo(cxt);
+		CurrentResourceOwner = owner;
+		if (st->first_unconverted == NULL)
+			st->first_unconverted = MemoryContextStrdup(st->ex->cxt->parent,
+														psprintf("column \"%s\": %s",
+																 NameStr(att->attname),
+																 edata->message));
+		FreeErrorData(edata);
+		ok = false;
+	}
+	PG_END_TRY();
+	return ok;
+}
+
+/* Fill the typed columns after the query's from the keys of a result. */
+static void
+map_unpack(MapState *st, MapSlot *s)
+{
+	json_object *obj = NULL;
+	int			i;
+
+	if (!s->failed && s->result)
+		obj = json_tokener_parse(s->result);
+	for (i = st->ncols; i < st->out_desc->natts; i++)
+	{
+		json_object *v = NULL;
+		Form_pg_attribute att = TupleDescAttr(st->out_desc, i);
+
+		st->nulls[i] = true;
+		if (obj == NULL || !json_object_is_type(obj, json_type_object) ||
+			!json_object_object_get_ex(obj, NameStr(att->attname), &v) || v == NULL)
+			continue;
+		if (map_convert(st, i, v, &st->values[i]))
+			st->nulls[i] = false;
+		else
+		{
+			st->nunconverted++;
+			if (st->ex->opts->on_error == RV_ON_ERROR_FAIL)
+			{
+				json_object_put(obj);
+				ereport(ERROR,
+						(errcode(ERRCODE_INVALID_TEXT_REPRESENTATION),
+						 errmsg("result value does not convert to the column type"),
+						 errdetail("%s", st->first_unconverted)));
+			}
+		}
+	}
+	if (obj)
+		json_object_put(obj);
+}
+
+/* Build the jsonb object of a row: its input columns plus the result. */
+static Datum
+map_json_row(MapState *st, MapSlot *s)
+{
+	Datum		result;
+	bool		isnull;
+	StringInfoData buf;
+	int			i;
+	int			n = 0;
+
+	result = map_slot_value(st->ex, s, &isnull);
+	heap_deform_tuple(s->input, st->spi_desc, st->values, st->nulls);
+	initStringInfo(&buf);
+	appendStringInfoChar(&buf, '{');
+	for (i = 0; i < st->ncols; i++)
+	{
+		Form_pg_attribute att = TupleDescAttr(st->spi_desc, i);
+
+		if (att->attisdropped)
+			continue;
+		if (n++ > 0)
+			appendStringInfoString(&buf, ", ");
+		escape_json(&buf, NameStr(att->attname));
+		appendStringInfoString(&buf, ": ");
+		if (st->nulls[i])
+			appendStringInfoString(&buf, "null");
+		else
+		{
+			Datum		j = DirectFunctionCall1(to_jsonb, st->values[i]);
+
+			(void) JsonbToCString(&buf, &DatumGetJsonbP(j)->root, 0);
+		}
+	}
+	if (n > 0)
+		appendStringInfoString(&buf, ", ");
+	escape_json(&buf, st->result_name);
+	appendStringInfoString(&buf, ": ");
+	if (isnull)
+		appendStringInfoString(&buf, "null");
+	else
+		(void) JsonbToCString(&buf, &DatumGetJsonbP(result)->root, 0);
+	appendStringInfoChar(&buf, '}');
+	return DirectFunctionCall1(jsonb_in, CStringGetDatum(buf.data));
+}
+
 static void
 mapfn_emit(void *arg, MapSlot *s)
 {
 	MapState   *st = (MapState *) arg;
-	int			i;
+	MemoryContext old = MemoryContextSwitchTo(st->row_cxt);
 	bool		isnull;
 
-	heap_deform_tuple(s->input, st->spi_desc, st->values, st->nulls);
-	st->values[st->ncols] = map_slot_value(st->ex, s, &isnull);
-	st->nulls[st->ncols] = isnull;
-	for (i = st->ncols + 1; i < st->out_desc->natts; i++)
-		st->nulls[i] = true;
-	tuplestore_putvalues(st->tupstore, st->out_desc, st->values, st->nulls);
+	if (st->output == MAP_OUT_JSON)
+	{
+		Datum		d = map_json_row(st, s);
+
+		isnull = false;
+		tuplestore_putvalues(st->tupstore, st->out_desc, &d, &isnull);
+	}
+	else
+	{
+		heap_deform_tuple(s->input, st->spi_desc, st->values, st->nulls);
+		if (st->output == MAP_OUT_UNPACK)
+			map_unpack(st, s);
+		else
+		{
+			st->values[st->ncols] = map_slot_value(st->ex, s, &isnull);
+			st->nulls[st->ncols] = isnull;
+		}
+		tuplestore_putvalues(st->tupstore, st->out_desc, st->values, st->nulls);
+	}
+	MemoryContextSwitchTo(old);
+	MemoryContextReset(st->row_cxt);
 }
 
 /*
  * Check the column definition list against the query: the query's
- * columns with the same types, then one jsonb column for the result.
+ * columns with the same types, then one jsonb column for the result (or,
+ * when unpacking, one or more typed columns named like result keys).
  */
 static void
-map_check_columns(TupleDesc out, TupleDesc q, int ncols)
+map_check_columns(TupleDesc out, TupleDesc q, int ncols, bool unpack)
 {
 	int			i;
 
-	if (out->natts != ncols + 1)
+	if (unpack ? out->natts <= ncols : out->natts != ncols + 1)
 		ereport(ERROR,
 				(errcode(ERRCODE_DATATYPE_MISMATCH),
-				 errmsg("column definition list has %d columns, but the query returns %d columns and the result needs one more",
-						out->natts, ncols),
-				 errhint("List the query's columns with their types, followed by one jsonb column for the result.")));
+				 errmsg("column definition list has %d columns, but the query returns %d columns and the result needs %s",
+						out->natts, ncols, unpack ? "at least one more" : "one more"),
+				 errhint("List the query's columns with their types, followed by %s.",
+						 unpack ? "the result columns" : "one jsonb column for the result")));
 	for (i = 0; i < ncols; i++)
 	{
 		Oid			want = TupleDescAttr(out, i)->atttypid;
@@ -1062,21 +1278,23 @@ map_check_columns(TupleDesc out, TupleDesc q, int ncols)
 							format_type_be(want), format_type_be(got)),
 					 errhint("Use the query's column types in the column definition list, or cast in the query.")));
 	}
-	if (TupleDescAttr(out, ncols)->atttypid != JSONBOID)
+	if (!unpack && TupleDescAttr(out, ncols)->atttypid != JSONBOID)
 		ereport(ERROR,
 				(errcode(ERRCODE_DATATYPE_MISMATCH),
 				 errmsg("the last column of the column definition list must be of type jsonb"),
-				 errdetail("It has type %s.", format_type_be(TupleDescAttr(out, ncols)->atttypid))));
+				 errdetail("It has type %s.", format_type_be(TupleDescAttr(out, ncols)->atttypid)),
+				 errhint("Use the option unpack => true to fill typed columns from the keys of the result.")));
 }
 
-Datum
-rvbbit_map(PG_FUNCTION_ARGS)
+/*
+ * Run a MAP: resolve and check the cascade, open the input cursor with
+ * the caller's privileges, and stream rows through a worker into the
+ * tuplestore of rsinfo.  Shared by rvbbit.map() and rvbbit.sql().
+ */
+static void
+map_run(ReturnSetInfo *rsinfo, const char *ref, const char *query,
+		int parallel, RvOptions *opts, MapOutput output, const char *result_name)
 {
-	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
-	char	   *ref;
-	char	   *query;
-	int			parallel;
-	RvOptions	opts;
 	char	   *display;
 	char	   *def;
 	RvCascade  *c;
@@ -1085,31 +1303,12 @@ rvbbit_map(PG_FUNCTION_ARGS)
 	SPIPlanPtr	plan;
 	char	   *sql;
 	MemoryContext fn_cxt = CurrentMemoryContext;
+	int			i;
 
-	rv_require_shared();
-	if (PG_ARGISNULL(0) || PG_ARGISNULL(1))
-		ereport(ERROR,
-				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
-				 errmsg("cascade and query must not be null")));
-	ref = text_to_cstring(PG_GETARG_TEXT_PP(0));
-	query = text_to_cstring(PG_GETARG_TEXT_PP(1));
-	parallel = PG_ARGISNULL(2) ? rv_default_parallel : PG_GETARG_INT32(2);
-	rv_parse_options(PG_ARGISNULL(3) ? NULL : PG_GETARG_JSONB_P(3), &opts);
-	if (opts.parallel > 0)
-		parallel = opts.parallel;
 	if (parallel < 1 || parallel > 100000)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("parallel must be between 1 and 100000")));
-
-	if (rsinfo == NULL || !IsA(rsinfo, ReturnSetInfo) || rsinfo->expectedDesc == NULL)
-		ereport(ERROR,
-				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
-				 errmsg("rvbbit.map must be called with a column definition list"),
-				 errhint("Write SELECT * FROM rvbbit.map(...) AS t(col1 type1, ..., result jsonb), "
-						 "or use rvbbit.sql() with an RVBBIT MAP statement.")));
-	InitMaterializedSRF(fcinfo, MAT_SRF_USE_EXPECTED_DESC);
-
 	def = rv_resolve_cascade(ref, &display);
 	c = rv_check_cascade(display, def);
 	rv_cascade_free(c);
@@ -1117,7 +1316,10 @@ rvbbit_map(PG_FUNCTION_ARGS)
 	memset(&st, 0, sizeof(st));
 	st.tupstore = rsinfo->setResult;
 	st.out_desc = rsinfo->setDesc;
-	st.limit = opts.limit >= 0 ? opts.limit : -1;
+	st.output = output;
+	st.result_name = result_name;
+	st.limit = opts->limit > 0 ? opts->limit : 0;
+	st.row_cxt = AllocSetContextCreate(fn_cxt, "rvbbit map row", ALLOCSET_DEFAULT_SIZES);
 
 	SPI_connect();
 	sql = psprintf("SELECT _rvbbit_q.*, to_jsonb(_rvbbit_q.*) FROM (%s) AS _rvbbit_q", query);
@@ -1134,14 +1336,28 @@ rvbbit_map(PG_FUNCTION_ARGS)
 		MemoryContextSwitchTo(old);
 	}
 	st.ncols = st.spi_desc->natts - 1;
-	map_check_columns(st.out_desc, st.spi_desc, st.ncols);
-	st.values = MemoryContextAlloc(fn_cxt, sizeof(Datum) * st.out_desc->natts);
-	st.nulls = MemoryContextAlloc(fn_cxt, sizeof(bool) * st.out_desc->natts);
+	if (output != MAP_OUT_JSON)
+		map_check_columns(st.out_desc, st.spi_desc, st.ncols, output == MAP_OUT_UNPACK);
+	st.values = MemoryContextAlloc(fn_cxt, sizeof(Datum) * Max(st.out_desc->natts, st.spi_desc->natts));
+	st.nulls = MemoryContextAlloc(fn_cxt, sizeof(bool) * Max(st.out_desc->natts, st.spi_desc->natts));
+	if (output == MAP_OUT_UNPACK)
+	{
+		st.in_funcs = MemoryContextAlloc(fn_cxt, sizeof(FmgrInfo) * st.out_desc->natts);
+		st.in_ioparams = MemoryContextAlloc(fn_cxt, sizeof(Oid) * st.out_desc->natts);
+		for (i = st.ncols; i < st.out_desc->natts; i++)
+		{
+			Oid			infunc;
+
+			getTypeInputInfo(TupleDescAttr(st.out_desc, i)->atttypid, &infunc,
+							 &st.in_ioparams[i]);
+			fmgr_info_cxt(infunc, &st.in_funcs[i], fn_cxt);
+		}
+	}
 
 	{
 		MemoryContext old = MemoryContextSwitchTo(fn_cxt);
 
-		map_exec_init(&ex, "map", display, def, &opts, parallel);
+		map_exec_init(&ex, "map", display, def, opts, parallel);
 		MemoryContextSwitchTo(old);
 	}
 	st.ex = &ex;
@@ -1150,11 +1366,71 @@ rvbbit_map(PG_FUNCTION_ARGS)
 		SPI_freetuptable(st.batch);
 	SPI_cursor_close(st.portal);
 	SPI_finish();
-	map_exec_finish(&ex, opts.on_error == RV_ON_ERROR_NULL);
+	map_exec_finish(&ex, opts->on_error == RV_ON_ERROR_NULL);
+	if (st.nunconverted > 0)
+		ereport(WARNING,
+				(errcode(ERRCODE_INVALID_TEXT_REPRESENTATION),
+				 errmsg("%lld result values did not convert to their column types and were set to NULL",
+						(long long) st.nunconverted),
+				 errdetail("The first was %s.", st.first_unconverted)));
 	if (st.truncated)
 		ereport(NOTICE,
 				(errmsg("input truncated to %lld rows by the limit", (long long) st.limit),
 				 errhint("Set the limit option (0 for none) or rvbbit.default_limit.")));
+}
+
+Datum
+rvbbit_map(PG_FUNCTION_ARGS)
+{
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+	char	   *ref;
+	char	   *query;
+	int			parallel;
+	RvOptions	opts;
+
+	rv_require_shared();
+	if (PG_ARGISNULL(0) || PG_ARGISNULL(1))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("cascade and query must not be null")));
+	ref = text_to_cstring(PG_GETARG_TEXT_PP(0));
+	query = text_to_cstring(PG_GETARG_TEXT_PP(1));
+	parallel = PG_ARGISNULL(2) ? rv_default_parallel : PG_GETARG_INT32(2);
+	rv_parse_options(PG_ARGISNULL(3) ? NULL : PG_GETARG_JSONB_P(3), &opts);
+	if (opts.parallel > 0)
+		parallel = opts.parallel;
+
+	if (rsinfo == NULL || !IsA(rsinfo, ReturnSetInfo) || rsinfo->expectedDesc == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("rvbbit.map must be called with a column definition list"),
+				 errhint("Write SELECT * FROM rvbbit.map(...) AS t(col1 type1, ..., result jsonb), "
+						 "or use rvbbit.sql() with an RVBBIT MAP statement.")));
+	InitMaterializedSRF(fcinfo, MAT_SRF_USE_EXPECTED_DESC);
+	map_run(rsinfo, ref, query, parallel, &opts,
+			opts.unpack ? MAP_OUT_UNPACK : MAP_OUT_RESULT, NULL);
+	return (Datum) 0;
+}
+
+/*
+ * rvbbit.sql(statement text) returns setof jsonb, when it was not
+ * rewritten (it is not the whole query): one jsonb object per row.
+ */
+Datum
+rvbbit_sql(PG_FUNCTION_ARGS)
+{
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+	RvPlannedStatement ps;
+
+	rv_require_shared();
+	if (PG_ARGISNULL(0))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("statement must not be null")));
+	rv_plan_statement(text_to_cstring(PG_GETARG_TEXT_PP(0)), -1, NULL, &ps);
+	InitMaterializedSRF(fcinfo, MAT_SRF_USE_EXPECTED_DESC);
+	map_run(rsinfo, ps.cascade, ps.query, ps.parallel, &ps.opts, MAP_OUT_JSON,
+			ps.result_name);
 	return (Datum) 0;
 }
 

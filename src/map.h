@@ -9,8 +9,11 @@
 #ifndef RV_MAP_H
 #define RV_MAP_H
 
+#include "parser/parse_node.h"
 #include "utils/jsonb.h"
 #include "cascade.h"
+
+/* json-c, after pgjsonc.h in the including file */
 
 typedef enum RvOnError
 {
@@ -30,10 +33,31 @@ typedef struct RvOptions
 	RvOnError	on_error;
 	bool		on_error_given;
 	int			parallel;		/* -1: not given */
-	int64		limit;			/* -1: not given */
+	int64		limit;			/* -1: not given; 0: none */
+	bool		unpack;			/* fill typed columns from result keys */
+	char	   *result_column;	/* statements: name of the result column */
+	bool		infer_schema;	/* statements: columns from output_schema */
 } RvOptions;
 
+/* An RVBBIT statement checked and ready to run (rewrite.c). */
+typedef struct RvPlannedStatement
+{
+	char	   *cascade;
+	char	   *query;
+	int			parallel;
+	RvOptions	opts;
+	char	   *options_json;	/* the options for rvbbit.map(), as JSON text */
+	char	   *result_name;	/* the result column (MAP ... AS alias) */
+	int			ncolumns;		/* typed result columns, 0 for one jsonb column */
+	char	  **colnames;
+	char	  **coltypes;
+} RvPlannedStatement;
+
+extern void rv_default_options(RvOptions *o);
 extern void rv_parse_options(Jsonb *jb, RvOptions *o);
+extern void rv_parse_options_json(json_object *obj, RvOptions *o);
+extern void rv_plan_statement(const char *text, int location, ParseState *pstate,
+							  RvPlannedStatement *out);
 extern char *rv_resolve_cascade(const char *ref, char **display);
 extern RvCascade *rv_check_cascade(const char *display, const char *def);
 

@@ -193,6 +193,7 @@ _PG_init(void)
 	prev_shmem_startup_hook = shmem_startup_hook;
 	shmem_startup_hook = rv_shmem_startup;
 
+	rv_hooks_init();
 }
 
 /* shmem_request_hook: reserve the shared struct and its lock. */

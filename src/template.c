@@ -3512,7 +3512,7 @@ tpl_filter_text(TplCtx *c, const TplExpr *e, TplVal v, const TplVal *args,
 		}
 	}
 	if (ok)
-		ok = tpl_result_str(c, e->pos, b.data + s, end - s, out);
+		ok = tpl_result_str(c, e->pos, b.data ? b.data + s : "", end - s, out);
 	tpl_buf_free(&b);
 	tpl_buf_free(&set);
 	return ok;

@@ -283,6 +283,18 @@ main(void)
 			  "validate: long value is cut in the message");
 	}
 
+	/* invalid UTF-8 (a long run of continuation bytes) is cut safely */
+	{
+		char		bad[300];
+
+		strcpy(bad, "{\"type\":\"integer");
+		memset(bad + strlen(bad), 0xb0, 200);
+		strcpy(bad + 16 + 200, "\"}");
+		CHECK(!check(bad) && strncmp(last_detail, "The value given was \"integer\xb0", 29) == 0 &&
+			  strstr(last_detail, "...\".") != NULL,
+			  "check: invalid UTF-8 in a message is cut safely");
+	}
+
 	/* schemas nested deeper than the limit are refused at validation too */
 	schema = json_object_new_object();
 	value = json_object_new_object();

@@ -1,0 +1,521 @@
+/*-------------------------------------------------------------------------
+ *
+ * rewrite.c
+ *	  RVBBIT statements: planning them (shared by rvbbit.sql() and the
+ *	  rewrite) and the post_parse_analyze hook that turns
+ *	  SELECT * FROM rvbbit.sql('<statement>') into a call of rvbbit.map()
+ *	  with real, typed columns.
+ *
+ * PostgreSQL's grammar cannot be extended, so an RVBBIT statement travels
+ * as the literal argument of rvbbit.sql().  When that call is the whole
+ * query, the hook parses the statement, analyzes the USING query to learn
+ * its columns (names, types, typmods), and replaces the Query with the
+ * analysis of
+ *
+ *	 SELECT * FROM rvbbit.map(cascade, query, parallel, options)
+ *		 AS rvbbit_map(<USING columns>, <result column or typed columns>)
+ *
+ * so clients see ordinary columns in the row description, for the simple
+ * and the extended protocol alike, and the plan cache re-runs the rewrite
+ * whenever it re-analyzes.  The same happens for the query inside EXPLAIN,
+ * CREATE TABLE AS, DECLARE CURSOR and (through its own analysis) COPY.
+ * Anywhere else rvbbit.sql() returns one jsonb object per row.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "pgjsonc.h"
+
+#include "catalog/namespace.h"
+#include "catalog/pg_type.h"
+#include "commands/explain.h"
+#include "mb/pg_wchar.h"
+#include "miscadmin.h"
+#include "nodes/makefuncs.h"
+#include "nodes/nodeFuncs.h"
+#include "parser/analyze.h"
+#include "parser/parse_type.h"
+#include "tcop/tcopprot.h"
+#include "utils/lsyscache.h"
+
+#include "map.h"
+#include "rvbbit.h"
+#include "syntax.h"
+
+static post_parse_analyze_hook_type prev_post_parse_analyze_hook = NULL;
+
+/*
+ * Byte offset in text of the 1-based character position pos (UTF-8).
+ */
+static int
+rw_char_to_byte(const char *text, int pos)
+{
+	int			b = 0;
+	int			c = 1;
+
+	while (text[b] != '\0' && c < pos)
+	{
+		b += pg_mblen(text + b);
+		c++;
+	}
+	return b;
+}
+
+/*
+ * Length of the quoting that opens the literal at location in the query
+ * source ('...', E'...', $tag$...$tag$), so that positions inside the
+ * statement map to positions in the query.
+ */
+static int
+rw_literal_prefix(const char *src, int location)
+{
+	const char *p;
+
+	if (src == NULL || location < 0)
+		return 0;
+	p = src + location;
+	if (*p == '\'')
+		return 1;
+	if ((*p == 'E' || *p == 'e') && p[1] == '\'')
+		return 2;
+	if (*p == '$')
+	{
+		const char *q = strchr(p + 1, '$');
+
+		if (q != NULL)
+			return (int) (q - p) + 1;
+	}
+	return 0;
+}
+
+/* Raise the error of a statement that did not parse. */
+static void
+rw_syntax_error(const char *text, int location, ParseState *pstate, RvError *err)
+{
+	int			byte = err->position > 0 ? rw_char_to_byte(text, err->position) : 0;
+
+	if (pstate != NULL && location >= 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_SYNTAX_ERROR),
+				 errmsg_internal("%s", err->message),
+				 err->detail[0] ? errdetail_internal("%s", err->detail) : 0,
+				 err->hint[0] ? errhint("%s", err->hint) : 0,
+				 parser_errposition(pstate, location +
+									rw_literal_prefix(pstate->p_sourcetext, location) + byte)));
+	ereport(ERROR,
+			(errcode(ERRCODE_SYNTAX_ERROR),
+			 errmsg_internal("%s", err->message),
+			 err->detail[0] ? errdetail_internal("%s", err->detail) : 0,
+			 err->hint[0] ? errhint("%s", err->hint) : 0,
+			 err->position > 0 ? internalerrposition(err->position) : 0,
+			 internalerrquery(text)));
+}
+
+/* The options of a statement as a json-c object (caller frees). */
+static json_object *
+rw_options_object(const RvStatement *stmt)
+{
+	json_object *obj = json_object_new_object();
+	int			i;
+
+	for (i = 0; i < stmt->noptions; i++)
+	{
+		const RvOption *o = &stmt->options[i];
+		json_object *v = NULL;
+
+		switch (o->kind)
+		{
+			case RV_OPT_STRING:
+			case RV_OPT_IDENT:
+				v = json_object_new_string(o->value);
+				break;
+			case RV_OPT_NUMBER:
+				if (strpbrk(o->value, ".eE") != NULL)
+					v = json_object_new_double(strtod(o->value, NULL));
+				else
+					v = json_object_new_int64(strtoll(o->value, NULL, 10));
+				break;
+			case RV_OPT_BOOL:
+				v = json_object_new_boolean(strcmp(o->value, "true") == 0);
+				break;
+			case RV_OPT_NULL:
+				v = NULL;
+				break;
+		}
+		json_object_object_add(obj, o->name, v);
+	}
+	return obj;
+}
+
+/*
+ * Columns inferred from the output_schema of the cascade's last cell:
+ * string -> text, integer -> bigint, number -> double precision,
+ * boolean -> boolean, anything else -> jsonb.
+ */
+static void
+rw_infer_columns(const char *ref, RvPlannedStatement *out)
+{
+	char	   *display;
+	char	   *def = rv_resolve_cascade(ref, &display);
+	RvCascade  *c = rv_check_cascade(display, def);
+	json_object *schema = c->cells[c->ncells - 1].output_schema;
+	json_object *props = NULL;
+	int			n;
+
+	if (schema == NULL || !json_object_object_get_ex(schema, "properties", &props) ||
+		!json_object_is_type(props, json_type_object) || json_object_object_length(props) == 0)
+	{
+		rv_cascade_free(c);
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("infer_schema needs an output_schema with properties on the last cell of cascade \"%s\"",
+						display),
+				 errhint("Name the columns with AS (col type, ...) instead.")));
+	}
+	n = json_object_object_length(props);
+	out->ncolumns = n;
+	out->colnames = palloc(sizeof(char *) * n);
+	out->coltypes = palloc(sizeof(char *) * n);
+	n = 0;
+	{
+		json_object_object_foreach(props, key, val)
+		{
+			json_object *t = NULL;
+			const char *type = NULL;
+			const char *sqltype = "jsonb";
+
+			if (val && json_object_object_get_ex(val, "type", &t) &&
+				json_object_is_type(t, json_type_string))
+				type = json_object_get_string(t);
+			if (type && strcmp(type, "string") == 0)
+				sqltype = "text";
+			else if (type && strcmp(type, "integer") == 0)
+				sqltype = "bigint";
+			else if (type && strcmp(type, "number") == 0)
+				sqltype = "double precision";
+			else if (type && strcmp(type, "boolean") == 0)
+				sqltype = "boolean";
+			out->colnames[n] = pstrdup(key);
+			out->coltypes[n] = pstrdup(sqltype);
+			n++;
+		}
+	}
+	rv_cascade_free(c);
+}
+
+/*
+ * Parse and check an RVBBIT statement.  location is the byte offset of the
+ * statement literal in pstate's query text (-1 when unknown), for error
+ * positions.  Fills *out, or raises an error.
+ */
+void
+rv_plan_statement(const char *text, int location, ParseState *pstate,
+				  RvPlannedStatement *out)
+{
+	RvError		err;
+	RvStatement *stmt;
+	json_object *obj;
+	json_object *mapopts;
+	int			i;
+
+	memset(out, 0, sizeof(RvPlannedStatement));
+	rv_error_clear(&err);
+	stmt = rv_statement_parse(text, &err);
+	if (stmt == NULL)
+		rw_syntax_error(text, location, pstate, &err);
+
+	PG_TRY();
+	{
+		if (stmt->kind == RV_STMT_RUN)
+			ereport(ERROR,
+					(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+					 errmsg("RUN statements are not supported yet"),
+					 errhint("Use MAP, or rvbbit.run() with the rows aggregated into one input.")));
+		if (stmt->batch > 0)
+			ereport(ERROR,
+					(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+					 errmsg("MAP BATCH is not supported yet"),
+					 errhint("Remove BATCH; PARALLEL n keeps n requests in flight.")));
+
+		out->cascade = pstrdup(stmt->cascade);
+		out->query = pstrdup(stmt->query);
+		out->parallel = stmt->parallel == 0 ? 1 :
+			stmt->parallel < 0 ? rv_default_parallel : stmt->parallel;
+
+		rv_default_options(&out->opts);
+		obj = rw_options_object(stmt);
+		PG_TRY();
+		{
+			rv_parse_options_json(obj, &out->opts);
+		}
+		PG_FINALLY();
+		{
+			json_object_put(obj);
+		}
+		PG_END_TRY();
+		if (out->opts.parallel > 0)
+			out->parallel = out->opts.parallel;
+		if (stmt->distinct)
+			out->opts.cache_read = out->opts.cache_write = true;
+		if (out->opts.limit < 0)
+			out->opts.limit = rv_default_limit;
+		out->result_name = pstrdup(stmt->alias ? stmt->alias :
+								   out->opts.result_column ? out->opts.result_column : "result");
+
+		if (stmt->ncolumns > 0)
+		{
+			out->ncolumns = stmt->ncolumns;
+			out->colnames = palloc(sizeof(char *) * stmt->ncolumns);
+			out->coltypes = palloc(sizeof(char *) * stmt->ncolumns);
+			for (i = 0; i < stmt->ncolumns; i++)
+			{
+				out->colnames[i] = pstrdup(stmt->columns[i].name);
+				out->coltypes[i] = pstrdup(stmt->columns[i].type);
+			}
+		}
+		else if (out->opts.infer_schema)
+			rw_infer_columns(out->cascade, out);
+		out->opts.unpack = out->ncolumns > 0;
+	}
+	PG_FINALLY();
+	{
+		rv_statement_free(stmt);
+	}
+	PG_END_TRY();
+
+	/* the options rvbbit.map() gets */
+	mapopts = json_object_new_object();
+	if (out->opts.model)
+		json_object_object_add(mapopts, "model", json_object_new_string(out->opts.model));
+	if (!out->opts.cache_read)
+		json_object_object_add(mapopts, "cache", json_object_new_boolean(false));
+	else if (out->opts.cache_max_age_s >= 0)
+		json_object_object_add(mapopts, "cache", json_object_new_int64(out->opts.cache_max_age_s));
+	json_object_object_add(mapopts, "timeout", json_object_new_int64(out->opts.timeout_ms));
+	json_object_object_add(mapopts, "max_retries", json_object_new_int(out->opts.max_retries));
+	json_object_object_add(mapopts, "on_error",
+						   json_object_new_string(out->opts.on_error == RV_ON_ERROR_FAIL ? "fail" :
+												  out->opts.on_error == RV_ON_ERROR_VALUE ? "value" : "null"));
+	json_object_object_add(mapopts, "limit", json_object_new_int64(out->opts.limit));
+	if (out->opts.unpack)
+		json_object_object_add(mapopts, "unpack", json_object_new_boolean(true));
+	out->options_json = pstrdup(json_object_to_json_string_ext(mapopts, JSON_C_TO_STRING_PLAIN));
+	json_object_put(mapopts);
+}
+
+/* Is funcid rvbbit.sql(text)? */
+static bool
+rw_is_sql_function(Oid funcid)
+{
+	Oid			nsp = get_namespace_oid("rvbbit", true);
+	char	   *name;
+	bool		is;
+
+	if (!OidIsValid(nsp) || get_func_namespace(funcid) != nsp)
+		return false;
+	name = get_func_name(funcid);
+	is = (name != NULL && strcmp(name, "sql") == 0);
+	if (name)
+		pfree(name);
+	return is;
+}
+
+/*
+ * If q is exactly SELECT * FROM rvbbit.sql(<arg>), return the call.
+ */
+static FuncExpr *
+rw_whole_query_call(Query *q)
+{
+	RangeTblEntry *rte;
+	RangeTblFunction *rtf;
+	FuncExpr   *fe;
+
+	if (q->commandType != CMD_SELECT || q->utilityStmt != NULL ||
+		list_length(q->rtable) != 1)
+		return NULL;
+	rte = linitial_node(RangeTblEntry, q->rtable);
+	if (rte->rtekind != RTE_FUNCTION || list_length(rte->functions) != 1 ||
+		rte->funcordinality)
+		return NULL;
+	rtf = linitial_node(RangeTblFunction, rte->functions);
+	if (!IsA(rtf->funcexpr, FuncExpr))
+		return NULL;
+	fe = (FuncExpr *) rtf->funcexpr;
+	if (fe->funcretset == false || list_length(fe->args) != 1 ||
+		!rw_is_sql_function(fe->funcid))
+		return NULL;
+	if (q->jointree == NULL || q->jointree->quals != NULL ||
+		list_length(q->jointree->fromlist) != 1 ||
+		q->sortClause || q->groupClause || q->havingQual || q->distinctClause ||
+		q->limitCount || q->limitOffset || q->windowClause || q->cteList ||
+		q->setOperations || q->hasAggs || q->hasWindowFuncs || q->hasTargetSRFs ||
+		q->hasSubLinks || q->rowMarks || list_length(q->targetList) != 1 ||
+		!IsA(((TargetEntry *) linitial(q->targetList))->expr, Var))
+		return NULL;
+	return fe;
+}
+
+/* Append "name type" column definitions of the USING query to buf. */
+static void
+rw_query_columns(const char *query, StringInfo buf, List **names)
+{
+	List	   *raw;
+	Query	   *uq;
+	ListCell   *lc;
+	int			n = 0;
+
+	raw = pg_parse_query(query);
+	if (list_length(raw) != 1)
+		ereport(ERROR,
+				(errcode(ERRCODE_SYNTAX_ERROR),
+				 errmsg("the USING query must be one statement")));
+	uq = parse_analyze_fixedparams(linitial_node(RawStmt, raw), query, NULL, 0, NULL);
+	if (uq->commandType != CMD_SELECT || uq->utilityStmt != NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_WRONG_OBJECT_TYPE),
+				 errmsg("the USING query must be a SELECT, VALUES or TABLE query")));
+	foreach(lc, uq->targetList)
+	{
+		TargetEntry *te = lfirst_node(TargetEntry, lc);
+		char	   *name;
+
+		if (te->resjunk)
+			continue;
+		name = te->resname ? te->resname : psprintf("column%d", n + 1);
+		if (n++ > 0)
+			appendStringInfoString(buf, ", ");
+		appendStringInfo(buf, "%s %s", quote_identifier(name),
+						 format_type_with_typemod(exprType((Node *) te->expr),
+												  exprTypmod((Node *) te->expr)));
+		*names = lappend(*names, name);
+	}
+	if (n == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_SYNTAX_ERROR),
+				 errmsg("the USING query returns no columns")));
+}
+
+/*
+ * Rewrite q in place when it is SELECT * FROM rvbbit.sql('<statement>');
+ * recurse into EXPLAIN, CREATE TABLE AS and DECLARE CURSOR.
+ */
+static void
+rw_rewrite(ParseState *pstate, Query *q)
+{
+	FuncExpr   *fe;
+	Node	   *arg;
+	Const	   *c;
+	char	   *stmt_text;
+	RvPlannedStatement ps;
+	StringInfoData sql;
+	List	   *names = NIL;
+	List	   *raw;
+	Query	   *nq;
+	int			i;
+
+	if (q->commandType == CMD_UTILITY && q->utilityStmt != NULL)
+	{
+		Node	   *u = q->utilityStmt;
+		Node	   *inner = NULL;
+
+		if (IsA(u, ExplainStmt))
+			inner = ((ExplainStmt *) u)->query;
+		else if (IsA(u, CreateTableAsStmt))
+			inner = ((CreateTableAsStmt *) u)->query;
+		else if (IsA(u, DeclareCursorStmt))
+			inner = ((DeclareCursorStmt *) u)->query;
+		if (inner != NULL && IsA(inner, Query))
+			rw_rewrite(pstate, (Query *) inner);
+		return;
+	}
+
+	fe = rw_whole_query_call(q);
+	if (fe == NULL)
+		return;
+	rv_require_shared();
+	arg = linitial(fe->args);
+	while (IsA(arg, RelabelType))
+		arg = (Node *) ((RelabelType *) arg)->arg;
+	if (!IsA(arg, Const))
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("the RVBBIT statement must be a literal"),
+				 errdetail("The columns of the result depend on the statement, so it cannot be a parameter or an expression."),
+				 errhint("Write the statement in the query itself, for example SELECT * FROM rvbbit.sql($$MAP 'extract_brand' USING (SELECT ...)$$)."),
+				 parser_errposition(pstate, exprLocation(arg))));
+	c = (Const *) arg;
+	if (c->constisnull)
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("statement must not be null")));
+	stmt_text = TextDatumGetCString(c->constvalue);
+
+	rv_plan_statement(stmt_text, c->location, pstate, &ps);
+
+	initStringInfo(&sql);
+	appendStringInfo(&sql, "SELECT * FROM rvbbit.map(%s, %s, %d, %s::jsonb) AS rvbbit_map(",
+					 quote_literal_cstr(ps.cascade), quote_literal_cstr(ps.query),
+					 ps.parallel, quote_literal_cstr(ps.options_json));
+	rw_query_columns(ps.query, &sql, &names);
+	if (ps.ncolumns == 0)
+		appendStringInfo(&sql, ", %s jsonb", quote_identifier(ps.result_name));
+	for (i = 0; i < ps.ncolumns; i++)
+	{
+		Oid			typid;
+		int32		typmod;
+
+		typenameTypeIdAndMod(pstate, typeStringToTypeName(ps.coltypes[i]), &typid, &typmod);
+		appendStringInfo(&sql, ", %s %s", quote_identifier(ps.colnames[i]),
+						 format_type_with_typemod(typid, typmod));
+	}
+	appendStringInfoChar(&sql, ')');
+
+	/* a result column may not repeat a column of the USING query */
+	{
+		ListCell   *lc;
+
+		foreach(lc, names)
+		{
+			const char *n = (const char *) lfirst(lc);
+			bool		clash = (ps.ncolumns == 0 && strcmp(n, ps.result_name) == 0);
+
+			for (i = 0; i < ps.ncolumns && !clash; i++)
+				clash = (strcmp(n, ps.colnames[i]) == 0);
+			if (clash)
+				ereport(ERROR,
+						(errcode(ERRCODE_DUPLICATE_COLUMN),
+						 errmsg("column \"%s\" is both in the USING query and a result column", n),
+						 errhint("Name the result with AS alias, or rename the query's column.")));
+		}
+	}
+
+	raw = pg_parse_query(sql.data);
+	nq = parse_analyze_fixedparams(linitial_node(RawStmt, raw), sql.data, NULL, 0, NULL);
+	nq->queryId = q->queryId;
+	nq->stmt_location = q->stmt_location;
+	nq->stmt_len = q->stmt_len;
+	nq->canSetTag = q->canSetTag;
+	nq->querySource = q->querySource;
+	memcpy(q, nq, sizeof(Query));
+}
+
+/*
+ * post_parse_analyze_hook: rewrite RVBBIT statements, then call the
+ * previous hook.
+ */
+static void
+rv_post_parse_analyze(ParseState *pstate, Query *query, JumbleState *jstate)
+{
+	if (rv_shared != NULL && query != NULL)
+		rw_rewrite(pstate, query);
+	if (prev_post_parse_analyze_hook)
+		prev_post_parse_analyze_hook(pstate, query, jstate);
+}
+
+void
+rv_hooks_init(void)
+{
+	prev_post_parse_analyze_hook = post_parse_analyze_hook;
+	post_parse_analyze_hook = rv_post_parse_analyze;
+}

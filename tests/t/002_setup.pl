@@ -1,0 +1,56 @@
+# Configuration errors and secrets: without shared_preload_libraries every
+# entry point explains how to fix it; the API key never reaches the log.
+use strict;
+use warnings;
+use PostgreSQL::Test::Cluster;
+use PostgreSQL::Test::Utils;
+use Test::More;
+use lib $ENV{RV_ROOT} . '/tests/t';
+use RvTest;
+
+# not preloaded
+my $plain = PostgreSQL::Test::Cluster->new('plain');
+$plain->init;
+$plain->start;
+$plain->safe_psql('postgres', 'CREATE EXTENSION rvbbit');
+for my $call (q{SELECT rvbbit.run('x', '{}')},
+	q{SELECT * FROM rvbbit.map('x', 'SELECT 1', 1) AS t(a int, r jsonb)},
+	q{SELECT * FROM rvbbit.progress})
+{
+	my ($ret, $out, $err) = $plain->psql('postgres', $call);
+	isnt($ret, 0, "fails without preload: $call");
+	like($err, qr/rvbbit must be loaded via "shared_preload_libraries"/, 'message says what is wrong');
+	like($err, qr/HINT:  Add rvbbit to "shared_preload_libraries"/, 'hint says how to fix it');
+}
+$plain->stop;
+
+# the API key: a wrong key gets a clear error, and the key is never logged
+my $mock = start_mock('--require-key', 'sk-right-key');
+# the server's default logging (the test framework logs every statement)
+my $node = new_rv_node('secrets', $mock,
+	"rvbbit.api_key = 'sk-wrong-secret-4711'\nlog_statement = none\n");
+my $echo = inline_echo();
+my ($ret, $out, $err) = $node->psql('postgres', qq{SELECT rvbbit.run('$echo', '{"text": "hi"}')});
+like($err, qr/LLM provider rejected the request with HTTP 401/, '401 is reported');
+like($err, qr/HINT:  Check rvbbit.api_key/, 'hint points at the key');
+unlike($err, qr/sk-wrong/, 'the key is not in the error');
+is($node->safe_psql('postgres', 'SHOW rvbbit.api_key'), '(set)', 'SHOW hides the key');
+$node->safe_psql('postgres', q{ALTER SYSTEM SET rvbbit.api_key = 'sk-right-key'});
+$node->reload;
+is($node->safe_psql('postgres', qq{SELECT rvbbit.run('$echo', '{"text": "hi"}')}), '"re: hi"',
+	'the right key works');
+# a key from the server's environment (used when rvbbit.api_key is empty)
+$node->safe_psql('postgres', q{ALTER SYSTEM RESET rvbbit.api_key});
+$node->stop;
+$ENV{RVBBIT_API_KEY} = 'sk-right-key';
+$node->start;
+delete $ENV{RVBBIT_API_KEY};
+is($node->safe_psql('postgres', qq{SELECT rvbbit.run('$echo', '{"text": "from env"}')}), '"re: from env"',
+	'a key from the environment works');
+is($node->safe_psql('postgres', q{SELECT count(*) FROM rvbbit.call_log WHERE row(call_log.*)::text LIKE '%sk-%'}),
+	'0', 'no key in the call records');
+$node->stop;
+my $log = slurp_file($node->logfile);
+unlike($log, qr/sk-wrong-secret-4711|sk-right-key/, 'no key in the server log');
+stop_mock($mock);
+done_testing();
