@@ -18,7 +18,7 @@ PGFILEDESC = "rvbbit - LLM workflows from SQL"
 
 # pg_regress suites, run against a temporary instance with the library
 # preloaded (tests/scripts/regress.sh writes the configuration file).
-REGRESS = init cascades run errors privileges map
+REGRESS = init cascades run errors privileges map statements
 REGRESS_OPTS = --temp-instance=tmp_check --temp-config=$(RVBBIT_TEST_CONF) \
                --load-extension=rvbbit
 RVBBIT_TEST_CONF ?= tests/rvbbit_test.conf
@@ -55,6 +55,9 @@ endif
 demo:
 	bash tests/scripts/demo.sh
 
+demo-stop:
+	bash tests/scripts/demo.sh stop
+
 test:
 	bash tests/scripts/test.sh
 
@@ -64,4 +67,4 @@ bench:
 unit:
 	$(MAKE) -C tests/unit check
 
-.PHONY: demo test bench unit
+.PHONY: demo demo-stop test bench unit

@@ -1173,40 +1173,36 @@ map_unpack(MapState *st, MapSlot *s)
 		json_object_put(obj);
 }
 
-/* Build the jsonb object of a row: its input columns plus the result. */
+/*
+ * Build the jsonb object of a row: its input columns (the to_jsonb() of
+ * the input row the query computed) plus the result under result_name.
+ */
 static Datum
 map_json_row(MapState *st, MapSlot *s)
 {
 	Datum		result;
 	bool		isnull;
+	bool		rownull;
+	Datum		row;
 	StringInfoData buf;
-	int			i;
-	int			n = 0;
 
 	result = map_slot_value(st->ex, s, &isnull);
-	heap_deform_tuple(s->input, st->spi_desc, st->values, st->nulls);
+	row = heap_getattr(s->input, st->ncols + 1, st->spi_desc, &rownull);
 	initStringInfo(&buf);
-	appendStringInfoChar(&buf, '{');
-	for (i = 0; i < st->ncols; i++)
+	if (!rownull)
 	{
-		Form_pg_attribute att = TupleDescAttr(st->spi_desc, i);
+		Jsonb	   *jb = DatumGetJsonbP(row);
 
-		if (att->attisdropped)
-			continue;
-		if (n++ > 0)
-			appendStringInfoString(&buf, ", ");
-		escape_json(&buf, NameStr(att->attname));
-		appendStringInfoString(&buf, ": ");
-		if (st->nulls[i])
-			appendStringInfoString(&buf, "null");
-		else
-		{
-			Datum		j = DirectFunctionCall1(to_jsonb, st->values[i]);
-
-			(void) JsonbToCString(&buf, &DatumGetJsonbP(j)->root, 0);
-		}
+		(void) JsonbToCString(&buf, &jb->root, VARSIZE(jb));
 	}
-	if (n > 0)
+	/* reopen the object: drop its closing brace */
+	while (buf.len > 0 && buf.data[buf.len - 1] != '}')
+		buf.len--;
+	if (buf.len > 0)
+		buf.data[--buf.len] = '\0';
+	else
+		appendStringInfoChar(&buf, '{');
+	if (buf.len > 1)
 		appendStringInfoString(&buf, ", ");
 	escape_json(&buf, st->result_name);
 	appendStringInfoString(&buf, ": ");

@@ -20,7 +20,11 @@
 #include "miscadmin.h"
 #include "storage/ipc.h"
 #include "storage/shmem.h"
+#include "tcop/tcopprot.h"
+#include "utils/elog.h"
 #include "utils/guc.h"
+#include "utils/memutils.h"
+#include "lib/stringinfo.h"
 
 #include "rvbbit.h"
 #include "ratelimit.h"
@@ -48,6 +52,7 @@ double		rv_budget_dollars_per_day = 0.0;
 RvShared   *rv_shared = NULL;
 
 static shmem_request_hook_type prev_shmem_request_hook = NULL;
+static emit_log_hook_type prev_emit_log_hook = NULL;
 static shmem_startup_hook_type prev_shmem_startup_hook = NULL;
 
 static const struct config_enum_entry rv_flavor_options[] = {
@@ -60,6 +65,7 @@ void		_PG_init(void);
 static void rv_shmem_request(void);
 static void rv_shmem_startup(void);
 static const char *rv_show_api_key(void);
+static void rv_emit_log(ErrorData *edata);
 
 /*
  * Show hook of rvbbit.api_key: the key itself is never shown, not even to
@@ -71,6 +77,57 @@ rv_show_api_key(void)
 	if (rv_api_key != NULL && rv_api_key[0] != '\0')
 		return "(set)";
 	return "";
+}
+
+/*
+ * Replace every occurrence of secret in *field (allocated in ErrorContext).
+ */
+static void
+rv_redact_value(char **field, const char *secret)
+{
+	StringInfoData buf;
+	const char *p;
+	const char *hit;
+	size_t		n = strlen(secret);
+
+	if (*field == NULL || n < 4 || strstr(*field, secret) == NULL)
+		return;
+	initStringInfo(&buf);
+	for (p = *field; (hit = strstr(p, secret)) != NULL; p = hit + n)
+	{
+		appendBinaryStringInfo(&buf, p, hit - p);
+		appendStringInfoString(&buf, "********");
+	}
+	appendStringInfoString(&buf, p);
+	*field = buf.data;
+}
+
+/*
+ * emit_log_hook: keep API keys out of the server log.  PostgreSQL logs
+ * "parameter ... changed to ..." on reload and, with log_statement, the
+ * text of SET and ALTER SYSTEM; a message or statement that mentions
+ * api_key is cut there, and the key's value is masked wherever it appears.
+ */
+static void
+rv_emit_log(ErrorData *edata)
+{
+	MemoryContext old = MemoryContextSwitchTo(ErrorContext);
+	const char *k;
+
+	if (edata->message && (k = strstr(edata->message, "api_key")) != NULL)
+		edata->message = psprintf("%.*sapi_key ... (hidden by rvbbit)",
+								  (int) (k - edata->message), edata->message);
+	if (debug_query_string && strstr(debug_query_string, "api_key") != NULL)
+		edata->hide_stmt = true;
+	if (rv_api_key && rv_api_key[0])
+	{
+		rv_redact_value(&edata->message, rv_api_key);
+		rv_redact_value(&edata->detail, rv_api_key);
+		rv_redact_value(&edata->context, rv_api_key);
+	}
+	MemoryContextSwitchTo(old);
+	if (prev_emit_log_hook)
+		prev_emit_log_hook(edata);
 }
 
 /*
@@ -184,6 +241,9 @@ _PG_init(void)
 							 PGC_SUSET, 0, NULL, NULL, NULL);
 
 	MarkGUCPrefixReserved("rvbbit");
+
+	prev_emit_log_hook = emit_log_hook;
+	emit_log_hook = rv_emit_log;
 
 	if (!process_shared_preload_libraries_in_progress)
 		return;

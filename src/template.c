@@ -379,6 +379,15 @@ static bool tpl_parse_body(TplParser *p, int depth, TplNode **head);
 static void tpl_nodes_free(TplNode *n);
 static bool tpl_eval(TplCtx *c, const TplExpr *e, bool strict, TplVal *out);
 static bool tpl_render_nodes(TplCtx *c, const TplNode *n, int depth);
+static void tpl_verror(RvError *err, const char *src, size_t pos,
+					   const char *fmt, va_list ap)
+			__attribute__((format(printf, 4, 0)));
+static void tpl_perror(TplParser *p, size_t pos, const char *fmt,...)
+			__attribute__((format(printf, 3, 4)));
+static void tpl_lerror(TplLexer *lx, size_t pos, const char *fmt,...)
+			__attribute__((format(printf, 3, 4)));
+static void tpl_rerror(TplCtx *c, size_t pos, const char *fmt,...)
+			__attribute__((format(printf, 3, 4)));
 
 /* ----------------------------------------------------------------
  * Small helpers: errors, characters, buffers
@@ -389,11 +398,6 @@ static bool tpl_render_nodes(TplCtx *c, const TplNode *n, int depth);
  * Record an error message (first error wins) and, when src is given, its
  * location from a byte offset into src.
  */
-static void
-tpl_verror(RvError *err, const char *src, size_t pos, const char *fmt,
-		   va_list ap)
-__attribute__((format(printf, 4, 0)));
-
 static void
 tpl_verror(RvError *err, const char *src, size_t pos, const char *fmt,
 		   va_list ap)
@@ -411,10 +415,6 @@ tpl_verror(RvError *err, const char *src, size_t pos, const char *fmt,
 /* Record a compile error located at byte offset pos of the source. */
 static void
 tpl_perror(TplParser *p, size_t pos, const char *fmt,...)
-__attribute__((format(printf, 3, 4)));
-
-static void
-tpl_perror(TplParser *p, size_t pos, const char *fmt,...)
 {
 	va_list		ap;
 
@@ -426,10 +426,6 @@ tpl_perror(TplParser *p, size_t pos, const char *fmt,...)
 /* Record a lexer error located at byte offset pos of the source. */
 static void
 tpl_lerror(TplLexer *lx, size_t pos, const char *fmt,...)
-__attribute__((format(printf, 3, 4)));
-
-static void
-tpl_lerror(TplLexer *lx, size_t pos, const char *fmt,...)
 {
 	va_list		ap;
 
@@ -439,10 +435,6 @@ tpl_lerror(TplLexer *lx, size_t pos, const char *fmt,...)
 }
 
 /* Record a rendering error located at byte offset pos of the template. */
-static void
-tpl_rerror(TplCtx *c, size_t pos, const char *fmt,...)
-__attribute__((format(printf, 3, 4)));
-
 static void
 tpl_rerror(TplCtx *c, size_t pos, const char *fmt,...)
 {
@@ -1725,38 +1717,21 @@ tpl_parse_chain(TplParser *p, TplExpr *(*next) (TplParser *),
 	return left;
 }
 
+/* unary with filters and tests, as an operand of the binary operators */
+static TplExpr *
+tpl_parse_operand(TplParser *p)
+{
+	return tpl_parse_unary(p, true);
+}
+
 /* math2: unary { ("*" | "/" | "//" | "%") unary } */
 static TplExpr *
 tpl_parse_math2(TplParser *p)
 {
 	static const TplPunct ops[] = {TPL_P_STAR, TPL_P_SLASH, TPL_P_DSLASH, TPL_P_PERCENT};
 	static const TplOp tops[] = {TPL_OP_MUL, TPL_OP_DIV, TPL_OP_FLOORDIV, TPL_OP_MOD};
-	TplExpr    *left = tpl_parse_unary(p, true);
 
-	while (left != NULL)
-	{
-		const TplToken *t = tpl_peek(p);
-		int			k;
-		size_t		pos = t->pos;
-		TplExpr    *right;
-
-		for (k = 0; k < 4; k++)
-			if (tpl_tok_is_punct(t, ops[k]))
-				break;
-		if (k == 4)
-			break;
-		tpl_advance(p);
-		right = tpl_parse_unary(p, true);
-		if (right == NULL)
-		{
-			tpl_expr_free(left);
-			return NULL;
-		}
-		left = tpl_new_expr(p, TPL_E_BINARY, pos, left, right, NULL);
-		if (left != NULL)
-			left->op = tops[k];
-	}
-	return left;
+	return tpl_parse_chain(p, tpl_parse_operand, ops, tops, 4);
 }
 
 /* concat: math2 { "~" math2 } (binds tighter than + and -, as in Jinja) */
@@ -4088,9 +4063,16 @@ tpl_eval_filter(TplCtx *c, const TplExpr *e, bool strict, TplVal *out)
 	/* "default" protects its operand from the strict input check */
 	if (!tpl_eval(c, e->a, e->op == TPL_F_DEFAULT ? false : strict, &v))
 		return false;
+	/*
+	 * The arguments of "default" are checked strictly only when the fallback
+	 * is what gets printed: {{ input.a | default(input.b) }} needs input.b
+	 * only when input.a is missing or null.
+	 */
 	for (k = 0; ok && k < e->nargs && k < 2; k++)
 		if (e->args[k] != NULL)
-			ok = tpl_eval(c, e->args[k], strict, &args[k]);
+			ok = tpl_eval(c, e->args[k],
+						  e->op == TPL_F_DEFAULT ? (strict && v.j == NULL) : strict,
+						  &args[k]);
 	if (ok)
 		ok = tpl_filter(c, e, v, args, out);
 	tpl_val_free(&v);
@@ -4262,10 +4244,18 @@ tpl_render_for(TplCtx *c, const TplNode *n, int depth)
 		return false;
 	if (!tpl_is_null(list))
 		len = json_object_array_length(list.j);
-	if (len == 0 || c->nframes > TPL_MAX_DEPTH)
+	if (len == 0)
 	{
 		tpl_val_free(&list);
 		return tpl_render_nodes(c, n->else_body, depth + 1);
+	}
+	if (c->nframes > TPL_MAX_DEPTH)
+	{
+		/* cannot happen: the parser limits block nesting */
+		tpl_val_free(&list);
+		tpl_rerror(c, n->pos, "block nesting exceeds the maximum depth of %d",
+				   TPL_MAX_DEPTH);
+		return false;
 	}
 
 	f = &c->frames[c->nframes++];

@@ -40,7 +40,7 @@ $node->reload;
 is($node->safe_psql('postgres', qq{SELECT rvbbit.run('$echo', '{"text": "hi"}')}), '"re: hi"',
 	'the right key works');
 # a key from the server's environment (used when rvbbit.api_key is empty)
-$node->safe_psql('postgres', q{ALTER SYSTEM RESET rvbbit.api_key});
+$node->safe_psql('postgres', q{ALTER SYSTEM SET rvbbit.api_key = ''});
 $node->stop;
 $ENV{RVBBIT_API_KEY} = 'sk-right-key';
 $node->start;
@@ -49,8 +49,17 @@ is($node->safe_psql('postgres', qq{SELECT rvbbit.run('$echo', '{"text": "from en
 	'a key from the environment works');
 is($node->safe_psql('postgres', q{SELECT count(*) FROM rvbbit.call_log WHERE row(call_log.*)::text LIKE '%sk-%'}),
 	'0', 'no key in the call records');
+# even with every statement logged, SET and ALTER SYSTEM of the key are hidden
+$node->safe_psql('postgres', q{ALTER SYSTEM SET log_statement = 'all'});
+$node->reload;
+$node->safe_psql('postgres', q{SET rvbbit.api_key = 'sk-set-in-session'; SELECT 1});
+$node->safe_psql('postgres', q{ALTER SYSTEM SET rvbbit.api_key = 'sk-set-by-alter-system'});
+$node->reload;
+$node->safe_psql('postgres', q{SELECT 1});
 $node->stop;
 my $log = slurp_file($node->logfile);
-unlike($log, qr/sk-wrong-secret-4711|sk-right-key/, 'no key in the server log');
+unlike($log, qr/sk-wrong-secret-4711|sk-right-key|sk-set-in-session|sk-set-by-alter-system/,
+	'no key in the server log');
+like($log, qr/api_key \.\.\. \(hidden by rvbbit\)/, 'the log says what was hidden');
 stop_mock($mock);
 done_testing();

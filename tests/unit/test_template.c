@@ -242,6 +242,8 @@ test_for(void)
 				 "loop over an object's keys, keys(), values()");
 	check_render("{% for a, b in [[1, 2], [3, 4]] %}{{ a + b }}{% endfor %}", "37",
 				 "unpacking pairs");
+	check_render("{% for k, v in outputs.classify %}{{ k }}:{{ v }} {% endfor %}",
+				 "label:positive confidence:0.9 ", "two variables over an object");
 	check_render("{% for input in [1] %}{{ input }}{% endfor %}{{ input.name }}", "1Ann",
 				 "loop variable shadows, then restores");
 	check_render_error("{% for c in input.name %}{% endfor %}", false,
@@ -372,6 +374,8 @@ test_strict(void)
 					   "strict: other filters do not protect");
 	check_render_error("{{ 'x' ~ input.zz }}", true, "input has no field \"zz\"",
 					   "strict: inside an expression");
+	check_render_error("{{ input.zz.deeper }}", true, "input has no field \"zz\"",
+					   "strict: a missing first level below which a path continues");
 	check_render("[{{ input.review_txt }}]", "[]", "non-strict: missing field is empty");
 
 	out = render_with("{{ input.a }}", NULL, true, &err);

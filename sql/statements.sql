@@ -1,0 +1,95 @@
+--
+-- RVBBIT statements through rvbbit.sql(): the rewrite to typed columns,
+-- the grammar, options, errors with positions, and the places the rewrite
+-- applies (EXPLAIN, CREATE TABLE AS, COPY, cursors, prepared statements).
+--
+SELECT mock('/reset', 'POST') IS NOT NULL AS reset;
+-- the seed's examples
+SELECT * FROM rvbbit.sql($$
+  RVBBIT MAP 'extract_brand' AS brand
+  USING (SELECT * FROM (VALUES ('Apple iPhone 15'), ('Samsung Galaxy S24')) AS t(product_name))
+$$);
+SELECT * FROM rvbbit.sql($$
+  RVBBIT MAP PARALLEL 5 'extract_brand' AS brand
+  USING (SELECT * FROM (VALUES ('Apple iPhone 15'), ('Samsung Galaxy S24'), ('Nike Air Max 90'),
+                               ('Dyson V15 Detect vacuum'), ('LEGO Star Wars Millennium Falcon')) AS t(product_name))
+$$);
+-- the leading RVBBIT is optional, keywords are case-insensitive, default column "result"
+SELECT * FROM rvbbit.sql($$map 'extract_brand' using (select 'Sony WH-1000XM5 headphones' as product_name)$$);
+-- typed columns from the keys of the result: AS (...) and RETURNING (...)
+SELECT * FROM rvbbit.sql($$MAP PARALLEL 3 'classify_sentiment' AS (sentiment text, confidence numeric(4,2))
+  USING (SELECT id, review_text FROM (VALUES (1, 'I love it'), (2, 'It broke after a week'), (3, 'It does the job'))
+         AS r(id, review_text))
+  WITH (on_error = fail)$$);
+SELECT * FROM rvbbit.sql($$MAP 'classify_sentiment' RETURNING (sentiment text)
+  USING (SELECT 'waste of money' AS review_text)$$);
+-- columns inferred from the output_schema
+SELECT * FROM rvbbit.sql($$MAP 'classify_sentiment' USING (SELECT 'I love it' AS review_text)
+  WITH (infer_schema = true)$$);
+-- the column types of the USING query are kept, typmods included
+CREATE TEMP TABLE typed_out AS SELECT * FROM rvbbit.sql($$
+  MAP 'extract_brand' USING (SELECT 1::smallint AS n, 'Apple iPhone 15'::varchar(40) AS product_name,
+                                    now()::date AS seen)$$);
+SELECT attname, format_type(atttypid, atttypmod) FROM pg_attribute
+ WHERE attrelid = 'typed_out'::regclass AND attnum > 0 ORDER BY attnum;
+SELECT n, product_name, result FROM typed_out;
+-- a value that does not convert is NULL under on_error = null
+SELECT * FROM rvbbit.sql($$MAP 'extract_brand' AS (brand int) USING (SELECT 'Apple iPhone 15' AS product_name)$$);
+-- and an error under on_error = fail
+SELECT * FROM rvbbit.sql($$MAP 'extract_brand' AS (brand int) USING (SELECT 'Apple iPhone 15' AS product_name)
+  WITH (on_error = 'fail')$$);
+-- comments, strings with parentheses and dollar quotes inside USING
+SELECT * FROM rvbbit.sql($q$
+  -- a comment
+  MAP /* another */ 'echo' AS answer
+  USING (SELECT ')(' || $x$ ) $x$ || 'text' AS text /* ) */)
+$q$);
+-- the auto-LIMIT, and the limit option
+SET rvbbit.default_limit = 3;
+SELECT count(*) FROM (SELECT * FROM rvbbit.sql($$MAP PARALLEL 'echo' USING (SELECT n::text AS text FROM generate_series(1, 10) n)$$)) s;
+SELECT * FROM rvbbit.sql($$MAP PARALLEL 'echo' USING (SELECT n::text AS text FROM generate_series(1, 10) n)$$);
+SELECT count(*) FROM (SELECT * FROM rvbbit.sql($$MAP PARALLEL 'echo' USING (SELECT n::text AS text FROM generate_series(1, 10) n) WITH (limit = 0)$$)) s;
+RESET rvbbit.default_limit;
+-- DISTINCT: each distinct input is called once
+SELECT mock('/reset', 'POST') IS NOT NULL AS reset;
+SELECT * FROM rvbbit.sql($$MAP PARALLEL 4 DISTINCT 'echo' USING (SELECT (n % 2)::text || ' distinct' AS text FROM generate_series(1, 8) n ORDER BY n)$$);
+SELECT (mock('/stats')->>'requests')::int <= 2 AS at_most_two_requests;
+-- options: model, cache, result_column
+SELECT * FROM rvbbit.sql($$MAP 'echo' USING (SELECT 'opts' AS text) WITH (model = 'stmt/model', cache = false, result_column = 'reply')$$);
+SELECT r->>'model' AS model FROM mock('/requests?last=1') AS m(j), jsonb_array_elements(j) AS r;
+
+-- EXPLAIN shows the rewritten plan
+EXPLAIN (COSTS OFF) SELECT * FROM rvbbit.sql($$MAP 'echo' USING (SELECT 'x' AS text)$$);
+EXPLAIN (ANALYZE, COSTS OFF, TIMING OFF, SUMMARY OFF) SELECT * FROM rvbbit.sql($$MAP 'echo' USING (SELECT 'x' AS text)$$);
+-- COPY (...) TO and cursors
+COPY (SELECT * FROM rvbbit.sql($$MAP 'echo' USING (SELECT 1 AS id, 'copy me' AS text)$$)) TO STDOUT;
+BEGIN;
+DECLARE cur CURSOR FOR SELECT * FROM rvbbit.sql($$MAP 'echo' USING (SELECT 2 AS id, 'cursor' AS text)$$);
+FETCH ALL FROM cur;
+COMMIT;
+-- prepared statements keep their columns
+PREPARE brands AS SELECT * FROM rvbbit.sql($$MAP 'extract_brand' AS (brand text) USING (SELECT 'Nike Air Max 90' AS product_name)$$);
+EXECUTE brands;
+EXECUTE brands;
+DEALLOCATE brands;
+-- anywhere else rvbbit.sql() returns one jsonb object per row
+SELECT sql FROM rvbbit.sql($$MAP 'echo' USING (SELECT 7 AS id, 'as json' AS text)$$) LIMIT 5;
+SELECT count(*) FROM rvbbit.sql($$MAP 'echo' USING (SELECT 'counted' AS text)$$);
+WITH x AS (SELECT * FROM rvbbit.sql($$MAP 'echo' AS reply USING (SELECT 'in a cte' AS text)$$))
+SELECT sql->>'text' AS text, sql->>'reply' AS reply FROM x;
+
+-- errors carry the position of the offending token
+SELECT * FROM rvbbit.sql($$MAP 'echo' USIN (SELECT 1)$$);
+SELECT * FROM rvbbit.sql('MAP PARALLEL 0 ''echo'' USING (SELECT 1)');
+SELECT * FROM rvbbit.sql($$MAP 'echo' USING (SELECT 'x' AS text) WITH (paralel = 3)$$);
+SELECT * FROM rvbbit.sql($$MAP 'echo' USING (SELECT 'x' AS text$$);
+SELECT * FROM rvbbit.sql($$MAP 'echo' USING ()$$);
+SELECT * FROM rvbbit.sql($$FROB 'echo'$$);
+SELECT * FROM rvbbit.sql($$MAP 'echo' USING (SELECT 'x' AS result)$$);
+SELECT * FROM rvbbit.sql($$MAP 'echo' USING (SELECT 'x' AS text) WITH (budget_dollars = 1)$$);
+SELECT * FROM rvbbit.sql($$RUN 'echo' USING (SELECT 'x' AS text)$$);
+SELECT * FROM rvbbit.sql($$MAP BATCH 5 'echo' USING (SELECT 'x' AS text)$$);
+SELECT * FROM rvbbit.sql($$MAP 'echo' USING (INSERT INTO typed_out DEFAULT VALUES)$$);
+SELECT * FROM rvbbit.sql(NULL);
+SELECT * FROM rvbbit.sql('MAP ''echo'' USING (SELECT ''x'' AS text)' || '');
+PREPARE p(text) AS SELECT * FROM rvbbit.sql($1);
