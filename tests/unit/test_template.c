@@ -595,10 +595,26 @@ test_api(void)
 	rv_template_free(t);
 }
 
+/* The fallback of default is checked strictly only when it is printed. */
+static void
+test_default_fallback(void)
+{
+	check_strict("{{ input.review_text | default(input.text) }}", "Great product",
+				 "strict: an unused default fallback may be missing");
+	check_strict("{{ input.nothing | default(input.name) }}", "Ann",
+				 "strict: a used default fallback that exists");
+	check_render_error("{{ input.absent | default(input.text) }}", true,
+					   "input has no field \"text\"",
+					   "strict: a used default fallback that is missing fails");
+	check_strict("{{ input.absent | default(input.text | default('none')) }}", "none",
+				 "strict: nested defaults");
+}
+
 int
 main(void)
 {
 	test_basics();
+	test_default_fallback();
 	test_comments_whitespace();
 	test_if();
 	test_for();
