@@ -1294,7 +1294,21 @@ typedef struct CasBuild
 	const char *text;
 	size_t		len;
 	RvError    *err;
+	int		   *name_head;		/* hash of cell names: first cell per bucket */
+	int		   *name_next;		/* next cell in the same bucket, or -1 */
+	int			nbuckets;
 } CasBuild;
+
+/* Bucket of a cell name in the CasBuild name hash. */
+static int
+cas_name_bucket(const CasBuild *b, const char *name)
+{
+	unsigned	h = 5381;
+
+	while (*name)
+		h = h * 33 + (unsigned char) *name++;
+	return (int) (h % (unsigned) b->nbuckets);
+}
 
 /*
  * Read the candidates block of a cell (spelled candidates, takes or
@@ -1348,6 +1362,7 @@ cas_build_cell(CasBuild *b, int i, json_object *jcell, const CasNode *ncell)
 	CasVal		rules;
 	const char *instr_key = "instructions";
 	bool		found_candidates = false;
+	int			bucket;
 	int			k;
 	static const char *const cand_keys[] = {"candidates", "takes", "soundings"};
 
@@ -1376,7 +1391,8 @@ cas_build_cell(CasBuild *b, int i, json_object *jcell, const CasNode *ncell)
 	}
 	snprintf(label, sizeof(label), "cell \"%.200s%s\"", cell->name,
 			 strlen(cell->name) > 200 ? "..." : "");
-	for (k = 0; k < i; k++)
+	bucket = cas_name_bucket(b, cell->name);
+	for (k = b->name_head[bucket]; k >= 0; k = b->name_next[k])
 	{
 		if (strcmp(b->cascade->cells[k].name, cell->name) == 0)
 		{
@@ -1386,6 +1402,8 @@ cas_build_cell(CasBuild *b, int i, json_object *jcell, const CasNode *ncell)
 			return false;
 		}
 	}
+	b->name_next[i] = b->name_head[bucket];
+	b->name_head[bucket] = i;
 
 	/* instructions, or its alias prompt */
 	cas_get(jcell, ncell, "instructions", &v);
@@ -1603,12 +1621,17 @@ cas_build(CasBuild *b, const CasNode *nroot)
 		return false;
 	}
 	c->cells = calloc((size_t) n, sizeof(RvCell));
-	if (c->cells == NULL)
+	b->nbuckets = n;
+	b->name_head = malloc((size_t) n * sizeof(int));
+	b->name_next = malloc((size_t) n * sizeof(int));
+	if (c->cells == NULL || b->name_head == NULL || b->name_next == NULL)
 	{
 		rv_error_set(err, "out of memory");
 		return false;
 	}
 	c->ncells = n;
+	for (i = 0; i < n; i++)
+		b->name_head[i] = -1;
 	for (i = 0; i < n; i++)
 	{
 		const CasNode *ncell = NULL;
@@ -1660,7 +1683,12 @@ rv_cascade_parse(const char *text, size_t len, RvError *err)
 	b.text = text;
 	b.len = len;
 	b.err = err;
+	b.name_head = NULL;
+	b.name_next = NULL;
+	b.nbuckets = 0;
 	ok = cas_build(&b, doc->root);
+	free(b.name_head);
+	free(b.name_next);
 	cas_doc_free(doc);
 	if (!ok)
 	{
