@@ -1353,7 +1353,12 @@ wk_stmt_receive(WkStmt *s)
 		void	   *data;
 		shm_mq_result res;
 
-		if (s->closing || s->input_done)
+		/*
+		 * Keep polling after the end of input too: that is how we learn that
+		 * the backend went away (cancel, error, exit) while rows are in
+		 * flight.
+		 */
+		if (s->closing)
 			return;
 		res = shm_mq_receive(s->inq, &len, &data, true);
 		if (res == SHM_MQ_WOULD_BLOCK)

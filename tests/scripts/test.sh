@@ -111,7 +111,7 @@ echo "== TAP tests"
 if want tap && ls "$RV_ROOT"/tests/t/*.pl >/dev/null 2>&1; then
   (cd "$work/tree" && as_pg env PATH="$PG_BINDIR:$PATH" PG_REGRESS="$PG_REGRESS" \
       RV_ROOT="$work/tree" PYTHON="$PYTHON" \
-      prove -I "$PG_PERL" -I "$work/tree/tests/t" tests/t/*.pl >"$work/tap.log" 2>&1)
+      prove -I "$PG_PERL" -I "$work/tree/tests/t" ${RVBBIT_TAP:-tests/t/*.pl} >"$work/tap.log" 2>&1)
   rc=$?
   grep -E '^tests/t|^Files=|^Result' "$work/tap.log"
   n=$(sed -n 's/^Files=.*Tests=\([0-9]*\),.*/\1/p' "$work/tap.log")

@@ -1,0 +1,307 @@
+#!/usr/bin/env bash
+# make bench: the rvbbit benchmark harness.
+#
+# Starts the mock provider and a throwaway cluster (own directory under /tmp,
+# a free port), warms the worker up, then measures rvbbit.map against the
+# same requests sent by `curl --parallel` (the ceiling):
+#
+#   latency runs   mock latency BENCH_LATENCY_MS (100), N = BENCH_N (2000)
+#                  rows at parallel BENCH_PARALLEL ("10 50 200")
+#   zero latency   N = BENCH_N0 (20000) at parallel BENCH_PARALLEL0 ("50 200")
+#   memory         peak RSS (VmHWM) of the backend running a MAP over
+#                  BENCH_MEM_N (100000) rows at zero latency, parallel 200,
+#                  and over a tenth of that; BENCH_SKIP_MEM=1 skips it
+#
+# It prints figures and asserts nothing about them.  It exits non-zero only
+# when something could not run: a build or start-up failure, a query error,
+# rows without a result, or requests the mock did not answer with 200.
+# Everything it starts is stopped on exit, also when interrupted.
+# KEEP_BENCH_DIR=1 keeps the work directory (server and mock logs).
+set -uo pipefail
+here="$(cd "$(dirname "$0")" && pwd)"
+bash "$here/../scripts/deps.sh" || exit 1
+. "$here/../scripts/common.sh"
+
+BENCH_N=${BENCH_N:-2000}
+BENCH_N0=${BENCH_N0:-20000}
+BENCH_MEM_N=${BENCH_MEM_N:-100000}
+BENCH_SKIP_MEM=${BENCH_SKIP_MEM:-0}
+BENCH_LATENCY_MS=${BENCH_LATENCY_MS:-100}
+BENCH_PARALLEL=${BENCH_PARALLEL:-"10 50 200"}
+BENCH_PARALLEL0=${BENCH_PARALLEL0:-"50 200"}
+BENCH_MEM_PARALLEL=${BENCH_MEM_PARALLEL:-200}
+
+# the inline cascade: one cell whose prompt is the row's text column
+CASCADE='cells: [{name: say, instructions: "{{ input.text }}"}]'
+
+work=""
+PG_PORT=""
+PROBLEMS=0
+
+cleanup() {
+  trap - EXIT INT TERM
+  [ -n "$work" ] && pg_stop "$work/pg"
+  mock_stop
+  if [ -n "$work" ]; then
+    if [ -n "${KEEP_BENCH_DIR:-}" ]; then
+      echo "work directory kept: $work"
+    else
+      rm -rf "$work"
+    fi
+  fi
+}
+trap cleanup EXIT
+trap 'echo "interrupted" >&2; exit 130' INT
+trap 'echo "terminated" >&2; exit 143' TERM
+
+die() {
+  echo "bench: $*" >&2
+  exit 1
+}
+
+# psql as the superuser over the cluster's socket; -X ignores ~/.psqlrc
+pg_sql() {
+  psql -X -q -At -v ON_ERROR_STOP=1 -h "$work/pg" -p "$PG_PORT" -U postgres -d postgres "$@"
+}
+
+now() { date +%s.%N; }
+
+# calc EXPR: floating-point arithmetic (awk), printed with %.6g unless given
+calc() { awk "BEGIN { printf \"%.6g\", $1 }"; }
+
+mock_url() { echo "http://127.0.0.1:$MOCK_PORT$1"; }
+
+mock_reset() {
+  curl -sf -X POST "$(mock_url /reset)" >/dev/null || die "mock /reset failed"
+}
+
+mock_latency() {
+  curl -sf -X POST -H "Content-Type: application/json" \
+    --data "{\"latency_ms\": $1}" "$(mock_url /config)" >/dev/null ||
+    die "mock /config failed"
+}
+
+# mock_stats: prints "requests max_in_flight ok_200"
+mock_stats() {
+  curl -sf "$(mock_url /stats)" | "$PYTHON" -c '
+import json, sys
+d = json.load(sys.stdin)
+print(d["requests"], d["max_in_flight"], d["by_status"].get("200", 0))' ||
+    die "mock /stats failed"
+}
+
+# map_query N PARALLEL: the measured statement.  It returns the row count,
+# the rows without a result and the time spent inside the server (the
+# projection runs after the aggregate has consumed every row).
+map_query() {
+  local n="$1" par="$2"
+  local cascade_lit=${CASCADE//\'/\'\'}
+  cat <<SQL
+SELECT count(*), count(*) FILTER (WHERE result IS NULL),
+       extract(epoch FROM clock_timestamp() - statement_timestamp())
+FROM rvbbit.map('$cascade_lit',
+                'SELECT n, ''x'' || n AS text FROM generate_series(1, $n) n',
+                $par, '{"cache": false}') AS t(n int, text text, result jsonb);
+SQL
+}
+
+# run_map N PARALLEL: sets MAP_SQL_S, MAP_PSQL_S, MAP_ROWS, MAP_NULLS
+run_map() {
+  local n="$1" par="$2" out t0 t1
+  t0=$(now)
+  out=$(map_query "$n" "$par" | pg_sql -F ' ' 2>"$work/psql.err") || {
+    cat "$work/psql.err" >&2
+    die "MAP over $n rows at parallel $par failed"
+  }
+  t1=$(now)
+  read -r MAP_ROWS MAP_NULLS MAP_SQL_S <<<"$out"
+  MAP_PSQL_S=$(calc "$t1 - $t0")
+}
+
+# curl_config N: a curl config file with N chat requests, one per "next"
+curl_config() {
+  local n="$1" file="$work/curl-$1.cfg"
+  if [ ! -s "$file" ]; then
+    awk -v n="$n" -v url="$(mock_url /v1/chat/completions)" 'BEGIN {
+      for (i = 1; i <= n; i++) {
+        if (i > 1) print "next"
+        printf "url = \"%s\"\n", url
+        print "-X POST"
+        print "-H \"Content-Type: application/json\""
+        printf "data = \"{\\\"model\\\":\\\"mock/bench\\\",\\\"messages\\\":[{\\\"role\\\":\\\"user\\\",\\\"content\\\":\\\"x%d\\\"}]}\"\n", i
+        print "-o /dev/null"
+        print "-s"
+        print "-w \"%{http_code}\\n\""
+      }
+    }' >"$file"
+  fi
+  echo "$file"
+}
+
+# run_curl N PARALLEL: sets CURL_S, CURL_OK (responses with status 200)
+run_curl() {
+  local n="$1" par="$2" cfg t0 t1
+  cfg=$(curl_config "$n")
+  t0=$(now)
+  curl --no-progress-meter --parallel --parallel-immediate --parallel-max "$par" \
+    -K "$cfg" >"$work/curl.codes" 2>"$work/curl.err"
+  t1=$(now)
+  CURL_S=$(calc "$t1 - $t0")
+  CURL_OK=$(grep -c '^200$' "$work/curl.codes")
+  if [ "$CURL_OK" -ne "$n" ]; then
+    echo "bench: curl got $CURL_OK of $n answers with status 200" >&2
+    sort "$work/curl.codes" | uniq -c | head >&2
+    head -5 "$work/curl.err" >&2
+    PROBLEMS=$((PROBLEMS + 1))
+  fi
+}
+
+HDR_FMT='%-6s %6s %4s | %7s %7s %8s %7s %5s %5s | %7s %8s %5s | %6s\n'
+ROW_FMT='%-6s %6s %4s | %7.3f %7.3f %8.0f %7s %5s %5s | %7.3f %8.0f %5s | %6.2f\n'
+
+print_header() {
+  printf "$HDR_FMT" mode N par "MAP s" "psql s" "rows/s" "ideal s" eff "MAP" \
+    "curl s" "req/s" curl "MAP/"
+  printf "$HDR_FMT" "" "" "" "" "" "" "" "" "maxfl" "" "" "maxfl" "curl"
+  printf '%s\n' "$(printf '%.0s-' $(seq 1 104))"
+}
+
+# bench_row MODE N PARALLEL LATENCY_MS: one MAP run and one curl run
+bench_row() {
+  local mode="$1" n="$2" par="$3" lat="$4"
+  local req mif ok ideal eff map_mif curl_mif
+  mock_reset
+  run_map "$n" "$par"
+  read -r req mif ok <<<"$(mock_stats)"
+  map_mif=$mif
+  if [ "$MAP_ROWS" -ne "$n" ] || [ "$MAP_NULLS" -ne 0 ] || [ "$ok" -ne "$n" ]; then
+    echo "bench: MAP returned $MAP_ROWS rows ($MAP_NULLS without a result);" \
+      "the mock saw $req requests, $ok answered 200" >&2
+    PROBLEMS=$((PROBLEMS + 1))
+  fi
+  mock_reset
+  run_curl "$n" "$par"
+  read -r req curl_mif ok <<<"$(mock_stats)"
+  if [ "$lat" -gt 0 ]; then
+    ideal=$(calc "int(($n + $par - 1) / $par) * $lat / 1000")
+    eff=$(awk "BEGIN { printf \"%.2f\", $ideal / $MAP_SQL_S }")
+    ideal=$(awk "BEGIN { printf \"%.3f\", $ideal }")
+  else
+    ideal="-"
+    eff="-"
+  fi
+  printf "$ROW_FMT" "$mode" "$n" "$par" "$MAP_SQL_S" "$MAP_PSQL_S" \
+    "$(calc "$n / $MAP_SQL_S")" "$ideal" "$eff" "$map_mif" \
+    "$CURL_S" "$(calc "$n / $CURL_S")" "$curl_mif" "$(calc "$MAP_SQL_S / $CURL_S")"
+}
+
+worker_count() {
+  pg_sql -c "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'rvbbit worker'"
+}
+
+# mem_run N: one psql session; prints its backend's VmHWM before and after
+# a MAP over N rows, the workers' VmHWM, and the MAP's time
+mem_run() {
+  local n="$1" out
+  out=$(pg_sql -F ' ' 2>"$work/psql.err" <<SQL
+SELECT pg_backend_pid() AS bpid \gset
+CREATE TEMP TABLE hwm AS
+  SELECT (regexp_match(pg_read_file('/proc/' || :bpid || '/status'),
+                       'VmHWM:\s+(\d+) kB'))[1]::bigint AS kb;
+$(map_query "$n" "$BENCH_MEM_PARALLEL")
+SELECT (SELECT kb FROM hwm),
+       (regexp_match(pg_read_file('/proc/' || :bpid || '/status'),
+                     'VmHWM:\s+(\d+) kB'))[1]::bigint,
+       (regexp_match(pg_read_file('/proc/' || :bpid || '/status'),
+                     'VmRSS:\s+(\d+) kB'))[1]::bigint;
+SELECT coalesce(string_agg(pid || ':' ||
+         (regexp_match(pg_read_file('/proc/' || pid || '/status'),
+                       'VmHWM:\s+(\d+) kB'))[1], ' '), '-')
+FROM pg_stat_activity WHERE backend_type = 'rvbbit worker';
+SQL
+  ) || {
+    cat "$work/psql.err" >&2
+    die "memory run over $n rows failed"
+  }
+  local map_line kb_line w_line rows nulls secs before after rss
+  map_line=$(sed -n 1p <<<"$out")
+  kb_line=$(sed -n 2p <<<"$out")
+  w_line=$(sed -n 3p <<<"$out")
+  read -r rows nulls secs <<<"$map_line"
+  read -r before after rss <<<"$kb_line"
+  if [ "$rows" -ne "$n" ] || [ "$nulls" -ne 0 ]; then
+    echo "bench: memory MAP returned $rows rows ($nulls without a result)" >&2
+    PROBLEMS=$((PROBLEMS + 1))
+  fi
+  local workers="" w
+  for w in $w_line; do
+    [ "$w" = "-" ] && continue
+    workers+="${workers:+, }pid ${w%%:*} $(calc "${w#*:} / 1024" | xargs printf '%.1f') MB"
+  done
+  printf '%8s rows  parallel %-4s %7.3f s  backend VmHWM %7.1f MB (%.1f MB before the MAP, VmRSS after %.1f MB)  workers VmHWM: %s\n' \
+    "$n" "$BENCH_MEM_PARALLEL" "$secs" "$(calc "$after / 1024")" \
+    "$(calc "$before / 1024")" "$(calc "$rss / 1024")" "${workers:--}"
+}
+
+# ---------------------------------------------------------------------------
+
+echo "== build and install"
+build_install || die "build failed (run make -C $RV_ROOT to see why)"
+
+work=$(mktemp -d /tmp/rvbbit-bench.XXXXXX)
+chmod 755 "$work"
+
+mock_start "$work/mock" --latency-ms "$BENCH_LATENCY_MS" || die "the mock did not start"
+PG_PORT=$(free_port)
+pg_init "$work/pg" "$PG_PORT" "rvbbit.api_base = 'http://127.0.0.1:$MOCK_PORT/v1'
+rvbbit.default_model = 'mock/bench'
+rvbbit.max_concurrency = 1000
+rvbbit.max_connections_per_worker = 1000" || die "initdb failed"
+pg_start "$work/pg" || {
+  tail -20 "$work/pg/server.log" >&2
+  die "the server did not start"
+}
+pg_sql -c "CREATE EXTENSION rvbbit" || die "CREATE EXTENSION failed"
+
+echo "== setup"
+echo "postgres $(pg_sql -c 'SHOW server_version'), port $PG_PORT; mock pid $MOCK_PID, port $MOCK_PORT;" \
+  "$(nproc) CPUs; $(curl --version | head -1 | cut -d' ' -f1-2)"
+echo "rvbbit.max_concurrency = $(pg_sql -c 'SHOW rvbbit.max_concurrency')," \
+  "rvbbit.max_connections_per_worker = $(pg_sql -c 'SHOW rvbbit.max_connections_per_worker')," \
+  "rvbbit.workers_per_database = $(pg_sql -c 'SHOW rvbbit.workers_per_database')"
+echo "rvbbit workers before the warm-up: $(worker_count)"
+run_map 100 50
+[ "$MAP_ROWS" -eq 100 ] && [ "$MAP_NULLS" -eq 0 ] || {
+  echo "bench: warm-up MAP returned $MAP_ROWS rows ($MAP_NULLS without a result)" >&2
+  PROBLEMS=$((PROBLEMS + 1))
+}
+echo "warm-up: MAP over 100 rows at parallel 50 took $(printf '%.3f' "$MAP_SQL_S") s" \
+  "(latency $BENCH_LATENCY_MS ms)"
+echo "rvbbit workers after the warm-up: $(worker_count)"
+
+echo
+echo "== MAP against curl --parallel (mock latency $BENCH_LATENCY_MS ms, then 0 ms)"
+print_header
+for p in $BENCH_PARALLEL; do
+  bench_row "${BENCH_LATENCY_MS}ms" "$BENCH_N" "$p" "$BENCH_LATENCY_MS"
+done
+mock_latency 0
+for p in $BENCH_PARALLEL0; do
+  bench_row "0ms" "$BENCH_N0" "$p" 0
+done
+echo "rvbbit workers after the runs: $(worker_count)"
+
+if [ "$BENCH_SKIP_MEM" != 1 ]; then
+  echo
+  echo "== backend memory (mock latency 0 ms; a fresh session for each run)"
+  small=$((BENCH_MEM_N / 10))
+  [ "$small" -ge 1 ] && mem_run "$small"
+  mem_run "$BENCH_MEM_N"
+fi
+
+if [ "$PROBLEMS" -gt 0 ]; then
+  echo
+  echo "bench: $PROBLEMS run(s) did not complete cleanly (see the messages above)" >&2
+  exit 1
+fi
+exit 0
