@@ -13,7 +13,7 @@ SELECT rvbbit.run('echo', '{"text": "x"}', '{"timeout": -5}');
 SELECT rvbbit.run('echo', '{"text": "x"}', '{"max_retries": "many"}');
 SELECT rvbbit.run('echo', '{"text": "x"}', '{"on_error": "explode"}');
 SELECT rvbbit.run('echo', '{"text": "x"}', '{"cache": "forever"}');
-SELECT rvbbit.run('echo', '{"text": "x"}', '{"budget_dollars": 1}');
+SELECT rvbbit.run('echo', '{"text": "x"}', '{"async": true}');
 
 -- provider HTTP errors
 SELECT rvbbit.run('echo', '{"text": "[[fault:401]] who am I"}');

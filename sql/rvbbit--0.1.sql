@@ -149,6 +149,27 @@ AS 'MODULE_PATHNAME', 'rvbbit_sql'
 LANGUAGE C VOLATILE PARALLEL RESTRICTED;
 COMMENT ON FUNCTION rvbbit.sql(text) IS 'Runs an RVBBIT statement (MAP ...); as the whole query it returns typed columns.';
 
+CREATE FUNCTION rvbbit._as_table(statement text, OUT as_table text, OUT rows bigint)
+RETURNS record
+AS 'MODULE_PATHNAME', 'rvbbit_as_table'
+LANGUAGE C VOLATILE;
+
+CREATE FUNCTION rvbbit.estimate(statement text,
+    OUT input_rows bigint, OUT cached_rows bigint, OUT calls_per_row int,
+    OUT models text[], OUT est_input_tokens bigint, OUT est_output_tokens bigint,
+    OUT est_cost numeric)
+RETURNS record
+AS 'MODULE_PATHNAME', 'rvbbit_estimate'
+LANGUAGE C VOLATILE;
+COMMENT ON FUNCTION rvbbit.estimate(text) IS 'Rows, cached rows, models, tokens and cost an RVBBIT statement would use, without calling any LLM.';
+
+-- Is a request in the cache?  (For rvbbit.estimate(); reveals nothing but
+-- whether the caller's own request was answered before.)
+CREATE FUNCTION rvbbit._cache_has(key text) RETURNS boolean
+LANGUAGE sql STABLE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$ SELECT EXISTS (SELECT FROM rvbbit.cache c WHERE c.key = $1) $$;
+
 CREATE FUNCTION rvbbit.create_cascade(name text, definition text)
 RETURNS void
 AS 'MODULE_PATHNAME', 'rvbbit_create_cascade'
@@ -192,6 +213,9 @@ REVOKE ALL ON ALL FUNCTIONS IN SCHEMA rvbbit FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION rvbbit.run(text, jsonb, jsonb),
                           rvbbit.map(text, text, int, jsonb),
                           rvbbit.sql(text),
+                          rvbbit._as_table(text),
+                          rvbbit.estimate(text),
+                          rvbbit._cache_has(text),
                           rvbbit.create_cascade(text, text),
                           rvbbit.drop_cascade(text, boolean),
                           rvbbit.validate_cascade(text),
@@ -202,3 +226,6 @@ GRANT SELECT ON rvbbit.cascades, rvbbit.calls, rvbbit.stats,
                 rvbbit.cache_entries, rvbbit.progress, rvbbit.model_prices
    TO rvbbit_user;
 GRANT INSERT, UPDATE, DELETE ON rvbbit.model_prices TO rvbbit_admin;
+-- the routing columns of the providers, not their keys
+GRANT SELECT (prefix, api_base, api_flavor, requests_per_minute, tokens_per_minute)
+   ON rvbbit.providers TO rvbbit_user;

@@ -93,3 +93,42 @@ SELECT * FROM rvbbit.sql($$MAP 'echo' USING (INSERT INTO typed_out DEFAULT VALUE
 SELECT * FROM rvbbit.sql(NULL);
 SELECT * FROM rvbbit.sql('MAP ''echo'' USING (SELECT ''x'' AS text)' || '');
 PREPARE p(text) AS SELECT * FROM rvbbit.sql($1);
+
+-- as_table writes the rows into a new table and returns a summary
+SELECT * FROM rvbbit.sql($$MAP PARALLEL 3 'extract_brand' AS (brand text)
+  USING (SELECT id, product_name FROM (VALUES (1, 'Apple iPhone 15'), (2, 'Nike Air Max 90')) AS p(id, product_name))
+  WITH (as_table = 'brand_table')$$);
+SELECT * FROM brand_table ORDER BY id;
+SELECT * FROM rvbbit.sql($$MAP 'extract_brand' USING (SELECT 'x' AS product_name) WITH (as_table = 'brand_table')$$);
+SELECT sql FROM rvbbit.sql($$MAP 'echo' USING (SELECT 'into' AS text) WITH (as_table = 'public.echo_table')$$) LIMIT 1;
+SELECT * FROM echo_table;
+
+-- budget_dollars stops scheduling calls once the spend reaches it
+INSERT INTO rvbbit.model_prices VALUES ('budget/model', 100000, 100000);
+SELECT * FROM rvbbit.sql($$MAP 'echo' USING (SELECT 'spend ' || n AS text FROM generate_series(1, 10) n)
+  WITH (model = 'budget/model', cache = false, budget_dollars = 1.5)$$);
+SELECT count(*) AS calls_made FROM rvbbit.calls WHERE model = 'budget/model';
+-- a budget the statement stays within
+SELECT count(*) FROM rvbbit.sql($$MAP 'echo' USING (SELECT 'cheap' AS text) WITH (model = 'budget/model', budget_dollars = 100)$$);
+
+-- dedupe_by: rows with the same key share one call (the first row's)
+SELECT mock('/reset', 'POST') IS NOT NULL AS reset;
+SELECT * FROM rvbbit.sql($$MAP PARALLEL 3 'echo' USING (SELECT n, (n % 3)::text AS k, 'key ' || (n % 3) || ' row ' || n AS text
+  FROM generate_series(1, 9) n ORDER BY n) WITH (dedupe_by = 'k', cache = false)$$);
+SELECT mock('/stats')->'requests' AS http_requests;
+SELECT * FROM rvbbit.sql($$MAP 'echo' USING (SELECT 'x' AS text) WITH (dedupe_by = 'nope')$$);
+
+-- rvbbit.estimate: rows, cached rows, models, tokens and cost, without calling the LLM
+SELECT mock('/reset', 'POST') IS NOT NULL AS reset;
+INSERT INTO rvbbit.model_prices VALUES ('estimate/model', 1, 2);
+SELECT input_rows, cached_rows, calls_per_row, models, est_input_tokens > 0 AS has_in,
+       est_output_tokens, est_cost > 0 AS has_cost
+  FROM rvbbit.estimate($$MAP 'extract_brand' USING (SELECT * FROM (VALUES ('Apple iPhone 15'), ('Samsung Galaxy S24'), ('Est only')) AS t(product_name))
+  WITH (model = 'estimate/model')$$);
+SELECT * FROM rvbbit.sql($$MAP 'extract_brand' USING (SELECT 'Apple iPhone 15' AS product_name) WITH (model = 'estimate/model')$$);
+SELECT input_rows, cached_rows
+  FROM rvbbit.estimate($$MAP 'extract_brand' USING (SELECT * FROM (VALUES ('Apple iPhone 15'), ('Samsung Galaxy S24'), ('Est only')) AS t(product_name))
+  WITH (model = 'estimate/model')$$);
+SELECT calls_per_row, models FROM rvbbit.estimate($$MAP 'two_step' USING (SELECT 'kettle' AS description)$$);
+-- the estimates made no HTTP request
+SELECT mock('/stats')->'requests' AS http_requests;

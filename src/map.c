@@ -326,6 +326,7 @@ rv_default_options(RvOptions *o)
 	o->cache_max_age_s = -1;
 	o->parallel = -1;
 	o->limit = -1;
+	o->budget_dollars = -1;
 }
 
 /*
@@ -473,8 +474,26 @@ rv_parse_options_json(json_object *obj, RvOptions *o)
 							 errmsg("option \"result_column\" must be a non-empty string")));
 				o->result_column = pstrdup(json_object_get_string(v));
 			}
-			else if (strcmp(k, "budget_dollars") == 0 || strcmp(k, "as_table") == 0 ||
-					 strcmp(k, "dedupe_by") == 0 || strcmp(k, "async") == 0)
+			else if (strcmp(k, "budget_dollars") == 0)
+			{
+				if (!isnum || json_object_get_double(v) < 0)
+					ereport(ERROR,
+							(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+							 errmsg("option \"budget_dollars\" must be a non-negative number")));
+				o->budget_dollars = json_object_get_double(v);
+			}
+			else if (strcmp(k, "dedupe_by") == 0 || strcmp(k, "as_table") == 0)
+			{
+				if (!json_object_is_type(v, json_type_string) || json_object_get_string_len(v) == 0)
+					ereport(ERROR,
+							(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+							 errmsg("option \"%s\" must be a non-empty string", k)));
+				if (k[0] == 'd')
+					o->dedupe_by = pstrdup(json_object_get_string(v));
+				else
+					o->as_table = pstrdup(json_object_get_string(v));
+			}
+			else if (strcmp(k, "async") == 0)
 				ereport(ERROR,
 						(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
 						 errmsg("option \"%s\" is not supported yet", k)));
@@ -482,7 +501,7 @@ rv_parse_options_json(json_object *obj, RvOptions *o)
 				ereport(ERROR,
 						(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 						 errmsg("unknown option \"%s\"", k),
-						 errhint("Valid options are: model, cache, timeout, max_retries, on_error, parallel, limit, unpack, result_column, infer_schema.")));
+						 errhint("Valid options are: model, cache, timeout, max_retries, on_error, parallel, limit, budget_dollars, dedupe_by, as_table, unpack, result_column, infer_schema.")));
 			json_object_iter_next(&it);
 		}
 	}
@@ -550,7 +569,8 @@ typedef struct MapSlot
 	int			nfollowers;
 	uint64		hash;
 	HeapTuple	input;			/* map: the input row */
-	char	   *scope;			/* the JSON sent (kept for dedup checks) */
+	char	   *scope;			/* the JSON to send, until sent */
+	char	   *dkey;			/* what identical rows are recognised by */
 	char	   *result;			/* JSON text of the result */
 	char	   *error;			/* the error message of a failed row */
 	char	   *error_detail;
@@ -563,6 +583,18 @@ typedef struct DedupEntry
 	int64		seq;
 } DedupEntry;
 
+/* dedupe_by: the outcome of a finished key, fanned out to later rows */
+typedef struct MemoEntry
+{
+	uint64		hash;			/* key */
+	char	   *dkey;
+	bool		failed;
+	int			sqlstate;
+	char	   *result;
+	char	   *error;
+	char	   *error_detail;
+} MemoEntry;
+
 /* Row supplier: fills *scope (the JSON scope) and *tuple; false at the end. */
 typedef bool (*MapNextRow) (void *arg, StringInfo scope, HeapTuple *tuple);
 /* Row consumer: called in input order. */
@@ -574,7 +606,12 @@ typedef struct MapExec
 	int			parallel;
 	int			window;
 	MapSlot    *slots;
-	HTAB	   *dedup;
+	HTAB	   *dedup;			/* rows in flight, by dkey hash */
+	HTAB	   *memo;			/* dedupe_by: finished outcomes, by dkey hash */
+	const char *next_key;		/* dedupe_by: the key of the row just read */
+	double		spent;			/* dollars, from the results so far */
+	bool		over_budget;
+	bool		stopped_early;	/* input left unread because of the budget */
 	MemoryContext cxt;			/* window data */
 	const RvOptions *opts;
 	int64		nrows;
@@ -593,6 +630,8 @@ map_slot_clear(MapSlot *s)
 		heap_freetuple(s->input);
 	if (s->scope)
 		pfree(s->scope);
+	if (s->dkey)
+		pfree(s->dkey);
 	if (s->result)
 		pfree(s->result);
 	if (s->error)
@@ -617,9 +656,32 @@ map_copy_outcome(MapExec *ex, MapSlot *from, MapSlot *to)
 	MemoryContextSwitchTo(old);
 }
 
+/* Remember a finished key's outcome (dedupe_by). */
+static void
+map_memo_store(MapExec *ex, MapSlot *s)
+{
+	bool		found;
+	MemoEntry  *m;
+	MemoryContext old;
+
+	if (ex->memo == NULL)
+		return;
+	m = hash_search(ex->memo, &s->hash, HASH_ENTER, &found);
+	if (found)
+		return;
+	old = MemoryContextSwitchTo(ex->cxt->parent);
+	m->dkey = pstrdup(s->dkey);
+	m->failed = s->failed;
+	m->sqlstate = s->sqlstate;
+	m->result = s->result ? pstrdup(s->result) : NULL;
+	m->error = s->error ? pstrdup(s->error) : NULL;
+	m->error_detail = s->error_detail ? pstrdup(s->error_detail) : NULL;
+	MemoryContextSwitchTo(old);
+}
+
 /*
- * Handle one message from the worker.  Returns the number of rows it
- * finished (the row itself and its followers).
+ * Handle one message from the worker: fill the row's slot (and those of
+ * the rows waiting for the same input), update the counters.
  */
 static void
 map_handle_message(MapExec *ex, char *data, Size len, int64 next_seq,
@@ -650,6 +712,9 @@ map_handle_message(MapExec *ex, char *data, Size len, int64 next_seq,
 	}
 	if (head.cache_hits > 0 && head.llm_calls == 0)
 		ex->ncached++;
+	ex->spent += head.cost;
+	if (ex->opts->budget_dollars >= 0 && ex->spent >= ex->opts->budget_dollars)
+		ex->over_budget = true;
 
 	if (type == RV_MSG_ROWERR)
 	{
@@ -680,11 +745,7 @@ map_handle_message(MapExec *ex, char *data, Size len, int64 next_seq,
 		MemoryContextSwitchTo(old);
 	}
 	s->done = true;
-	if (s->scope)
-	{
-		pfree(s->scope);
-		s->scope = NULL;
-	}
+	map_memo_store(ex, s);
 	if (ex->dedup)
 	{
 		bool		found;
@@ -730,6 +791,13 @@ map_execute(MapExec *ex, MapNextRow next_row, MapEmitRow emit, void *arg)
 	hctl.hcxt = ex->cxt;
 	ex->dedup = hash_create("rvbbit map dedup", Max(64, ex->window), &hctl,
 							HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
+	if (ex->opts->dedupe_by)
+	{
+		hctl.entrysize = sizeof(MemoEntry);
+		hctl.hcxt = ex->cxt->parent;
+		ex->memo = hash_create("rvbbit map dedupe_by", 1024, &hctl,
+							   HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
+	}
 
 	for (;;)
 	{
@@ -748,6 +816,8 @@ map_execute(MapExec *ex, MapNextRow next_row, MapEmitRow emit, void *arg)
 				if (!rv_channel_try_send(ex->ch, RV_MSG_ROW, next_seq - 1,
 										 s->scope, strlen(s->scope) + 1))
 					break;
+				pfree(s->scope);
+				s->scope = NULL;
 				need_send = false;
 				inflight++;
 				progress = true;
@@ -755,6 +825,16 @@ map_execute(MapExec *ex, MapNextRow next_row, MapEmitRow emit, void *arg)
 			}
 			if (inflight >= ex->parallel || next_seq - emitted >= ex->window)
 				break;
+			/* budget_dollars: schedule nothing more once the spend reached it */
+			if (ex->over_budget)
+			{
+				HeapTuple	dummy = NULL;
+
+				resetStringInfo(&scope);
+				ex->stopped_early = next_row(arg, &scope, &dummy);
+				input_eof = true;
+				break;
+			}
 
 			{
 				HeapTuple	tup = NULL;
@@ -774,19 +854,44 @@ map_execute(MapExec *ex, MapNextRow next_row, MapEmitRow emit, void *arg)
 				s->leader = -1;
 				s->input = tup ? heap_copytuple(tup) : NULL;
 				s->scope = pstrdup(scope.data);
+				s->dkey = pstrdup(ex->memo ? (ex->next_key ? ex->next_key : "") : scope.data);
 				MemoryContextSwitchTo(old);
-				s->hash = hash_bytes_extended((const unsigned char *) scope.data, scope.len, 0);
+				s->hash = hash_bytes_extended((const unsigned char *) s->dkey, strlen(s->dkey), 0);
 				ex->nrows++;
 				if (ex->ch->progress)
 					pg_atomic_fetch_add_u64(&ex->ch->progress->rows_read, 1);
 
+				/* dedupe_by: a key that already finished */
+				if (ex->memo)
+				{
+					MemoEntry  *m = hash_search(ex->memo, &s->hash, HASH_FIND, &found);
+
+					if (found && strcmp(m->dkey, s->dkey) == 0)
+					{
+						old = MemoryContextSwitchTo(ex->cxt);
+						s->done = true;
+						s->failed = m->failed;
+						s->sqlstate = m->sqlstate;
+						s->result = m->result ? pstrdup(m->result) : NULL;
+						s->error = m->error ? pstrdup(m->error) : NULL;
+						s->error_detail = m->error_detail ? pstrdup(m->error_detail) : NULL;
+						MemoryContextSwitchTo(old);
+						pfree(s->scope);
+						s->scope = NULL;
+						next_seq++;
+						progress = true;
+						continue;
+					}
+				}
+
+				/* the same input already in flight */
 				e = hash_search(ex->dedup, &s->hash, HASH_ENTER, &found);
 				if (found)
 				{
 					MapSlot    *l = &ex->slots[e->seq % ex->window];
 
-					if (e->seq >= emitted && !l->done && l->scope &&
-						strcmp(l->scope, s->scope) == 0)
+					if (e->seq >= emitted && !l->done && l->dkey &&
+						strcmp(l->dkey, s->dkey) == 0)
 					{
 						s->leader = e->seq;
 						l->nfollowers++;
@@ -868,6 +973,13 @@ static void
 map_exec_finish(MapExec *ex, bool warn)
 {
 	rv_channel_close(ex->ch);
+	if (ex->over_budget && ex->stopped_early)
+		ereport(ERROR,
+				(errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
+				 errmsg("budget of $%.4f reached: spent $%.4f, %lld rows done",
+						ex->opts->budget_dollars, ex->spent, (long long) ex->nrows),
+				 errdetail("The rows done are cached, so running the statement again pays only for the rest."),
+				 errhint("Raise budget_dollars, or add a LIMIT to the USING query.")));
 	if (warn && ex->nfailed > 0)
 		ereport(WARNING,
 				(errcode(ex->first_sqlstate ? ex->first_sqlstate : ERRCODE_WARNING),
@@ -1027,6 +1139,8 @@ typedef struct MapState
 	int64		nunconverted;	/* values that did not convert */
 	char	   *first_unconverted;
 	MemoryContext row_cxt;		/* reset for every emitted row */
+	int			dedupe_col;		/* dedupe_by: attribute number, 0 if none */
+	char	   *dedupe_key;		/* dedupe_by: the key of the last row read */
 } MapState;
 
 static bool
@@ -1062,6 +1176,14 @@ mapfn_next(void *arg, StringInfo scope, HeapTuple *tuple)
 	}
 	tup = st->batch->vals[st->batch_pos++];
 	st->nread++;
+	if (st->dedupe_col > 0)
+	{
+		if (st->dedupe_key)
+			pfree(st->dedupe_key);
+		st->dedupe_key = SPI_getvalue(tup, st->batch->tupdesc, st->dedupe_col);
+		/* NULL keys are all one key, apart from any text value */
+		st->ex->next_key = st->dedupe_key ? st->dedupe_key : "\x01";
+	}
 	d = heap_getattr(tup, st->ncols + 1, st->batch->tupdesc, &isnull);
 	appendStringInfoString(scope, "{\"input\":");
 	if (isnull)
@@ -1332,6 +1454,16 @@ map_run(ReturnSetInfo *rsinfo, const char *ref, const char *query,
 		MemoryContextSwitchTo(old);
 	}
 	st.ncols = st.spi_desc->natts - 1;
+	if (opts->dedupe_by)
+	{
+		for (i = 0; i < st.ncols; i++)
+			if (strcmp(NameStr(TupleDescAttr(st.spi_desc, i)->attname), opts->dedupe_by) == 0)
+				st.dedupe_col = i + 1;
+		if (st.dedupe_col == 0)
+			ereport(ERROR,
+					(errcode(ERRCODE_UNDEFINED_COLUMN),
+					 errmsg("dedupe_by column \"%s\" is not a column of the query", opts->dedupe_by)));
+	}
 	if (output != MAP_OUT_JSON)
 		map_check_columns(st.out_desc, st.spi_desc, st.ncols, output == MAP_OUT_UNPACK);
 	st.values = MemoryContextAlloc(fn_cxt, sizeof(Datum) * Max(st.out_desc->natts, st.spi_desc->natts));
@@ -1425,6 +1557,22 @@ rvbbit_sql(PG_FUNCTION_ARGS)
 				 errmsg("statement must not be null")));
 	rv_plan_statement(text_to_cstring(PG_GETARG_TEXT_PP(0)), -1, NULL, &ps);
 	InitMaterializedSRF(fcinfo, MAT_SRF_USE_EXPECTED_DESC);
+	if (ps.opts.as_table)
+	{
+		char	   *table;
+		int64		rows = rv_as_table(text_to_cstring(PG_GETARG_TEXT_PP(0)), &table);
+		StringInfoData buf;
+		Datum		d;
+		bool		isnull = false;
+
+		initStringInfo(&buf);
+		appendStringInfoString(&buf, "{\"as_table\": ");
+		escape_json(&buf, table);
+		appendStringInfo(&buf, ", \"rows\": %lld}", (long long) rows);
+		d = DirectFunctionCall1(jsonb_in, CStringGetDatum(buf.data));
+		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, &d, &isnull);
+		return (Datum) 0;
+	}
 	map_run(rsinfo, ps.cascade, ps.query, ps.parallel, &ps.opts, MAP_OUT_JSON,
 			ps.result_name);
 	return (Datum) 0;

@@ -37,6 +37,9 @@ typedef struct RvOptions
 	bool		unpack;			/* fill typed columns from result keys */
 	char	   *result_column;	/* statements: name of the result column */
 	bool		infer_schema;	/* statements: columns from output_schema */
+	double		budget_dollars; /* stop scheduling at this spend; < 0: none */
+	char	   *dedupe_by;		/* column whose equal values share one call */
+	char	   *as_table;		/* statements: write the rows into this new table */
 } RvOptions;
 
 /* An RVBBIT statement checked and ready to run (rewrite.c). */
@@ -58,6 +61,8 @@ extern void rv_parse_options(Jsonb *jb, RvOptions *o);
 extern void rv_parse_options_json(json_object *obj, RvOptions *o);
 extern void rv_plan_statement(const char *text, int location, ParseState *pstate,
 							  RvPlannedStatement *out);
+extern char *rv_map_sql(RvPlannedStatement *ps, ParseState *pstate);
+extern int64 rv_as_table(const char *stmt_text, char **table);
 extern char *rv_resolve_cascade(const char *ref, char **display);
 extern RvCascade *rv_check_cascade(const char *display, const char *def);
 

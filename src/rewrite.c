@@ -27,7 +27,10 @@
 
 #include "pgjsonc.h"
 
+#include "access/htup_details.h"
 #include "catalog/namespace.h"
+#include "executor/spi.h"
+#include "funcapi.h"
 #include "catalog/pg_type.h"
 #include "commands/explain.h"
 #include "mb/pg_wchar.h"
@@ -38,6 +41,8 @@
 #include "parser/parse_type.h"
 #include "tcop/tcopprot.h"
 #include "utils/lsyscache.h"
+#include "utils/regproc.h"
+#include "utils/varlena.h"
 
 #include "map.h"
 #include "rvbbit.h"
@@ -300,6 +305,11 @@ rv_plan_statement(const char *text, int location, ParseState *pstate,
 	json_object_object_add(mapopts, "limit", json_object_new_int64(out->opts.limit));
 	if (out->opts.unpack)
 		json_object_object_add(mapopts, "unpack", json_object_new_boolean(true));
+	if (out->opts.budget_dollars >= 0)
+		json_object_object_add(mapopts, "budget_dollars",
+							   json_object_new_double(out->opts.budget_dollars));
+	if (out->opts.dedupe_by)
+		json_object_object_add(mapopts, "dedupe_by", json_object_new_string(out->opts.dedupe_by));
 	out->options_json = pstrdup(json_object_to_json_string_ext(mapopts, JSON_C_TO_STRING_PLAIN));
 	json_object_put(mapopts);
 }
@@ -397,6 +407,101 @@ rw_query_columns(const char *query, StringInfo buf, List **names)
 }
 
 /*
+ * The query a planned statement runs:
+ *	 SELECT * FROM rvbbit.map(...) AS rvbbit_map(<columns>)
+ * with the USING query's columns (names, types, typmods) and the result
+ * column or typed columns.  pstate may be NULL.
+ */
+char *
+rv_map_sql(RvPlannedStatement *ps, ParseState *pstate)
+{
+	StringInfoData sql;
+	List	   *names = NIL;
+	ListCell   *lc;
+	int			i;
+
+	initStringInfo(&sql);
+	appendStringInfo(&sql, "SELECT * FROM rvbbit.map(%s, %s, %d, %s::jsonb) AS rvbbit_map(",
+					 quote_literal_cstr(ps->cascade), quote_literal_cstr(ps->query),
+					 ps->parallel, quote_literal_cstr(ps->options_json));
+	rw_query_columns(ps->query, &sql, &names);
+	if (ps->ncolumns == 0)
+		appendStringInfo(&sql, ", %s jsonb", quote_identifier(ps->result_name));
+	for (i = 0; i < ps->ncolumns; i++)
+	{
+		Oid			typid;
+		int32		typmod;
+
+		typenameTypeIdAndMod(pstate, typeStringToTypeName(ps->coltypes[i]), &typid, &typmod);
+		appendStringInfo(&sql, ", %s %s", quote_identifier(ps->colnames[i]),
+						 format_type_with_typemod(typid, typmod));
+	}
+	appendStringInfoChar(&sql, ')');
+
+	/* a result column may not repeat a column of the USING query */
+	foreach(lc, names)
+	{
+		const char *n = (const char *) lfirst(lc);
+		bool		clash = (ps->ncolumns == 0 && strcmp(n, ps->result_name) == 0);
+
+		for (i = 0; i < ps->ncolumns && !clash; i++)
+			clash = (strcmp(n, ps->colnames[i]) == 0);
+		if (clash)
+			ereport(ERROR,
+					(errcode(ERRCODE_DUPLICATE_COLUMN),
+					 errmsg("column \"%s\" is both in the USING query and a result column", n),
+					 errhint("Name the result with AS alias, or rename the query's column.")));
+	}
+	return sql.data;
+}
+
+/*
+ * Run a statement with the as_table option: CREATE TABLE <as_table> AS
+ * its query, with the caller's privileges.  Returns the number of rows
+ * written and sets *table to the table's name.
+ */
+int64
+rv_as_table(const char *stmt_text, char **table)
+{
+	RvPlannedStatement ps;
+	char	   *sql;
+	List	   *names;
+	int64		rows;
+
+	rv_plan_statement(stmt_text, -1, NULL, &ps);
+	if (ps.opts.as_table == NULL)
+		elog(ERROR, "statement has no as_table option");
+	names = stringToQualifiedNameList(ps.opts.as_table);
+	*table = NameListToQuotedString(names);
+	sql = psprintf("CREATE TABLE %s AS %s", *table, rv_map_sql(&ps, NULL));
+	SPI_connect();
+	if (SPI_execute(sql, false, 0) != SPI_OK_UTILITY)
+		elog(ERROR, "could not create table %s", *table);
+	rows = (int64) SPI_processed;
+	SPI_finish();
+	return rows;
+}
+
+PG_FUNCTION_INFO_V1(rvbbit_as_table);
+
+/* rvbbit._as_table(statement text, OUT as_table text, OUT rows bigint) */
+Datum
+rvbbit_as_table(PG_FUNCTION_ARGS)
+{
+	TupleDesc	td;
+	Datum		v[2];
+	bool		n[2] = {false, false};
+	char	   *table;
+
+	rv_require_shared();
+	if (get_call_result_type(fcinfo, NULL, &td) != TYPEFUNC_COMPOSITE)
+		elog(ERROR, "return type must be a row type");
+	v[1] = Int64GetDatum(rv_as_table(text_to_cstring(PG_GETARG_TEXT_PP(0)), &table));
+	v[0] = CStringGetTextDatum(table);
+	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(BlessTupleDesc(td), v, n)));
+}
+
+/*
  * Rewrite q in place when it is SELECT * FROM rvbbit.sql('<statement>');
  * recurse into EXPLAIN, CREATE TABLE AS and DECLARE CURSOR.
  */
@@ -408,11 +513,9 @@ rw_rewrite(ParseState *pstate, Query *q)
 	Const	   *c;
 	char	   *stmt_text;
 	RvPlannedStatement ps;
-	StringInfoData sql;
-	List	   *names = NIL;
+	char	   *sql;
 	List	   *raw;
 	Query	   *nq;
-	int			i;
 
 	if (q->commandType == CMD_UTILITY && q->utilityStmt != NULL)
 	{
@@ -453,45 +556,13 @@ rw_rewrite(ParseState *pstate, Query *q)
 
 	rv_plan_statement(stmt_text, c->location, pstate, &ps);
 
-	initStringInfo(&sql);
-	appendStringInfo(&sql, "SELECT * FROM rvbbit.map(%s, %s, %d, %s::jsonb) AS rvbbit_map(",
-					 quote_literal_cstr(ps.cascade), quote_literal_cstr(ps.query),
-					 ps.parallel, quote_literal_cstr(ps.options_json));
-	rw_query_columns(ps.query, &sql, &names);
-	if (ps.ncolumns == 0)
-		appendStringInfo(&sql, ", %s jsonb", quote_identifier(ps.result_name));
-	for (i = 0; i < ps.ncolumns; i++)
-	{
-		Oid			typid;
-		int32		typmod;
+	if (ps.opts.as_table)
+		sql = psprintf("SELECT * FROM rvbbit._as_table(%s)", quote_literal_cstr(stmt_text));
+	else
+		sql = rv_map_sql(&ps, pstate);
 
-		typenameTypeIdAndMod(pstate, typeStringToTypeName(ps.coltypes[i]), &typid, &typmod);
-		appendStringInfo(&sql, ", %s %s", quote_identifier(ps.colnames[i]),
-						 format_type_with_typemod(typid, typmod));
-	}
-	appendStringInfoChar(&sql, ')');
-
-	/* a result column may not repeat a column of the USING query */
-	{
-		ListCell   *lc;
-
-		foreach(lc, names)
-		{
-			const char *n = (const char *) lfirst(lc);
-			bool		clash = (ps.ncolumns == 0 && strcmp(n, ps.result_name) == 0);
-
-			for (i = 0; i < ps.ncolumns && !clash; i++)
-				clash = (strcmp(n, ps.colnames[i]) == 0);
-			if (clash)
-				ereport(ERROR,
-						(errcode(ERRCODE_DUPLICATE_COLUMN),
-						 errmsg("column \"%s\" is both in the USING query and a result column", n),
-						 errhint("Name the result with AS alias, or rename the query's column.")));
-		}
-	}
-
-	raw = pg_parse_query(sql.data);
-	nq = parse_analyze_fixedparams(linitial_node(RawStmt, raw), sql.data, NULL, 0, NULL);
+	raw = pg_parse_query(sql);
+	nq = parse_analyze_fixedparams(linitial_node(RawStmt, raw), sql, NULL, 0, NULL);
 	nq->queryId = q->queryId;
 	nq->stmt_location = q->stmt_location;
 	nq->stmt_len = q->stmt_len;

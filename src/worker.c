@@ -70,6 +70,7 @@
 #include "jsonschema.h"
 #include "llm.h"
 #include "ratelimit.h"
+#include "request.h"
 #include "rvbbit.h"
 
 /* A provider a model can be routed to. */
@@ -224,39 +225,6 @@ wk_json_bool(json_object *obj, const char *key, bool dflt)
 	return json_object_get_boolean(v);
 }
 
-/* Hex SHA-256 of the concatenation of parts (NUL-separated). */
-static void
-wk_sha256_hex(const char *const *parts, const size_t *lens, int nparts, char *out)
-{
-	pg_cryptohash_ctx *ctx;
-	uint8		digest[32];
-	int			i;
-	static const char hex[] = "0123456789abcdef";
-	ResourceOwner save = CurrentResourceOwner;
-
-	/* cryptohash contexts belong to a resource owner; outside a transaction, ours */
-	if (CurrentResourceOwner == NULL)
-		CurrentResourceOwner = wk_resowner;
-	ctx = pg_cryptohash_create(PG_SHA256);
-
-	if (ctx == NULL || pg_cryptohash_init(ctx) < 0)
-		elog(ERROR, "could not initialize SHA-256");
-	for (i = 0; i < nparts; i++)
-	{
-		pg_cryptohash_update(ctx, (const uint8 *) parts[i], lens[i]);
-		pg_cryptohash_update(ctx, (const uint8 *) "", 1);
-	}
-	if (pg_cryptohash_final(ctx, digest, sizeof(digest)) < 0)
-		elog(ERROR, "could not finalize SHA-256");
-	pg_cryptohash_free(ctx);
-	CurrentResourceOwner = save;
-	for (i = 0; i < 32; i++)
-	{
-		out[2 * i] = hex[digest[i] >> 4];
-		out[2 * i + 1] = hex[digest[i] & 15];
-	}
-	out[64] = '\0';
-}
 
 /* Queue a message (type byte + head + payload parts) for the backend. */
 static void
@@ -747,88 +715,45 @@ wk_task_prepare(WkTask *t)
 {
 	WkStmt	   *s = t->stmt;
 	RvCell	   *cell = &s->cascade->cells[t->cell];
-	RvLlmRequest lreq;
-	char	   *system = NULL;
-	const char *model_ref;
-	const char *parts[3];
-	size_t		lens[3];
 	RvError		err;
+	const char *what = "";
+	ResourceOwner save = CurrentResourceOwner;
 
 	rv_error_clear(&err);
-	if (t->attempt == 0)
+	if (t->attempt == 0 && t->messages)
 	{
-		char	   *prompt;
-		json_object *m;
-
-		prompt = rv_template_render(cell->tmpl_instructions, t->scope, true, &err);
-		if (prompt == NULL)
-		{
-			char		msg[RV_ERRMSG_LEN + 64];
-
-			snprintf(msg, sizeof(msg), "%s", err.message);
-			wk_task_fail(t, err.message[0] == 'i' && strncmp(err.message, "input has no field", 18) == 0 ?
-						 ERRCODE_UNDEFINED_COLUMN : ERRCODE_DATA_EXCEPTION,
-						 msg, psprintf("While rendering the instructions of cell \"%s\".", cell->name),
-						 err.hint[0] ? err.hint : NULL);
-			return;
-		}
-		if (t->messages)
-			json_object_put(t->messages);
-		t->messages = json_object_new_array();
-		m = json_object_new_object();
-		json_object_object_add(m, "role", json_object_new_string("user"));
-		json_object_object_add(m, "content", json_object_new_string(prompt));
-		json_object_array_add(t->messages, m);
-		free(prompt);
+		json_object_put(t->messages);
+		t->messages = NULL;
 	}
-	if (cell->tmpl_system)
-	{
-		rv_error_clear(&err);
-		system = rv_template_render(cell->tmpl_system, t->scope, true, &err);
-		if (system == NULL)
-		{
-			wk_task_fail(t, ERRCODE_DATA_EXCEPTION, err.message,
-						 psprintf("While rendering the system prompt of cell \"%s\".", cell->name),
-						 err.hint[0] ? err.hint : NULL);
-			return;
-		}
-	}
-
-	model_ref = s->model_override ? s->model_override :
-		cell->model ? cell->model :
-		s->cascade->model ? s->cascade->model : s->default_model;
 	free(t->model_ref);
-	t->model_ref = strdup(model_ref);
+	t->model_ref = strdup(rv_cell_model(s->cascade, t->cell, s->model_override,
+										s->default_model));
 	t->provider = wk_route(s, t->model_ref, &t->model);
 
-	memset(&lreq, 0, sizeof(lreq));
-	lreq.flavor = t->provider->flavor;
-	lreq.model = t->model;
-	lreq.system = system;
-	lreq.messages = t->messages;
-	lreq.has_temperature = cell->has_temperature;
-	lreq.temperature = cell->temperature;
-	lreq.max_tokens = cell->max_tokens;
-	lreq.output_schema = cell->output_schema;
-	lreq.schema_name = cell->name;
 	free(t->body);
-	t->body = rv_llm_build_body(&lreq);
-	free(system);
+	t->body = rv_cell_request(cell, t->scope, true, t->provider->flavor, t->model,
+							  &t->messages, &err, &what);
 	if (t->body == NULL)
 	{
-		wk_task_fail(t, ERRCODE_OUT_OF_MEMORY, "could not build the provider request", NULL, NULL);
+		if (err.set)
+			wk_task_fail(t, strncmp(err.message, "input has no field", 18) == 0 ?
+						 ERRCODE_UNDEFINED_COLUMN : ERRCODE_DATA_EXCEPTION,
+						 err.message,
+						 psprintf("While rendering the %s of cell \"%s\".", what, cell->name),
+						 err.hint[0] ? err.hint : NULL);
+		else
+			wk_task_fail(t, ERRCODE_OUT_OF_MEMORY, "could not build the provider request",
+						 NULL, NULL);
 		return;
 	}
 	t->body_len = strlen(t->body);
 	t->tries = 0;
 
-	parts[0] = "rvbbit-call-v1";
-	lens[0] = strlen(parts[0]);
-	parts[1] = t->provider->api_base;
-	lens[1] = strlen(parts[1]);
-	parts[2] = t->body;
-	lens[2] = t->body_len;
-	wk_sha256_hex(parts, lens, 3, t->key);
+	/* cryptohash contexts belong to a resource owner; outside a transaction, ours */
+	if (CurrentResourceOwner == NULL)
+		CurrentResourceOwner = wk_resowner;
+	rv_call_key(t->provider->api_base, t->body, t->body_len, t->key);
+	CurrentResourceOwner = save;
 
 	if (s->cache_read)
 	{

@@ -216,7 +216,9 @@ SELECT (SELECT kb FROM hwm),
                      'VmRSS:\s+(\d+) kB'))[1]::bigint;
 SELECT coalesce(string_agg(pid || ':' ||
          (regexp_match(pg_read_file('/proc/' || pid || '/status'),
-                       'VmHWM:\s+(\d+) kB'))[1], ' '), '-')
+                       'VmHWM:\s+(\d+) kB'))[1] || ':' ||
+         (regexp_match(pg_read_file('/proc/' || pid || '/status'),
+                       'RssAnon:\s+(\d+) kB'))[1], ' '), '-')
 FROM pg_stat_activity WHERE backend_type = 'rvbbit worker';
 SQL
   ) || {
@@ -233,14 +235,17 @@ SQL
     echo "bench: memory MAP returned $rows rows ($nulls without a result)" >&2
     PROBLEMS=$((PROBLEMS + 1))
   fi
-  local workers="" w
+  local workers="" w pid hwm anon
   for w in $w_line; do
     [ "$w" = "-" ] && continue
-    workers+="${workers:+, }pid ${w%%:*} $(calc "${w#*:} / 1024" | xargs printf '%.1f') MB"
+    IFS=: read -r pid hwm anon <<<"$w"
+    workers+="${workers:+; }worker $pid VmHWM $(awk "BEGIN { printf \"%.1f\", $hwm / 1024 }") MB"
+    workers+=" (RssAnon $(awk "BEGIN { printf \"%.1f\", $anon / 1024 }") MB)"
   done
-  printf '%8s rows  parallel %-4s %7.3f s  backend VmHWM %7.1f MB (%.1f MB before the MAP, VmRSS after %.1f MB)  workers VmHWM: %s\n' \
+  printf '%8s rows  parallel %-4s %7.3f s  backend VmHWM %6.1f MB (%.1f MB before the MAP; VmRSS after it %.1f MB)\n' \
     "$n" "$BENCH_MEM_PARALLEL" "$secs" "$(calc "$after / 1024")" \
-    "$(calc "$before / 1024")" "$(calc "$rss / 1024")" "${workers:--}"
+    "$(calc "$before / 1024")" "$(calc "$rss / 1024")"
+  printf '%8s %s\n' "" "${workers:-no rvbbit worker running}"
 }
 
 # ---------------------------------------------------------------------------

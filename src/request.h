@@ -1,0 +1,36 @@
+/*-------------------------------------------------------------------------
+ *
+ * request.h
+ *	  Building a cell's provider request and its cache key; shared by the
+ *	  worker (which sends it) and rvbbit.estimate() (which only counts).
+ *
+ *-------------------------------------------------------------------------
+ */
+#ifndef RV_REQUEST_H
+#define RV_REQUEST_H
+
+#include "cascade.h"
+#include "llm.h"
+
+/* The model a cell uses: the override, the cell's, the cascade's, the default. */
+extern const char *rv_cell_model(const RvCascade *c, int cell, const char *override,
+								 const char *dflt);
+
+/*
+ * Render the request body of a cell (malloc'd JSON).  *messages is NULL
+ * for a first attempt: the instructions are rendered into a new
+ * conversation returned there; for re-asks it is the conversation so far.
+ * On a template error returns NULL with err set and *what naming the part
+ * ("instructions" or "system prompt").
+ */
+extern char *rv_cell_request(const RvCell *cell, json_object *scope, bool strict,
+							 RvFlavor flavor, const char *model,
+							 json_object **messages, RvError *err, const char **what);
+
+/*
+ * The cache key of a request: hex SHA-256 over a version tag, the
+ * provider's base URL and the body.  Needs CurrentResourceOwner set.
+ */
+extern void rv_call_key(const char *api_base, const char *body, size_t len, char *out);
+
+#endif							/* RV_REQUEST_H */
