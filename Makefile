@@ -35,6 +35,9 @@ PGXS := $(shell $(PG_CONFIG) --pgxs 2>/dev/null)
 ifneq ($(wildcard $(PGXS)),)
 include $(PGXS)
 
+# PGXS does not track header dependencies: rebuild everything when one changes
+$(OBJS): $(wildcard $(srcdir)/src/*.h)
+
 # the example cascades go to $(sharedir)/extension/rvbbit_cascades
 install: install-cascades
 install-cascades:

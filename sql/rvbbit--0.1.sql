@@ -149,6 +149,21 @@ AS 'MODULE_PATHNAME', 'rvbbit_sql'
 LANGUAGE C VOLATILE PARALLEL RESTRICTED;
 COMMENT ON FUNCTION rvbbit.sql(text) IS 'Runs an RVBBIT statement (MAP ...); as the whole query it returns typed columns.';
 
+CREATE FUNCTION rvbbit._run_rows(cascade text, rows jsonb, options jsonb DEFAULT '{}')
+RETURNS jsonb
+AS 'MODULE_PATHNAME', 'rvbbit_run_rows'
+LANGUAGE C VOLATILE;
+
+CREATE FUNCTION rvbbit._not_an_array(v jsonb) RETURNS jsonb
+LANGUAGE plpgsql AS $$
+BEGIN
+    RAISE EXCEPTION 'RUN with as_table needs an array result, but the cascade returned %',
+        coalesce(jsonb_typeof(v), 'null')
+        USING ERRCODE = 'datatype_mismatch',
+              HINT = 'Give the last cell an output_schema of type array.';
+END
+$$;
+
 CREATE FUNCTION rvbbit._as_table(statement text, OUT as_table text, OUT rows bigint)
 RETURNS record
 AS 'MODULE_PATHNAME', 'rvbbit_as_table'
@@ -214,6 +229,8 @@ GRANT EXECUTE ON FUNCTION rvbbit.run(text, jsonb, jsonb),
                           rvbbit.map(text, text, int, jsonb),
                           rvbbit.sql(text),
                           rvbbit._as_table(text),
+                          rvbbit._run_rows(text, jsonb, jsonb),
+                          rvbbit._not_an_array(jsonb),
                           rvbbit.estimate(text),
                           rvbbit._cache_has(text),
                           rvbbit.create_cascade(text, text),

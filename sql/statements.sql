@@ -87,7 +87,7 @@ SELECT * FROM rvbbit.sql($$MAP 'echo' USING ()$$);
 SELECT * FROM rvbbit.sql($$FROB 'echo'$$);
 SELECT * FROM rvbbit.sql($$MAP 'echo' USING (SELECT 'x' AS result)$$);
 SELECT * FROM rvbbit.sql($$MAP 'echo' USING (SELECT 'x' AS text) WITH (budget_dollars = 1)$$);
-SELECT * FROM rvbbit.sql($$RUN 'echo' USING (SELECT 'x' AS text)$$);
+SELECT * FROM rvbbit.sql($$RUN ASYNC 'echo' USING (SELECT 'x' AS text)$$);
 SELECT * FROM rvbbit.sql($$MAP BATCH 5 'echo' USING (SELECT 'x' AS text)$$);
 SELECT * FROM rvbbit.sql($$MAP 'echo' USING (INSERT INTO typed_out DEFAULT VALUES)$$);
 SELECT * FROM rvbbit.sql(NULL);
@@ -132,3 +132,36 @@ SELECT input_rows, cached_rows
 SELECT calls_per_row, models FROM rvbbit.estimate($$MAP 'two_step' USING (SELECT 'kettle' AS description)$$);
 -- the estimates made no HTTP request
 SELECT mock('/stats')->'requests' AS http_requests;
+
+-- RUN: the cascade once over the whole result set (rows, row_count)
+SELECT mock('/reset', 'POST') IS NOT NULL AS reset;
+SELECT * FROM rvbbit.sql($$RUN $y$cells: [{name: c, instructions: "{{ row_count }} rows: {{ rows | tojson }}"}]$y$ AS summary
+  USING (SELECT n, 'v' || n AS v FROM generate_series(1, 3) n ORDER BY n)$$);
+SELECT mock('/stats')->'requests' AS http_requests;
+SELECT * FROM rvbbit.sql($$RUN 'summarize_rows' USING (SELECT * FROM (VALUES (1, 'a'), (2, 'b')) t(id, name))$$);
+-- the auto-LIMIT of RUN is 10000 rows; the limit option changes it
+SELECT * FROM rvbbit.sql($$RUN $y$cells: [{name: c, instructions: "{{ row_count }}"}]$y$ USING (SELECT n FROM generate_series(1, 10001) n)$$);
+SELECT * FROM rvbbit.sql($$RUN $y$cells: [{name: c, instructions: "{{ row_count }}"}]$y$ USING (SELECT n FROM generate_series(1, 5) n) WITH (limit = 2)$$);
+-- an empty input is a call with no rows
+SELECT * FROM rvbbit.sql($$RUN $y$cells: [{name: c, instructions: "{{ row_count }} rows"}]$y$ USING (SELECT 1 AS n WHERE false)$$);
+-- RUN with as_table: an array result becomes rows, columns from the output_schema's items
+SELECT * FROM rvbbit.sql($$RUN $y$
+cells:
+  - name: list
+    instructions: "List two items for {{ row_count }} rows [[batch:2]]"
+    output_schema:
+      type: array
+      items:
+        type: object
+        properties:
+          n: {type: integer, minimum: 1, maximum: 9}
+          label: {type: string}
+        required: [n, label]
+$y$ USING (SELECT 1 AS x) WITH (as_table = 'run_items')$$);
+SELECT attname, format_type(atttypid, atttypmod) FROM pg_attribute
+ WHERE attrelid = 'run_items'::regclass AND attnum > 0 ORDER BY attnum;
+SELECT count(*) AS items FROM run_items;
+SELECT * FROM rvbbit.sql($$RUN 'summarize_rows' USING (SELECT 1 AS x) WITH (as_table = 'run_not_array')$$);
+-- and elsewhere RUN returns one jsonb object
+SELECT sql ? 'result' AS has_result FROM rvbbit.sql($$RUN 'summarize_rows' USING (SELECT 1 AS x)$$) LIMIT 1;
+EXPLAIN (COSTS OFF) SELECT * FROM rvbbit.sql($$RUN 'summarize_rows' USING (SELECT 1 AS x)$$);

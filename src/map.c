@@ -55,6 +55,7 @@
 PG_FUNCTION_INFO_V1(rvbbit_run);
 PG_FUNCTION_INFO_V1(rvbbit_map);
 PG_FUNCTION_INFO_V1(rvbbit_sql);
+PG_FUNCTION_INFO_V1(rvbbit_run_rows);
 PG_FUNCTION_INFO_V1(rvbbit_create_cascade);
 PG_FUNCTION_INFO_V1(rvbbit_drop_cascade);
 PG_FUNCTION_INFO_V1(rvbbit_progress);
@@ -1034,6 +1035,7 @@ map_slot_value(MapExec *ex, MapSlot *s, bool *isnull)
 typedef struct RunState
 {
 	const char *input;
+	const char *scope;			/* the whole scope (RUN statements), or NULL */
 	bool		given;
 	MapExec    *ex;
 	Datum		result;
@@ -1049,9 +1051,14 @@ run_next(void *arg, StringInfo scope, HeapTuple *tuple)
 	if (st->given)
 		return false;
 	st->given = true;
-	appendStringInfoString(scope, "{\"input\":");
-	appendStringInfoString(scope, st->input);
-	appendStringInfoChar(scope, '}');
+	if (st->scope)
+		appendStringInfoString(scope, st->scope);
+	else
+	{
+		appendStringInfoString(scope, "{\"input\":");
+		appendStringInfoString(scope, st->input);
+		appendStringInfoChar(scope, '}');
+	}
 	*tuple = NULL;
 	return true;
 }
@@ -1103,6 +1110,72 @@ rvbbit_run(PG_FUNCTION_ARGS)
 	PG_RETURN_DATUM(st.result);
 }
 
+/*
+ * rvbbit._run_rows(cascade text, rows jsonb, options jsonb) returns jsonb:
+ * the RUN statement's call, once over all rows.  The template sees rows
+ * (the array) and row_count.  rows holds one more element than the limit
+ * when the input was longer, so truncation can be reported.
+ */
+Datum
+rvbbit_run_rows(PG_FUNCTION_ARGS)
+{
+	char	   *ref;
+	Jsonb	   *rows;
+	RvOptions	opts;
+	char	   *display;
+	char	   *def;
+	MapExec		ex;
+	RunState	st;
+	json_object *arr;
+	json_object *scope;
+	int			n;
+
+	rv_require_shared();
+	if (PG_ARGISNULL(0) || PG_ARGISNULL(1))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("cascade and rows must not be null")));
+	ref = text_to_cstring(PG_GETARG_TEXT_PP(0));
+	rows = PG_GETARG_JSONB_P(1);
+	rv_parse_options(PG_ARGISNULL(2) ? NULL : PG_GETARG_JSONB_P(2), &opts);
+	def = rv_resolve_cascade(ref, &display);
+	rv_cascade_free(rv_check_cascade(display, def));
+
+	arr = json_tokener_parse(JsonbToCString(NULL, &rows->root, VARSIZE(rows)));
+	if (arr == NULL || !json_object_is_type(arr, json_type_array))
+	{
+		if (arr)
+			json_object_put(arr);
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("rows must be a JSON array")));
+	}
+	n = (int) json_object_array_length(arr);
+	if (opts.limit > 0 && n > opts.limit)
+	{
+		json_object_array_del_idx(arr, (size_t) opts.limit, n - (size_t) opts.limit);
+		n = (int) opts.limit;
+		ereport(NOTICE,
+				(errmsg("input truncated to %lld rows by the limit", (long long) opts.limit),
+				 errhint("Set the limit option (0 for none).")));
+	}
+	scope = json_object_new_object();
+	json_object_object_add(scope, "rows", arr);
+	json_object_object_add(scope, "row_count", json_object_new_int(n));
+	json_object_object_add(scope, "input", json_object_new_object());
+
+	memset(&st, 0, sizeof(st));
+	st.scope = pstrdup(json_object_to_json_string_ext(scope, JSON_C_TO_STRING_PLAIN));
+	json_object_put(scope);
+	map_exec_init(&ex, "run", display, def, &opts, 1);
+	st.ex = &ex;
+	map_execute(&ex, run_next, run_emit, &st);
+	map_exec_finish(&ex, opts.on_error == RV_ON_ERROR_NULL);
+	if (st.isnull)
+		PG_RETURN_NULL();
+	PG_RETURN_DATUM(st.result);
+}
+
 /* ----------------------------------------------------------------
  * rvbbit.map(cascade, query, parallel, options) returns setof record
  * ----------------------------------------------------------------
@@ -1141,6 +1214,7 @@ typedef struct MapState
 	MemoryContext row_cxt;		/* reset for every emitted row */
 	int			dedupe_col;		/* dedupe_by: attribute number, 0 if none */
 	char	   *dedupe_key;		/* dedupe_by: the key of the last row read */
+	MemoryContext next_cxt;		/* per-row temporaries of reading, reset per row */
 } MapState;
 
 static bool
@@ -1150,6 +1224,7 @@ mapfn_next(void *arg, StringInfo scope, HeapTuple *tuple)
 	HeapTuple	tup;
 	bool		isnull;
 	Datum		d;
+	MemoryContext old;
 
 	if (st->eof)
 		return false;
@@ -1176,10 +1251,12 @@ mapfn_next(void *arg, StringInfo scope, HeapTuple *tuple)
 	}
 	tup = st->batch->vals[st->batch_pos++];
 	st->nread++;
+
+	/* detoasting and printing allocate: keep it out of the SPI context */
+	MemoryContextReset(st->next_cxt);
+	old = MemoryContextSwitchTo(st->next_cxt);
 	if (st->dedupe_col > 0)
 	{
-		if (st->dedupe_key)
-			pfree(st->dedupe_key);
 		st->dedupe_key = SPI_getvalue(tup, st->batch->tupdesc, st->dedupe_col);
 		/* NULL keys are all one key, apart from any text value */
 		st->ex->next_key = st->dedupe_key ? st->dedupe_key : "\x01";
@@ -1195,6 +1272,7 @@ mapfn_next(void *arg, StringInfo scope, HeapTuple *tuple)
 		(void) JsonbToCString(scope, &jb->root, VARSIZE(jb));
 	}
 	appendStringInfoChar(scope, '}');
+	MemoryContextSwitchTo(old);
 	*tuple = tup;
 	return true;
 }
@@ -1438,6 +1516,7 @@ map_run(ReturnSetInfo *rsinfo, const char *ref, const char *query,
 	st.result_name = result_name;
 	st.limit = opts->limit > 0 ? opts->limit : 0;
 	st.row_cxt = AllocSetContextCreate(fn_cxt, "rvbbit map row", ALLOCSET_DEFAULT_SIZES);
+	st.next_cxt = AllocSetContextCreate(fn_cxt, "rvbbit map input row", ALLOCSET_DEFAULT_SIZES);
 
 	SPI_connect();
 	sql = psprintf("SELECT _rvbbit_q.*, to_jsonb(_rvbbit_q.*) FROM (%s) AS _rvbbit_q", query);
@@ -1557,6 +1636,31 @@ rvbbit_sql(PG_FUNCTION_ARGS)
 				 errmsg("statement must not be null")));
 	rv_plan_statement(text_to_cstring(PG_GETARG_TEXT_PP(0)), -1, NULL, &ps);
 	InitMaterializedSRF(fcinfo, MAT_SRF_USE_EXPECTED_DESC);
+	if (ps.is_run && ps.opts.as_table == NULL)
+	{
+		Datum		d;
+		bool		isnull;
+		StringInfoData buf;
+
+		SPI_connect();
+		if (SPI_execute(rv_map_sql(&ps, NULL), true, 0) != SPI_OK_SELECT || SPI_processed != 1)
+			elog(ERROR, "RUN did not return one row");
+		d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+		initStringInfo(&buf);
+		appendStringInfoChar(&buf, '{');
+		escape_json(&buf, ps.result_name);
+		appendStringInfoString(&buf, ": ");
+		if (isnull)
+			appendStringInfoString(&buf, "null");
+		else
+			(void) JsonbToCString(&buf, &DatumGetJsonbP(d)->root, 0);
+		appendStringInfoChar(&buf, '}');
+		SPI_finish();
+		d = DirectFunctionCall1(jsonb_in, CStringGetDatum(buf.data));
+		isnull = false;
+		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, &d, &isnull);
+		return (Datum) 0;
+	}
 	if (ps.opts.as_table)
 	{
 		char	   *table;

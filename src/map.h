@@ -45,6 +45,7 @@ typedef struct RvOptions
 /* An RVBBIT statement checked and ready to run (rewrite.c). */
 typedef struct RvPlannedStatement
 {
+	bool		is_run;			/* RUN: once over all rows */
 	char	   *cascade;
 	char	   *query;
 	int			parallel;

@@ -50,6 +50,9 @@
 
 static post_parse_analyze_hook_type prev_post_parse_analyze_hook = NULL;
 
+/* The auto-LIMIT of RUN statements (MAP's is rvbbit.default_limit). */
+#define RV_RUN_DEFAULT_LIMIT 10000
+
 /*
  * Byte offset in text of the 1-based character position pos (UTF-8).
  */
@@ -232,11 +235,12 @@ rv_plan_statement(const char *text, int location, ParseState *pstate,
 
 	PG_TRY();
 	{
-		if (stmt->kind == RV_STMT_RUN)
+		if (stmt->kind == RV_STMT_RUN && stmt->async)
 			ereport(ERROR,
 					(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
-					 errmsg("RUN statements are not supported yet"),
-					 errhint("Use MAP, or rvbbit.run() with the rows aggregated into one input.")));
+					 errmsg("RUN ASYNC is not supported yet"),
+					 errhint("Run the statement without ASYNC, or schedule it with pg_cron.")));
+		out->is_run = (stmt->kind == RV_STMT_RUN);
 		if (stmt->batch > 0)
 			ereport(ERROR,
 					(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
@@ -264,7 +268,7 @@ rv_plan_statement(const char *text, int location, ParseState *pstate,
 		if (stmt->distinct)
 			out->opts.cache_read = out->opts.cache_write = true;
 		if (out->opts.limit < 0)
-			out->opts.limit = rv_default_limit;
+			out->opts.limit = out->is_run ? RV_RUN_DEFAULT_LIMIT : rv_default_limit;
 		out->result_name = pstrdup(stmt->alias ? stmt->alias :
 								   out->opts.result_column ? out->opts.result_column : "result");
 
@@ -421,6 +425,20 @@ rv_map_sql(RvPlannedStatement *ps, ParseState *pstate)
 	int			i;
 
 	initStringInfo(&sql);
+	if (ps->is_run)
+	{
+		/*
+		 * RUN: all rows (one more than the limit, so that truncation can be
+		 * told) aggregated in input order into one call.
+		 */
+		appendStringInfo(&sql,
+						 "SELECT rvbbit._run_rows(%s, coalesce(jsonb_agg(to_jsonb(_rvbbit_q.*)), '[]'), %s::jsonb) AS %s "
+						 "FROM (SELECT * FROM (%s) AS _rvbbit_q0%s) AS _rvbbit_q",
+						 quote_literal_cstr(ps->cascade), quote_literal_cstr(ps->options_json),
+						 quote_identifier(ps->result_name), ps->query,
+						 ps->opts.limit > 0 ? psprintf(" LIMIT %lld", (long long) ps->opts.limit + 1) : "");
+		return sql.data;
+	}
 	appendStringInfo(&sql, "SELECT * FROM rvbbit.map(%s, %s, %d, %s::jsonb) AS rvbbit_map(",
 					 quote_literal_cstr(ps->cascade), quote_literal_cstr(ps->query),
 					 ps->parallel, quote_literal_cstr(ps->options_json));
@@ -456,6 +474,59 @@ rv_map_sql(RvPlannedStatement *ps, ParseState *pstate)
 }
 
 /*
+ * RUN ... WITH (as_table): the result must be an array; its items become
+ * rows, with columns from the properties of the output_schema's items
+ * (string -> text, integer -> bigint, number -> double precision, boolean
+ * -> boolean, else jsonb), or one jsonb column "value".
+ */
+static char *
+rw_run_table_sql(RvPlannedStatement *ps)
+{
+	char	   *display;
+	char	   *def = rv_resolve_cascade(ps->cascade, &display);
+	RvCascade  *c = rv_check_cascade(display, def);
+	json_object *schema = c->cells[c->ncells - 1].output_schema;
+	json_object *items = NULL;
+	json_object *props = NULL;
+	StringInfoData cols;
+
+	initStringInfo(&cols);
+	if (schema && json_object_object_get_ex(schema, "items", &items) && items &&
+		json_object_object_get_ex(items, "properties", &props) &&
+		json_object_is_type(props, json_type_object) && json_object_object_length(props) > 0)
+	{
+		json_object_object_foreach(props, key, val)
+		{
+			json_object *t = NULL;
+			const char *type = NULL;
+
+			if (val && json_object_object_get_ex(val, "type", &t) && json_object_is_type(t, json_type_string))
+				type = json_object_get_string(t);
+			if (cols.len > 0)
+				appendStringInfoString(&cols, ", ");
+			if (type && strcmp(type, "string") == 0)
+				appendStringInfo(&cols, "(_rvbbit_item ->> %s) AS %s", quote_literal_cstr(key), quote_identifier(key));
+			else if (type && (strcmp(type, "integer") == 0 || strcmp(type, "number") == 0 ||
+							  strcmp(type, "boolean") == 0))
+				appendStringInfo(&cols, "(_rvbbit_item ->> %s)::%s AS %s", quote_literal_cstr(key),
+								 strcmp(type, "integer") == 0 ? "bigint" :
+								 strcmp(type, "number") == 0 ? "double precision" : "boolean",
+								 quote_identifier(key));
+			else
+				appendStringInfo(&cols, "(_rvbbit_item -> %s) AS %s", quote_literal_cstr(key), quote_identifier(key));
+		}
+	}
+	else
+		appendStringInfoString(&cols, "_rvbbit_item AS value");
+	rv_cascade_free(c);
+	return psprintf("SELECT %s FROM (%s) AS _rvbbit_run, "
+					"jsonb_array_elements(CASE jsonb_typeof(_rvbbit_run.%s) WHEN 'array' THEN _rvbbit_run.%s "
+					"ELSE rvbbit._not_an_array(_rvbbit_run.%s) END) AS _rvbbit_item",
+					cols.data, rv_map_sql(ps, NULL), quote_identifier(ps->result_name),
+					quote_identifier(ps->result_name), quote_identifier(ps->result_name));
+}
+
+/*
  * Run a statement with the as_table option: CREATE TABLE <as_table> AS
  * its query, with the caller's privileges.  Returns the number of rows
  * written and sets *table to the table's name.
@@ -473,7 +544,10 @@ rv_as_table(const char *stmt_text, char **table)
 		elog(ERROR, "statement has no as_table option");
 	names = stringToQualifiedNameList(ps.opts.as_table);
 	*table = NameListToQuotedString(names);
-	sql = psprintf("CREATE TABLE %s AS %s", *table, rv_map_sql(&ps, NULL));
+	if (ps.is_run)
+		sql = psprintf("CREATE TABLE %s AS %s", *table, rw_run_table_sql(&ps));
+	else
+		sql = psprintf("CREATE TABLE %s AS %s", *table, rv_map_sql(&ps, NULL));
 	SPI_connect();
 	if (SPI_execute(sql, false, 0) != SPI_OK_UTILITY)
 		elog(ERROR, "could not create table %s", *table);

@@ -167,6 +167,9 @@ syn_ascii_lower(char c)
  * Only the first error is kept (rv_error_set's rule); the location is set
  * only when this call recorded the message.
  */
+static void syn_error_at(SynParser *p, size_t offset, const char *fmt,...)
+			__attribute__((format(printf, 3, 4)));
+
 static void
 syn_error_at(SynParser *p, size_t offset, const char *fmt,...)
 {
@@ -195,6 +198,9 @@ syn_oom(SynParser *p)
  * or "syntax error at end of statement", with the given detail (what was
  * expected).
  */
+static void syn_syntax_error(SynParser *p, const char *detail_fmt,...)
+			__attribute__((format(printf, 2, 3)));
+
 static void
 syn_syntax_error(SynParser *p, const char *detail_fmt,...)
 {
