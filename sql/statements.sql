@@ -72,6 +72,17 @@ PREPARE brands AS SELECT * FROM rvbbit.sql($$MAP 'extract_brand' AS (brand text)
 EXECUTE brands;
 EXECUTE brands;
 DEALLOCATE brands;
+-- a prepared statement depends on the USING query's tables: a change is noticed
+CREATE TABLE prep_src (text text);
+INSERT INTO prep_src VALUES ('prepared');
+PREPARE prep AS SELECT * FROM rvbbit.sql($$MAP 'echo' USING (SELECT * FROM prep_src)$$);
+EXECUTE prep;
+ALTER TABLE prep_src ADD COLUMN extra int;
+EXECUTE prep;
+DEALLOCATE prep;
+-- only "*" is rewritten: a named or renamed column keeps the jsonb rows
+SELECT sql AS renamed FROM rvbbit.sql($$MAP 'echo' USING (SELECT 'renamed' AS text)$$);
+SELECT s.* FROM rvbbit.sql($$MAP 'echo' USING (SELECT 'alias star' AS text)$$) s;
 -- anywhere else rvbbit.sql() returns one jsonb object per row
 SELECT sql FROM rvbbit.sql($$MAP 'echo' USING (SELECT 7 AS id, 'as json' AS text)$$) LIMIT 5;
 SELECT count(*) FROM rvbbit.sql($$MAP 'echo' USING (SELECT 'counted' AS text)$$);
@@ -87,7 +98,7 @@ SELECT * FROM rvbbit.sql($$MAP 'echo' USING ()$$);
 SELECT * FROM rvbbit.sql($$FROB 'echo'$$);
 SELECT * FROM rvbbit.sql($$MAP 'echo' USING (SELECT 'x' AS result)$$);
 SELECT * FROM rvbbit.sql($$MAP 'echo' USING (SELECT 'x' AS text) WITH (budget_dollars = 1)$$);
-SELECT * FROM rvbbit.sql($$RUN ASYNC 'echo' USING (SELECT 'x' AS text)$$);
+SELECT * FROM rvbbit.sql($$MAP 'echo' USING (SELECT 'x' AS text) WITH (async = true)$$);
 SELECT * FROM rvbbit.sql($$MAP BATCH 5 'echo' USING (SELECT 'x' AS text)$$);
 SELECT * FROM rvbbit.sql($$MAP 'echo' USING (INSERT INTO typed_out DEFAULT VALUES)$$);
 SELECT * FROM rvbbit.sql(NULL);

@@ -495,9 +495,13 @@ rv_parse_options_json(json_object *obj, RvOptions *o)
 					o->as_table = pstrdup(json_object_get_string(v));
 			}
 			else if (strcmp(k, "async") == 0)
-				ereport(ERROR,
-						(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
-						 errmsg("option \"%s\" is not supported yet", k)));
+			{
+				if (!json_object_is_type(v, json_type_boolean))
+					ereport(ERROR,
+							(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+							 errmsg("option \"async\" must be true or false")));
+				o->async = json_object_get_boolean(v);
+			}
 			else
 				ereport(ERROR,
 						(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
@@ -506,6 +510,23 @@ rv_parse_options_json(json_object *obj, RvOptions *o)
 			json_object_iter_next(&it);
 		}
 	}
+}
+
+/*
+ * Options that only RVBBIT statements take are errors in the functions
+ * (rvbbit.run, rvbbit.map), rather than silently ignored.
+ */
+static void
+map_reject_statement_options(const RvOptions *o, const char *fn)
+{
+	const char *bad = o->as_table ? "as_table" : o->async ? "async" :
+		o->result_column ? "result_column" : o->infer_schema ? "infer_schema" : NULL;
+
+	if (bad)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("option \"%s\" applies only to RVBBIT statements", bad),
+				 errhint("Use it in WITH (...) of a statement run with rvbbit.sql(), not with %s.", fn)));
 }
 
 /* The API key of the default provider: the GUC, else the environment. */
@@ -1092,6 +1113,7 @@ rvbbit_run(PG_FUNCTION_ARGS)
 	ref = text_to_cstring(PG_GETARG_TEXT_PP(0));
 	input = PG_ARGISNULL(1) ? NULL : PG_GETARG_JSONB_P(1);
 	rv_parse_options(PG_ARGISNULL(2) ? NULL : PG_GETARG_JSONB_P(2), &opts);
+	map_reject_statement_options(&opts, "rvbbit.run()");
 	if (!opts.on_error_given)
 		opts.on_error = RV_ON_ERROR_FAIL;
 
@@ -1604,6 +1626,7 @@ rvbbit_map(PG_FUNCTION_ARGS)
 	query = text_to_cstring(PG_GETARG_TEXT_PP(1));
 	parallel = PG_ARGISNULL(2) ? rv_default_parallel : PG_GETARG_INT32(2);
 	rv_parse_options(PG_ARGISNULL(3) ? NULL : PG_GETARG_JSONB_P(3), &opts);
+	map_reject_statement_options(&opts, "rvbbit.map()");
 	if (opts.parallel > 0)
 		parallel = opts.parallel;
 
@@ -1636,6 +1659,26 @@ rvbbit_sql(PG_FUNCTION_ARGS)
 				 errmsg("statement must not be null")));
 	rv_plan_statement(text_to_cstring(PG_GETARG_TEXT_PP(0)), -1, NULL, &ps);
 	InitMaterializedSRF(fcinfo, MAT_SRF_USE_EXPECTED_DESC);
+	if (ps.is_async)
+	{
+		/* a background job: return its id */
+		Oid			argtypes[1] = {TEXTOID};
+		Datum		args[1];
+		Datum		d;
+		bool		isnull = false;
+		char	   *obj;
+
+		SPI_connect();
+		args[0] = PG_GETARG_DATUM(0);
+		if (SPI_execute_with_args("SELECT job_id FROM rvbbit._submit_job($1)", 1, argtypes, args,
+								  NULL, false, 1) != SPI_OK_SELECT || SPI_processed != 1)
+			elog(ERROR, "could not submit the job");
+		obj = psprintf("{\"job_id\": %s}", SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1));
+		SPI_finish();
+		d = DirectFunctionCall1(jsonb_in, CStringGetDatum(obj));
+		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, &d, &isnull);
+		return (Datum) 0;
+	}
 	if (ps.is_run && ps.opts.as_table == NULL)
 	{
 		Datum		d;

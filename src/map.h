@@ -40,12 +40,14 @@ typedef struct RvOptions
 	double		budget_dollars; /* stop scheduling at this spend; < 0: none */
 	char	   *dedupe_by;		/* column whose equal values share one call */
 	char	   *as_table;		/* statements: write the rows into this new table */
+	bool		async;			/* statements: run as a background job */
 } RvOptions;
 
 /* An RVBBIT statement checked and ready to run (rewrite.c). */
 typedef struct RvPlannedStatement
 {
 	bool		is_run;			/* RUN: once over all rows */
+	bool		is_async;		/* RUN ASYNC or async = true (and not in a job runner) */
 	char	   *cascade;
 	char	   *query;
 	int			parallel;

@@ -25,6 +25,8 @@
  */
 #include "postgres.h"
 
+#include <ctype.h>
+
 #include "pgjsonc.h"
 
 #include "access/htup_details.h"
@@ -32,6 +34,7 @@
 #include "executor/spi.h"
 #include "funcapi.h"
 #include "catalog/pg_type.h"
+#include "storage/lockdefs.h"
 #include "commands/explain.h"
 #include "mb/pg_wchar.h"
 #include "miscadmin.h"
@@ -235,11 +238,6 @@ rv_plan_statement(const char *text, int location, ParseState *pstate,
 
 	PG_TRY();
 	{
-		if (stmt->kind == RV_STMT_RUN && stmt->async)
-			ereport(ERROR,
-					(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
-					 errmsg("RUN ASYNC is not supported yet"),
-					 errhint("Run the statement without ASYNC, or schedule it with pg_cron.")));
 		out->is_run = (stmt->kind == RV_STMT_RUN);
 		if (stmt->batch > 0)
 			ereport(ERROR,
@@ -286,6 +284,15 @@ rv_plan_statement(const char *text, int location, ParseState *pstate,
 		else if (out->opts.infer_schema)
 			rw_infer_columns(out->cascade, out);
 		out->opts.unpack = out->ncolumns > 0;
+
+		/* RUN ASYNC / async = true: a background job, unless we are its runner */
+		out->is_async = (stmt->async || out->opts.async) && !rv_in_job_runner;
+		if (out->is_async && !out->is_run && out->opts.as_table == NULL)
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("an async MAP needs the as_table option"),
+					 errdetail("A background job has no client to return rows to."),
+					 errhint("Add WITH (async = true, as_table = 'results_table').")));
 	}
 	PG_FINALLY();
 	{
@@ -336,10 +343,44 @@ rw_is_sql_function(Oid funcid)
 }
 
 /*
+ * Was the one output column of q written as "*" (or "alias.*")?  A column
+ * named or renamed (SELECT sql AS x ...) keeps the jsonb result.
+ */
+static bool
+rw_is_star(ParseState *pstate, Query *q)
+{
+	TargetEntry *te;
+	Var		   *v;
+	const char *src = pstate ? pstate->p_sourcetext : NULL;
+	int			loc;
+
+	if (list_length(q->targetList) != 1 || src == NULL)
+		return false;
+	te = linitial_node(TargetEntry, q->targetList);
+	if (!IsA(te->expr, Var))
+		return false;
+	v = (Var *) te->expr;
+	loc = v->location;
+	if (loc < 0 || loc >= (int) strlen(src))
+		return false;
+	if (src[loc] == '*')
+		return true;
+	/* alias.* : the location is the alias; look past identifier characters */
+	while (src[loc] && (isalnum((unsigned char) src[loc]) || src[loc] == '_' ||
+						src[loc] == '"' || src[loc] == '.' || (unsigned char) src[loc] >= 0x80))
+	{
+		if (src[loc] == '.' && src[loc + 1] == '*')
+			return true;
+		loc++;
+	}
+	return false;
+}
+
+/*
  * If q is exactly SELECT * FROM rvbbit.sql(<arg>), return the call.
  */
 static FuncExpr *
-rw_whole_query_call(Query *q)
+rw_whole_query_call(ParseState *pstate, Query *q)
 {
 	RangeTblEntry *rte;
 	RangeTblFunction *rtf;
@@ -359,6 +400,8 @@ rw_whole_query_call(Query *q)
 	if (fe->funcretset == false || list_length(fe->args) != 1 ||
 		!rw_is_sql_function(fe->funcid))
 		return NULL;
+	if (!rw_is_star(pstate, q))
+		return NULL;
 	if (q->jointree == NULL || q->jointree->quals != NULL ||
 		list_length(q->jointree->fromlist) != 1 ||
 		q->sortClause || q->groupClause || q->havingQual || q->distinctClause ||
@@ -371,8 +414,32 @@ rw_whole_query_call(Query *q)
 }
 
 /* Append "name type" column definitions of the USING query to buf. */
+/* query_tree_walker callback: collect the relations a query reads. */
+static bool
+rw_collect_relations(Node *node, List **rels)
+{
+	if (node == NULL)
+		return false;
+	if (IsA(node, RangeTblEntry))
+	{
+		RangeTblEntry *rte = (RangeTblEntry *) node;
+
+		if (rte->rtekind == RTE_RELATION)
+			*rels = list_append_unique_oid(*rels, rte->relid);
+		return false;
+	}
+	if (IsA(node, Query))
+		return query_tree_walker((Query *) node, rw_collect_relations, rels,
+								 QTW_EXAMINE_RTES_BEFORE);
+	return expression_tree_walker(node, rw_collect_relations, rels);
+}
+
+/*
+ * Append "name type" column definitions of the USING query to buf, and the
+ * relations it reads to *rels (for plan invalidation).
+ */
 static void
-rw_query_columns(const char *query, StringInfo buf, List **names)
+rw_query_columns_rels(const char *query, StringInfo buf, List **names, List **rels)
 {
 	List	   *raw;
 	Query	   *uq;
@@ -408,6 +475,15 @@ rw_query_columns(const char *query, StringInfo buf, List **names)
 		ereport(ERROR,
 				(errcode(ERRCODE_SYNTAX_ERROR),
 				 errmsg("the USING query returns no columns")));
+	if (rels != NULL)
+		(void) query_tree_walker(uq, rw_collect_relations, rels, QTW_EXAMINE_RTES_BEFORE);
+}
+
+/* Append the column definitions of the USING query to buf. */
+static void
+rw_query_columns(const char *query, StringInfo buf, List **names)
+{
+	rw_query_columns_rels(query, buf, names, NULL);
 }
 
 /*
@@ -607,7 +683,7 @@ rw_rewrite(ParseState *pstate, Query *q)
 		return;
 	}
 
-	fe = rw_whole_query_call(q);
+	fe = rw_whole_query_call(pstate, q);
 	if (fe == NULL)
 		return;
 	rv_require_shared();
@@ -630,13 +706,47 @@ rw_rewrite(ParseState *pstate, Query *q)
 
 	rv_plan_statement(stmt_text, c->location, pstate, &ps);
 
-	if (ps.opts.as_table)
+	if (ps.is_async)
+		sql = psprintf("SELECT * FROM rvbbit._submit_job(%s)", quote_literal_cstr(stmt_text));
+	else if (ps.opts.as_table)
 		sql = psprintf("SELECT * FROM rvbbit._as_table(%s)", quote_literal_cstr(stmt_text));
 	else
 		sql = rv_map_sql(&ps, pstate);
 
 	raw = pg_parse_query(sql);
 	nq = parse_analyze_fixedparams(linitial_node(RawStmt, raw), sql, NULL, 0, NULL);
+
+	/*
+	 * The rewritten query reads the USING query's tables only inside
+	 * rvbbit.map().  Add them to its range table, unreferenced (as view
+	 * expansion leaves the view), so that a prepared statement or cached
+	 * plan is re-analyzed when one of them changes.  Permissions are checked
+	 * when the USING query runs, with the caller's privileges.
+	 */
+	{
+		List	   *rels = NIL;
+		ListCell   *lc;
+		StringInfoData dummy;
+		List	   *names = NIL;
+
+		initStringInfo(&dummy);
+		if (!ps.opts.as_table && !ps.is_async)
+			rw_query_columns_rels(ps.query, &dummy, &names, &rels);
+		foreach(lc, rels)
+		{
+			RangeTblEntry *rte = makeNode(RangeTblEntry);
+
+			rte->rtekind = RTE_RELATION;
+			rte->relid = lfirst_oid(lc);
+			rte->relkind = get_rel_relkind(rte->relid);
+			rte->rellockmode = AccessShareLock;
+			rte->inh = false;
+			rte->inFromCl = false;
+			rte->requiredPerms = 0;
+			rte->eref = makeAlias(get_rel_name(rte->relid), NIL);
+			nq->rtable = lappend(nq->rtable, rte);
+		}
+	}
 	nq->queryId = q->queryId;
 	nq->stmt_location = q->stmt_location;
 	nq->stmt_len = q->stmt_len;

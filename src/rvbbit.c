@@ -51,6 +51,9 @@ double		rv_budget_dollars_per_day = 0.0;
 
 RvShared   *rv_shared = NULL;
 
+/* set by a job runner (jobs.c) while it runs an async statement */
+bool		rv_in_job_runner = false;
+
 static shmem_request_hook_type prev_shmem_request_hook = NULL;
 static emit_log_hook_type prev_emit_log_hook = NULL;
 static shmem_startup_hook_type prev_shmem_startup_hook = NULL;

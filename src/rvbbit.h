@@ -112,6 +112,14 @@ extern void rv_check_preloaded(void);
 extern void rv_require_shared(void);
 
 /*
+ * jobs.c: true in a job runner, which executes the statement of an async
+ * job (RUN ASYNC, MAP ... WITH (async = true)) synchronously.
+ */
+extern bool rv_in_job_runner;
+/* jobs.c: submit an async statement; returns the job id */
+extern int64 rv_submit_job(const char *statement, const char *target);
+
+/*
  * Channel protocol.  Each statement has a DSM segment with two shm_mq rings:
  * requests (backend -> worker) and results (worker -> backend).  Every
  * message starts with one type byte.
