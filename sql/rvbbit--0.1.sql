@@ -122,6 +122,21 @@ SELECT c.role, c.cascade, c.model,
  GROUP BY c.role, c.cascade, c.model;
 COMMENT ON VIEW rvbbit.stats IS 'Totals of rvbbit.calls per role, cascade and model.';
 
+CREATE VIEW rvbbit.statement_costs WITH (security_barrier) AS
+SELECT c.statement_id, c.role,
+       min(c.called_at) AS first_call, max(c.called_at) AS last_call,
+       string_agg(DISTINCT c.cascade, ', ') AS cascades,
+       string_agg(DISTINCT c.model, ', ') AS models,
+       count(*) FILTER (WHERE c.status <> 'cached') AS calls,
+       count(*) FILTER (WHERE c.status = 'cached') AS cache_hits,
+       count(*) FILTER (WHERE c.status IN ('error', 'invalid')) AS errors,
+       coalesce(sum(c.input_tokens) FILTER (WHERE c.status <> 'cached'), 0) AS input_tokens,
+       coalesce(sum(c.output_tokens) FILTER (WHERE c.status <> 'cached'), 0) AS output_tokens,
+       coalesce(sum(c.cost), 0)::numeric(20, 6) AS cost
+  FROM rvbbit.calls c
+ GROUP BY c.statement_id, c.role;
+COMMENT ON VIEW rvbbit.statement_costs IS 'Calls, tokens and cost of each statement.';
+
 CREATE VIEW rvbbit.cache_entries WITH (security_barrier) AS
 SELECT k.key, k.model, k.cascade, k.cell, k.response, k.input_tokens,
        k.output_tokens, k.role_oid::regrole AS role, k.created_at
@@ -239,7 +254,7 @@ GRANT EXECUTE ON FUNCTION rvbbit.run(text, jsonb, jsonb),
                           rvbbit._progress(),
                           rvbbit._sees_all()
    TO rvbbit_user;
-GRANT SELECT ON rvbbit.cascades, rvbbit.calls, rvbbit.stats,
+GRANT SELECT ON rvbbit.cascades, rvbbit.calls, rvbbit.stats, rvbbit.statement_costs,
                 rvbbit.cache_entries, rvbbit.progress, rvbbit.model_prices
    TO rvbbit_user;
 GRANT INSERT, UPDATE, DELETE ON rvbbit.model_prices TO rvbbit_admin;

@@ -572,6 +572,7 @@ map_header_json(const char *display, const char *def, const RvOptions *o)
 	json_object_object_add(h, "cache_read", json_object_new_boolean(o->cache_read));
 	json_object_object_add(h, "cache_write", json_object_new_boolean(o->cache_write));
 	json_object_object_add(h, "cache_max_age_s", json_object_new_int64(o->cache_max_age_s));
+	json_object_object_add(h, "budget_day", json_object_new_double(rv_budget_dollars_per_day));
 	out = pstrdup(json_object_to_json_string_ext(h, JSON_C_TO_STRING_PLAIN));
 	json_object_put(h);
 	return out;

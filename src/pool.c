@@ -247,3 +247,43 @@ rv_progress_get(int index)
 		return NULL;
 	return &rv_shared->progress[index];
 }
+
+/*
+ * The spend entry of a role for a day, claiming one when needed (*created
+ * then says the caller must initialize its amount).  An entry of another
+ * day is reused.  Returns NULL when all entries are in use by other roles
+ * today (the budget is then not enforced for this role, with a warning
+ * from the caller).
+ */
+RvRoleSpend *
+rv_spend_entry(Oid roleid, int32 day, bool *created)
+{
+	int			i;
+	RvRoleSpend *free_entry = NULL;
+	RvRoleSpend *found = NULL;
+
+	*created = false;
+	LWLockAcquire(rv_shared->lock, LW_EXCLUSIVE);
+	for (i = 0; i < RV_MAX_SPEND_ROLES; i++)
+	{
+		RvRoleSpend *e = &rv_shared->spend[i];
+
+		if (e->roleid == roleid && e->day == day)
+		{
+			found = e;
+			break;
+		}
+		if (free_entry == NULL && (e->roleid == InvalidOid || e->day != day))
+			free_entry = e;
+	}
+	if (found == NULL && free_entry != NULL)
+	{
+		free_entry->roleid = roleid;
+		free_entry->day = day;
+		pg_atomic_write_u64(&free_entry->micros, 0);
+		found = free_entry;
+		*created = true;
+	}
+	LWLockRelease(rv_shared->lock);
+	return found;
+}

@@ -237,8 +237,8 @@ _PG_init(void)
 							0, 0, INT_MAX,
 							PGC_SIGHUP, 0, NULL, NULL, NULL);
 	DefineCustomRealVariable("rvbbit.budget_dollars_per_day",
-							 "Sets the most each role may spend on LLM calls per day.",
-							 "0 means no limit.",
+							 "Sets the most each role may spend on LLM calls per day (UTC).",
+							 "0 means no limit.  Set it per role with ALTER ROLE ... SET.",
 							 &rv_budget_dollars_per_day,
 							 0.0, 0.0, 1e12,
 							 PGC_SUSET, 0, NULL, NULL, NULL);
@@ -307,6 +307,8 @@ rv_shmem_startup(void)
 			pg_atomic_init_u64(&p->tokens_out, 0);
 			pg_atomic_init_u64(&p->cost_micros, 0);
 		}
+		for (i = 0; i < RV_MAX_SPEND_ROLES; i++)
+			pg_atomic_init_u64(&rv_shared->spend[i].micros, 0);
 	}
 	rv_ratelimit_shmem_init(&(GetNamedLWLockTranche("rvbbit"))[1].lock);
 	LWLockRelease(AddinShmemInitLock);

@@ -94,6 +94,18 @@ typedef struct RvProgress
 	pg_atomic_uint64 cost_micros;	/* dollars x 1e6 */
 } RvProgress;
 
+/*
+ * Spend of one role on one day (UTC), for rvbbit.budget_dollars_per_day.
+ * Claimed under RvShared->lock; micros (dollars x 1e6) updated atomically.
+ */
+#define RV_MAX_SPEND_ROLES	256
+typedef struct RvRoleSpend
+{
+	Oid			roleid;			/* InvalidOid: free */
+	int32		day;			/* days since the epoch, UTC */
+	pg_atomic_uint64 micros;	/* spent and reserved, dollars x 1e6 */
+} RvRoleSpend;
+
 typedef struct RvShared
 {
 	LWLock	   *lock;
@@ -102,6 +114,7 @@ typedef struct RvShared
 	RvWorkerSlot workers[RV_MAX_WORKERS];
 	RvPending	pending[RV_MAX_PENDING];
 	RvProgress	progress[RV_MAX_PROGRESS];
+	RvRoleSpend spend[RV_MAX_SPEND_ROLES];
 	/* rate limiter (ratelimit.c) lives in its own shared struct */
 } RvShared;
 
@@ -182,6 +195,7 @@ extern int	rv_progress_acquire(const char *kind, const char *cascade, int parall
 								int64 statement_id);
 extern void rv_progress_release(int index);
 extern RvProgress *rv_progress_get(int index);
+extern RvRoleSpend *rv_spend_entry(Oid roleid, int32 day, bool *created);
 
 #endif							/* RVBBIT_H */
 

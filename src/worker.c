@@ -113,6 +113,9 @@ typedef struct WkStmt
 	int			nproviders;		/* [0] is the default provider */
 	WkProvider *providers;
 	json_object *prices;		/* model -> [input, output] dollars per token */
+	double		budget_day;		/* rvbbit.budget_dollars_per_day of the role, 0: none */
+	RvRoleSpend *spend;			/* the role's spend today, when budget_day > 0 */
+	char	   *role_name;		/* for messages (looked up in a transaction) */
 } WkStmt;
 
 /* A message waiting in a statement's outbox. */
@@ -154,6 +157,7 @@ typedef struct WkTask
 	RvHttpReq	req;
 	bool		in_http;
 	bool		counted;		/* holds a cluster-wide concurrency slot */
+	uint64		reserved;		/* budget reserved for the call in flight, micros */
 	/* accumulated for the row */
 	int			calls;
 	int			hits;
@@ -364,6 +368,41 @@ wk_load_config(WkStmt *s, json_object *hdr)
 			p->tpm = tpm ? atoi(tpm) : 0;
 		}
 		MemoryContextSwitchTo(old);
+
+		{
+			char	   *rn = GetUserNameFromId(s->seghdr->roleid, true);
+
+			s->role_name = MemoryContextStrdup(s->cxt, rn ? rn : "?");
+		}
+		if (s->budget_day > 0)
+		{
+			bool		created;
+			int32		day = (int32) (GetCurrentTimestamp() / USECS_PER_DAY);
+
+			s->spend = rv_spend_entry(s->seghdr->roleid, day, &created);
+			if (s->spend == NULL)
+				ereport(WARNING,
+						(errmsg("rvbbit.budget_dollars_per_day is not enforced: too many roles spent today")));
+			else if (created)
+			{
+				Oid			argtypes[1] = {OIDOID};
+				Datum		args[1];
+
+				args[0] = ObjectIdGetDatum(s->seghdr->roleid);
+				if (SPI_execute_with_args("SELECT coalesce(sum(cost), 0)::float8 FROM rvbbit.call_log "
+										  "WHERE role_oid = $1 AND called_at >= "
+										  "date_trunc('day', now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC'",
+										  1, argtypes, args, NULL, true, 1) == SPI_OK_SELECT &&
+					SPI_processed == 1)
+				{
+					bool		isnull;
+					double		spent = DatumGetFloat8(SPI_getbinval(SPI_tuptable->vals[0],
+																	 SPI_tuptable->tupdesc, 1, &isnull));
+
+					pg_atomic_fetch_add_u64(&s->spend->micros, (uint64) (spent * 1e6));
+				}
+			}
+		}
 
 		if (SPI_execute("SELECT model, input_per_million::float8 / 1e6, "
 						"output_per_million::float8 / 1e6 FROM rvbbit.model_prices",
@@ -589,6 +628,15 @@ wk_record_call(WkTask *t, const char *status, long http_status, long tin,
  * ----------------------------------------------------------------
  */
 
+/* Give back the budget a task reserved for its call. */
+static void
+wk_task_unreserve(WkTask *t)
+{
+	if (t->reserved > 0 && t->stmt->spend != NULL)
+		pg_atomic_fetch_sub_u64(&t->stmt->spend->micros, t->reserved);
+	t->reserved = 0;
+}
+
 /* Free a task's request state (not the task). */
 static void
 wk_task_clear_request(WkTask *t)
@@ -599,6 +647,7 @@ wk_task_clear_request(WkTask *t)
 		t->in_http = false;
 	}
 	rv_http_req_release(&t->req);
+	wk_task_unreserve(t);
 	if (t->counted)
 	{
 		pg_atomic_fetch_sub_u32(&rv_shared->http_in_flight, 1);
@@ -827,6 +876,8 @@ wk_task_response(WkTask *t, const char *content, long tin, long tout,
 		t->tokens_in += Max(tin, 0);
 		t->tokens_out += Max(tout, 0);
 		t->cost += cost;
+		if (s->spend != NULL && cost > 0)
+			pg_atomic_fetch_add_u64(&s->spend->micros, (uint64) (cost * 1e6));
 		if (s->progress)
 		{
 			pg_atomic_fetch_add_u64(&s->progress->llm_calls, 1);
@@ -982,6 +1033,7 @@ wk_http_done(RvHttpReq *req)
 
 	dlist_delete(&t->node);
 	t->in_http = false;
+	wk_task_unreserve(t);
 	if (t->counted)
 	{
 		pg_atomic_fetch_sub_u32(&rv_shared->http_in_flight, 1);
@@ -1130,6 +1182,30 @@ wk_dispatch(void)
 
 		if (rv_http_in_flight(wk_http) >= wk_max_conn)
 			break;
+
+		/* rvbbit.budget_dollars_per_day: reserve the call's likely cost */
+		if (s->spend != NULL)
+		{
+			RvCell	   *cell = &s->cascade->cells[t->cell];
+			double		est = wk_cost(s, t->model_ref, (long) (t->body_len / 4) + 1,
+									  cell->max_tokens > 0 ? cell->max_tokens : 256);
+			uint64		est_micros = (uint64) (est * 1e6);
+			uint64		now_micros = pg_atomic_read_u64(&s->spend->micros);
+
+			if ((double) (now_micros + est_micros) > s->budget_day * 1e6)
+			{
+				dlist_delete(&t->node);
+				wk_task_fail(t, ERRCODE_CONFIGURATION_LIMIT_EXCEEDED,
+							 psprintf("daily budget of $%.4f for role \"%s\" reached",
+									  s->budget_day, s->role_name),
+							 psprintf("$%.4f was spent or is in flight today; this call would cost about $%.4f. It was not sent.",
+									  now_micros / 1e6, est),
+							 "Ask a superuser to raise rvbbit.budget_dollars_per_day for the role, or wait for tomorrow (UTC).");
+				continue;
+			}
+			pg_atomic_fetch_add_u64(&s->spend->micros, est_micros);
+			t->reserved = est_micros;
+		}
 		prev = pg_atomic_fetch_add_u32(&rv_shared->http_in_flight, 1);
 		if ((int) prev >= rv_max_concurrency)
 		{
@@ -1217,6 +1293,12 @@ wk_stmt_header(WkStmt *s, const char *json, Size len)
 	s->cache_read = wk_json_bool(hdr, "cache_read", true);
 	s->cache_write = wk_json_bool(hdr, "cache_write", true);
 	s->cache_max_age_s = (long) wk_json_int(hdr, "cache_max_age_s", -1);
+	{
+		json_object *b;
+
+		if (json_object_object_get_ex(hdr, "budget_day", &b) && b)
+			s->budget_day = json_object_get_double(b);
+	}
 
 	def = wk_json_str(hdr, "definition");
 	rv_error_clear(&err);
