@@ -195,7 +195,7 @@ rvbbit_estimate(PG_FUNCTION_ARGS)
 
 					rv_error_clear(&err);
 					body = rv_cell_request(&c->cells[k], scope, false, p->flavor, model,
-										   &messages, &err, &what);
+										   NULL, &messages, &err, &what);
 					if (messages)
 						json_object_put(messages);
 					if (body == NULL)

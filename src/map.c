@@ -418,6 +418,16 @@ rv_parse_options_json(json_object *obj, RvOptions *o)
 							 errhint("Give milliseconds as a number or an interval such as '30 seconds'.")));
 				o->timeout_ms = (long) ms;
 			}
+			else if (strcmp(k, "batch") == 0)
+			{
+				int64		n = json_object_get_int64(v);
+
+				if (!json_object_is_type(v, json_type_int) || n < 1 || n > 1000)
+					ereport(ERROR,
+							(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+							 errmsg("option \"batch\" must be an integer between 1 and 1000")));
+				o->batch = (int) n;
+			}
 			else if (strcmp(k, "max_retries") == 0 || strcmp(k, "parallel") == 0 ||
 					 strcmp(k, "limit") == 0)
 			{
@@ -506,7 +516,7 @@ rv_parse_options_json(json_object *obj, RvOptions *o)
 				ereport(ERROR,
 						(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 						 errmsg("unknown option \"%s\"", k),
-						 errhint("Valid options are: model, cache, timeout, max_retries, on_error, parallel, limit, budget_dollars, dedupe_by, as_table, unpack, result_column, infer_schema.")));
+						 errhint("Valid options are: model, cache, timeout, max_retries, on_error, parallel, limit, batch, budget_dollars, dedupe_by, as_table, unpack, result_column, infer_schema.")));
 			json_object_iter_next(&it);
 		}
 	}
@@ -573,6 +583,8 @@ map_header_json(const char *display, const char *def, const RvOptions *o)
 	json_object_object_add(h, "cache_write", json_object_new_boolean(o->cache_write));
 	json_object_object_add(h, "cache_max_age_s", json_object_new_int64(o->cache_max_age_s));
 	json_object_object_add(h, "budget_day", json_object_new_double(rv_budget_dollars_per_day));
+	if (o->batch > 0)
+		json_object_object_add(h, "batch", json_object_new_int(o->batch));
 	out = pstrdup(json_object_to_json_string_ext(h, JSON_C_TO_STRING_PLAIN));
 	json_object_put(h);
 	return out;
@@ -806,8 +818,14 @@ map_execute(MapExec *ex, MapNextRow next_row, MapEmitRow emit, void *arg)
 	bool		need_send = false;
 	StringInfoData scope;
 	HASHCTL		hctl;
+	int			batch = ex->opts->batch > 0 ? ex->opts->batch : 0;
+	StringInfoData bbuf;		/* MAP BATCH: the batch being filled */
+	uint32		bk = 0;			/* rows in it */
+	bool		batch_ready = false;
+	int			max_inflight = ex->parallel * (batch > 0 ? batch : 1);
 
 	initStringInfo(&scope);
+	initStringInfo(&bbuf);
 	memset(&hctl, 0, sizeof(hctl));
 	hctl.keysize = sizeof(uint64);
 	hctl.entrysize = sizeof(DedupEntry);
@@ -846,7 +864,29 @@ map_execute(MapExec *ex, MapNextRow next_row, MapEmitRow emit, void *arg)
 				progress = true;
 				continue;
 			}
-			if (inflight >= ex->parallel || next_seq - emitted >= ex->window)
+			if (batch_ready)
+			{
+				memcpy(bbuf.data, &bk, sizeof(uint32));
+				if (!rv_channel_try_send(ex->ch, RV_MSG_BATCH, 0, bbuf.data, bbuf.len))
+					break;
+				inflight += bk;
+				bk = 0;
+				batch_ready = false;
+				progress = true;
+				continue;
+			}
+			if (next_seq - emitted >= ex->window)
+			{
+				/* the reorder window is full: send what the batch has */
+				if (bk > 0)
+				{
+					batch_ready = true;
+					continue;
+				}
+				break;
+			}
+			/* a new request only when it fits: a whole batch, or one row */
+			if (bk == 0 && inflight + Max(batch, 1) > max_inflight)
 				break;
 			/* budget_dollars: schedule nothing more once the spend reached it */
 			if (ex->over_budget)
@@ -926,11 +966,42 @@ map_execute(MapExec *ex, MapNextRow next_row, MapEmitRow emit, void *arg)
 					}
 				}
 				e->seq = next_seq;
+				if (batch > 0)
+				{
+					uint32		n = (uint32) strlen(s->scope);
+
+					if (bk == 0)
+					{
+						resetStringInfo(&bbuf);
+						appendBinaryStringInfo(&bbuf, (char *) &bk, sizeof(uint32));
+					}
+					appendBinaryStringInfo(&bbuf, (char *) &next_seq, sizeof(int64));
+					appendBinaryStringInfo(&bbuf, (char *) &n, sizeof(uint32));
+					appendBinaryStringInfo(&bbuf, s->scope, n);
+					pfree(s->scope);
+					s->scope = NULL;
+					next_seq++;
+					if (++bk >= (uint32) batch)
+						batch_ready = true;
+					continue;
+				}
 				next_seq++;
 				need_send = true;
 			}
 		}
-		if (input_eof && !need_send && !end_sent)
+		/* the last, partly filled batch */
+		if (input_eof && bk > 0)
+		{
+			memcpy(bbuf.data, &bk, sizeof(uint32));
+			if (rv_channel_try_send(ex->ch, RV_MSG_BATCH, 0, bbuf.data, bbuf.len))
+			{
+				inflight += bk;
+				bk = 0;
+				batch_ready = false;
+				progress = true;
+			}
+		}
+		if (input_eof && !need_send && bk == 0 && !end_sent)
 		{
 			if (rv_channel_try_send(ex->ch, RV_MSG_END, 0, NULL, 0))
 			{
@@ -971,6 +1042,7 @@ map_execute(MapExec *ex, MapNextRow next_row, MapEmitRow emit, void *arg)
 			rv_channel_wait(ex->ch);
 	}
 	pfree(scope.data);
+	pfree(bbuf.data);
 }
 
 /* Set up the executor for a statement. */
@@ -983,7 +1055,7 @@ map_exec_init(MapExec *ex, const char *kind, const char *display,
 	memset(ex, 0, sizeof(MapExec));
 	ex->opts = opts;
 	ex->parallel = parallel;
-	ex->window = 2 * parallel + 16;
+	ex->window = 2 * parallel * Max(opts->batch, 1) + 16;
 	ex->cxt = AllocSetContextCreate(CurrentMemoryContext, "rvbbit map window",
 									ALLOCSET_DEFAULT_SIZES);
 	ex->slots = MemoryContextAllocZero(ex->cxt, sizeof(MapSlot) * ex->window);

@@ -41,6 +41,7 @@ typedef struct RvOptions
 	char	   *dedupe_by;		/* column whose equal values share one call */
 	char	   *as_table;		/* statements: write the rows into this new table */
 	bool		async;			/* statements: run as a background job */
+	int			batch;			/* MAP BATCH n: rows per request, 0: none */
 } RvOptions;
 
 /* An RVBBIT statement checked and ready to run (rewrite.c). */

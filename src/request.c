@@ -32,8 +32,8 @@ rv_cell_model(const RvCascade *c, int cell, const char *override, const char *df
 
 char *
 rv_cell_request(const RvCell *cell, json_object *scope, bool strict,
-				RvFlavor flavor, const char *model, json_object **messages,
-				RvError *err, const char **what)
+				RvFlavor flavor, const char *model, json_object *schema,
+				json_object **messages, RvError *err, const char **what)
 {
 	RvLlmRequest lreq;
 	char	   *system = NULL;
@@ -74,7 +74,7 @@ rv_cell_request(const RvCell *cell, json_object *scope, bool strict,
 	lreq.has_temperature = cell->has_temperature;
 	lreq.temperature = cell->temperature;
 	lreq.max_tokens = cell->max_tokens;
-	lreq.output_schema = cell->output_schema;
+	lreq.output_schema = schema ? schema : cell->output_schema;
 	lreq.schema_name = cell->name;
 	body = rv_llm_build_body(&lreq);
 	free(system);

@@ -20,11 +20,12 @@ extern const char *rv_cell_model(const RvCascade *c, int cell, const char *overr
  * Render the request body of a cell (malloc'd JSON).  *messages is NULL
  * for a first attempt: the instructions are rendered into a new
  * conversation returned there; for re-asks it is the conversation so far.
- * On a template error returns NULL with err set and *what naming the part
- * ("instructions" or "system prompt").
+ * schema, when not NULL, replaces the cell's output_schema (MAP BATCH asks
+ * for an array of items).  On a template error returns NULL with err set
+ * and *what naming the part ("instructions" or "system prompt").
  */
 extern char *rv_cell_request(const RvCell *cell, json_object *scope, bool strict,
-							 RvFlavor flavor, const char *model,
+							 RvFlavor flavor, const char *model, json_object *schema,
 							 json_object **messages, RvError *err, const char **what);
 
 /*

@@ -239,11 +239,6 @@ rv_plan_statement(const char *text, int location, ParseState *pstate,
 	PG_TRY();
 	{
 		out->is_run = (stmt->kind == RV_STMT_RUN);
-		if (stmt->batch > 0)
-			ereport(ERROR,
-					(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
-					 errmsg("MAP BATCH is not supported yet"),
-					 errhint("Remove BATCH; PARALLEL n keeps n requests in flight.")));
 
 		out->cascade = pstrdup(stmt->cascade);
 		out->query = pstrdup(stmt->query);
@@ -263,6 +258,8 @@ rv_plan_statement(const char *text, int location, ParseState *pstate,
 		PG_END_TRY();
 		if (out->opts.parallel > 0)
 			out->parallel = out->opts.parallel;
+		if (stmt->batch > 0)
+			out->opts.batch = stmt->batch;
 		if (stmt->distinct)
 			out->opts.cache_read = out->opts.cache_write = true;
 		if (out->opts.limit < 0)
@@ -321,6 +318,8 @@ rv_plan_statement(const char *text, int location, ParseState *pstate,
 							   json_object_new_double(out->opts.budget_dollars));
 	if (out->opts.dedupe_by)
 		json_object_object_add(mapopts, "dedupe_by", json_object_new_string(out->opts.dedupe_by));
+	if (out->opts.batch > 0)
+		json_object_object_add(mapopts, "batch", json_object_new_int(out->opts.batch));
 	out->options_json = pstrdup(json_object_to_json_string_ext(mapopts, JSON_C_TO_STRING_PLAIN));
 	json_object_put(mapopts);
 }

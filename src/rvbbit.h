@@ -140,6 +140,8 @@ extern int64 rv_submit_job(const char *statement, const char *target);
  * Backend -> worker:
  *	 'H' header: JSON object (RvChannelHeader fields; see map.c)
  *	 'R' row: int64 seq, then the scope JSON text (NUL-terminated)
+ *	 'B' batch (MAP BATCH): uint32 k, then k times (int64 seq, uint32 len,
+ *		 the scope JSON of len bytes)
  *	 'E' end of input
  * Worker -> backend:
  *	 'O' result: RvResultHead, then the result JSON text (NUL-terminated)
@@ -149,6 +151,7 @@ extern int64 rv_submit_job(const char *statement, const char *target);
  */
 #define RV_MSG_HEADER	'H'
 #define RV_MSG_ROW		'R'
+#define RV_MSG_BATCH	'B'
 #define RV_MSG_END		'E'
 #define RV_MSG_RESULT	'O'
 #define RV_MSG_ROWERR	'X'

@@ -96,7 +96,8 @@ typedef struct WkStmt
 	RvProgress *progress;		/* or NULL */
 	bool		got_header;
 	bool		input_done;
-	bool		closing;		/* backend gone or fatal error sent */
+	bool		closing;		/* backend gone or fatal error queued */
+	bool		detached;		/* the backend went away */
 	int			ntasks;			/* tasks not yet finished */
 	dlist_head	outbox;			/* WkMsg waiting to be sent */
 
@@ -116,6 +117,7 @@ typedef struct WkStmt
 	double		budget_day;		/* rvbbit.budget_dollars_per_day of the role, 0: none */
 	RvRoleSpend *spend;			/* the role's spend today, when budget_day > 0 */
 	char	   *role_name;		/* for messages (looked up in a transaction) */
+	int			batch;			/* MAP BATCH n, 0 when not batching */
 } WkStmt;
 
 /* A message waiting in a statement's outbox. */
@@ -158,6 +160,11 @@ typedef struct WkTask
 	bool		in_http;
 	bool		counted;		/* holds a cluster-wide concurrency slot */
 	uint64		reserved;		/* budget reserved for the call in flight, micros */
+	/* MAP BATCH: the task answers several rows with one request */
+	int			nbatch;			/* rows in the batch, 0 for a single-row task */
+	int64	   *seqs;			/* their sequence numbers */
+	json_object *batch_rows;	/* their inputs (array) */
+	json_object *batch_schema;	/* array of exactly nbatch cell items */
 	/* accumulated for the row */
 	int			calls;
 	int			hits;
@@ -189,6 +196,7 @@ static void wk_task_done(WkTask *t, json_object *result);
 static void wk_task_fail(WkTask *t, int sqlstate, const char *msg,
 						 const char *detail, const char *hint);
 static void wk_task_prepare(WkTask *t);
+static void wk_batch_task(WkStmt *s, const int64 *seqs, int k, json_object *rows, int from);
 static void wk_task_response(WkTask *t, const char *content, long tin, long tout,
 							 bool cached, double latency_ms);
 
@@ -273,6 +281,8 @@ wk_stmt_fatal(WkStmt *s, int sqlstate, const char *msg, const char *detail,
 	parts[1] = detail;
 	parts[2] = hint;
 	wk_queue_msg(s, RV_MSG_FATAL, &head, parts, 3);
+	/* nothing more of this statement runs; the message still goes out */
+	s->closing = true;
 }
 
 /* ----------------------------------------------------------------
@@ -669,6 +679,12 @@ wk_task_free(WkTask *t)
 		json_object_put(t->scope);
 	if (t->messages)
 		json_object_put(t->messages);
+	if (t->batch_rows)
+		json_object_put(t->batch_rows);
+	if (t->batch_schema)
+		json_object_put(t->batch_schema);
+	if (t->seqs)
+		pfree(t->seqs);
 	free(t->model_ref);
 	t->stmt->ntasks--;
 	pfree(t);
@@ -700,6 +716,24 @@ wk_task_done(WkTask *t, json_object *result)
 	head.tokens_in = t->tokens_in;
 	head.tokens_out = t->tokens_out;
 	head.cost = t->cost;
+	if (t->nbatch > 0)
+	{
+		int			i;
+
+		/* MAP BATCH: item i of the validated array answers row i */
+		for (i = 0; i < t->nbatch; i++)
+		{
+			head.seq = t->seqs[i];
+			parts[0] = json_object_to_json_string_ext(json_object_array_get_idx(result, i),
+													  JSON_C_TO_STRING_PLAIN | JSON_C_TO_STRING_NOSLASHESCAPE);
+			wk_queue_msg(t->stmt, RV_MSG_RESULT, &head, parts, 1);
+			head.llm_calls = head.cache_hits = 0;
+			head.tokens_in = head.tokens_out = 0;
+			head.cost = 0;
+		}
+		wk_task_free(t);
+		return;
+	}
 	parts[0] = json_object_to_json_string_ext(result, JSON_C_TO_STRING_PLAIN | JSON_C_TO_STRING_NOSLASHESCAPE);
 	wk_queue_msg(t->stmt, RV_MSG_RESULT, &head, parts, 1);
 	wk_task_free(t);
@@ -724,7 +758,22 @@ wk_task_fail(WkTask *t, int sqlstate, const char *msg, const char *detail,
 	parts[0] = msg;
 	parts[1] = detail;
 	parts[2] = hint;
-	wk_queue_msg(t->stmt, RV_MSG_ROWERR, &head, parts, 3);
+	if (t->nbatch > 0)
+	{
+		int			i;
+
+		for (i = 0; i < t->nbatch; i++)
+		{
+			head.seq = t->seqs[i];
+			wk_queue_msg(t->stmt, RV_MSG_ROWERR, &head, parts, 3);
+			/* the batch's calls and cost are counted on its first row */
+			head.llm_calls = head.cache_hits = 0;
+			head.tokens_in = head.tokens_out = 0;
+			head.cost = 0;
+		}
+	}
+	else
+		wk_queue_msg(t->stmt, RV_MSG_ROWERR, &head, parts, 3);
 	wk_task_free(t);
 }
 
@@ -781,7 +830,7 @@ wk_task_prepare(WkTask *t)
 
 	free(t->body);
 	t->body = rv_cell_request(cell, t->scope, true, t->provider->flavor, t->model,
-							  &t->messages, &err, &what);
+							  t->batch_schema, &t->messages, &err, &what);
 	if (t->body == NULL)
 	{
 		if (err.set)
@@ -889,8 +938,10 @@ wk_task_response(WkTask *t, const char *content, long tin, long tout,
 
 	if (cell->output_schema != NULL)
 	{
+		json_object *schema = t->batch_schema ? t->batch_schema : cell->output_schema;
+
 		value = rv_llm_extract_json(content, &err);
-		if (value != NULL && !rv_schema_validate(cell->output_schema, value, &err))
+		if (value != NULL && !rv_schema_validate(schema, value, &err))
 		{
 			json_object_put(value);
 			value = NULL;
@@ -927,6 +978,16 @@ wk_task_response(WkTask *t, const char *content, long tin, long tout,
 	free(t->body);
 	t->body = NULL;
 
+	if (value == NULL && t->nbatch > 1)
+	{
+		/* MAP BATCH: a wrong length or an invalid item splits the batch in halves */
+		int			half = t->nbatch / 2;
+
+		wk_batch_task(s, t->seqs, half, t->batch_rows, 0);
+		wk_batch_task(s, t->seqs + half, t->nbatch - half, t->batch_rows, half);
+		wk_task_free(t);
+		return;
+	}
 	if (value == NULL)
 	{
 		/* schema failure: re-ask with the error, or give up */
@@ -1311,10 +1372,104 @@ wk_stmt_header(WkStmt *s, const char *json, Size len)
 		json_object_put(hdr);
 		return;
 	}
+	s->batch = (int) wk_json_int(hdr, "batch", 0);
+	if (s->batch > 0 && (s->cascade->ncells != 1 || s->cascade->cells[0].output_schema == NULL))
+	{
+		wk_stmt_fatal(s, ERRCODE_FEATURE_NOT_SUPPORTED,
+					  "MAP BATCH needs a cascade with one cell that has an output_schema",
+					  "The reply, an array with one item per row, is split back to the rows by position and checked against the schema.",
+					  "Use a one-cell cascade whose output_schema describes the answer for one row.");
+		s->closing = true;
+		json_object_put(hdr);
+		return;
+	}
 	if (!wk_load_config(s, hdr))
 		s->closing = true;
 	json_object_put(hdr);
 	(void) len;
+}
+
+/*
+ * Make a MAP BATCH task for k rows: seqs[0..k) whose inputs are
+ * rows[from..from+k).  The template sees rows and row_count; the request
+ * asks for an array of exactly k items of the cell's output_schema.
+ */
+static void
+wk_batch_task(WkStmt *s, const int64 *seqs, int k, json_object *rows, int from)
+{
+	WkTask	   *t = MemoryContextAllocZero(s->cxt, sizeof(WkTask));
+	json_object *mine = json_object_new_array();
+	int			i;
+
+	for (i = 0; i < k; i++)
+		json_object_array_add(mine, json_object_get(json_object_array_get_idx(rows, from + i)));
+	t->stmt = s;
+	t->nbatch = k;
+	t->seqs = MemoryContextAlloc(s->cxt, sizeof(int64) * k);
+	memcpy(t->seqs, seqs, sizeof(int64) * k);
+	t->seq = seqs[0];
+	t->batch_rows = mine;
+	t->scope = json_object_new_object();
+	json_object_object_add(t->scope, "rows", json_object_get(mine));
+	json_object_object_add(t->scope, "row_count", json_object_new_int(k));
+	json_object_object_add(t->scope, "input", json_object_new_object());
+	json_object_object_add(t->scope, "outputs", json_object_new_object());
+	json_object_object_add(t->scope, "state", json_object_new_object());
+	t->batch_schema = json_object_new_object();
+	json_object_object_add(t->batch_schema, "type", json_object_new_string("array"));
+	json_object_object_add(t->batch_schema, "minItems", json_object_new_int(k));
+	json_object_object_add(t->batch_schema, "maxItems", json_object_new_int(k));
+	json_object_object_add(t->batch_schema, "items",
+						   json_object_get(s->cascade->cells[0].output_schema));
+	s->ntasks++;
+	t->state = WT_PREPARE;
+	dlist_push_tail(&wk_prepare, &t->node);
+}
+
+/* A batch message: one task for its rows. */
+static void
+wk_stmt_batch(WkStmt *s, const char *data, Size len)
+{
+	uint32		k;
+	uint32		i;
+	Size		off = sizeof(uint32);
+	int64	   *seqs;
+	json_object *rows;
+
+	if (len < sizeof(uint32))
+		return;
+	memcpy(&k, data, sizeof(uint32));
+	if (k == 0 || k > 100000)
+		return;
+	seqs = palloc(sizeof(int64) * k);
+	rows = json_object_new_array();
+	for (i = 0; i < k; i++)
+	{
+		uint32		n;
+		json_object *scope;
+		json_object *input = NULL;
+
+		if (off + sizeof(int64) + sizeof(uint32) > len)
+			break;
+		memcpy(&seqs[i], data + off, sizeof(int64));
+		off += sizeof(int64);
+		memcpy(&n, data + off, sizeof(uint32));
+		off += sizeof(uint32);
+		if (off + n > len)
+			break;
+		scope = json_tokener_parse(pnstrdup(data + off, n));
+		off += n;
+		if (scope && json_object_object_get_ex(scope, "input", &input) && input)
+			json_object_array_add(rows, json_object_get(input));
+		else
+			json_object_array_add(rows, json_object_new_object());
+		if (scope)
+			json_object_put(scope);
+	}
+	if (i == k)
+		wk_batch_task(s, seqs, (int) k, rows, 0);
+	json_object_put(rows);
+	pfree(seqs);
 }
 
 /* A row message: make a task. */
@@ -1373,6 +1528,7 @@ wk_stmt_receive(WkStmt *s)
 		if (res == SHM_MQ_DETACHED)
 		{
 			s->closing = true;
+			s->detached = true;
 			return;
 		}
 		if (len < 1)
@@ -1385,6 +1541,10 @@ wk_stmt_receive(WkStmt *s)
 			case RV_MSG_ROW:
 				if (s->got_header && !s->closing)
 					wk_stmt_row(s, (char *) data + 1, len - 1);
+				break;
+			case RV_MSG_BATCH:
+				if (s->got_header && !s->closing)
+					wk_stmt_batch(s, (char *) data + 1, len - 1);
 				break;
 			case RV_MSG_END:
 				s->input_done = true;
@@ -1412,6 +1572,7 @@ wk_stmt_send(WkStmt *s)
 		if (res == SHM_MQ_DETACHED)
 		{
 			s->closing = true;
+			s->detached = true;
 			return;
 		}
 	}
@@ -1730,9 +1891,10 @@ rv_worker_main(Datum main_arg)
 		{
 			WkStmt	   *s = dlist_container(WkStmt, node, it.cur);
 
-			if (!s->closing)
+			if (!s->detached)
 				wk_stmt_send(s);
-			if (s->closing ||
+			if (s->detached ||
+				(s->closing && dlist_is_empty(&s->outbox)) ||
 				(s->input_done && s->ntasks == 0 && dlist_is_empty(&s->outbox)))
 				wk_stmt_close(s);
 		}
@@ -1768,6 +1930,8 @@ rv_worker_main(Datum main_arg)
 		}
 		if (!dlist_is_empty(&wk_ready) && rv_http_in_flight(wk_http) < wk_max_conn &&
 			wk_ratelimit_wait_ms < 0)
+			timeout = 0;
+		if (!dlist_is_empty(&wk_prepare) || !dlist_is_empty(&wk_lookup))
 			timeout = 0;
 
 		if (timeout > 0)
