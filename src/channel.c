@@ -106,12 +106,12 @@ rv_channel_try_send(RvChannel *ch, char type, int64 seq, const char *payload,
 	if (r == SHM_MQ_WOULD_BLOCK)
 		return false;
 	ch->has_pending = false;
-	if (r == SHM_MQ_DETACHED)
-		ereport(ERROR,
-				(errcode(ERRCODE_CONNECTION_FAILURE),
-				 errmsg("rvbbit worker exited while the statement was running"),
-				 errhint("Check the server log for the reason, then run the statement again; "
-						 "completed calls are answered from the cache.")));
+
+	/*
+	 * A worker that stopped reading may have left an error for us in the
+	 * result queue (a statement it refused): the receive side reports it, or
+	 * that the worker went away.  The message is dropped.
+	 */
 	return true;
 }
 
