@@ -296,6 +296,31 @@ for p in $BENCH_PARALLEL0; do
 done
 echo "rvbbit workers after the runs: $(worker_count)"
 
+# BATCH: requests and tokens per row for BATCH 1, 5 and 20 (zero latency,
+# BENCH_BATCH_N rows, parallel 10), from the mock's counters
+echo
+echo "== MAP BATCH (mock latency 0 ms, ${BENCH_BATCH_N:=1000} rows, parallel 10)"
+pg_sql -c "SELECT rvbbit.create_cascade('bench_batch', \$\$
+cells:
+  - name: label
+    instructions: \"Label each item, in order: {{ rows | tojson }}\"
+    output_schema: {type: object, properties: {label: {type: string}}, required: [label]}
+\$\$)" >/dev/null || die "could not create the batch cascade"
+printf '%-8s %8s %10s %14s %14s %8s\n' "batch" "rows" "requests" "requests/row" "tokens/row" "MAP s"
+for b in 1 5 20; do
+  mock_reset
+  t0=$(now)
+  got=$(pg_sql -c "SELECT count(label) FROM rvbbit.map('bench_batch',
+           'SELECT n, ''item '' || n AS text FROM generate_series(1, $BENCH_BATCH_N) n', 10,
+           '{\"batch\": $b, \"cache\": false, \"unpack\": true}') AS t(n int, text text, label text)") \
+    || die "batch $b failed"
+  t1=$(now)
+  read -r reqs toks <<<"$(curl -s "$(mock_url /stats)" | "$PYTHON" -c 'import json,sys; d=json.load(sys.stdin); print(d["requests"], d["tokens"]["prompt"] + d["tokens"]["completion"])')"
+  [ "$got" -eq "$BENCH_BATCH_N" ] || { echo "bench: batch $b returned $got labels" >&2; PROBLEMS=$((PROBLEMS + 1)); }
+  printf '%-8s %8s %10s %14.3f %14.1f %8.3f\n' "$b" "$BENCH_BATCH_N" "$reqs" \
+    "$(calc "$reqs / $BENCH_BATCH_N")" "$(calc "$toks / $BENCH_BATCH_N")" "$(calc "$t1 - $t0")"
+done
+
 if [ "$BENCH_SKIP_MEM" != 1 ]; then
   echo
   echo "== backend memory (mock latency 0 ms; a fresh session for each run)"
