@@ -261,3 +261,80 @@ GRANT INSERT, UPDATE, DELETE ON rvbbit.model_prices TO rvbbit_admin;
 -- the routing columns of the providers, not their keys
 GRANT SELECT (prefix, api_base, api_flavor, requests_per_minute, tokens_per_minute)
    ON rvbbit.providers TO rvbbit_user;
+
+-- Jobs (jobs.c)
+-- Asynchronous statements: RUN ASYNC and MAP ... WITH (async = true).  One
+-- row per job, written only by rvbbit._submit_job(), the job runners and
+-- rvbbit.cancel_job(); users read their own through rvbbit.jobs.  The job
+-- tables are not dumped: a job's role is an OID of this cluster.
+CREATE TABLE rvbbit.job_log (
+    id                 bigserial PRIMARY KEY,
+    role_oid           oid NOT NULL,
+    dboid              oid NOT NULL,
+    statement          text NOT NULL,
+    search_path        text,
+    settings           jsonb,
+    target             text,
+    status             text NOT NULL DEFAULT 'queued'
+                       CHECK (status IN ('queued', 'running', 'done', 'failed', 'cancelled')),
+    submitted_at       timestamptz NOT NULL DEFAULT now(),
+    started_at         timestamptz,
+    finished_at        timestamptz,
+    rows               bigint,
+    spent              double precision,
+    error              text,
+    runner_pid         int,
+    attempts           int NOT NULL DEFAULT 0,
+    server_started_at  timestamptz
+);
+CREATE INDEX job_log_unfinished ON rvbbit.job_log (id)
+    WHERE status IN ('queued', 'running');
+COMMENT ON TABLE rvbbit.job_log IS 'Async jobs; read them through rvbbit.jobs.';
+
+-- The result of a RUN ASYNC without as_table.
+CREATE TABLE rvbbit.job_result_log (
+    job_id      bigint PRIMARY KEY REFERENCES rvbbit.job_log (id) ON DELETE CASCADE,
+    result      jsonb,
+    created_at  timestamptz NOT NULL DEFAULT now()
+);
+
+CREATE VIEW rvbbit.jobs WITH (security_barrier) AS
+SELECT j.id AS job_id, j.role_oid::regrole AS role, j.status, j.statement,
+       j.target, j.submitted_at, j.started_at, j.finished_at,
+       CASE WHEN j.status = 'running' THEN p.rows_done ELSE j.rows END AS rows,
+       p.in_flight,
+       (coalesce(j.spent, 0) + coalesce(live.cost, 0))::numeric(20, 6) AS spent,
+       j.error, j.attempts, j.runner_pid
+  FROM rvbbit.job_log j
+  LEFT JOIN rvbbit._progress() p
+         ON j.status = 'running' AND p.pid = j.runner_pid AND p.datid = j.dboid
+  LEFT JOIN LATERAL (
+        SELECT sum(c.cost) AS cost
+          FROM rvbbit.call_log c
+         WHERE j.status = 'running' AND c.backend_pid = j.runner_pid
+           AND c.called_at >= j.started_at) live ON true
+ WHERE j.role_oid = (SELECT oid FROM pg_roles WHERE rolname = current_user)
+    OR rvbbit._sees_all();
+COMMENT ON VIEW rvbbit.jobs IS 'Async jobs (RUN ASYNC, MAP ... WITH (async = true)); your own unless you are in rvbbit_admin.';
+
+CREATE VIEW rvbbit.job_results WITH (security_barrier) AS
+SELECT r.job_id, r.result, r.created_at
+  FROM rvbbit.job_result_log r
+  JOIN rvbbit.job_log j ON j.id = r.job_id
+ WHERE j.role_oid = (SELECT oid FROM pg_roles WHERE rolname = current_user)
+    OR rvbbit._sees_all();
+COMMENT ON VIEW rvbbit.job_results IS 'Results of RUN ASYNC jobs without as_table.';
+
+CREATE FUNCTION rvbbit._submit_job(statement text) RETURNS TABLE (job_id bigint)
+AS 'MODULE_PATHNAME', 'rvbbit_submit_job'
+LANGUAGE C VOLATILE;
+COMMENT ON FUNCTION rvbbit._submit_job(text) IS 'Submits an async RVBBIT statement as a background job and returns its id.';
+
+CREATE FUNCTION rvbbit.cancel_job(job_id bigint) RETURNS boolean
+AS 'MODULE_PATHNAME', 'rvbbit_cancel_job'
+LANGUAGE C VOLATILE STRICT;
+COMMENT ON FUNCTION rvbbit.cancel_job(bigint) IS 'Cancels a queued or running job; false if it had already ended.';
+
+REVOKE ALL ON FUNCTION rvbbit._submit_job(text), rvbbit.cancel_job(bigint) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION rvbbit._submit_job(text), rvbbit.cancel_job(bigint) TO rvbbit_user;
+GRANT SELECT ON rvbbit.jobs, rvbbit.job_results TO rvbbit_user;

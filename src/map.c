@@ -595,21 +595,27 @@ map_header_json(const char *display, const char *def, const RvOptions *o)
  * ----------------------------------------------------------------
  */
 
+/* How a row ended: its result, or its error. */
+typedef struct MapOutcome
+{
+	bool		failed;
+	int			sqlstate;
+	char	   *result;			/* JSON text of the result */
+	char	   *error;			/* the error message of a failed row */
+	char	   *error_detail;
+} MapOutcome;
+
 typedef struct MapSlot
 {
 	bool		used;
 	bool		done;
-	bool		failed;
 	int64		leader;			/* seq of the row this one copies, or -1 */
 	int			nfollowers;
 	uint64		hash;
 	HeapTuple	input;			/* map: the input row */
 	char	   *scope;			/* the JSON to send, until sent */
 	char	   *dkey;			/* what identical rows are recognised by */
-	char	   *result;			/* JSON text of the result */
-	char	   *error;			/* the error message of a failed row */
-	char	   *error_detail;
-	int			sqlstate;
+	MapOutcome	oc;
 } MapSlot;
 
 typedef struct DedupEntry
@@ -623,11 +629,7 @@ typedef struct MemoEntry
 {
 	uint64		hash;			/* key */
 	char	   *dkey;
-	bool		failed;
-	int			sqlstate;
-	char	   *result;
-	char	   *error;
-	char	   *error_detail;
+	MapOutcome	oc;
 } MemoEntry;
 
 /* Row supplier: fills *scope (the JSON scope) and *tuple; false at the end. */
@@ -667,28 +669,32 @@ map_slot_clear(MapSlot *s)
 		pfree(s->scope);
 	if (s->dkey)
 		pfree(s->dkey);
-	if (s->result)
-		pfree(s->result);
-	if (s->error)
-		pfree(s->error);
-	if (s->error_detail)
-		pfree(s->error_detail);
+	if (s->oc.result)
+		pfree(s->oc.result);
+	if (s->oc.error)
+		pfree(s->oc.error);
+	if (s->oc.error_detail)
+		pfree(s->oc.error_detail);
 	memset(s, 0, sizeof(MapSlot));
 }
 
 /* Copy a finished slot's outcome into a follower. */
 static void
-map_copy_outcome(MapExec *ex, MapSlot *from, MapSlot *to)
+map_outcome_copy(MemoryContext cxt, const MapOutcome *from, MapOutcome *to)
 {
-	MemoryContext old = MemoryContextSwitchTo(ex->cxt);
-
-	to->done = true;
 	to->failed = from->failed;
 	to->sqlstate = from->sqlstate;
-	to->result = from->result ? pstrdup(from->result) : NULL;
-	to->error = from->error ? pstrdup(from->error) : NULL;
-	to->error_detail = from->error_detail ? pstrdup(from->error_detail) : NULL;
-	MemoryContextSwitchTo(old);
+	to->result = from->result ? MemoryContextStrdup(cxt, from->result) : NULL;
+	to->error = from->error ? MemoryContextStrdup(cxt, from->error) : NULL;
+	to->error_detail = from->error_detail ? MemoryContextStrdup(cxt, from->error_detail) : NULL;
+}
+
+/* A follower row gets its leader's outcome. */
+static void
+map_copy_outcome(MapExec *ex, MapSlot *from, MapSlot *to)
+{
+	to->done = true;
+	map_outcome_copy(ex->cxt, &from->oc, &to->oc);
 }
 
 /* Remember a finished key's outcome (dedupe_by). */
@@ -697,21 +703,14 @@ map_memo_store(MapExec *ex, MapSlot *s)
 {
 	bool		found;
 	MemoEntry  *m;
-	MemoryContext old;
 
 	if (ex->memo == NULL)
 		return;
 	m = hash_search(ex->memo, &s->hash, HASH_ENTER, &found);
 	if (found)
 		return;
-	old = MemoryContextSwitchTo(ex->cxt->parent);
-	m->dkey = pstrdup(s->dkey);
-	m->failed = s->failed;
-	m->sqlstate = s->sqlstate;
-	m->result = s->result ? pstrdup(s->result) : NULL;
-	m->error = s->error ? pstrdup(s->error) : NULL;
-	m->error_detail = s->error_detail ? pstrdup(s->error_detail) : NULL;
-	MemoryContextSwitchTo(old);
+	m->dkey = MemoryContextStrdup(ex->cxt->parent, s->dkey);
+	map_outcome_copy(ex->cxt->parent, &s->oc, &m->oc);
 }
 
 /*
@@ -759,16 +758,16 @@ map_handle_message(MapExec *ex, char *data, Size len, int64 next_seq,
 		if (ex->opts->on_error == RV_ON_ERROR_FAIL)
 			rv_channel_raise(data, len, ERROR);
 		old = MemoryContextSwitchTo(ex->cxt);
-		s->failed = true;
-		s->sqlstate = head.sqlstate;
-		s->error = pstrdup(msg);
-		s->error_detail = detail < data + len ? pstrdup(detail) : NULL;
+		s->oc.failed = true;
+		s->oc.sqlstate = head.sqlstate;
+		s->oc.error = pstrdup(msg);
+		s->oc.error_detail = detail < data + len ? pstrdup(detail) : NULL;
 		MemoryContextSwitchTo(old);
 		if (ex->first_error == NULL)
 		{
 			old = MemoryContextSwitchTo(ex->cxt->parent);
 			ex->first_error = pstrdup(msg);
-			ex->first_error_detail = s->error_detail ? pstrdup(s->error_detail) : NULL;
+			ex->first_error_detail = s->oc.error_detail ? pstrdup(s->oc.error_detail) : NULL;
 			ex->first_sqlstate = head.sqlstate;
 			MemoryContextSwitchTo(old);
 		}
@@ -776,7 +775,7 @@ map_handle_message(MapExec *ex, char *data, Size len, int64 next_seq,
 	else
 	{
 		old = MemoryContextSwitchTo(ex->cxt);
-		s->result = pstrdup(data + 1 + sizeof(head));
+		s->oc.result = pstrdup(data + 1 + sizeof(head));
 		MemoryContextSwitchTo(old);
 	}
 	s->done = true;
@@ -931,14 +930,8 @@ map_execute(MapExec *ex, MapNextRow next_row, MapEmitRow emit, void *arg)
 
 					if (found && strcmp(m->dkey, s->dkey) == 0)
 					{
-						old = MemoryContextSwitchTo(ex->cxt);
 						s->done = true;
-						s->failed = m->failed;
-						s->sqlstate = m->sqlstate;
-						s->result = m->result ? pstrdup(m->result) : NULL;
-						s->error = m->error ? pstrdup(m->error) : NULL;
-						s->error_detail = m->error_detail ? pstrdup(m->error_detail) : NULL;
-						MemoryContextSwitchTo(old);
+						map_outcome_copy(ex->cxt, &m->oc, &s->oc);
 						pfree(s->scope);
 						s->scope = NULL;
 						next_seq++;
@@ -1022,7 +1015,7 @@ map_execute(MapExec *ex, MapNextRow next_row, MapEmitRow emit, void *arg)
 		{
 			MapSlot    *s = &ex->slots[emitted % ex->window];
 
-			if (s->failed)
+			if (s->oc.failed)
 				ex->nfailed++;
 			emit(arg, s);
 			map_slot_clear(s);
@@ -1092,15 +1085,15 @@ static Datum
 map_slot_value(MapExec *ex, MapSlot *s, bool *isnull)
 {
 	*isnull = false;
-	if (!s->failed)
-		return DirectFunctionCall1(jsonb_in, CStringGetDatum(s->result));
+	if (!s->oc.failed)
+		return DirectFunctionCall1(jsonb_in, CStringGetDatum(s->oc.result));
 	if (ex->opts->on_error == RV_ON_ERROR_VALUE)
 	{
 		json_object *o = json_object_new_object();
 		Datum		d;
 		char		code[6];
 		int			i;
-		int			sc = s->sqlstate;
+		int			sc = s->oc.sqlstate;
 
 		for (i = 0; i < 5; i++)
 		{
@@ -1108,9 +1101,9 @@ map_slot_value(MapExec *ex, MapSlot *s, bool *isnull)
 			sc = sc >> 6;
 		}
 		code[5] = '\0';
-		json_object_object_add(o, "error", json_object_new_string(s->error ? s->error : ""));
-		if (s->error_detail && s->error_detail[0])
-			json_object_object_add(o, "detail", json_object_new_string(s->error_detail));
+		json_object_object_add(o, "error", json_object_new_string(s->oc.error ? s->oc.error : ""));
+		if (s->oc.error_detail && s->oc.error_detail[0])
+			json_object_object_add(o, "detail", json_object_new_string(s->oc.error_detail));
 		json_object_object_add(o, "sqlstate", json_object_new_string(code));
 		d = DirectFunctionCall1(jsonb_in,
 								CStringGetDatum(pstrdup(json_object_to_json_string_ext(o, JSON_C_TO_STRING_PLAIN))));
@@ -1162,7 +1155,7 @@ run_emit(void *arg, MapSlot *s)
 {
 	RunState   *st = (RunState *) arg;
 
-	st->failed = s->failed;
+	st->failed = s->oc.failed;
 	st->result = map_slot_value(st->ex, s, &st->isnull);
 }
 
@@ -1438,8 +1431,8 @@ map_unpack(MapState *st, MapSlot *s)
 	json_object *obj = NULL;
 	int			i;
 
-	if (!s->failed && s->result)
-		obj = json_tokener_parse(s->result);
+	if (!s->oc.failed && s->oc.result)
+		obj = json_tokener_parse(s->oc.result);
 	for (i = st->ncols; i < st->out_desc->natts; i++)
 	{
 		json_object *v = NULL;

@@ -131,6 +131,8 @@ extern void rv_require_shared(void);
 extern bool rv_in_job_runner;
 /* jobs.c: submit an async statement; returns the job id */
 extern int64 rv_submit_job(const char *statement, const char *target);
+/* jobs.c: shared memory and the jobs launcher (from _PG_init, preloaded) */
+extern void rv_jobs_init(void);
 
 /*
  * Channel protocol.  Each statement has a DSM segment with two shm_mq rings:

@@ -1,0 +1,249 @@
+# Async jobs: RUN ASYNC and MAP ... WITH (async = true) return a job id at
+# once and run in a background worker; the job survives its client,
+# rvbbit.cancel_job() stops it, a restart (fast, immediate or a crash)
+# resumes it without paying twice for completed calls, and a user sees
+# and cancels only their own jobs.
+use strict;
+use warnings;
+use PostgreSQL::Test::Cluster;
+use PostgreSQL::Test::Utils;
+use Test::More;
+use lib $ENV{RV_ROOT} . '/tests/t';
+use RvTest;
+
+my $mock = start_mock();
+my $node = new_rv_node('jobs', $mock, "rvbbit.max_concurrency = 1000\n");
+my $echo = inline_echo();
+# a RUN cascade: the rows as JSON in the prompt
+my $summ = q{cells: [{name: s, instructions: "{{ row_count }} rows: {{ rows | tojson }}"}]};
+my $runners = q{SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'rvbbit job runner'};
+
+sub in_flight { mock_get($mock, '/stats')->{in_flight} }
+
+sub job_field
+{
+	my ($id, $field) = @_;
+	return $node->safe_psql('postgres', "SELECT $field FROM rvbbit.jobs WHERE job_id = $id");
+}
+
+# poll until the job has one of the statuses (a regex), up to $secs; a
+# failing connection (the server restarting) counts as not yet
+sub wait_status
+{
+	my ($id, $re, $secs) = @_;
+	return wait_until(
+		sub {
+			my ($r, $o) = $node->psql('postgres', "SELECT status FROM rvbbit.jobs WHERE job_id = $id");
+			return $r == 0 && $o =~ /^(?:$re)$/;
+		},
+		$secs // 60);
+}
+
+# ---- RUN ASYNC: a job id at once, running, then done with its result
+mock_post($mock, '/reset');
+my $run_stmt = qq{RUN '$summ' USING (SELECT '[[latency:3000]] async run' AS text)};
+my $id = $node->safe_psql('postgres', qq{SELECT * FROM rvbbit.sql(\$\$RUN ASYNC '$summ' USING (SELECT '[[latency:3000]] async run' AS text)\$\$)});
+like($id, qr/^\d+$/, 'RUN ASYNC returns a job id');
+like(job_field($id, 'status'), qr/^(queued|running)$/, 'the job is not done when its id comes back');
+ok(wait_status($id, 'running'), 'rvbbit.jobs shows the job running');
+is(job_field($id, 'role::text || statement'), "postgres" . qq{RUN ASYNC '$summ' USING (SELECT '[[latency:3000]] async run' AS text)},
+	'rvbbit.jobs shows the role and the statement');
+ok(wait_status($id, 'done'), 'the job ends done');
+is(job_field($id, 'rows, error IS NULL, attempts, finished_at >= started_at'),
+	'1|t|1|t', 'one row, no error, one attempt');
+my $sync = $node->safe_psql('postgres', qq{SELECT * FROM rvbbit.sql(\$\$$run_stmt\$\$)});
+is($node->safe_psql('postgres', "SELECT result FROM rvbbit.job_results WHERE job_id = $id"),
+	$sync, 'rvbbit.job_results has the result (the same as the synchronous RUN)');
+is(mock_get($mock, '/stats')->{requests}, 1, 'the synchronous re-run came from the cache');
+
+# outside a whole query, rvbbit.sql() returns the job id as a JSON object
+my $json = $node->safe_psql('postgres',
+	qq{SELECT r->>'job_id' FROM (SELECT rvbbit.sql(\$\$RUN ASYNC '$summ' USING (SELECT 'as json' AS text)\$\$) AS r) s});
+like($json, qr/^\d+$/, 'rvbbit.sql() as an expression returns {"job_id": ...}');
+ok(wait_status($json, 'done'), 'that job is done too');
+
+# ---- MAP ... WITH (async = true, as_table) fills the table
+$id = $node->safe_psql('postgres', qq{SELECT * FROM rvbbit.sql(\$\$MAP PARALLEL 20 '$echo'
+  USING (SELECT n, '[[latency:1000]] map ' || n AS text FROM generate_series(1, 20) n)
+  WITH (async = true, as_table = 'async_map')\$\$)});
+like($id, qr/^\d+$/, 'async MAP returns a job id');
+is($node->safe_psql('postgres', q{SELECT to_regclass('async_map') IS NULL}), 't',
+	'the table does not exist while the job runs');
+ok(wait_status($id, 'done'), 'the async MAP job ends done');
+is($node->safe_psql('postgres', q{SELECT count(*), count(result), min(n), max(n) FROM async_map}),
+	'20|20|1|20', 'the as_table target has every row');
+is($node->safe_psql('postgres', q{SELECT result FROM async_map WHERE n = 7}), '"re: map 7"',
+	'with the results');
+is(job_field($id, 'rows, target'), '20|async_map', 'rvbbit.jobs shows rows and target');
+
+# ---- async MAP without as_table is an error, and no job is made
+my $before = $node->safe_psql('postgres', 'SELECT count(*) FROM rvbbit.jobs');
+my ($ret, $out, $err) = $node->psql('postgres',
+	qq{SELECT * FROM rvbbit.sql(\$\$MAP '$echo' USING (SELECT 'x' AS text) WITH (async = true)\$\$)});
+isnt($ret, 0, 'async MAP without as_table fails');
+like($err, qr/an async MAP needs the as_table option/, 'and says why');
+($ret, $out, $err) = $node->psql('postgres',
+	qq{SELECT * FROM rvbbit.sql(\$\$MAP '$echo' USING (SELECT 'x' AS text) WITH (async = true, as_table = 'async_map')\$\$)});
+like($err, qr/relation "async_map" already exists/, 'an existing as_table target is refused at once');
+is($node->safe_psql('postgres', 'SELECT count(*) FROM rvbbit.jobs'), $before, 'no job was made');
+
+# ---- a job submitted in a transaction that rolls back never runs
+mock_post($mock, '/reset');
+$node->safe_psql('postgres', qq{BEGIN;
+  SELECT * FROM rvbbit.sql(\$\$RUN ASYNC '$summ' USING (SELECT 'rolled back' AS text)\$\$);
+  ROLLBACK;});
+ok($node->poll_query_until('postgres', $runners, '0'), 'its runner exits');
+is($node->safe_psql('postgres', 'SELECT count(*) FROM rvbbit.jobs'), $before, 'no job row');
+is(mock_get($mock, '/stats')->{requests}, 0, 'no LLM request was made');
+
+# ---- the client disconnecting does not stop the job
+my $bg = $node->background_psql('postgres', on_error_stop => 0);
+$id = $bg->query_safe(qq{SELECT * FROM rvbbit.sql(\$\$MAP PARALLEL 5 '$echo'
+  USING (SELECT n, '[[latency:3000]] disconnect ' || n AS text FROM generate_series(1, 5) n)
+  WITH (async = true, as_table = 'after_disconnect')\$\$)});
+$bg->quit;
+like(job_field($id, 'status'), qr/^(queued|running)$/, 'the job is still going after the client quit');
+ok(wait_status($id, 'done'), 'the job of a disconnected client ends done');
+is($node->safe_psql('postgres', 'SELECT count(result) FROM after_disconnect'), '5',
+	'and wrote its table');
+
+# ---- rvbbit.cancel_job stops a job with 100 requests in flight
+mock_post($mock, '/reset');
+$id = $node->safe_psql('postgres', qq{SELECT * FROM rvbbit.sql(\$\$MAP PARALLEL 100 '$echo'
+  USING (SELECT n, '[[latency:60000]] cancel ' || n AS text FROM generate_series(1, 100) n)
+  WITH (async = true, as_table = 'cancelled_map')\$\$)});
+ok(wait_until(sub { in_flight() == 100 }, 60), '100 requests of the job in flight');
+ok($node->poll_query_until('postgres', "SELECT status, in_flight FROM rvbbit.jobs WHERE job_id = $id",
+	'running|100'), 'rvbbit.jobs shows the requests in flight');
+is($node->safe_psql('postgres', "SELECT rvbbit.cancel_job($id)"), 't', 'cancel_job returns true');
+is(job_field($id, 'status, error'), 'cancelled|cancelled by postgres', 'the job is cancelled');
+ok(wait_until(sub { in_flight() == 0 }, 30), 'the worker dropped all 100 requests');
+ok($node->poll_query_until('postgres', $runners, '0'), 'the runner exited');
+is(job_field($id, 'status'), 'cancelled', 'the status stays cancelled after the runner died');
+is($node->safe_psql('postgres', q{SELECT to_regclass('cancelled_map') IS NULL}), 't',
+	'the cancelled job left no table');
+is($node->safe_psql('postgres', "SELECT rvbbit.cancel_job($id)"), 'f',
+	'cancelling an ended job returns false');
+($ret, $out, $err) = $node->psql('postgres', 'SELECT rvbbit.cancel_job(999999)');
+like($err, qr/job 999999 does not exist/, 'cancelling an unknown job is an error');
+
+# ---- restarts: fast restart, immediate stop, crash restart.  Five fast
+# rows complete before the interruption; the three slow ones are in flight.
+# The resumed job gets the fast rows from the cache and asks only for the
+# slow ones again.
+my $n_restart = 0;
+sub interrupted_job
+{
+	my ($how, $interrupt) = @_;
+	$n_restart++;
+	my $tab = "resumed_$n_restart";
+	my $jid = $node->safe_psql('postgres', qq{SELECT * FROM rvbbit.sql(\$\$MAP PARALLEL 8 '$echo'
+  USING (SELECT n, CASE WHEN n <= 5 THEN '' ELSE '[[latency:12000]] ' END || '$how ' || n AS text
+         FROM generate_series(1, 8) n)
+  WITH (async = true, as_table = '$tab')\$\$)});
+	ok($node->poll_query_until('postgres', qq{SELECT count(*) FROM rvbbit.call_log c
+	    JOIN rvbbit.job_log j ON c.backend_pid = j.runner_pid AND c.called_at >= j.started_at
+	   WHERE j.id = $jid AND c.status = 'ok'}, '5'), "$how: the fast rows are done");
+	ok(wait_until(sub { in_flight() == 3 }, 30), "$how: the slow rows are in flight");
+	mock_post($mock, '/reset');
+	$interrupt->();
+	ok(wait_status($jid, 'done|failed', 120), "$how: the job ends (it does not stay running)");
+	is(job_field($jid, 'status, attempts'), 'done|2', "$how: the job was resumed and is done");
+	is($node->safe_psql('postgres', "SELECT count(result) FROM $tab"), '8', "$how: all rows written");
+	is(mock_get($mock, '/stats')->{requests}, 3, "$how: only the 3 unfinished calls were sent again");
+}
+
+interrupted_job('fast restart', sub { $node->restart });
+interrupted_job('immediate stop', sub { $node->stop('immediate'); $node->start });
+interrupted_job('crash restart', sub {
+	my $pid = $node->safe_psql('postgres', "SELECT runner_pid FROM rvbbit.job_log WHERE status = 'running'");
+	kill 'KILL', $pid;
+	# the postmaster restarts every process; wait_status polls through it
+});
+like(slurp_file($node->logfile), qr/resuming rvbbit job \d+ after a server restart/,
+	'the server log says the job was resumed');
+
+# ---- a job interrupted more often than it may be resumed fails with the reason
+$node->safe_psql('postgres', q{INSERT INTO rvbbit.job_log (role_oid, dboid, statement, status,
+    attempts, started_at, runner_pid, server_started_at)
+  SELECT 10, d.oid, 'RUN ''x'' USING (SELECT 1)', 'running', 3, now(), 1, '2000-01-01'
+    FROM pg_database d WHERE datname = current_database()});
+$node->restart;
+ok($node->poll_query_until('postgres',
+	q{SELECT status || ': ' || error FROM rvbbit.job_log WHERE server_started_at = '2000-01-01'},
+	'failed: interrupted by a server restart; not resumed after 3 attempts'),
+	'a job started too often fails with the reason');
+is($node->safe_psql('postgres', q{SELECT count(*) FROM rvbbit.job_log WHERE status IN ('queued', 'running')}),
+	'0', 'no job is left queued or running');
+
+# ---- two roles: each sees and cancels only their own jobs; rvbbit_admin sees all
+$node->safe_psql('postgres', q{
+  CREATE ROLE alice LOGIN; CREATE ROLE bob LOGIN; CREATE ROLE carol LOGIN;
+  GRANT rvbbit_user TO alice, bob; GRANT rvbbit_admin TO carol;
+  CREATE SCHEMA alice_s AUTHORIZATION alice;
+  CREATE TABLE secret AS SELECT 'top secret' AS text;
+  CREATE TABLE public_words AS SELECT 'hello ' || n AS text FROM generate_series(1, 3) n;
+  GRANT SELECT ON public_words TO alice, bob;});
+
+sub as_role
+{
+	my ($role, $sql) = @_;
+	return $node->safe_psql('postgres', $sql, extra_params => [ '-U', $role ]);
+}
+
+sub as_role_err
+{
+	my ($role, $sql) = @_;
+	my ($r, $o, $e) = $node->psql('postgres', $sql, extra_params => [ '-U', $role ]);
+	return $e;
+}
+
+my $alice_job = as_role('alice', qq{SET search_path = alice_s, public;
+  SELECT * FROM rvbbit.sql(\$\$MAP '$echo' USING (SELECT text FROM public_words)
+    WITH (async = true, as_table = 'alice_map')\$\$)});
+my $alice_slow = as_role('alice', qq{SELECT * FROM rvbbit.sql(\$\$RUN ASYNC '$summ'
+  USING (SELECT '[[latency:60000]] alice slow' AS text)\$\$)});
+my $bob_job = as_role('bob', qq{SELECT * FROM rvbbit.sql(\$\$RUN ASYNC '$summ'
+  USING (SELECT text FROM public_words)\$\$)});
+my $bob_secret = as_role('bob', qq{SELECT * FROM rvbbit.sql(\$\$RUN ASYNC '$summ'
+  USING (SELECT text FROM secret)\$\$)});
+ok(wait_status($alice_job, 'done'), "alice's MAP job is done");
+ok(wait_status($bob_job, 'done'), "bob's RUN job is done");
+is($node->safe_psql('postgres', q{SELECT tableowner, count(*) FROM pg_tables t, alice_s.alice_map m
+  WHERE t.schemaname = 'alice_s' AND t.tablename = 'alice_map' GROUP BY 1}), 'alice|3',
+	"alice's job ran as alice with her search_path (alice_s.alice_map, owned by alice)");
+ok(wait_status($bob_secret, 'failed'), "bob's job on a table he may not read fails");
+like(job_field($bob_secret, 'error'), qr/permission denied for table secret/,
+	'with the permission error: the job runs with its role\'s privileges');
+
+is(as_role('alice', 'SELECT string_agg(job_id::text, \',\' ORDER BY job_id) FROM rvbbit.jobs'),
+	"$alice_job,$alice_slow", 'alice sees only her jobs');
+is(as_role('bob', 'SELECT string_agg(job_id::text, \',\' ORDER BY job_id) FROM rvbbit.jobs'),
+	"$bob_job,$bob_secret", 'bob sees only his jobs');
+is(as_role('alice', "SELECT count(*) FROM rvbbit.job_results WHERE job_id = $bob_job"), '0',
+	"alice does not see bob's results");
+is(as_role('bob', "SELECT count(*) FROM rvbbit.job_results WHERE job_id = $bob_job"), '1',
+	'bob sees his result');
+like(as_role_err('alice', 'SELECT * FROM rvbbit.job_log'), qr/permission denied for table job_log/,
+	'the job table itself is not readable');
+like(as_role_err('alice', 'UPDATE rvbbit.job_log SET status = \'done\''), qr/permission denied for table job_log/,
+	'nor writable');
+like(as_role_err('bob', "SELECT rvbbit.cancel_job($alice_slow)"), qr/permission denied to cancel job $alice_slow/,
+	"bob cannot cancel alice's job");
+is(job_field($alice_slow, 'status'), 'running', "alice's job is still running");
+ok(as_role('carol', 'SELECT count(*) FROM rvbbit.jobs') >= 4, 'rvbbit_admin sees everybody\'s jobs');
+is(as_role('carol', "SELECT rvbbit.cancel_job($alice_slow)"), 't', "rvbbit_admin can cancel alice's job");
+is(job_field($alice_slow, 'status, error'), 'cancelled|cancelled by carol', 'it is cancelled by carol');
+ok($node->poll_query_until('postgres', $runners, '0'), 'no runner left');
+ok(wait_until(sub { in_flight() == 0 }, 30), 'nothing in flight');
+
+# a role without rvbbit_user cannot submit jobs
+$node->safe_psql('postgres', 'CREATE ROLE dave LOGIN');
+like(as_role_err('dave', q{SELECT * FROM rvbbit._submit_job('RUN ''x'' USING (SELECT 1)')}),
+	qr/permission denied for (function|schema)/, 'a role without rvbbit_user cannot submit');
+like(as_role_err('dave', 'SELECT rvbbit.cancel_job(1)'), qr/permission denied for (function|schema)/,
+	'nor cancel');
+
+$node->stop;
+stop_mock($mock);
+done_testing();
