@@ -290,6 +290,7 @@ CREATE TABLE rvbbit.job_log (
 CREATE INDEX job_log_unfinished ON rvbbit.job_log (id)
     WHERE status IN ('queued', 'running');
 COMMENT ON TABLE rvbbit.job_log IS 'Async jobs; read them through rvbbit.jobs.';
+COMMENT ON COLUMN rvbbit.job_log.server_started_at IS 'When the server''s shared memory was created (start or crash restart) as the job was last submitted, resumed or started; an older value means a restart interrupted it.';
 
 -- The result of a RUN ASYNC without as_table.
 CREATE TABLE rvbbit.job_result_log (

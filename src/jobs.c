@@ -19,11 +19,10 @@
  * and SET SESSION AUTHORIZATION are refused inside) and its search_path,
  * and runs SELECT * FROM rvbbit.sql('<statement>') through SPI with
  * rv_in_job_runner (defined in rvbbit.c) set, which makes the statement
- * run synchronously.  The
- * statement's effects (the as_table target), the result row of a RUN
- * without as_table (rvbbit.job_result_log) and the status 'done' commit
- * together.  An error rolls the statement back and records 'failed' with
- * the message.
+ * run synchronously.  The statement's effects (the as_table target), the
+ * result row of a RUN without as_table (rvbbit.job_result_log) and the
+ * status 'done' commit together.  An error rolls the statement back and
+ * records 'failed' with the message.
  *
  * rvbbit.cancel_job() marks a job cancelled and, when its transaction
  * commits, sends SIGTERM to the job's runner; the rvbbit worker serving the
@@ -85,6 +84,7 @@
 #include "storage/ipc.h"
 #include "storage/latch.h"
 #include "storage/lmgr.h"
+#include "storage/pmsignal.h"
 #include "storage/proc.h"
 #include "storage/procarray.h"
 #include "storage/shmem.h"
@@ -425,10 +425,10 @@ rv_submit_job(const char *statement, const char *target)
 #else
 		rv = makeRangeVarFromNameList(stringToQualifiedNameList(target));
 #endif
-		if (OidIsValid(RangeVarGetRelid(rv, NoLock, true)))
+		if (OidIsValid(get_relname_relid(rv->relname, RangeVarGetCreationNamespace(rv))))
 			ereport(ERROR,
 					(errcode(ERRCODE_DUPLICATE_TABLE),
-					 errmsg("relation \"%s\" already exists", target),
+					 errmsg("relation \"%s\" already exists", rv->relname),
 					 errhint("The job creates its as_table; choose another name or drop the table.")));
 	}
 
@@ -528,9 +528,9 @@ rvbbit_submit_job(PG_FUNCTION_ARGS)
 
 /*
  * Transaction callback: signal the runners of the jobs cancelled in the
- * committed transaction; forget them on abort.  Only a live background
- * worker still connected to this database is signalled (the pid was
- * checked to be a job runner when the job was cancelled).
+ * committed transaction; forget them on abort.  Only a live process
+ * connected to this database is signalled (the pid was checked to be a job
+ * runner, in pg_stat_activity, when the job was cancelled).
  */
 static void
 jobs_xact_callback(XactEvent event, void *arg)
@@ -544,8 +544,7 @@ jobs_xact_callback(XactEvent event, void *arg)
 			{
 				PGPROC	   *proc = BackendPidGetProc(jobs_kill_pid[i]);
 
-				if (proc != NULL && proc->isBackgroundWorker &&
-					proc->databaseId == MyDatabaseId)
+				if (proc != NULL && proc->databaseId == MyDatabaseId)
 					(void) kill(jobs_kill_pid[i], SIGTERM);
 			}
 			jobs_nkill = 0;
@@ -652,8 +651,8 @@ rvbbit_cancel_job(PG_FUNCTION_ARGS)
 		ereport(ERROR,
 				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
 				 errmsg("permission denied to cancel job %lld", (long long) job_id),
-				 errdetail("Only the role that submitted a job can cancel it."),
-				 errhint("Ask the job's owner, a superuser or a member of rvbbit_admin.")));
+				 errdetail("A job can be cancelled by the role that submitted it, a superuser or a member of rvbbit_admin."),
+				 errhint("Ask the job's owner or an rvbbit_admin to cancel it.")));
 	{
 		Datum		d = SPI_getbinval(tup, td, 3, &isnull);
 
@@ -736,7 +735,7 @@ jobs_xact_end(bool abort)
  * After SIGTERM the job goes back to 'queued' with a new runner (which
  * never starts during a shutdown; the recovery after the restart resumes
  * it), unless it was started JOBS_MAX_ATTEMPTS times; after anything else
- * it fails.  A job that was cancelled, or whose outcome was recorded, does
+ * (but the postmaster's death) it fails.  A job that was cancelled, or whose outcome was recorded, does
  * not match the UPDATE and is left alone.
  */
 static void
@@ -746,7 +745,8 @@ jobs_runner_exit(int code, Datum arg)
 	Oid			types[3] = {INT8OID, INT4OID, INT4OID};
 	Datum		vals[3];
 
-	if (!jobs_runner_claimed || jobs_runner_finished)
+	/* without a postmaster, leave the job to the recovery after the restart */
+	if (!jobs_runner_claimed || jobs_runner_finished || !PostmasterIsAlive())
 		return;
 	AbortOutOfAnyTransaction();
 	vals[0] = Int64GetDatum(jobs_runner_job);

@@ -617,7 +617,11 @@ rv_as_table(const char *stmt_text, char **table)
 	rv_plan_statement(stmt_text, -1, NULL, &ps);
 	if (ps.opts.as_table == NULL)
 		elog(ERROR, "statement has no as_table option");
+#if PG_VERSION_NUM >= 160000
+	names = stringToQualifiedNameList(ps.opts.as_table, NULL);
+#else
 	names = stringToQualifiedNameList(ps.opts.as_table);
+#endif
 	*table = NameListToQuotedString(names);
 	if (ps.is_run)
 		sql = psprintf("CREATE TABLE %s AS %s", *table, rw_run_table_sql(&ps));
@@ -741,7 +745,9 @@ rw_rewrite(ParseState *pstate, Query *q)
 			rte->rellockmode = AccessShareLock;
 			rte->inh = false;
 			rte->inFromCl = false;
-			rte->requiredPerms = 0;
+#if PG_VERSION_NUM < 160000
+			rte->requiredPerms = 0; /* 16+: no RTEPermissionInfo, no check */
+#endif
 			rte->eref = makeAlias(get_rel_name(rte->relid), NIL);
 			nq->rtable = lappend(nq->rtable, rte);
 		}

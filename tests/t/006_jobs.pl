@@ -62,6 +62,14 @@ my $json = $node->safe_psql('postgres',
 like($json, qr/^\d+$/, 'rvbbit.sql() as an expression returns {"job_id": ...}');
 ok(wait_status($json, 'done'), 'that job is done too');
 
+# the job runs with the session's rvbbit.* settings at submission
+my $model_job = $node->safe_psql('postgres', qq{SET rvbbit.default_model = 'mock/job-model';
+  SELECT * FROM rvbbit.sql(\$\$RUN ASYNC '$summ' USING (SELECT 'model test' AS text)\$\$)});
+ok(wait_status($model_job, 'done'), 'a job submitted with another default model is done');
+is($node->safe_psql('postgres', qq{SELECT string_agg(DISTINCT c.model, ',') FROM rvbbit.call_log c
+    JOIN rvbbit.job_log j ON c.backend_pid = j.runner_pid AND c.called_at >= j.started_at
+   WHERE j.id = $model_job}), 'mock/job-model', "it used the session's rvbbit.default_model");
+
 # ---- MAP ... WITH (async = true, as_table) fills the table
 $id = $node->safe_psql('postgres', qq{SELECT * FROM rvbbit.sql(\$\$MAP PARALLEL 20 '$echo'
   USING (SELECT n, '[[latency:1000]] map ' || n AS text FROM generate_series(1, 20) n)
@@ -138,7 +146,7 @@ sub interrupted_job
 	$n_restart++;
 	my $tab = "resumed_$n_restart";
 	my $jid = $node->safe_psql('postgres', qq{SELECT * FROM rvbbit.sql(\$\$MAP PARALLEL 8 '$echo'
-  USING (SELECT n, CASE WHEN n <= 5 THEN '' ELSE '[[latency:12000]] ' END || '$how ' || n AS text
+  USING (SELECT n, CASE WHEN n <= 5 THEN '' ELSE '[[latency:20000]] ' END || '$how ' || n AS text
          FROM generate_series(1, 8) n)
   WITH (async = true, as_table = '$tab')\$\$)});
 	ok($node->poll_query_until('postgres', qq{SELECT count(*) FROM rvbbit.call_log c
@@ -146,7 +154,7 @@ sub interrupted_job
 	   WHERE j.id = $jid AND c.status = 'ok'}, '5'), "$how: the fast rows are done");
 	ok(wait_until(sub { in_flight() == 3 }, 30), "$how: the slow rows are in flight");
 	mock_post($mock, '/reset');
-	$interrupt->();
+	$interrupt->($jid);
 	ok(wait_status($jid, 'done|failed', 120), "$how: the job ends (it does not stay running)");
 	is(job_field($jid, 'status, attempts'), 'done|2', "$how: the job was resumed and is done");
 	is($node->safe_psql('postgres', "SELECT count(result) FROM $tab"), '8', "$how: all rows written");
@@ -156,7 +164,8 @@ sub interrupted_job
 interrupted_job('fast restart', sub { $node->restart });
 interrupted_job('immediate stop', sub { $node->stop('immediate'); $node->start });
 interrupted_job('crash restart', sub {
-	my $pid = $node->safe_psql('postgres', "SELECT runner_pid FROM rvbbit.job_log WHERE status = 'running'");
+	my ($jid) = @_;
+	my $pid = $node->safe_psql('postgres', "SELECT runner_pid FROM rvbbit.job_log WHERE id = $jid");
 	kill 'KILL', $pid;
 	# the postmaster restarts every process; wait_status polls through it
 });
