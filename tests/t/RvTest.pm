@@ -19,6 +19,24 @@ our @EXPORT = qw(start_mock stop_mock mock_get mock_post new_rv_node wait_until
 
 my $root = $ENV{RV_ROOT} or die "RV_ROOT is not set";
 
+# mocks this test started, stopped at exit even when the test dies
+my @started_mocks;
+my $parent_pid = $$;
+
+END
+{
+	if ($$ == $parent_pid)
+	{
+		for my $m (@started_mocks)
+		{
+			next unless $m->{pid};
+			kill 'TERM', $m->{pid};
+			waitpid($m->{pid}, 0);
+			$m->{pid} = 0;
+		}
+	}
+}
+
 # An inline cascade that sends input.text as the prompt.
 sub inline_echo
 {
@@ -50,14 +68,18 @@ sub start_mock
 	my $port = <$fh>;
 	close($fh);
 	chomp $port;
-	return { pid => $pid, port => $port, dir => $dir };
+	my $mock = { pid => $pid, port => $port, dir => $dir };
+	push @started_mocks, $mock;
+	return $mock;
 }
 
 sub stop_mock
 {
 	my ($mock) = @_;
+	return unless $mock->{pid};
 	kill 'TERM', $mock->{pid};
 	waitpid($mock->{pid}, 0);
+	$mock->{pid} = 0;
 }
 
 sub mock_get
