@@ -41,23 +41,18 @@ typedef struct EstProvider
 	RvFlavor	flavor;
 } EstProvider;
 
-/* The provider a model goes to (same rule as the worker). */
+/* rv_route() callback: the prefix of provider i. */
+static const char *
+est_prefix_of(const void *providers, int i)
+{
+	return ((const EstProvider *) providers)[i].prefix;
+}
+
+/* The provider a model goes to (the worker's rule, rv_route()). */
 static EstProvider *
 est_route(EstProvider *p, int n, const char *model_ref, const char **model)
 {
-	const char *colon = strchr(model_ref, ':');
-	int			i;
-
-	*model = model_ref;
-	if (colon != NULL)
-		for (i = 1; i < n; i++)
-			if ((size_t) (colon - model_ref) == strlen(p[i].prefix) &&
-				strncmp(model_ref, p[i].prefix, colon - model_ref) == 0)
-			{
-				*model = colon + 1;
-				return &p[i];
-			}
-	return &p[0];
+	return &p[rv_route(model_ref, n, est_prefix_of, p, model)];
 }
 
 /* Price per token of a model from rvbbit.model_prices (0 when unknown). */

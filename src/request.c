@@ -81,6 +81,31 @@ rv_cell_request(const RvCell *cell, json_object *scope, bool strict,
 	return body;
 }
 
+int
+rv_route(const char *model_ref, int nproviders,
+		 const char *(*prefix_of) (const void *providers, int i),
+		 const void *providers, const char **model)
+{
+	const char *colon = strchr(model_ref, ':');
+	int			i;
+
+	*model = model_ref;
+	if (colon == NULL)
+		return 0;
+	for (i = 1; i < nproviders; i++)
+	{
+		const char *prefix = prefix_of(providers, i);
+		size_t		n = strlen(prefix);
+
+		if ((size_t) (colon - model_ref) == n && strncmp(model_ref, prefix, n) == 0)
+		{
+			*model = colon + 1;
+			return i;
+		}
+	}
+	return 0;
+}
+
 void
 rv_call_key(const char *api_base, const char *body, size_t len, char *out)
 {

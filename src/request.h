@@ -29,6 +29,16 @@ extern char *rv_cell_request(const RvCell *cell, json_object *scope, bool strict
 							 json_object **messages, RvError *err, const char **what);
 
 /*
+ * Which provider a model reference ("prefix:model" or "model") goes to:
+ * the index i >= 1 of the provider whose prefix (prefix_of(providers, i))
+ * matches, with *model set to the name after the colon; else 0, the
+ * default provider, with *model the whole reference.
+ */
+extern int	rv_route(const char *model_ref, int nproviders,
+					 const char *(*prefix_of) (const void *providers, int i),
+					 const void *providers, const char **model);
+
+/*
  * The cache key of a request: hex SHA-256 over a version tag, the
  * provider's base URL and the body.  Needs CurrentResourceOwner set.
  */

@@ -777,29 +777,19 @@ wk_task_fail(WkTask *t, int sqlstate, const char *msg, const char *detail,
 	wk_task_free(t);
 }
 
+/* rv_route() callback: the prefix of provider i. */
+static const char *
+wk_prefix_of(const void *providers, int i)
+{
+	return ((const WkProvider *) providers)[i].prefix;
+}
+
 /* Pick the provider for a model reference; sets *model to the bare name. */
 static WkProvider *
 wk_route(WkStmt *s, const char *model_ref, const char **model)
 {
-	const char *colon = strchr(model_ref, ':');
-	int			i;
-
-	*model = model_ref;
-	if (colon != NULL)
-	{
-		for (i = 1; i < s->nproviders; i++)
-		{
-			size_t		n = strlen(s->providers[i].prefix);
-
-			if ((size_t) (colon - model_ref) == n &&
-				strncmp(model_ref, s->providers[i].prefix, n) == 0)
-			{
-				*model = colon + 1;
-				return &s->providers[i];
-			}
-		}
-	}
-	return &s->providers[0];
+	return &s->providers[rv_route(model_ref, s->nproviders, wk_prefix_of,
+								  s->providers, model)];
 }
 
 /*
