@@ -235,15 +235,9 @@ rv_jobs_init(void)
 	prev_shmem_startup_hook = shmem_startup_hook;
 	shmem_startup_hook = jobs_shmem_startup;
 
-	memset(&worker, 0, sizeof(worker));
-	worker.bgw_flags = BGWORKER_SHMEM_ACCESS | BGWORKER_BACKEND_DATABASE_CONNECTION;
-	worker.bgw_start_time = BgWorkerStart_RecoveryFinished;
 	/* restarted after a crash restart (and 10 s after an error exit) */
-	worker.bgw_restart_time = 10;
-	snprintf(worker.bgw_library_name, BGW_MAXLEN, "rvbbit");
-	snprintf(worker.bgw_function_name, BGW_MAXLEN, "rv_jobs_launcher_main");
-	snprintf(worker.bgw_name, BGW_MAXLEN, "rvbbit jobs launcher");
-	snprintf(worker.bgw_type, BGW_MAXLEN, "rvbbit jobs launcher");
+	rv_bgworker_prepare(&worker, BgWorkerStart_RecoveryFinished, 10,
+						"rv_jobs_launcher_main", "rvbbit jobs launcher");
 	RegisterBackgroundWorker(&worker);
 }
 
@@ -343,15 +337,10 @@ jobs_start_runner(int64 job_id, Oid dboid, TransactionId xid)
 	BackgroundWorkerHandle *handle;
 	JobsRunnerArgs args;
 
-	memset(&worker, 0, sizeof(worker));
-	worker.bgw_flags = BGWORKER_SHMEM_ACCESS | BGWORKER_BACKEND_DATABASE_CONNECTION;
-	worker.bgw_start_time = BgWorkerStart_RecoveryFinished;
-	worker.bgw_restart_time = BGW_NEVER_RESTART;
-	snprintf(worker.bgw_library_name, BGW_MAXLEN, "rvbbit");
-	snprintf(worker.bgw_function_name, BGW_MAXLEN, "rv_jobs_runner_main");
+	rv_bgworker_prepare(&worker, BgWorkerStart_RecoveryFinished, BGW_NEVER_RESTART,
+						"rv_jobs_runner_main", JOBS_RUNNER_TYPE);
 	snprintf(worker.bgw_name, BGW_MAXLEN, "rvbbit job runner for job %lld",
 			 (long long) job_id);
-	snprintf(worker.bgw_type, BGW_MAXLEN, JOBS_RUNNER_TYPE);
 	/* the job id travels in bgw_extra; main_arg is only informative */
 	worker.bgw_main_arg = Int32GetDatum((int32) job_id);
 	args.job_id = job_id;
@@ -703,30 +692,6 @@ jobs_sigterm(SIGNAL_ARGS)
 	die(postgres_signal_arg);
 }
 
-/* Begin a runner transaction with SPI and a snapshot. */
-static void
-jobs_xact_begin(const char *activity)
-{
-	SetCurrentStatementStartTimestamp();
-	StartTransactionCommand();
-	SPI_connect();
-	PushActiveSnapshot(GetTransactionSnapshot());
-	pgstat_report_activity(STATE_RUNNING, activity);
-}
-
-/* Commit (or, when abort, roll back) a runner transaction. */
-static void
-jobs_xact_end(bool abort)
-{
-	PopActiveSnapshot();
-	SPI_finish();
-	if (abort)
-		AbortCurrentTransaction();
-	else
-		CommitTransactionCommand();
-	pgstat_report_stat(false);
-	pgstat_report_activity(STATE_IDLE, NULL);
-}
 
 /*
  * Exit callback of a runner (before_shmem_exit, so it runs before the
@@ -753,7 +718,7 @@ jobs_runner_exit(int code, Datum arg)
 	vals[1] = Int32GetDatum(MyProcPid);
 	vals[2] = Int32GetDatum(JOBS_MAX_ATTEMPTS);
 
-	jobs_xact_begin("rvbbit: job runner exiting");
+	rv_bgxact_begin("rvbbit: job runner exiting");
 	jobs_priv_begin(&priv);
 	if (jobs_got_sigterm)
 	{
@@ -792,7 +757,7 @@ jobs_runner_exit(int code, Datum arg)
 								   2, types, vals, NULL, false, 0) != SPI_OK_UPDATE)
 		elog(ERROR, "could not update rvbbit.job_log");
 	jobs_priv_end(&priv);
-	jobs_xact_end(false);
+	rv_bgxact_end(false);
 }
 
 /*
@@ -808,7 +773,7 @@ jobs_claim(int64 job_id, JobsJob *job)
 	Oid			types[4] = {INT8OID, INT4OID, TIMESTAMPTZOID, OIDOID};
 	Datum		vals[4];
 
-	jobs_xact_begin("rvbbit: starting a job");
+	rv_bgxact_begin("rvbbit: starting a job");
 	if (OidIsValid(jobs_log_relid()))
 	{
 		vals[0] = Int64GetDatum(job_id);
@@ -839,7 +804,7 @@ jobs_claim(int64 job_id, JobsJob *job)
 		}
 		jobs_priv_end(&priv);
 	}
-	jobs_xact_end(false);
+	rv_bgxact_end(false);
 	return claimed;
 }
 
@@ -872,7 +837,7 @@ jobs_run(JobsJob *job)
 	bool		cancelled;
 	TupleDesc	td;
 
-	jobs_xact_begin(job->statement);
+	rv_bgxact_begin(job->statement);
 	debug_query_string = job->statement;
 
 	/* the session settings saved at submission */
@@ -962,7 +927,7 @@ jobs_run(JobsJob *job)
 		elog(ERROR, "could not update rvbbit.job_log");
 	cancelled = (SPI_processed == 0);
 	jobs_priv_end(&priv);
-	jobs_xact_end(cancelled);
+	rv_bgxact_end(cancelled);
 	debug_query_string = NULL;
 }
 
@@ -980,7 +945,7 @@ jobs_record_failure(int64 job_id, const char *message)
 	vals[0] = Int64GetDatum(job_id);
 	vals[1] = CStringGetTextDatum(message);
 	vals[2] = Int32GetDatum(MyProcPid);
-	jobs_xact_begin("rvbbit: recording a failed job");
+	rv_bgxact_begin("rvbbit: recording a failed job");
 	jobs_priv_begin(&priv);
 	if (SPI_execute_with_args("UPDATE rvbbit.job_log AS j SET status = 'failed', finished_at = now(), "
 							  "error = $2, spent = coalesce(j.spent, 0) + " JOBS_RUN_SPENT " "
@@ -988,7 +953,7 @@ jobs_record_failure(int64 job_id, const char *message)
 							  3, types, vals, NULL, false, 0) != SPI_OK_UPDATE)
 		elog(ERROR, "could not update rvbbit.job_log");
 	jobs_priv_end(&priv);
-	jobs_xact_end(false);
+	rv_bgxact_end(false);
 }
 
 /*
@@ -1098,10 +1063,10 @@ rv_jobs_recover_main(Datum main_arg)
 					PGC_USERSET, PGC_S_SESSION);
 	incarnation = jobs_incarnation();
 
-	jobs_xact_begin("rvbbit: resuming interrupted jobs");
+	rv_bgxact_begin("rvbbit: resuming interrupted jobs");
 	if (!OidIsValid(jobs_log_relid()))
 	{
-		jobs_xact_end(false);
+		rv_bgxact_end(false);
 		proc_exit(0);
 	}
 	jobs_priv_begin(&priv);
@@ -1168,7 +1133,7 @@ rv_jobs_recover_main(Datum main_arg)
 		}
 	}
 	jobs_priv_end(&priv);
-	jobs_xact_end(false);
+	rv_bgxact_end(false);
 	proc_exit(0);
 }
 
@@ -1224,14 +1189,9 @@ jobs_recover_database(Oid dboid)
 	BackgroundWorkerHandle *handle;
 	int			tries;
 
-	memset(&worker, 0, sizeof(worker));
-	worker.bgw_flags = BGWORKER_SHMEM_ACCESS | BGWORKER_BACKEND_DATABASE_CONNECTION;
-	worker.bgw_start_time = BgWorkerStart_RecoveryFinished;
-	worker.bgw_restart_time = BGW_NEVER_RESTART;
-	snprintf(worker.bgw_library_name, BGW_MAXLEN, "rvbbit");
-	snprintf(worker.bgw_function_name, BGW_MAXLEN, "rv_jobs_recover_main");
+	rv_bgworker_prepare(&worker, BgWorkerStart_RecoveryFinished, BGW_NEVER_RESTART,
+						"rv_jobs_recover_main", "rvbbit job recovery");
 	snprintf(worker.bgw_name, BGW_MAXLEN, "rvbbit job recovery for database %u", dboid);
-	snprintf(worker.bgw_type, BGW_MAXLEN, "rvbbit job recovery");
 	worker.bgw_main_arg = ObjectIdGetDatum(dboid);
 	worker.bgw_notify_pid = MyProcPid;
 

@@ -21,13 +21,65 @@
  */
 #include "postgres.h"
 
+#include "access/xact.h"
+#include "executor/spi.h"
 #include "miscadmin.h"
+#include "pgstat.h"
 #include "postmaster/bgworker.h"
 #include "storage/latch.h"
 #include "storage/proc.h"
+#include "utils/snapmgr.h"
 #include "utils/timestamp.h"
 
 #include "rvbbit.h"
+
+/*
+ * Fill a BackgroundWorker for one of rvbbit's background processes: a
+ * database-connected worker of this library running function, shown as
+ * type (bgw_name is set to type too; callers may overwrite it).
+ */
+void
+rv_bgworker_prepare(BackgroundWorker *worker, BgWorkerStartTime start,
+					int restart_time, const char *function, const char *type)
+{
+	memset(worker, 0, sizeof(BackgroundWorker));
+	worker->bgw_flags = BGWORKER_SHMEM_ACCESS | BGWORKER_BACKEND_DATABASE_CONNECTION;
+	worker->bgw_start_time = start;
+	worker->bgw_restart_time = restart_time;
+	snprintf(worker->bgw_library_name, BGW_MAXLEN, "rvbbit");
+	snprintf(worker->bgw_function_name, BGW_MAXLEN, "%s", function);
+	snprintf(worker->bgw_type, BGW_MAXLEN, "%s", type);
+	snprintf(worker->bgw_name, BGW_MAXLEN, "%s", type);
+}
+
+/*
+ * Start a short transaction with SPI and a snapshot in a background
+ * process (worker, job runner), reporting activity in pg_stat_activity.
+ * End it with rv_bgxact_end().
+ */
+void
+rv_bgxact_begin(const char *activity)
+{
+	SetCurrentStatementStartTimestamp();
+	StartTransactionCommand();
+	SPI_connect();
+	PushActiveSnapshot(GetTransactionSnapshot());
+	pgstat_report_activity(STATE_RUNNING, activity);
+}
+
+/* Commit (or, when abort, roll back) a transaction of rv_bgxact_begin(). */
+void
+rv_bgxact_end(bool abort)
+{
+	SPI_finish();
+	PopActiveSnapshot();
+	if (abort)
+		AbortCurrentTransaction();
+	else
+		CommitTransactionCommand();
+	pgstat_report_stat(false);
+	pgstat_report_activity(STATE_IDLE, NULL);
+}
 
 /*
  * Register a dynamic background worker for slot index idx.  Caller holds
@@ -41,15 +93,10 @@ pool_start_worker(int idx)
 	BackgroundWorkerHandle *handle;
 	uint64		gen = rv_shared->workers[idx].generation;
 
-	memset(&worker, 0, sizeof(worker));
-	worker.bgw_flags = BGWORKER_SHMEM_ACCESS | BGWORKER_BACKEND_DATABASE_CONNECTION;
-	worker.bgw_start_time = BgWorkerStart_ConsistentState;
-	worker.bgw_restart_time = BGW_NEVER_RESTART;
-	snprintf(worker.bgw_library_name, BGW_MAXLEN, "rvbbit");
-	snprintf(worker.bgw_function_name, BGW_MAXLEN, "rv_worker_main");
+	rv_bgworker_prepare(&worker, BgWorkerStart_ConsistentState, BGW_NEVER_RESTART,
+						"rv_worker_main", "rvbbit worker");
 	snprintf(worker.bgw_name, BGW_MAXLEN, "rvbbit worker %d for database %u",
 			 idx, MyDatabaseId);
-	snprintf(worker.bgw_type, BGW_MAXLEN, "rvbbit worker");
 	worker.bgw_main_arg = Int32GetDatum(idx);
 	memcpy(worker.bgw_extra, &gen, sizeof(gen));
 	worker.bgw_notify_pid = 0;

@@ -17,6 +17,7 @@
 
 #include "datatype/timestamp.h"
 #include "port/atomics.h"
+#include "postmaster/bgworker.h"
 #include "storage/dsm.h"
 #include "storage/lwlock.h"
 #include "storage/shm_mq.h"
@@ -189,6 +190,13 @@ typedef struct RvSegmentHeader
 
 /* worker.c */
 extern PGDLLEXPORT void rv_worker_main(Datum main_arg);
+
+/* pool.c: helpers of rvbbit's background processes */
+extern void rv_bgworker_prepare(BackgroundWorker *worker, BgWorkerStartTime start,
+								int restart_time, const char *function,
+								const char *type);
+extern void rv_bgxact_begin(const char *activity);
+extern void rv_bgxact_end(bool abort);
 
 /* pool.c: assigning statements to workers */
 extern int	rv_pool_submit(dsm_handle handle, uint64 *generation);

@@ -290,25 +290,6 @@ wk_stmt_fatal(WkStmt *s, int sqlstate, const char *msg, const char *detail,
  * ----------------------------------------------------------------
  */
 
-static void
-wk_xact_begin(const char *what)
-{
-	SetCurrentStatementStartTimestamp();
-	StartTransactionCommand();
-	SPI_connect();
-	PushActiveSnapshot(GetTransactionSnapshot());
-	pgstat_report_activity(STATE_RUNNING, what);
-}
-
-static void
-wk_xact_commit(void)
-{
-	SPI_finish();
-	PopActiveSnapshot();
-	CommitTransactionCommand();
-	pgstat_report_stat(false);
-	pgstat_report_activity(STATE_IDLE, NULL);
-}
 
 /*
  * Report and clear an error caught from a worker transaction, and abort
@@ -348,7 +329,7 @@ wk_load_config(WkStmt *s, json_object *hdr)
 	{
 		uint64		i;
 
-		wk_xact_begin("rvbbit: loading providers");
+		rv_bgxact_begin("rvbbit: loading providers");
 		if (SPI_execute("SELECT prefix, api_base, api_flavor, api_key, api_key_env, "
 						"requests_per_minute, tokens_per_minute FROM rvbbit.providers",
 						true, 0) != SPI_OK_SELECT)
@@ -431,7 +412,7 @@ wk_load_config(WkStmt *s, json_object *hdr)
 			json_object_array_add(pair, json_object_new_double(pout ? atof(pout) : 0));
 			json_object_object_add(s->prices, model, pair);
 		}
-		wk_xact_commit();
+		rv_bgxact_end(false);
 	}
 	PG_CATCH();
 	{
@@ -478,7 +459,7 @@ wk_cache_lookup(void)
 		Datum		args[1];
 		uint64		i;
 
-		wk_xact_begin("rvbbit: cache lookup");
+		rv_bgxact_begin("rvbbit: cache lookup");
 		args[0] = CStringGetTextDatum(json_object_to_json_string_ext(keys, JSON_C_TO_STRING_PLAIN));
 		if (SPI_execute_with_args("SELECT key, response, input_tokens, output_tokens, "
 								  "extract(epoch FROM now() - created_at)::float8 "
@@ -502,7 +483,7 @@ wk_cache_lookup(void)
 			json_object_object_add(hit, "age", json_object_new_double(age ? atof(age) : 0));
 			json_object_object_add(hits, SPI_getvalue(tup, td, 1), hit);
 		}
-		wk_xact_commit();
+		rv_bgxact_end(false);
 	}
 	PG_CATCH();
 	{
@@ -559,7 +540,7 @@ wk_flush_writes(void)
 		Oid			argtypes[1] = {TEXTOID};
 		Datum		args[1];
 
-		wk_xact_begin("rvbbit: recording calls");
+		rv_bgxact_begin("rvbbit: recording calls");
 		if (have_cache)
 		{
 			args[0] = CStringGetTextDatum(json_object_to_json_string_ext(wk_cache_rows, JSON_C_TO_STRING_PLAIN));
@@ -589,7 +570,7 @@ wk_flush_writes(void)
 									  1, argtypes, args, NULL, false, 0) != SPI_OK_INSERT)
 				elog(ERROR, "could not write rvbbit.call_log");
 		}
-		wk_xact_commit();
+		rv_bgxact_end(false);
 	}
 	PG_CATCH();
 	{
