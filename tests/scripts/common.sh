@@ -3,10 +3,11 @@
 # Source it; it defines functions and nothing runs.
 
 RV_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
-PG_BINDIR=/usr/lib/postgresql/15/bin
+PG_MAJOR="${PG_MAJOR:-15}"
+PG_BINDIR=/usr/lib/postgresql/$PG_MAJOR/bin
 PG_CONFIG="$PG_BINDIR/pg_config"
-PG_REGRESS=/usr/lib/postgresql/15/lib/pgxs/src/test/regress/pg_regress
-PG_PERL=/usr/lib/postgresql/15/lib/pgxs/src/test/perl
+PG_REGRESS=/usr/lib/postgresql/$PG_MAJOR/lib/pgxs/src/test/regress/pg_regress
+PG_PERL=/usr/lib/postgresql/$PG_MAJOR/lib/pgxs/src/test/perl
 # Debian's own python has psycopg2; the mock needs only the standard library
 PYTHON=/usr/bin/python3
 [ -x "$PYTHON" ] || PYTHON=python3
@@ -26,6 +27,30 @@ build_install() {
   [ "$(id -u)" -ne 0 ] && sudo="sudo"
   make -C "$RV_ROOT" -s PG_CONFIG="$PG_CONFIG" COPT="-Werror" -j2 >/dev/null
   $sudo make -C "$RV_ROOT" -s PG_CONFIG="$PG_CONFIG" install >/dev/null
+}
+
+# build_only: build warning-free (-Werror), install nothing
+build_only() {
+  make -C "$RV_ROOT" -s PG_CONFIG="$PG_CONFIG" COPT="-Werror" -j2 >/dev/null
+}
+
+# private_install DIR: a private copy of the PostgreSQL server binaries with
+# this build installed into it (PostgreSQL finds its share and lib
+# directories relative to its own binary), so a test run never writes to the
+# system's extension directory and concurrent runs from different checkouts
+# cannot load each other's library.  Points PG_BINDIR, PG_REGRESS and
+# PG_PERL at the copy.
+private_install() {
+  local dir="$1"
+  rm -rf "$dir"
+  mkdir -p "$dir/usr/lib/postgresql" "$dir/usr/share/postgresql"
+  cp -a "/usr/lib/postgresql/$PG_MAJOR" "$dir/usr/lib/postgresql/"
+  cp -a "/usr/share/postgresql/$PG_MAJOR" "$dir/usr/share/postgresql/"
+  make -C "$RV_ROOT" -s PG_CONFIG="$PG_CONFIG" DESTDIR="$dir" install >/dev/null || return 1
+  PG_BINDIR="$dir/usr/lib/postgresql/$PG_MAJOR/bin"
+  PG_REGRESS="$dir/usr/lib/postgresql/$PG_MAJOR/lib/pgxs/src/test/regress/pg_regress"
+  PG_PERL="$dir/usr/lib/postgresql/$PG_MAJOR/lib/pgxs/src/test/perl"
+  export PG_BINDIR PG_REGRESS PG_PERL
 }
 
 # mock_start DIR [ARGS...]: start the mock provider; sets MOCK_PORT, MOCK_PID

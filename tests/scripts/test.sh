@@ -28,8 +28,8 @@ record() {
   printf '%-10s %d passed, %d failed\n' "$1:" "$2" "$3"
 }
 
-echo "== build (warnings are errors)"
-if ! build_install; then
+echo "== build (warnings are errors), installed into a private copy of the server"
+if ! { build_only && private_install "$work/inst"; }; then
   echo "build failed"
   make -C "$RV_ROOT" PG_CONFIG="$PG_CONFIG" COPT="-Werror" 2>&1 | grep -E "error|warning" | head -30
   echo "total: 0 passed, 1 failed"
