@@ -38,11 +38,15 @@ include $(PGXS)
 # PGXS does not track header dependencies: rebuild everything when one changes
 $(OBJS): $(wildcard $(srcdir)/src/*.h)
 
-# the example cascades go to $(sharedir)/extension/rvbbit_cascades
+# the example cascades go to $(sharedir)/extension/rvbbit_cascades; the
+# RVBBIT examples' names ('traits/extract_brand.yaml', ...) are there too
+RVBBIT_TRAITS = extract_brand classify_sentiment
 install: install-cascades
 install-cascades:
-	$(MKDIR_P) '$(DESTDIR)$(datadir)/extension/rvbbit_cascades'
+	$(MKDIR_P) '$(DESTDIR)$(datadir)/extension/rvbbit_cascades/traits'
 	$(INSTALL_DATA) $(srcdir)/cascades/*.yaml '$(DESTDIR)$(datadir)/extension/rvbbit_cascades/'
+	$(INSTALL_DATA) $(addprefix $(srcdir)/cascades/,$(addsuffix .yaml,$(RVBBIT_TRAITS))) \
+		'$(DESTDIR)$(datadir)/extension/rvbbit_cascades/traits/'
 uninstall: uninstall-cascades
 uninstall-cascades:
 	rm -rf '$(DESTDIR)$(datadir)/extension/rvbbit_cascades'

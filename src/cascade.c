@@ -1822,3 +1822,125 @@ rv_cascade_is_inline(const char *text)
 	}
 	return false;
 }
+
+/*
+ * How many bytes of name to quote in an error: at most RV_CASCADE_NAME_MAX,
+ * never cutting a UTF-8 sequence.
+ */
+static int
+cas_quote_len(const char *name)
+{
+	size_t		n = strlen(name);
+
+	if (n <= RV_CASCADE_NAME_MAX)
+		return (int) n;
+	n = RV_CASCADE_NAME_MAX;
+	while (n > 0 && (((unsigned char) name[n]) & 0xC0) == 0x80)
+		n--;
+	return (int) n;
+}
+
+/*
+ * rv_cascade_name_normalize: see cascade.h for the rule.  Works on the
+ * bytes of the name (any server encoding is ASCII-compatible in the
+ * characters the rule looks at); needs no allocation.
+ */
+bool
+rv_cascade_name_normalize(const char *name, char *out, RvError *err)
+{
+	size_t		len;
+	size_t		o = 0;
+	const char *p;
+
+	out[0] = '\0';
+	if (name == NULL || name[0] == '\0')
+	{
+		rv_error_set(err, "cascade name must not be empty");
+		return false;
+	}
+	len = strlen(name);
+	for (p = name; *p; p++)
+	{
+		unsigned char c = (unsigned char) *p;
+
+		if (c < 0x20 || c == 0x7f || c == '\\')
+		{
+			rv_error_set(err, "cascade name contains a control character or a backslash");
+			rv_error_detail(err, "Character %d of the name is not allowed.",
+							(int) (p - name) + 1);
+			return false;
+		}
+	}
+	if (isspace((unsigned char) name[0]) || isspace((unsigned char) name[len - 1]))
+	{
+		rv_error_set(err, "cascade name \"%.*s\" begins or ends with white space",
+					 cas_quote_len(name), name);
+		return false;
+	}
+	if (name[0] == '/')
+	{
+		rv_error_set(err, "cascade name \"%.*s\" is not allowed", cas_quote_len(name), name);
+		rv_error_detail(err, "A cascade name is relative: it may not begin with \"/\".");
+		return false;
+	}
+
+	/* components: drop "" and ".", refuse "..", copy the rest */
+	p = name;
+	while (*p)
+	{
+		const char *slash = strchr(p, '/');
+		size_t		n = slash ? (size_t) (slash - p) : strlen(p);
+
+		if (n == 2 && p[0] == '.' && p[1] == '.')
+		{
+			rv_error_set(err, "cascade name \"%.*s\" is not allowed", cas_quote_len(name), name);
+			rv_error_detail(err, "A cascade name may not contain a \"..\" component.");
+			return false;
+		}
+		if (n > 0 && !(n == 1 && p[0] == '.'))
+		{
+			/* +5: room for a ".yaml" suffix that is removed below */
+			if (o + (o > 0) + n > RV_CASCADE_NAME_MAX + 5)
+			{
+				rv_error_set(err, "cascade name is too long");
+				rv_error_detail(err, "A cascade name has at most %d bytes without its suffix.",
+								RV_CASCADE_NAME_MAX);
+				return false;
+			}
+			if (o > 0)
+				out[o++] = '/';
+			memcpy(out + o, p, n);
+			o += n;
+		}
+		if (slash == NULL)
+			break;
+		p = slash + 1;
+	}
+	out[o] = '\0';
+
+	/* one trailing suffix */
+	if (o >= 5 && strcmp(out + o - 5, ".yaml") == 0)
+		o -= 5;
+	else if (o >= 4 && strcmp(out + o - 4, ".yml") == 0)
+		o -= 4;
+	out[o] = '\0';
+
+	if (o == 0 || out[o - 1] == '/')
+	{
+		rv_error_set(err, "cascade name \"%.*s\" is empty once normalised",
+					 cas_quote_len(name), name);
+		rv_error_detail(err, "Nothing is left of it after removing \".\" components, "
+						"slashes and a \".yaml\" or \".yml\" suffix.");
+		out[0] = '\0';
+		return false;
+	}
+	if (o > RV_CASCADE_NAME_MAX)
+	{
+		rv_error_set(err, "cascade name is too long");
+		rv_error_detail(err, "A cascade name has at most %d bytes without its suffix.",
+						RV_CASCADE_NAME_MAX);
+		out[0] = '\0';
+		return false;
+	}
+	return true;
+}

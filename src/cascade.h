@@ -95,4 +95,26 @@ extern void rv_cascade_free(RvCascade *cascade);
  */
 extern bool rv_cascade_is_inline(const char *text);
 
+/* Longest cascade name after normalisation, in bytes. */
+#define RV_CASCADE_NAME_MAX 200
+/* Size of the buffer rv_cascade_name_normalize() writes (room for a suffix). */
+#define RV_CASCADE_NAME_BUF (RV_CASCADE_NAME_MAX + 6)
+
+/*
+ * The one normalisation rule for cascade names, used by create_cascade,
+ * drop_cascade and every lookup (registry, rvbbit.cascade_path, the
+ * shipped examples):
+ *   - the name is not empty, has no control character or backslash and
+ *     does not begin or end with white space;
+ *   - it is relative: no leading "/", no ".." component;
+ *   - "." components and repeated or trailing slashes are dropped
+ *     ("./traits//x.yaml" is "traits/x.yaml");
+ *   - one trailing ".yaml" or ".yml" (lower case) is removed;
+ *   - what is left is 1 to RV_CASCADE_NAME_MAX bytes.
+ * Case, dots, quotes, spaces and non-ASCII letters are kept as they are.
+ * Writes the normalised name to out (RV_CASCADE_NAME_BUF bytes) and
+ * returns true, or fills err and returns false.
+ */
+extern bool rv_cascade_name_normalize(const char *name, char *out, RvError *err);
+
 #endif							/* RV_CASCADE_H */

@@ -60,6 +60,7 @@ PG_FUNCTION_INFO_V1(rvbbit_create_cascade);
 PG_FUNCTION_INFO_V1(rvbbit_drop_cascade);
 PG_FUNCTION_INFO_V1(rvbbit_progress);
 PG_FUNCTION_INFO_V1(rvbbit_validate_cascade);
+PG_FUNCTION_INFO_V1(rvbbit_cascade_name);
 
 #define MAP_FETCH_BATCH 500
 #define MAX_CASCADE_FILE (4 * 1024 * 1024)
@@ -70,34 +71,34 @@ PG_FUNCTION_INFO_V1(rvbbit_validate_cascade);
  */
 
 /*
- * Is name safe to look up as a file below a directory: relative, no ".."
- * component, no NUL or backslash?
+ * rv_cascade_name: the normalised form of a cascade name (the rule is
+ * rv_cascade_name_normalize() in cascade.c), palloc'd in the current
+ * context.  Raises ERRCODE_INVALID_NAME for a name the rule refuses.
+ * Every use of a name (create, drop, registry lookup, files) goes through
+ * here, so a name finds what was created under it.
  */
-static bool
-map_safe_relative(const char *name)
+char *
+rv_cascade_name(const char *name)
 {
-	const char *p = name;
+	char		out[RV_CASCADE_NAME_BUF];
+	RvError		err;
 
-	if (name[0] == '\0' || name[0] == '/' || strchr(name, '\\') != NULL)
-		return false;
-	while (*p)
-	{
-		const char *slash = strchr(p, '/');
-		size_t		n = slash ? (size_t) (slash - p) : strlen(p);
-
-		if (n == 2 && p[0] == '.' && p[1] == '.')
-			return false;
-		if (slash == NULL)
-			break;
-		p = slash + 1;
-	}
-	return true;
+	rv_error_clear(&err);
+	if (!rv_cascade_name_normalize(name, out, &err))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_NAME),
+				 errmsg("%s", err.message),
+				 err.detail[0] ? errdetail("%s", err.detail) : 0,
+				 errhint("A cascade name is relative, like \"traits/extract_brand.yaml\"; "
+						 "a \".yaml\" or \".yml\" suffix is optional.")));
+	return pstrdup(out);
 }
 
 /*
  * Read dir/name[.yaml|.yml] if it exists and its real path stays inside
- * dir (symlinks out of the directory are refused).  Returns palloc'd text
- * or NULL when there is no such file.
+ * dir (symlinks out of the directory are refused).  name is normalised
+ * (rv_cascade_name), so it is relative and has no ".." component.
+ * Returns palloc'd text or NULL when there is no such file.
  */
 static char *
 map_read_cascade_file(const char *dir, const char *name, bool *refused)
@@ -109,11 +110,6 @@ map_read_cascade_file(const char *dir, const char *name, bool *refused)
 	*refused = false;
 	if (dir == NULL || dir[0] == '\0')
 		return NULL;
-	if (!map_safe_relative(name))
-	{
-		*refused = true;
-		return NULL;
-	}
 	if (realpath(dir, realdir) == NULL)
 		return NULL;
 
@@ -174,8 +170,7 @@ char *
 rv_resolve_cascade(const char *ref, char **display)
 {
 	char	   *def = NULL;
-	char	   *name = pstrdup(ref);
-	size_t		len = strlen(name);
+	char	   *name;
 	bool		refused = false;
 	bool		refused2 = false;
 
@@ -192,10 +187,7 @@ rv_resolve_cascade(const char *ref, char **display)
 		return pstrdup(ref);
 	}
 
-	if (len > 5 && strcmp(name + len - 5, ".yaml") == 0)
-		name[len - 5] = '\0';
-	else if (len > 4 && strcmp(name + len - 4, ".yml") == 0)
-		name[len - 4] = '\0';
+	name = rv_cascade_name(ref);
 	*display = pstrdup(name);
 
 	/* the registry */
@@ -228,12 +220,12 @@ rv_resolve_cascade(const char *ref, char **display)
 	def = map_read_cascade_file(map_examples_dir(), name, &refused2);
 	if (def)
 		return def;
-	if (refused)
+	if (refused || refused2)
 		ereport(ERROR,
 				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
 				 errmsg("cascade name \"%s\" is not allowed", ref),
-				 errdetail("A cascade file must be named relative to rvbbit.cascade_path and stay inside it."),
-				 errhint("Remove \"..\", leading slashes and links that point outside the directory.")));
+				 errdetail("A cascade file must stay inside its directory."),
+				 errhint("Remove links that point outside the directory.")));
 	ereport(ERROR,
 			(errcode(ERRCODE_UNDEFINED_OBJECT),
 			 errmsg("cascade \"%s\" does not exist", ref),
@@ -1796,24 +1788,6 @@ rvbbit_sql(PG_FUNCTION_ARGS)
  * ----------------------------------------------------------------
  */
 
-/* Check a registry name: 1-200 characters of [A-Za-z0-9_./-], relative. */
-static void
-map_check_name(const char *name)
-{
-	const char *p;
-
-	if (name[0] == '\0' || strlen(name) > 200)
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_NAME),
-				 errmsg("cascade name must be 1 to 200 characters long")));
-	for (p = name; *p; p++)
-		if (!(isalnum((unsigned char) *p) || *p == '_' || *p == '-' || *p == '.' || *p == '/'))
-			ereport(ERROR,
-					(errcode(ERRCODE_INVALID_NAME),
-					 errmsg("invalid cascade name \"%s\"", name),
-					 errhint("Use letters, digits, \"_\", \"-\", \".\" and \"/\".")));
-}
-
 /*
  * May the current outer user change or drop a cascade owned by owner?
  * Its owner, superusers and members of rvbbit_admin may.
@@ -1832,10 +1806,23 @@ map_may_manage(Oid owner)
 Datum
 rvbbit_validate_cascade(PG_FUNCTION_ARGS)
 {
-	char	   *def = text_to_cstring(PG_GETARG_TEXT_PP(0));
+	char	   *def;
 
+	rv_require_shared();
+	def = text_to_cstring(PG_GETARG_TEXT_PP(0));
 	rv_cascade_free(rv_check_cascade("definition", def));
 	PG_RETURN_VOID();
+}
+
+/*
+ * rvbbit._cascade_name(name text) returns text: the normalised name
+ * (rv_cascade_name).  IMMUTABLE and usable without the preload, because
+ * the CHECK constraint of rvbbit.cascades and the 0.2 upgrade call it.
+ */
+Datum
+rvbbit_cascade_name(PG_FUNCTION_ARGS)
+{
+	PG_RETURN_TEXT_P(cstring_to_text(rv_cascade_name(text_to_cstring(PG_GETARG_TEXT_PP(0)))));
 }
 
 /*
@@ -1852,13 +1839,13 @@ rvbbit_create_cascade(PG_FUNCTION_ARGS)
 	Oid			argtypes[3] = {TEXTOID, TEXTOID, OIDOID};
 	Datum		args[3];
 
+	rv_require_shared();
 	if (PG_ARGISNULL(0) || PG_ARGISNULL(1))
 		ereport(ERROR,
 				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
 				 errmsg("cascade name and definition must not be null")));
-	name = text_to_cstring(PG_GETARG_TEXT_PP(0));
+	name = rv_cascade_name(text_to_cstring(PG_GETARG_TEXT_PP(0)));
 	def = text_to_cstring(PG_GETARG_TEXT_PP(1));
-	map_check_name(name);
 	rv_cascade_free(rv_check_cascade(name, def));
 
 	SPI_connect();
@@ -1895,16 +1882,19 @@ rvbbit_create_cascade(PG_FUNCTION_ARGS)
 Datum
 rvbbit_drop_cascade(PG_FUNCTION_ARGS)
 {
+	char	   *given;
 	char	   *name;
 	bool		if_exists = PG_ARGISNULL(1) ? false : PG_GETARG_BOOL(1);
 	Oid			argtypes[1] = {TEXTOID};
 	Datum		args[1];
 
+	rv_require_shared();
 	if (PG_ARGISNULL(0))
 		ereport(ERROR,
 				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
 				 errmsg("cascade name must not be null")));
-	name = text_to_cstring(PG_GETARG_TEXT_PP(0));
+	given = text_to_cstring(PG_GETARG_TEXT_PP(0));
+	name = rv_cascade_name(given);
 	SPI_connect();
 	args[0] = CStringGetTextDatum(name);
 	if (SPI_execute_with_args("SELECT owner::oid FROM rvbbit.cascades WHERE name = $1 FOR UPDATE",
@@ -1916,12 +1906,12 @@ rvbbit_drop_cascade(PG_FUNCTION_ARGS)
 		if (if_exists)
 		{
 			ereport(NOTICE,
-					(errmsg("cascade \"%s\" does not exist, skipping", name)));
+					(errmsg("cascade \"%s\" does not exist, skipping", given)));
 			PG_RETURN_VOID();
 		}
 		ereport(ERROR,
 				(errcode(ERRCODE_UNDEFINED_OBJECT),
-				 errmsg("cascade \"%s\" does not exist", name)));
+				 errmsg("cascade \"%s\" does not exist", given)));
 	}
 	{
 		bool		isnull;

@@ -68,6 +68,7 @@ extern void rv_plan_statement(const char *text, int location, ParseState *pstate
 extern char *rv_map_sql(RvPlannedStatement *ps, ParseState *pstate);
 extern int64 rv_as_table(const char *stmt_text, char **table);
 extern char *rv_resolve_cascade(const char *ref, char **display);
+extern char *rv_cascade_name(const char *name);
 extern RvCascade *rv_check_cascade(const char *display, const char *def);
 
 #endif							/* RV_MAP_H */

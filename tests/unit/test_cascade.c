@@ -118,6 +118,20 @@ load_example(const char *name)
 	return c;
 }
 
+/* The normalised cascade name, or "ERROR: message". */
+static const char *
+norm(const char *name)
+{
+	static char out[RV_CASCADE_NAME_BUF];
+	static char msg[RV_ERRMSG_LEN + 8];
+
+	rv_error_clear(&last);
+	if (rv_cascade_name_normalize(name, out, &last))
+		return out;
+	snprintf(msg, sizeof(msg), "ERROR: %s", last.message);
+	return msg;
+}
+
 #define CELL_OK "cells:\n  - name: a\n    instructions: hi\n"
 
 int
@@ -493,6 +507,52 @@ main(void)
 		  strstr(c->cells[1].instructions, "outputs.facts.") != NULL,
 		  "example: two_step loads");
 	rv_cascade_free(c);
+
+	/* ---------------- cascade names ---------------- */
+	CHECK_STR(norm("extract_brand"), "extract_brand", "name: plain");
+	CHECK_STR(norm("extract_brand.yaml"), "extract_brand", "name: .yaml removed");
+	CHECK_STR(norm("extract_brand.yml"), "extract_brand", "name: .yml removed");
+	CHECK_STR(norm("traits/extract_brand.yaml"), "traits/extract_brand", "name: directory kept");
+	CHECK_STR(norm("./traits//extract_brand.yaml"), "traits/extract_brand", "name: . and // dropped");
+	CHECK_STR(norm("traits/"), "traits", "name: trailing slash dropped");
+	CHECK_STR(norm("x.yaml.yaml"), "x.yaml", "name: only one suffix removed");
+	CHECK_STR(norm("X.YAML"), "X.YAML", "name: upper-case suffix and case kept");
+	CHECK_STR(norm("v1.2/it's a \"test\" caf\xc3\xa9"), "v1.2/it's a \"test\" caf\xc3\xa9",
+			  "name: dots, quotes, spaces and UTF-8 kept");
+	CHECK_STR(norm("..x/y..z/.hidden"), "..x/y..z/.hidden", "name: dots inside components kept");
+	CHECK_STR(norm(""), "ERROR: cascade name must not be empty", "name: empty refused");
+	CHECK_STR(norm("../x"), "ERROR: cascade name \"../x\" is not allowed", "name: .. refused");
+	CHECK_STR(norm("a/../../x"), "ERROR: cascade name \"a/../../x\" is not allowed", "name: inner .. refused");
+	CHECK_STR(norm("a/.."), "ERROR: cascade name \"a/..\" is not allowed", "name: final .. refused");
+	CHECK_STR(norm("/etc/passwd"), "ERROR: cascade name \"/etc/passwd\" is not allowed", "name: absolute refused");
+	CHECK_STR(norm("a\\b"), "ERROR: cascade name contains a control character or a backslash",
+			  "name: backslash refused");
+	CHECK_STR(norm("a\nb"), "ERROR: cascade name contains a control character or a backslash",
+			  "name: newline refused");
+	CHECK_STR(norm(" x"), "ERROR: cascade name \" x\" begins or ends with white space", "name: leading space refused");
+	CHECK_STR(norm("x.yaml "), "ERROR: cascade name \"x.yaml \" begins or ends with white space",
+			  "name: trailing space refused");
+	CHECK_STR(norm(".yaml"), "ERROR: cascade name \".yaml\" is empty once normalised", "name: bare suffix refused");
+	CHECK_STR(norm("traits/.yml"), "ERROR: cascade name \"traits/.yml\" is empty once normalised",
+			  "name: bare suffix in a directory refused");
+	CHECK_STR(norm("./."), "ERROR: cascade name \"./.\" is empty once normalised", "name: only dots refused");
+	big = malloc(100001);
+	memset(big, 'a', 100000);
+	big[100000] = '\0';
+	CHECK_STR(norm(big), "ERROR: cascade name is too long", "name: 100000 bytes refused");
+	big[RV_CASCADE_NAME_MAX] = '\0';
+	CHECK_STR(norm(big), big, "name: exactly the maximum accepted");
+	strcpy(big + RV_CASCADE_NAME_MAX, ".yaml");
+	CHECK(strlen(norm(big)) == RV_CASCADE_NAME_MAX, "name: the maximum plus a suffix accepted");
+	big[RV_CASCADE_NAME_MAX] = 'b';
+	big[RV_CASCADE_NAME_MAX + 1] = '\0';
+	CHECK_STR(norm(big), "ERROR: cascade name is too long", "name: one byte over refused");
+	memset(big, '/', 5000);
+	big[5000] = '\0';
+	CHECK_STR(norm(big), "ERROR: cascade name \"////////////////////////////////////////////////////////////////"
+			  "////////////////////////////////////////////////////////////////////////////////////////////////////////"
+			  "////////////////////////////////\" is not allowed", "name: only slashes refused, quoted at most 200 bytes");
+	free(big);
 
 	return unit_done("cascade");
 }
