@@ -158,7 +158,7 @@ rvbbit_estimate(PG_FUNCTION_ARGS)
 			MemoryContextSwitchTo(old);
 		}
 
-		sql = psprintf("SELECT to_jsonb(_rvbbit_q.*) FROM (%s) AS _rvbbit_q%s",
+		sql = psprintf("SELECT to_jsonb(_rvbbit_q.*) FROM (%s\n) AS _rvbbit_q%s",
 					   ps.query, ps.opts.limit > 0 ? psprintf(" LIMIT %lld", (long long) ps.opts.limit) : "");
 		portal = SPI_cursor_open_with_args(NULL, sql, 0, NULL, NULL, NULL, true, 0);
 		for (;;)

@@ -322,12 +322,131 @@ rv_default_options(RvOptions *o)
 	o->budget_dollars = -1;
 }
 
+/* The option names, in RvOptId order. */
+static const char *const map_option_names[RV_NOPTIONS] = {
+	"model", "cache", "timeout", "max_retries", "on_error", "budget_dollars",
+	"parallel", "limit", "batch", "dedupe_by", "unpack", "as_table",
+	"result_column", "infer_schema", "async"
+};
+
+#define OPT(id) (1u << (id))
+#define MAP_OPTS_CALL (OPT(RV_OPT_MODEL) | OPT(RV_OPT_CACHE) | OPT(RV_OPT_TIMEOUT) | \
+					   OPT(RV_OPT_MAX_RETRIES) | OPT(RV_OPT_ON_ERROR) | \
+					   OPT(RV_OPT_BUDGET_DOLLARS))
+
 /*
- * Parse the options object of rvbbit.run() / rvbbit.map() (a jsonb
- * object).  Unknown options are errors.
+ * The options each place accepts.  rvbbit.run() runs one input once, so
+ * nothing about many rows applies; RUN runs once over all rows, so
+ * nothing about per-row concurrency, batching or de-duplication does.
+ * unpack is what the rewrite passes for typed columns; statements spell
+ * it as a column list.
+ */
+static uint32
+map_options_allowed(RvOptWhere where)
+{
+	switch (where)
+	{
+		case RV_OPTS_RUN_FUNCTION:
+			return MAP_OPTS_CALL;
+		case RV_OPTS_MAP_FUNCTION:
+			return MAP_OPTS_CALL | OPT(RV_OPT_PARALLEL) | OPT(RV_OPT_LIMIT) |
+				OPT(RV_OPT_BATCH) | OPT(RV_OPT_DEDUPE_BY) | OPT(RV_OPT_UNPACK);
+		case RV_OPTS_RUN_ROWS:
+			return MAP_OPTS_CALL | OPT(RV_OPT_LIMIT) | OPT(RV_OPT_UNPACK);
+		case RV_OPTS_MAP_STATEMENT:
+			return MAP_OPTS_CALL | OPT(RV_OPT_PARALLEL) | OPT(RV_OPT_LIMIT) |
+				OPT(RV_OPT_BATCH) | OPT(RV_OPT_DEDUPE_BY) | OPT(RV_OPT_AS_TABLE) |
+				OPT(RV_OPT_RESULT_COLUMN) | OPT(RV_OPT_INFER_SCHEMA) | OPT(RV_OPT_ASYNC);
+		case RV_OPTS_RUN_STATEMENT:
+			return MAP_OPTS_CALL | OPT(RV_OPT_LIMIT) | OPT(RV_OPT_AS_TABLE) |
+				OPT(RV_OPT_RESULT_COLUMN) | OPT(RV_OPT_INFER_SCHEMA) | OPT(RV_OPT_ASYNC);
+	}
+	return 0;
+}
+
+/* Where options are used, for messages. */
+static const char *
+map_options_place(RvOptWhere where)
+{
+	switch (where)
+	{
+		case RV_OPTS_RUN_FUNCTION:
+			return "rvbbit.run()";
+		case RV_OPTS_MAP_FUNCTION:
+			return "rvbbit.map()";
+		case RV_OPTS_RUN_ROWS:
+			return "rvbbit._run_rows()";
+		case RV_OPTS_MAP_STATEMENT:
+			return "a MAP statement";
+		case RV_OPTS_RUN_STATEMENT:
+			return "a RUN statement";
+	}
+	return "";
+}
+
+/* "a, b, c": the options accepted at where, palloc'd. */
+static char *
+map_options_list(RvOptWhere where)
+{
+	uint32		allowed = map_options_allowed(where);
+	StringInfoData buf;
+	int			i;
+
+	initStringInfo(&buf);
+	for (i = 0; i < RV_NOPTIONS; i++)
+		if (allowed & OPT(i))
+			appendStringInfo(&buf, "%s%s", buf.len > 0 ? ", " : "", map_option_names[i]);
+	return buf.data;
+}
+
+/*
+ * Check that an option key is known and applies at where; return its id
+ * or raise ERRCODE_INVALID_PARAMETER_VALUE naming it, with a hint listing
+ * the options that do apply.
+ */
+static RvOptId
+map_option_id(const char *k, RvOptWhere where)
+{
+	int			i;
+
+	for (i = 0; i < RV_NOPTIONS; i++)
+		if (strcmp(map_option_names[i], k) == 0)
+			break;
+	if (i == RV_NOPTIONS)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("unknown option \"%s\"", k),
+				 errhint("Valid options for %s are: %s.", map_options_place(where),
+						 map_options_list(where))));
+	if (!(map_options_allowed(where) & OPT(i)))
+	{
+		const char *why = NULL;
+
+		if (where == RV_OPTS_RUN_FUNCTION)
+			why = "rvbbit.run() runs the cascade once on one input.";
+		else if (where == RV_OPTS_RUN_STATEMENT || where == RV_OPTS_RUN_ROWS)
+			why = "RUN runs the cascade once over all rows.";
+		else if (i == RV_OPT_UNPACK)
+			why = "A statement gets typed columns from AS (col type, ...).";
+		else
+			why = "It applies only to RVBBIT statements run with rvbbit.sql().";
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("option \"%s\" does not apply to %s", k, map_options_place(where)),
+				 errdetail("%s", why),
+				 errhint("Valid options for %s are: %s.", map_options_place(where),
+						 map_options_list(where))));
+	}
+	return (RvOptId) i;
+}
+
+/*
+ * Parse the options object of rvbbit.run() / rvbbit.map() /
+ * rvbbit._run_rows() (a jsonb object).  Unknown options and options that
+ * do not apply at where are errors.
  */
 void
-rv_parse_options(Jsonb *jb, RvOptions *o)
+rv_parse_options(Jsonb *jb, RvOptions *o, RvOptWhere where)
 {
 	char	   *text;
 	json_object *obj;
@@ -348,7 +467,7 @@ rv_parse_options(Jsonb *jb, RvOptions *o)
 	}
 	PG_TRY();
 	{
-		rv_parse_options_json(obj, o);
+		rv_parse_options_json(obj, o, where);
 	}
 	PG_FINALLY();
 	{
@@ -359,10 +478,11 @@ rv_parse_options(Jsonb *jb, RvOptions *o)
 
 /*
  * Parse options given as a json-c object into o (which the caller set to
- * defaults with rv_default_options()).  The caller frees obj.
+ * defaults with rv_default_options()); each option must apply at where
+ * (map_option_id).  The caller frees obj.
  */
 void
-rv_parse_options_json(json_object *obj, RvOptions *o)
+rv_parse_options_json(json_object *obj, RvOptions *o, RvOptWhere where)
 {
 	struct json_object_iterator it;
 	struct json_object_iterator end;
@@ -377,6 +497,7 @@ rv_parse_options_json(json_object *obj, RvOptions *o)
 			bool		isnum = json_object_is_type(v, json_type_int) ||
 				json_object_is_type(v, json_type_double);
 
+			o->given |= OPT(map_option_id(k, where));
 			if (strcmp(k, "model") == 0)
 			{
 				if (!json_object_is_type(v, json_type_string) || json_object_get_string_len(v) == 0)
@@ -505,30 +626,10 @@ rv_parse_options_json(json_object *obj, RvOptions *o)
 				o->async = json_object_get_boolean(v);
 			}
 			else
-				ereport(ERROR,
-						(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-						 errmsg("unknown option \"%s\"", k),
-						 errhint("Valid options are: model, cache, timeout, max_retries, on_error, parallel, limit, batch, budget_dollars, dedupe_by, as_table, unpack, result_column, infer_schema.")));
+				elog(ERROR, "option \"%s\" has no parser", k);
 			json_object_iter_next(&it);
 		}
 	}
-}
-
-/*
- * Options that only RVBBIT statements take are errors in the functions
- * (rvbbit.run, rvbbit.map), rather than silently ignored.
- */
-static void
-map_reject_statement_options(const RvOptions *o, const char *fn)
-{
-	const char *bad = o->as_table ? "as_table" : o->async ? "async" :
-		o->result_column ? "result_column" : o->infer_schema ? "infer_schema" : NULL;
-
-	if (bad)
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("option \"%s\" applies only to RVBBIT statements", bad),
-				 errhint("Use it in WITH (...) of a statement run with rvbbit.sql(), not with %s.", fn)));
 }
 
 /* The API key of the default provider: the GUC, else the environment. */
@@ -1170,8 +1271,7 @@ rvbbit_run(PG_FUNCTION_ARGS)
 				 errmsg("cascade must not be null")));
 	ref = text_to_cstring(PG_GETARG_TEXT_PP(0));
 	input = PG_ARGISNULL(1) ? NULL : PG_GETARG_JSONB_P(1);
-	rv_parse_options(PG_ARGISNULL(2) ? NULL : PG_GETARG_JSONB_P(2), &opts);
-	map_reject_statement_options(&opts, "rvbbit.run()");
+	rv_parse_options(PG_ARGISNULL(2) ? NULL : PG_GETARG_JSONB_P(2), &opts, RV_OPTS_RUN_FUNCTION);
 	if (!opts.on_error_given)
 		opts.on_error = RV_ON_ERROR_FAIL;
 
@@ -1217,7 +1317,7 @@ rvbbit_run_rows(PG_FUNCTION_ARGS)
 				 errmsg("cascade and rows must not be null")));
 	ref = text_to_cstring(PG_GETARG_TEXT_PP(0));
 	rows = PG_GETARG_JSONB_P(1);
-	rv_parse_options(PG_ARGISNULL(2) ? NULL : PG_GETARG_JSONB_P(2), &opts);
+	rv_parse_options(PG_ARGISNULL(2) ? NULL : PG_GETARG_JSONB_P(2), &opts, RV_OPTS_RUN_ROWS);
 	def = rv_resolve_cascade(ref, &display);
 	rv_cascade_free(rv_check_cascade(display, def));
 
@@ -1599,7 +1699,7 @@ map_run(ReturnSetInfo *rsinfo, const char *ref, const char *query,
 	st.next_cxt = AllocSetContextCreate(fn_cxt, "rvbbit map input row", ALLOCSET_DEFAULT_SIZES);
 
 	SPI_connect();
-	sql = psprintf("SELECT _rvbbit_q.*, to_jsonb(_rvbbit_q.*) FROM (%s) AS _rvbbit_q", query);
+	sql = psprintf("SELECT _rvbbit_q.*, to_jsonb(_rvbbit_q.*) FROM (%s\n) AS _rvbbit_q", query);
 	plan = SPI_prepare(sql, 0, NULL);
 	if (plan == NULL)
 		ereport(ERROR,
@@ -1683,8 +1783,7 @@ rvbbit_map(PG_FUNCTION_ARGS)
 	ref = text_to_cstring(PG_GETARG_TEXT_PP(0));
 	query = text_to_cstring(PG_GETARG_TEXT_PP(1));
 	parallel = PG_ARGISNULL(2) ? rv_default_parallel : PG_GETARG_INT32(2);
-	rv_parse_options(PG_ARGISNULL(3) ? NULL : PG_GETARG_JSONB_P(3), &opts);
-	map_reject_statement_options(&opts, "rvbbit.map()");
+	rv_parse_options(PG_ARGISNULL(3) ? NULL : PG_GETARG_JSONB_P(3), &opts, RV_OPTS_MAP_FUNCTION);
 	if (opts.parallel > 0)
 		parallel = opts.parallel;
 

@@ -42,7 +42,45 @@ typedef struct RvOptions
 	char	   *as_table;		/* statements: write the rows into this new table */
 	bool		async;			/* statements: run as a background job */
 	int			batch;			/* MAP BATCH n: rows per request, 0: none */
+	uint32		given;			/* bit (1 << RvOptId) per option given */
 } RvOptions;
+
+/*
+ * The options, one bit each in RvOptions.given; RV_OPTION_NAMES in map.c
+ * spells them in this order.
+ */
+typedef enum RvOptId
+{
+	RV_OPT_MODEL,
+	RV_OPT_CACHE,
+	RV_OPT_TIMEOUT,
+	RV_OPT_MAX_RETRIES,
+	RV_OPT_ON_ERROR,
+	RV_OPT_BUDGET_DOLLARS,
+	RV_OPT_PARALLEL,
+	RV_OPT_LIMIT,
+	RV_OPT_BATCH,
+	RV_OPT_DEDUPE_BY,
+	RV_OPT_UNPACK,
+	RV_OPT_AS_TABLE,
+	RV_OPT_RESULT_COLUMN,
+	RV_OPT_INFER_SCHEMA,
+	RV_OPT_ASYNC,
+	RV_NOPTIONS
+} RvOptId;
+
+/*
+ * Where options are used; each place accepts a subset of them, and any
+ * other option is an error there (never silently ignored).
+ */
+typedef enum RvOptWhere
+{
+	RV_OPTS_RUN_FUNCTION,		/* rvbbit.run(): one input */
+	RV_OPTS_MAP_FUNCTION,		/* rvbbit.map() */
+	RV_OPTS_RUN_ROWS,			/* rvbbit._run_rows(), what a RUN statement calls */
+	RV_OPTS_MAP_STATEMENT,		/* MAP ... WITH (...) */
+	RV_OPTS_RUN_STATEMENT		/* RUN ... WITH (...) */
+} RvOptWhere;
 
 /* An RVBBIT statement checked and ready to run (rewrite.c). */
 typedef struct RvPlannedStatement
@@ -61,8 +99,8 @@ typedef struct RvPlannedStatement
 } RvPlannedStatement;
 
 extern void rv_default_options(RvOptions *o);
-extern void rv_parse_options(Jsonb *jb, RvOptions *o);
-extern void rv_parse_options_json(json_object *obj, RvOptions *o);
+extern void rv_parse_options(Jsonb *jb, RvOptions *o, RvOptWhere where);
+extern void rv_parse_options_json(json_object *obj, RvOptions *o, RvOptWhere where);
 extern void rv_plan_statement(const char *text, int location, ParseState *pstate,
 							  RvPlannedStatement *out);
 extern char *rv_map_sql(RvPlannedStatement *ps, ParseState *pstate);

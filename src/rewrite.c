@@ -249,7 +249,8 @@ rv_plan_statement(const char *text, int location, ParseState *pstate,
 		obj = rw_options_object(stmt);
 		PG_TRY();
 		{
-			rv_parse_options_json(obj, &out->opts);
+			rv_parse_options_json(obj, &out->opts,
+								  out->is_run ? RV_OPTS_RUN_STATEMENT : RV_OPTS_MAP_STATEMENT);
 		}
 		PG_FINALLY();
 		{
@@ -258,6 +259,12 @@ rv_plan_statement(const char *text, int location, ParseState *pstate,
 		PG_END_TRY();
 		if (out->opts.parallel > 0)
 			out->parallel = out->opts.parallel;
+		if (stmt->batch > 0 && (out->opts.given & (1u << RV_OPT_BATCH)))
+			ereport(ERROR,
+					(errcode(ERRCODE_SYNTAX_ERROR),
+					 errmsg("BATCH is given twice"),
+					 errdetail("The statement has both BATCH %d and the batch option.", stmt->batch),
+					 errhint("Keep one of them.")));
 		if (stmt->batch > 0)
 			out->opts.batch = stmt->batch;
 		if (stmt->distinct)
@@ -508,7 +515,7 @@ rv_map_sql(RvPlannedStatement *ps, ParseState *pstate)
 		 */
 		appendStringInfo(&sql,
 						 "SELECT rvbbit._run_rows(%s, coalesce(jsonb_agg(to_jsonb(_rvbbit_q.*)), '[]'), %s::jsonb) AS %s "
-						 "FROM (SELECT * FROM (%s) AS _rvbbit_q0%s) AS _rvbbit_q",
+						 "FROM (SELECT * FROM (%s\n) AS _rvbbit_q0%s) AS _rvbbit_q",
 						 quote_literal_cstr(ps->cascade), quote_literal_cstr(ps->options_json),
 						 quote_identifier(ps->result_name), ps->query,
 						 ps->opts.limit > 0 ? psprintf(" LIMIT %lld", (long long) ps->opts.limit + 1) : "");

@@ -85,7 +85,7 @@ typedef struct SynBuf
 
 /* Option names accepted in WITH ( ... ), in the order the hint lists them. */
 static const char *const syn_option_names[] = {
-	"parallel", "limit", "cache", "budget_dollars", "on_error", "model",
+	"parallel", "limit", "batch", "cache", "budget_dollars", "on_error", "model",
 	"as_table", "result_column", "dedupe_by", "infer_schema", "timeout",
 	"max_retries", "async"
 };
@@ -93,9 +93,9 @@ static const char *const syn_option_names[] = {
 #define SYN_NOPTIONS ((int) (sizeof(syn_option_names) / sizeof(syn_option_names[0])))
 
 #define SYN_OPTIONS_HINT \
-	"Valid options are: parallel, limit, cache, budget_dollars, on_error, " \
-	"model, as_table, result_column, dedupe_by, infer_schema, timeout, " \
-	"max_retries, async."
+	"Valid options are: parallel, limit, batch, cache, budget_dollars, " \
+	"on_error, model, as_table, result_column, dedupe_by, infer_schema, " \
+	"timeout, max_retries, async."
 
 /* ----------------------------------------------------------------
  * Character classes and small helpers
@@ -1389,6 +1389,7 @@ syn_parse_using(SynParser *p, const char *expected)
 	size_t		open;
 	size_t		s;
 	size_t		e;
+	size_t		last_end = 0;
 	long		depth = 0;
 	bool		any = false;
 
@@ -1424,18 +1425,25 @@ syn_parse_using(SynParser *p, const char *expected)
 			depth--;
 		}
 		any = true;
+		last_end = p->tok.end;
 	}
 	if (!any)
 	{
 		syn_error_at(p, open, "USING query is empty");
 		return false;
 	}
+
+	/*
+	 * The query runs from the first character after "(" (comments before
+	 * its first token are kept: they end with a newline or are block
+	 * comments) to the end of its last token: whitespace and comments
+	 * after it are dropped, so a trailing "-- comment" cannot swallow what
+	 * the query is wrapped in.
+	 */
 	s = open + 1;
-	e = p->tok.start;
+	e = last_end;
 	while (s < e && syn_is_space(p->text[s]))
 		s++;
-	while (e > s && syn_is_space(p->text[e - 1]))
-		e--;
 	p->stmt->query = syn_strndup(p, p->text + s, e - s);
 	if (p->stmt->query == NULL)
 		return false;

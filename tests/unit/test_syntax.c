@@ -283,7 +283,7 @@ test_using(void)
 
 	s = parse_ok("MAP 'x' USING (/* leading */ select 1 /* trailing */)", "comments kept inside query");
 	if (s)
-		CHECK_STR(s->query, "/* leading */ select 1 /* trailing */", "comments in query kept");
+		CHECK_STR(s->query, "/* leading */ select 1", "comments in query kept, after its last token dropped");
 	rv_statement_free(s);
 
 	s = parse_ok("MAP 'x' USING (select 'caf\xc3\xa9', $1, a$b, 1.5e3, .5 from t)", "other tokens in query");
@@ -533,9 +533,17 @@ static void
 test_option_errors(void)
 {
 	parse_err_hint("MAP 'x' USING (select 1) WITH (paralel = 4)", "unknown option \"paralel\"",
-				   "Valid options are: parallel, limit, cache, budget_dollars, on_error, model, "
+				   "Valid options are: parallel, limit, batch, cache, budget_dollars, on_error, model, "
 				   "as_table, result_column, dedupe_by, infer_schema, timeout, max_retries, async.",
 				   32, "unknown option");
+	{
+		RvStatement *s = parse_ok("MAP 'x' USING (select 1) WITH (batch = 5)", "batch option");
+
+		if (s)
+			CHECK(s->noptions == 1 && strcmp(s->options[0].name, "batch") == 0 &&
+				  strcmp(s->options[0].value, "5") == 0, "batch option: fields");
+		rv_statement_free(s);
+	}
 	parse_err("MAP 'caf\xc3\xa9' USING (select 1) WITH (bogus = 1)", "unknown option \"bogus\"", NULL, 35,
 			  "unknown option after unicode");
 	parse_err("MAP 'x' USING (select 1) WITH (limit = 1, Limit = 2)",
@@ -710,6 +718,97 @@ test_limits(void)
 	free(t);
 }
 
+/*
+ * Comments at the end of the USING query (issue 8 item 8): the query ends
+ * with its last token, so no trailing comment can swallow what the query
+ * is wrapped in; the seed's examples verbatim, with their comments.
+ */
+static void
+test_using_comments(void)
+{
+	RvStatement *s;
+
+	s = parse_ok("MAP 'x' USING (\n  SELECT 1 AS a\n  -- the last line is a comment\n)",
+				 "USING ending with a line comment");
+	if (s)
+		CHECK_STR(s->query, "SELECT 1 AS a", "trailing line comment dropped");
+	rv_statement_free(s);
+
+	s = parse_ok("MAP 'x' USING (SELECT 1 AS a -- same line\n) WITH (limit = 5) -- after\n",
+				 "USING with a line comment before the closing parenthesis");
+	if (s)
+		CHECK(strcmp(s->query, "SELECT 1 AS a") == 0 && s->noptions == 1,
+			  "line comment before ): query and options");
+	rv_statement_free(s);
+
+	s = parse_ok("MAP 'x' USING (SELECT 1 AS a /* block */ -- line\n /* and */\n)",
+				 "USING ending with mixed comments");
+	if (s)
+		CHECK_STR(s->query, "SELECT 1 AS a", "mixed trailing comments dropped");
+	rv_statement_free(s);
+
+	s = parse_ok("MAP 'x' USING (-- leading\nSELECT a -- the column\nFROM t -- the table ( not a paren\n"
+				 "WHERE a = '--' /* ) */ -- end\n)",
+				 "line comments inside USING");
+	if (s)
+		CHECK_STR(s->query, "-- leading\nSELECT a -- the column\nFROM t -- the table ( not a paren\n"
+				  "WHERE a = '--'", "inner comments kept with their newlines");
+	rv_statement_free(s);
+
+	s = parse_ok("MAP 'x' USING (SELECT $$ -- not a comment $$ AS a -- but this is\n)",
+				 "comment text inside a dollar quote");
+	if (s)
+		CHECK_STR(s->query, "SELECT $$ -- not a comment $$ AS a", "dollar quote kept whole");
+	rv_statement_free(s);
+
+	s = parse_ok("-- Only 3 concurrent calls to expensive/rate-limited endpoint\n"
+				 "RVBBIT MAP PARALLEL 3 'cascades/gpt4_analysis.yaml' AS analysis\n"
+				 "USING (\n"
+				 "  SELECT * FROM high_value_customers LIMIT 50\n"
+				 ");", "seed: conservative example");
+	if (s)
+		CHECK(s->parallel == 3 && strcmp(s->cascade, "cascades/gpt4_analysis.yaml") == 0 &&
+			  strcmp(s->alias, "analysis") == 0 &&
+			  strcmp(s->query, "SELECT * FROM high_value_customers LIMIT 50") == 0,
+			  "seed: conservative example fields");
+	rv_statement_free(s);
+
+	s = parse_ok("-- Sequential (slow)\n"
+				 "RVBBIT MAP 'traits/extract_brand.yaml' AS brand\n"
+				 "USING (\n"
+				 "  SELECT * FROM (VALUES\n"
+				 "    ('Apple iPhone 15'),\n"
+				 "    ('Samsung Galaxy S24'),\n"
+				 "    ('Sony WH-1000XM5'),\n"
+				 "    ('Google Pixel 8'),\n"
+				 "    ('OnePlus 12')\n"
+				 "  ) AS t(product_name)\n"
+				 ");\n"
+				 "\n"
+				 "-- Parallel (5 concurrent - faster!)\n",
+				 "seed: sequential example with comments before and after");
+	if (s)
+		CHECK(s->parallel == 0 && strcmp(s->alias, "brand") == 0 &&
+			  strncmp(s->query, "SELECT * FROM (VALUES", 21) == 0 &&
+			  strcmp(s->query + strlen(s->query) - 20, ") AS t(product_name)") == 0,
+			  "seed: sequential example fields");
+	rv_statement_free(s);
+
+	s = parse_ok("RVBBIT MAP 'x' USING (SELECT a FROM t LIMIT 10)\n\n"
+				 "-- Rewrites to row-by-row:\n", "seed: comment after the statement");
+	rv_statement_free(s);
+
+	s = parse_ok("RVBBIT MAP PARALLEL 3 'expensive' USING (\n"
+				 "  -- OpenRouter limits: 200 req/min = ~3 req/sec\n"
+				 "  SELECT 1\n"
+				 "  -- trailing\n"
+				 ")", "seed-style comments inside USING");
+	if (s)
+		CHECK_STR(s->query, "-- OpenRouter limits: 200 req/min = ~3 req/sec\n  SELECT 1",
+				  "seed-style comments: query");
+	rv_statement_free(s);
+}
+
 int
 main(void)
 {
@@ -717,6 +816,7 @@ main(void)
 	test_cascade_forms();
 	test_columns();
 	test_using();
+	test_using_comments();
 	test_options();
 	test_syntax_errors();
 	test_lexical_errors();
