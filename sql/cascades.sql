@@ -22,7 +22,7 @@ SELECT rvbbit.run('greet', '{"name": "ada"}');
 SELECT count(*) FROM rvbbit.cascades WHERE name = 'greet';
 -- a registry definition is validated before it is stored
 SELECT rvbbit.create_cascade('broken', 'cells: [ {name: a');
-SELECT rvbbit.create_cascade('bad name!', 'cells: [{name: a, instructions: x}]');
+SELECT rvbbit.create_cascade(E'bad\tname', 'cells: [{name: a, instructions: x}]');
 SELECT rvbbit.drop_cascade('greet');
 SELECT rvbbit.drop_cascade('greet');
 SELECT rvbbit.drop_cascade('greet', if_exists => true);

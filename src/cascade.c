@@ -1865,9 +1865,15 @@ rv_cascade_name_normalize(const char *name, char *out, RvError *err)
 
 		if (c < 0x20 || c == 0x7f || c == '\\')
 		{
+			const char *q;
+			int			chars = 0;
+
 			rv_error_set(err, "cascade name contains a control character or a backslash");
-			rv_error_detail(err, "Character %d of the name is not allowed.",
-							(int) (p - name) + 1);
+			/* count characters, not bytes (UTF-8 continuation bytes) */
+			for (q = name; q <= p; q++)
+				if ((((unsigned char) *q) & 0xC0) != 0x80)
+					chars++;
+			rv_error_detail(err, "Character %d of the name is not allowed.", chars);
 			return false;
 		}
 	}
