@@ -36,10 +36,11 @@ ch_on_detach(dsm_segment *seg, Datum arg)
 {
 	RvChannel  *ch = (RvChannel *) DatumGetPointer(arg);
 
-	rv_progress_release(ch->progress_index);
+	rv_progress_release(ch->progress_index, ch->statement_id);
 	ch->progress_index = -1;
 	ch->progress = NULL;
-	rv_pool_release(ch->worker, ch->generation);
+	if (ch->worker >= 0)
+		rv_pool_release(ch->worker, ch->generation);
 	ch->seg = NULL;
 }
 
@@ -57,10 +58,20 @@ rv_channel_open(const char *kind, const char *cascade, int parallel,
 	ch = palloc0(sizeof(RvChannel));
 	initStringInfo(&ch->pending);
 	ch->statement_id = (int64) pg_atomic_fetch_add_u64(&rv_shared->next_statement_id, 1);
+	ch->progress_index = -1;
+	ch->worker = -1;
+
+	/*
+	 * The detach callback is registered before anything it gives back is
+	 * taken: whatever fails from here on (no worker can be started, the
+	 * submit is refused, the header cannot be sent), the abort detaches the
+	 * segment and the callback returns the progress entry (and the worker's
+	 * statement count once there is a worker).
+	 */
+	ch->seg = dsm_create(RV_SEG_SIZE, 0);
+	on_dsm_detach(ch->seg, ch_on_detach, PointerGetDatum(ch));
 	ch->progress_index = rv_progress_acquire(kind, cascade, parallel, ch->statement_id);
 	ch->progress = rv_progress_get(ch->progress_index);
-
-	ch->seg = dsm_create(RV_SEG_SIZE, 0);
 	hdr = dsm_segment_address(ch->seg);
 	hdr->magic = RV_SHM_MAGIC;
 	hdr->progress_index = ch->progress_index;
@@ -76,9 +87,7 @@ rv_channel_open(const char *kind, const char *cascade, int parallel,
 	ch->res = shm_mq_attach(res, ch->seg, NULL);
 	MemoryContextSwitchTo(old);
 
-	ch->worker = -1;
 	ch->worker = rv_pool_submit(dsm_segment_handle(ch->seg), &ch->generation);
-	on_dsm_detach(ch->seg, ch_on_detach, PointerGetDatum(ch));
 
 	/* the header goes first; the queue is empty, so this cannot block long */
 	while (!rv_channel_try_send(ch, RV_MSG_HEADER, -1, header_json, strlen(header_json) + 1))

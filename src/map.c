@@ -1025,6 +1025,13 @@ map_execute(MapExec *ex, MapNextRow next_row, MapEmitRow emit, void *arg)
 					{
 						s->done = true;
 						map_outcome_copy(ex->cxt, &m->oc, &s->oc);
+						/* answered from the memo: done (or failed) now */
+						if (ex->ch->progress)
+						{
+							pg_atomic_fetch_add_u64(&ex->ch->progress->rows_done, 1);
+							if (s->oc.failed)
+								pg_atomic_fetch_add_u64(&ex->ch->progress->rows_failed, 1);
+						}
 						pfree(s->scope);
 						s->scope = NULL;
 						next_seq++;
@@ -2061,7 +2068,7 @@ rvbbit_progress(PG_FUNCTION_ARGS)
 		v[7] = Int32GetDatum(p->parallel);
 		v[8] = Int64GetDatum((int64) pg_atomic_read_u64(&p->rows_read));
 		v[9] = Int64GetDatum((int64) pg_atomic_read_u64(&p->rows_done));
-		v[10] = Int64GetDatum((int64) pg_atomic_read_u64(&p->in_flight));
+		v[10] = Int64GetDatum((int64) RV_PROGRESS_COUNT(pg_atomic_read_u64(&p->in_flight)));
 		v[11] = Int64GetDatum((int64) pg_atomic_read_u64(&p->rows_failed));
 		v[12] = Int64GetDatum((int64) pg_atomic_read_u64(&p->cache_hits));
 		v[13] = Int64GetDatum((int64) pg_atomic_read_u64(&p->llm_calls));

@@ -266,12 +266,13 @@ rv_progress_acquire(const char *kind, const char *cascade, int parallel,
 		pg_atomic_write_u64(&p->rows_read, 0);
 		pg_atomic_write_u64(&p->rows_done, 0);
 		pg_atomic_write_u64(&p->rows_failed, 0);
-		pg_atomic_write_u64(&p->in_flight, 0);
+		pg_atomic_write_u64(&p->in_flight, RV_PROGRESS_TAG(statement_id));
 		pg_atomic_write_u64(&p->cache_hits, 0);
 		pg_atomic_write_u64(&p->llm_calls, 0);
 		pg_atomic_write_u64(&p->tokens_in, 0);
 		pg_atomic_write_u64(&p->tokens_out, 0);
 		pg_atomic_write_u64(&p->cost_micros, 0);
+		pg_atomic_write_u64(&p->owner, (uint64) statement_id);
 		pg_write_barrier();
 		pg_atomic_write_u32(&p->used, 1);
 		return i;
@@ -279,12 +280,73 @@ rv_progress_acquire(const char *kind, const char *cascade, int parallel,
 	return -1;
 }
 
-/* Free a progress entry. */
+/*
+ * Free the progress entry of a statement.  Only its owner's release frees
+ * it, so releasing twice (or late) cannot free another statement's entry.
+ */
 void
-rv_progress_release(int index)
+rv_progress_release(int index, int64 statement_id)
 {
-	if (index >= 0 && index < RV_MAX_PROGRESS)
-		pg_atomic_write_u32(&rv_shared->progress[index].used, 0);
+	RvProgress *p;
+	uint64		expected = (uint64) statement_id;
+
+	if (index < 0 || index >= RV_MAX_PROGRESS)
+		return;
+	p = &rv_shared->progress[index];
+	if (!pg_atomic_compare_exchange_u64(&p->owner, &expected, 0))
+		return;
+	pg_atomic_write_u64(&p->in_flight, 0);
+	pg_write_barrier();
+	pg_atomic_write_u32(&p->used, 0);
+}
+
+/*
+ * Add delta to one counter of a progress entry if the entry still belongs
+ * to statement_id (the worker's updates for a statement whose backend has
+ * gone are dropped).  The owner check and the add are two steps: an update
+ * racing with the release and the next claim can still land, which is why
+ * in_flight, the one counter that goes down, is tagged instead.
+ */
+void
+rv_progress_add(RvProgress *p, int64 statement_id, pg_atomic_uint64 *counter,
+				uint64 delta)
+{
+	if (p == NULL)
+		return;
+	if (pg_atomic_read_u64(&p->owner) != (uint64) statement_id)
+		return;
+	pg_atomic_fetch_add_u64(counter, delta);
+}
+
+/*
+ * Change in_flight of a statement's progress entry by delta (+1 or -1),
+ * atomically with the check that the entry carries the statement's tag;
+ * a stale update (the entry was released, maybe claimed again) is
+ * ignored, and the count never goes below zero.
+ */
+void
+rv_progress_in_flight(RvProgress *p, int64 statement_id, int delta)
+{
+	uint64		tag = RV_PROGRESS_TAG(statement_id);
+	uint64		v;
+
+	if (p == NULL)
+		return;
+	v = pg_atomic_read_u64(&p->in_flight);
+	for (;;)
+	{
+		uint64		n = RV_PROGRESS_COUNT(v);
+
+		if ((v & ~UINT64CONST(0xFFFFFFFF)) != tag)
+			return;
+		if (delta < 0 && n == 0)
+			return;
+		if (delta > 0 && n == UINT64CONST(0xFFFFFFFF))
+			return;
+		if (pg_atomic_compare_exchange_u64(&p->in_flight, &v,
+										   tag | (delta < 0 ? n - 1 : n + 1)))
+			return;
+	}
 }
 
 RvProgress *

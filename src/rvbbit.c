@@ -298,6 +298,7 @@ rv_shmem_startup(void)
 			RvProgress *p = &rv_shared->progress[i];
 
 			pg_atomic_init_u32(&p->used, 0);
+			pg_atomic_init_u64(&p->owner, 0);
 			pg_atomic_init_u64(&p->rows_read, 0);
 			pg_atomic_init_u64(&p->rows_done, 0);
 			pg_atomic_init_u64(&p->rows_failed, 0);

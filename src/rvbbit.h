@@ -73,9 +73,20 @@ typedef struct RvPending
 } RvPending;
 
 /* Live counters of one running statement (rvbbit.progress). */
+/*
+ * in_flight holds the owner's tag (the low 32 bits of its statement id) in
+ * its high half and the count in its low half, so that a worker's update
+ * for a statement whose entry was released and claimed again is ignored
+ * (rv_progress_in_flight).  The other counters are updated by the worker
+ * only while owner is its statement (rv_progress_add).
+ */
+#define RV_PROGRESS_TAG(statement_id) ((uint64) (uint32) (statement_id) << 32)
+#define RV_PROGRESS_COUNT(v) ((v) & UINT64CONST(0xFFFFFFFF))
+
 typedef struct RvProgress
 {
 	pg_atomic_uint32 used;		/* 0 free, 1 in use */
+	pg_atomic_uint64 owner;		/* statement id of the owner, 0: none */
 	pid_t		pid;
 	Oid			dboid;
 	Oid			roleid;
@@ -206,8 +217,11 @@ extern void rv_pool_release(int worker, uint64 generation);
 /* progress.c */
 extern int	rv_progress_acquire(const char *kind, const char *cascade, int parallel,
 								int64 statement_id);
-extern void rv_progress_release(int index);
+extern void rv_progress_release(int index, int64 statement_id);
 extern RvProgress *rv_progress_get(int index);
+extern void rv_progress_add(RvProgress *p, int64 statement_id,
+							pg_atomic_uint64 *counter, uint64 delta);
+extern void rv_progress_in_flight(RvProgress *p, int64 statement_id, int delta);
 extern RvRoleSpend *rv_spend_entry(Oid roleid, int32 day, bool *created);
 
 #endif							/* RVBBIT_H */

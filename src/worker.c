@@ -644,8 +644,7 @@ wk_task_clear_request(WkTask *t)
 		pg_atomic_fetch_sub_u32(&rv_shared->http_in_flight, 1);
 		wk_counted--;
 		t->counted = false;
-		if (t->stmt->progress)
-			pg_atomic_fetch_sub_u64(&t->stmt->progress->in_flight, 1);
+		rv_progress_in_flight(t->stmt->progress, t->stmt->seghdr->statement_id, -1);
 	}
 	free(t->body);
 	t->body = NULL;
@@ -887,8 +886,7 @@ wk_task_response(WkTask *t, const char *content, long tin, long tout,
 	if (cached)
 	{
 		t->hits++;
-		if (s->progress)
-			pg_atomic_fetch_add_u64(&s->progress->cache_hits, 1);
+		rv_progress_add(s->progress, s->seghdr->statement_id, &s->progress->cache_hits, 1);
 	}
 	else
 	{
@@ -900,10 +898,12 @@ wk_task_response(WkTask *t, const char *content, long tin, long tout,
 			pg_atomic_fetch_add_u64(&s->spend->micros, (uint64) (cost * 1e6));
 		if (s->progress)
 		{
-			pg_atomic_fetch_add_u64(&s->progress->llm_calls, 1);
-			pg_atomic_fetch_add_u64(&s->progress->tokens_in, Max(tin, 0));
-			pg_atomic_fetch_add_u64(&s->progress->tokens_out, Max(tout, 0));
-			pg_atomic_fetch_add_u64(&s->progress->cost_micros, (uint64) (cost * 1e6));
+			int64		sid = s->seghdr->statement_id;
+
+			rv_progress_add(s->progress, sid, &s->progress->llm_calls, 1);
+			rv_progress_add(s->progress, sid, &s->progress->tokens_in, Max(tin, 0));
+			rv_progress_add(s->progress, sid, &s->progress->tokens_out, Max(tout, 0));
+			rv_progress_add(s->progress, sid, &s->progress->cost_micros, (uint64) (cost * 1e6));
 		}
 	}
 
@@ -1071,8 +1071,7 @@ wk_http_done(RvHttpReq *req)
 		pg_atomic_fetch_sub_u32(&rv_shared->http_in_flight, 1);
 		wk_counted--;
 		t->counted = false;
-		if (s->progress)
-			pg_atomic_fetch_sub_u64(&s->progress->in_flight, 1);
+		rv_progress_in_flight(s->progress, s->seghdr->statement_id, -1);
 	}
 	t->tries++;
 
@@ -1256,8 +1255,7 @@ wk_dispatch(void)
 		}
 		t->counted = true;
 		wk_counted++;
-		if (s->progress)
-			pg_atomic_fetch_add_u64(&s->progress->in_flight, 1);
+		rv_progress_in_flight(s->progress, s->seghdr->statement_id, 1);
 
 		dlist_delete(&t->node);
 		url = psprintf("%s%s", t->provider->api_base, rv_llm_path(t->provider->flavor));
