@@ -52,6 +52,9 @@ rv_bgworker_prepare(BackgroundWorker *worker, BgWorkerStartTime start,
 	snprintf(worker->bgw_name, BGW_MAXLEN, "%s", type);
 }
 
+/* The memory context current when rv_bgxact_begin() was called. */
+static MemoryContext bgxact_caller_cxt = NULL;
+
 /*
  * Start a short transaction with SPI and a snapshot in a background
  * process (worker, job runner), reporting activity in pg_stat_activity.
@@ -60,6 +63,7 @@ rv_bgworker_prepare(BackgroundWorker *worker, BgWorkerStartTime start,
 void
 rv_bgxact_begin(const char *activity)
 {
+	bgxact_caller_cxt = CurrentMemoryContext;
 	SetCurrentStatementStartTimestamp();
 	StartTransactionCommand();
 	SPI_connect();
@@ -79,6 +83,10 @@ rv_bgxact_end(bool abort)
 		CommitTransactionCommand();
 	pgstat_report_stat(false);
 	pgstat_report_activity(STATE_IDLE, NULL);
+	/* the commit left TopMemoryContext current: back to the caller's */
+	if (bgxact_caller_cxt != NULL)
+		MemoryContextSwitchTo(bgxact_caller_cxt);
+	bgxact_caller_cxt = NULL;
 }
 
 /*

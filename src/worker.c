@@ -180,6 +180,15 @@ static json_object *wk_call_rows = NULL;	/* array */
 static int	wk_slot = -1;
 static uint64 wk_generation = 0;
 static MemoryContext wk_cxt = NULL;
+
+/*
+ * Everything one turn of the main loop allocates without naming a context
+ * (prompts, URLs, auth headers, messages, SPI copies) goes here; it is
+ * reset at the start of every turn, so the worker's memory does not grow
+ * with the number of requests.  What outlives a turn is allocated in a
+ * statement's context or wk_cxt explicitly.
+ */
+static MemoryContext wk_loop_cxt = NULL;
 static ResourceOwner wk_resowner = NULL;
 static RvHttp *wk_http = NULL;
 static int	wk_max_conn = 100;
@@ -298,11 +307,11 @@ wk_stmt_fatal(WkStmt *s, int sqlstate, const char *msg, const char *detail,
 static void
 wk_xact_abort(void)
 {
-	MemoryContextSwitchTo(wk_cxt);
+	MemoryContextSwitchTo(wk_loop_cxt);
 	EmitErrorReport();
 	FlushErrorState();
 	AbortCurrentTransaction();
-	MemoryContextSwitchTo(wk_cxt);
+	MemoryContextSwitchTo(wk_loop_cxt);
 	pgstat_report_activity(STATE_IDLE, NULL);
 }
 
@@ -418,11 +427,11 @@ wk_load_config(WkStmt *s, json_object *hdr)
 	{
 		ErrorData  *edata;
 
-		MemoryContextSwitchTo(wk_cxt);
+		MemoryContextSwitchTo(wk_loop_cxt);
 		edata = CopyErrorData();
 		FlushErrorState();
 		AbortCurrentTransaction();
-		MemoryContextSwitchTo(wk_cxt);
+		MemoryContextSwitchTo(wk_loop_cxt);
 		wk_stmt_fatal(s, edata->sqlerrcode, edata->message, edata->detail, edata->hint);
 		FreeErrorData(edata);
 		ok = false;
@@ -440,8 +449,9 @@ static void
 wk_cache_lookup(void)
 {
 	json_object *keys;
-	json_object *hits = NULL;
+	json_object *volatile hits = NULL;
 	dlist_mutable_iter it;
+
 	if (dlist_is_empty(&wk_lookup))
 		return;
 
@@ -504,12 +514,13 @@ wk_cache_lookup(void)
 			(t->stmt->cache_max_age_s < 0 ||
 			 json_object_get_double(json_object_object_get(hit, "age")) <= t->stmt->cache_max_age_s))
 		{
-			char	   *content = strdup(wk_json_str(hit, "response"));
+			const char *r = wk_json_str(hit, "response");
+			char	   *content = pstrdup(r ? r : "");
 
 			wk_task_response(t, content,
 							 (long) wk_json_int(hit, "in", 0),
 							 (long) wk_json_int(hit, "out", 0), true, 0);
-			free(content);
+			pfree(content);
 		}
 		else
 		{
@@ -796,6 +807,11 @@ wk_task_prepare(WkTask *t)
 	free(t->model_ref);
 	t->model_ref = strdup(rv_cell_model(s->cascade, t->cell, s->model_override,
 										s->default_model));
+	if (t->model_ref == NULL)
+	{
+		wk_task_fail(t, ERRCODE_OUT_OF_MEMORY, "out of memory", NULL, NULL);
+		return;
+	}
 	t->provider = wk_route(s, t->model_ref, &t->model);
 
 	free(t->body);
@@ -1191,6 +1207,22 @@ wk_http_done(RvHttpReq *req)
 }
 
 /*
+ * Free the request headers built by wk_dispatch() (palloc'd), wiping them
+ * first: they carry the API key.
+ */
+static void
+wk_free_headers(char **headers, int n)
+{
+	int			i;
+
+	for (i = 0; i < n; i++)
+	{
+		explicit_bzero(headers[i], strlen(headers[i]));
+		pfree(headers[i]);
+	}
+}
+
+/*
  * Start requests from the ready queue while the caps allow: this worker's
  * connections, the cluster-wide rvbbit.max_concurrency, and the rate
  * limits.  Sets wk_ratelimit_wait_ms when a rate limit holds requests back.
@@ -1203,7 +1235,7 @@ wk_dispatch(void)
 	{
 		WkTask	   *t = dlist_container(WkTask, node, dlist_head_node(&wk_ready));
 		WkStmt	   *s = t->stmt;
-		const char *headers[4];
+		char	   *headers[4];
 		int			nh = 0;
 		char	   *url;
 		long		wait_ms;
@@ -1259,18 +1291,18 @@ wk_dispatch(void)
 
 		dlist_delete(&t->node);
 		url = psprintf("%s%s", t->provider->api_base, rv_llm_path(t->provider->flavor));
-		headers[nh++] = "Content-Type: application/json";
+		headers[nh++] = pstrdup("Content-Type: application/json");
 		if (t->provider->flavor == RV_FLAVOR_ANTHROPIC)
 		{
 			headers[nh++] = psprintf("x-api-key: %s", t->provider->api_key);
-			headers[nh++] = "anthropic-version: 2023-06-01";
+			headers[nh++] = pstrdup("anthropic-version: 2023-06-01");
 		}
 		else if (t->provider->api_key[0] != '\0')
 			headers[nh++] = psprintf("Authorization: Bearer %s", t->provider->api_key);
 
 		memset(&t->req, 0, sizeof(t->req));
 		t->req.owner = t;
-		if (!rv_http_start(wk_http, &t->req, url, headers, nh, t->body, t->body_len,
+		if (!rv_http_start(wk_http, &t->req, url, (const char *const *) headers, nh, t->body, t->body_len,
 						   s->timeout_ms, 64 * 1024 * 1024))
 		{
 			char		errbuf[CURL_ERROR_SIZE];
@@ -1279,14 +1311,16 @@ wk_dispatch(void)
 			pg_atomic_fetch_sub_u32(&rv_shared->http_in_flight, 1);
 			wk_counted--;
 			t->counted = false;
-			if (s->progress)
-				pg_atomic_fetch_sub_u64(&s->progress->in_flight, 1);
+			rv_progress_in_flight(s->progress, s->seghdr->statement_id, -1);
+			wk_free_headers(headers, nh);
 			wk_task_fail(t, ERRCODE_CONNECTION_FAILURE,
 						 "could not start the request to the LLM provider",
 						 psprintf("%s.", errbuf), NULL);
 			pfree(url);
 			continue;
 		}
+		/* curl copied the URL and the headers */
+		wk_free_headers(headers, nh);
 		pfree(url);
 		t->in_http = true;
 		t->state = WT_HTTP;
@@ -1760,6 +1794,7 @@ rv_worker_main(Datum main_arg)
 	pgstat_report_appname("rvbbit worker");
 
 	wk_cxt = AllocSetContextCreate(TopMemoryContext, "rvbbit worker", ALLOCSET_DEFAULT_SIZES);
+	wk_loop_cxt = AllocSetContextCreate(wk_cxt, "rvbbit worker loop", ALLOCSET_DEFAULT_SIZES);
 	wk_resowner = ResourceOwnerCreate(NULL, "rvbbit worker");
 	MemoryContextSwitchTo(wk_cxt);
 
@@ -1790,6 +1825,10 @@ rv_worker_main(Datum main_arg)
 		long		t;
 		WaitEvent	ev;
 		TimestampTz now;
+
+		/* a fresh per-turn context (see wk_loop_cxt) */
+		MemoryContextSwitchTo(wk_loop_cxt);
+		MemoryContextReset(wk_loop_cxt);
 
 		CHECK_FOR_INTERRUPTS();
 		if (ConfigReloadPending)
