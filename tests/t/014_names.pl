@@ -97,6 +97,44 @@ ok($node->poll_query_until('postgres', 'SELECT count(*) FROM rvbbit.progress', '
 	'rvbbit.progress is empty at the end');
 $node->stop;
 
+# --- registry names stored by 0.1 (with suffixes, "./", "//") are
+# normalised by ALTER EXTENSION ... UPDATE and still found; two names that
+# become one stop the update, naming both, and nothing is lost
+$node->start;
+$node->safe_psql('postgres', q{
+CREATE DATABASE up1;
+CREATE DATABASE up2;
+});
+for my $db ('up1', 'up2')
+{
+	$node->safe_psql($db, q{
+CREATE EXTENSION rvbbit VERSION '0.1';
+INSERT INTO rvbbit.cascades (name, definition) VALUES
+  ('traits/old_brand.yaml', 'cells: [{name: a, instructions: "old brand {{ input.text }}"}]'),
+  ('./legacy//nested.yml', 'cells: [{name: a, instructions: "legacy {{ input.text }}"}]'),
+  ('plain', 'cells: [{name: a, instructions: "plain {{ input.text }}"}]');
+});
+}
+$node->safe_psql('up2', q{INSERT INTO rvbbit.cascades (name, definition) VALUES
+  ('plain.yaml', 'cells: [{name: a, instructions: "shadowed {{ input.text }}"}]')});
+$node->safe_psql('up1', 'ALTER EXTENSION rvbbit UPDATE');
+is($node->safe_psql('up1', q{SELECT string_agg(name, ',' ORDER BY name COLLATE "C") FROM rvbbit.cascades}),
+	'legacy/nested,plain,traits/old_brand', '0.1 names normalised by the update');
+is($node->safe_psql('up1', q{SELECT rvbbit.run('traits/old_brand.yaml', '{"text": "x"}')}),
+	'"re: old brand x"', 'a 0.1 cascade is found under the name it was created with');
+is($node->safe_psql('up1', q{SELECT rvbbit.run('./legacy//nested.yml', '{"text": "y"}')}),
+	'"re: legacy y"', 'and under its normalised name\'s other spellings');
+($rc, $out, $err) = $node->psql('up2', 'ALTER EXTENSION rvbbit UPDATE');
+like($err, qr/cascades "plain.yaml" and "plain" have the same name in rvbbit 0.2/,
+	'a name collision stops the update with both names');
+is($node->safe_psql('up2', q{SELECT extversion || ':' || (SELECT count(*) FROM rvbbit.cascades) FROM pg_extension WHERE extname = 'rvbbit'}),
+	'0.1:4', 'nothing changed by the stopped update');
+$node->safe_psql('up2', q{DELETE FROM rvbbit.cascades WHERE name = 'plain.yaml'});
+$node->safe_psql('up2', 'ALTER EXTENSION rvbbit UPDATE');
+is($node->safe_psql('up2', q{SELECT extversion FROM pg_extension WHERE extname = 'rvbbit'}), '0.2',
+	'the update goes through once one of the two is gone');
+$node->stop;
+
 # --- without the preload every entry point raises the same error, the
 # registry functions included
 my $plain = PostgreSQL::Test::Cluster->new('plain');
