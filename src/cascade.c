@@ -1476,6 +1476,8 @@ cas_build_cell(CasBuild *b, int i, json_object *jcell, const CasNode *ncell)
 				rv_error_hint(err, "%s", serr.hint);
 			return false;
 		}
+		/* what is sent is the current form of draft-4 keywords */
+		rv_schema_normalize(v.json);
 		cell->output_schema = v.json;
 		cell->max_attempts = 3;
 	}

@@ -205,8 +205,10 @@ static long wk_ratelimit_wait_ms = -1;
 /*
  * The circuit breaker: per provider base URL, shared by all statements of
  * this worker.  A request that could not reach the server (connection
- * refused, no route, connect timeout) or that stalled or timed out counts
- * as a failure; any HTTP reply resets the count.  After
+ * refused, no route, connect timeout) or that stalled (nothing received
+ * for rvbbit.stall_timeout) counts as a failure; any HTTP reply resets the
+ * count.  A request that only ran out of rvbbit.request_timeout does not
+ * count: the server was busy answering.  After
  * WK_BREAKER_THRESHOLD failures in a row the breaker opens: for
  * WK_BREAKER_OPEN_MS nothing is sent to that provider, and the rows
  * waiting for it fail at once with an error saying so.  After that the
@@ -1334,7 +1336,7 @@ wk_http_done(RvHttpReq *req)
 			hint = "Raise rvbbit.request_timeout or the timeout option.";
 			errmsg = msg;
 			retry = true;
-			unreachable = true;
+			/* a slow reply is not an unreachable server */
 		}
 		else
 		{
@@ -1361,8 +1363,9 @@ wk_http_done(RvHttpReq *req)
 		}
 		rv_http_req_release(req);
 		if (retry && t->tries > 1)
-			wk_task_fail(t, sqlstate, psprintf("%s after %d attempts", msg, t->tries),
-						 errmsg != msg ? psprintf("%s.", errmsg) : NULL, hint);
+			wk_task_fail(t, sqlstate, msg,
+						 errmsg != msg ? psprintf("%s (after %d attempts).", errmsg, t->tries) :
+						 psprintf("After %d attempts.", t->tries), hint);
 		else
 			wk_task_fail(t, sqlstate, msg, errmsg != msg ? psprintf("%s.", errmsg) : NULL, hint);
 		return;
