@@ -1580,7 +1580,7 @@ js_validate_string(json_object *schema, json_object *value, JsPath *path, RvErro
 	{
 		regex_t		re;
 		char		whybuf[128];
-		const char *why;
+		const char *why = NULL;
 
 		/* an unchecked schema may hold a bad pattern: then it matches nothing */
 		if (!js_pattern_compile(json_object_get_string(kw), &re, whybuf, sizeof(whybuf), &why) ||

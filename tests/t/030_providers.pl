@@ -47,7 +47,7 @@ SET rvbbit.retry_max_delay = '100ms';
 SELECT rvbbit.run('$echo', '{"text": "[[stall:always]] asleep"}', '{"max_retries": 1}')});
 isnt($ret, 0, 'a server that stalls every time fails the statement');
 like($err, qr/LLM provider sent nothing for 1000 ms/, 'the error says the provider sent nothing');
-like($err, qr/after 2 attempts/, 'after the retry');
+like($err, qr/After 2 attempts/, 'after the retry');
 is(mock_get($mock, '/stats')->{requests}, 2, 'one try and one retry');
 
 # a model that is loading: 503 without Retry-After for 3 s; waits are
