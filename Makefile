@@ -67,7 +67,12 @@ test:
 bench:
 	bash tests/bench/bench.sh
 
+# the seed's MAP PARALLEL example against a real llama.cpp llama-server
+# (builds it from npm's node-llama-cpp source under build/; needs a GGUF model)
+test-real-server:
+	bash tests/scripts/real_server.sh
+
 unit:
 	$(MAKE) -C tests/unit check
 
-.PHONY: demo demo-stop test bench unit
+.PHONY: demo demo-stop test bench unit test-real-server
