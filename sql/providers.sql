@@ -47,6 +47,12 @@ SELECT rvbbit.run('echo', '{"text": "[[fixture:openai_refusal]] hi"}');
 SELECT rvbbit.run('extract_brand', '{"product_name": "[[fixture:llama_server_chat]] x"}', '{"model": "whatever"}');
 SELECT model, response_model, finish_reason, status FROM rvbbit.calls ORDER BY id DESC LIMIT 1;
 
+-- replies recorded from a real llama-server (make test-real-server)
+SELECT rvbbit.run('extract_brand', '{"product_name": "[[fixture:llama_server_recorded_schema]] x"}');
+SELECT response_model, finish_reason, input_tokens, cached_tokens, output_tokens, status
+  FROM rvbbit.calls ORDER BY id DESC LIMIT 1;
+SELECT rvbbit.run('extract_brand', '{"product_name": "[[fixture:llama_server_recorded_length]] x"}');
+
 -- truncated replies: an error that says so, status truncated, never cached
 SELECT rvbbit.run('echo', '{"text": "[[fixture:openai_length]] long"}', '{"max_retries": 0}');
 SELECT rvbbit.run('echo', '{"text": "[[fixture:openai_length]] long"}', '{"max_retries": 0}');

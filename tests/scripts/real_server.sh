@@ -8,10 +8,11 @@
 #    build takes 10-20 minutes on a loaded 2-core machine.
 # 2. The model: RVBBIT_GGUF=/path/to/model.gguf, else the first *.gguf
 #    under build/real-server/models/ or shipped by an installed Debian
-#    package (/usr/share).  llama.cpp's own ggml-vocab-*.gguf files are
-#    tokenizers without weights and do not count.  Debian 12 and the npm
-#    registry ship no GGUF model, so without RVBBIT_GGUF this step fails
-#    with a message saying so.
+#    package (/usr/share).  Debian 12 and the npm registry ship no trained
+#    GGUF model (llama.cpp's ggml-vocab-*.gguf are tokenizers without
+#    weights), so by default tests/real/make_tiny_gguf.py constructs a tiny
+#    one from the same source (gguf-py and the LLaMA tokenizer; needs
+#    python3-numpy): it answers the shortest JSON a schema allows.
 # 3. llama-server listens on a free loopback port; a few raw replies are
 #    recorded as fixtures (build/real-server/recorded/); then
 #    tests/real/010_llama_server.pl runs through tests/scripts/test.sh.
@@ -43,10 +44,18 @@ model="${RVBBIT_GGUF:-}"
 if [ -z "$model" ]; then
   model=$(find "$cache/models" /usr/share -name '*.gguf' ! -name 'ggml-vocab-*' -size +1M 2>/dev/null | head -1)
 fi
-if [ -z "$model" ] || [ ! -f "$model" ]; then
-  echo "no GGUF model: none is shipped by the Debian or npm packages this machine can install"
-  echo "(llama.cpp's ggml-vocab-*.gguf are tokenizers without weights)."
-  echo "Put one under $cache/models/ or set RVBBIT_GGUF=/path/to/model.gguf."
+if [ -z "$model" ]; then
+  # no package ships trained weights: construct a tiny model from llama.cpp's
+  # gguf-py and its LLaMA tokenizer file (tests/real/make_tiny_gguf.py)
+  echo "no GGUF model given or packaged; writing the constructed test model"
+  /usr/bin/python3 -c 'import numpy' 2>/dev/null || apt-get install -y -qq python3-numpy >/dev/null
+  mkdir -p "$cache/models"
+  model="$cache/models/rvbbit-tiny-test.gguf"
+  /usr/bin/python3 "$RV_ROOT/tests/real/make_tiny_gguf.py" "$src" "$model" >/dev/null ||
+    { echo "cannot write $model"; exit 1; }
+fi
+if [ ! -f "$model" ]; then
+  echo "no GGUF model at $model"
   exit 2
 fi
 echo "model: $model"
@@ -82,7 +91,8 @@ json.dump({"status": status, "body": body}, open("%s/llama_server_recorded_%s.js
 PY
 }
 record chat '{"model": "any-name", "messages": [{"role": "user", "content": "Say hello."}], "max_tokens": 32, "temperature": 0}'
-record length '{"model": "any-name", "messages": [{"role": "user", "content": "Count to one hundred."}], "max_tokens": 2, "temperature": 0}'
+record schema '{"model": "any-name", "messages": [{"role": "user", "content": "Brand of: Nike Air Max 90"}], "max_tokens": 100, "temperature": 0, "response_format": {"type": "json_schema", "json_schema": {"name": "extract", "schema": {"type": "object", "properties": {"brand": {"type": "string", "minLength": 1}}, "required": ["brand"], "additionalProperties": false}, "strict": false}}}'
+record length '{"model": "any-name", "messages": [{"role": "user", "content": "Brand of: Nike Air Max 90"}], "max_tokens": 3, "temperature": 0, "response_format": {"type": "json_schema", "json_schema": {"name": "extract", "schema": {"type": "object", "properties": {"brand": {"type": "string"}}, "required": ["brand"]}, "strict": false}}}'
 echo "recorded replies: $(ls "$cache/recorded"/*.json | tr '\n' ' ')"
 
 RVBBIT_REAL_SERVER_URL="$url" RVBBIT_SUITES=tap RVBBIT_TAP=tests/real/010_llama_server.pl \
