@@ -97,6 +97,10 @@ SELECT status, http_status, error FROM rvbbit.calls ORDER BY id DESC LIMIT 2;
 SET rvbbit.retry_max_delay = '50ms';
 SELECT rvbbit.run('echo', '{"text": "[[fixture:llama_server_loading]] busy"}', '{"max_retries": 2}');
 SELECT attempt, status, http_status FROM rvbbit.calls ORDER BY id DESC LIMIT 3;
+-- Retry-After as an HTTP-date takes precedence over rvbbit.retry_max_delay
+SELECT rvbbit.run('echo', '{"text": "[[fail:1:503:d3]] come back later"}');
+SELECT max(called_at) - min(called_at) >= interval '1 second' AS waited_for_retry_after
+  FROM (SELECT called_at FROM rvbbit.call_log ORDER BY id DESC LIMIT 2) c;
 RESET rvbbit.retry_max_delay;
 
 -- schemas no reply can satisfy, or that rvbbit cannot check, are refused

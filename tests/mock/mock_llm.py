@@ -32,6 +32,8 @@ Directives embedded in the prompt steer the answer:
     [[fault:empty]]        200 with an empty body
     [[fault:close]]        close the connection without answering
     [[fail:K:CODE[:S]]]    the first K times this prompt is seen, answer CODE
+                           (429 with Retry-After: S; S written dN: any CODE with
+                           Retry-After as an HTTP-date N seconds from now)
     [[reply:TEXT]]         reply with TEXT exactly
     [[invalid:K]]          first K JSON replies of this conversation violate
                            the schema ([[invalid:always]]: all of them); may
@@ -69,6 +71,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
+import email.utils
 import functools
 import hashlib
 import http
@@ -251,7 +254,10 @@ def parse_directives(prompt: str) -> Directives:
                 k = int(parts[0])
                 code = int(parts[1]) if len(parts) > 1 else 500
                 retry = parts[2] if len(parts) > 2 else "1"
-                d.fail = (k, code, str(int(retry)))
+                if retry.startswith("d"):
+                    d.fail = (k, code, "d%d" % int(retry[1:]))
+                else:
+                    d.fail = (k, code, str(int(retry)))
             elif name == "reply" and d.reply is None and arg is not None:
                 d.reply = arg
             elif name == "invalid" and d.invalid is None and arg:
@@ -976,8 +982,13 @@ class State:
         return Plan(200, out, delay=delay, tokens=(p, c))
 
     def error_plan(self, flavour, code, model_name, delay, retry, message=None) -> Plan:
-        """Return the plan of an error answer (429 carries Retry-After)."""
-        headers = (("Retry-After", retry),) if code == 429 else ()
+        """Return the plan of an error answer (429 carries Retry-After; a
+        retry written dN is an HTTP-date N seconds ahead, for any code)."""
+        if retry.startswith("d"):
+            when = email.utils.formatdate(time.time() + int(retry[1:]), usegmt=True)
+            headers = (("Retry-After", when),)
+        else:
+            headers = (("Retry-After", retry),) if code == 429 else ()
         return Plan(code, error_body(flavour, code, model_name, message), headers, delay)
 
 
