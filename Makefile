@@ -18,7 +18,7 @@ PGFILEDESC = "rvbbit - LLM workflows from SQL"
 
 # pg_regress suites, run against a temporary instance with the library
 # preloaded (tests/scripts/regress.sh writes the configuration file).
-REGRESS = init cascades run errors privileges map statements costs batch names
+REGRESS = init cascades run errors privileges map statements costs batch names providers
 REGRESS_OPTS = --temp-instance=tmp_check --temp-config=$(RVBBIT_TEST_CONF) \
                --load-extension=rvbbit
 RVBBIT_TEST_CONF ?= tests/rvbbit_test.conf
@@ -71,7 +71,12 @@ test:
 bench:
 	bash tests/bench/bench.sh
 
+# the seed's MAP PARALLEL example against a real llama.cpp llama-server
+# (builds it from npm's node-llama-cpp source under build/; needs a GGUF model)
+test-real-server:
+	bash tests/scripts/real_server.sh
+
 unit:
 	$(MAKE) -C tests/unit check
 
-.PHONY: demo demo-stop test bench unit
+.PHONY: demo demo-stop test bench unit test-real-server

@@ -4,6 +4,8 @@
 --
 SELECT mock('/reset', 'POST') IS NOT NULL AS reset;
 INSERT INTO rvbbit.model_prices VALUES ('daily/model', 10000, 10000);
+-- budgets reserve max_tokens of output per call; these cells set none
+SET rvbbit.default_max_tokens = 256;
 CREATE ROLE rv_spender LOGIN;
 CREATE ROLE rv_free LOGIN;
 GRANT rvbbit_user TO rv_spender, rv_free;

@@ -59,3 +59,69 @@ $cascade_names$;
 
 ALTER TABLE rvbbit.cascades ADD CONSTRAINT cascades_name_normalised
     CHECK (name OPERATOR(pg_catalog.=) rvbbit._cascade_name(name));
+
+-- == providers: what the provider said, token classes, truncation ==
+-- The call log keeps what the provider reported about each reply: the
+-- model that answered (a llama.cpp server answers any model name with its
+-- own), its response id, the finish reason, and the prompt tokens it read
+-- from its prompt cache (part of input_tokens, priced separately).
+-- attempt now counts every request made for a cell: transport retries and
+-- schema re-asks alike (0 for the first).  status 'truncated' marks a
+-- reply cut off at max_tokens: never cached, never a success.
+ALTER TABLE rvbbit.call_log
+    ADD COLUMN response_model text,
+    ADD COLUMN response_id    text,
+    ADD COLUMN finish_reason  text,
+    ADD COLUMN cached_tokens  int;
+
+-- Price of prompt tokens read from the provider's prompt cache; NULL means
+-- the input price.
+ALTER TABLE rvbbit.model_prices
+    ADD COLUMN cached_input_per_million numeric
+        CHECK (cached_input_per_million >= 0);
+
+CREATE OR REPLACE VIEW rvbbit.calls WITH (security_barrier) AS
+SELECT c.id, c.called_at, c.statement_id, c.backend_pid,
+       c.role_oid::regrole AS role, c.cascade, c.cell, c.model, c.attempt,
+       c.status, c.http_status, c.input_tokens, c.output_tokens, c.cost,
+       c.latency_ms, c.error,
+       c.response_model, c.response_id, c.finish_reason, c.cached_tokens
+  FROM rvbbit.call_log c
+ WHERE c.role_oid = (SELECT oid FROM pg_roles WHERE rolname = current_user)
+    OR rvbbit._sees_all();
+COMMENT ON VIEW rvbbit.calls IS 'One row per LLM call or cache hit; your own unless you are in rvbbit_admin.';
+
+-- stats and statement_costs count truncated replies with the errors
+CREATE OR REPLACE VIEW rvbbit.stats WITH (security_barrier) AS
+SELECT c.role, c.cascade, c.model,
+       count(*) FILTER (WHERE c.status <> 'cached')  AS calls,
+       count(*) FILTER (WHERE c.status = 'ok')       AS ok,
+       count(*) FILTER (WHERE c.status IN ('error', 'invalid', 'truncated')) AS errors,
+       count(*) FILTER (WHERE c.status = 'retry')    AS retries,
+       count(*) FILTER (WHERE c.status = 'cached')   AS cache_hits,
+       coalesce(sum(c.input_tokens) FILTER (WHERE c.status <> 'cached'), 0)  AS input_tokens,
+       coalesce(sum(c.output_tokens) FILTER (WHERE c.status <> 'cached'), 0) AS output_tokens,
+       coalesce(sum(c.cost), 0)::numeric(20, 6)     AS cost,
+       round(avg(c.latency_ms) FILTER (WHERE c.status = 'ok')::numeric, 1) AS avg_latency_ms,
+       min(c.called_at) AS first_call,
+       max(c.called_at) AS last_call,
+       coalesce(sum(c.cached_tokens) FILTER (WHERE c.status <> 'cached'), 0) AS cached_tokens
+  FROM rvbbit.calls c
+ GROUP BY c.role, c.cascade, c.model;
+COMMENT ON VIEW rvbbit.stats IS 'Totals of rvbbit.calls per role, cascade and model.';
+
+CREATE OR REPLACE VIEW rvbbit.statement_costs WITH (security_barrier) AS
+SELECT c.statement_id, c.role,
+       min(c.called_at) AS first_call, max(c.called_at) AS last_call,
+       string_agg(DISTINCT c.cascade, ', ') AS cascades,
+       string_agg(DISTINCT c.model, ', ') AS models,
+       count(*) FILTER (WHERE c.status <> 'cached') AS calls,
+       count(*) FILTER (WHERE c.status = 'cached') AS cache_hits,
+       count(*) FILTER (WHERE c.status IN ('error', 'invalid', 'truncated')) AS errors,
+       coalesce(sum(c.input_tokens) FILTER (WHERE c.status <> 'cached'), 0) AS input_tokens,
+       coalesce(sum(c.output_tokens) FILTER (WHERE c.status <> 'cached'), 0) AS output_tokens,
+       coalesce(sum(c.cost), 0)::numeric(20, 6) AS cost,
+       coalesce(sum(c.cached_tokens) FILTER (WHERE c.status <> 'cached'), 0) AS cached_tokens
+  FROM rvbbit.calls c
+ GROUP BY c.statement_id, c.role;
+COMMENT ON VIEW rvbbit.statement_costs IS 'Calls, tokens and cost of each statement.';

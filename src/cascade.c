@@ -1476,6 +1476,8 @@ cas_build_cell(CasBuild *b, int i, json_object *jcell, const CasNode *ncell)
 				rv_error_hint(err, "%s", serr.hint);
 			return false;
 		}
+		/* what is sent is the current form of draft-4 keywords */
+		rv_schema_normalize(v.json);
 		cell->output_schema = v.json;
 		cell->max_attempts = 3;
 	}
@@ -1500,6 +1502,18 @@ cas_build_cell(CasBuild *b, int i, json_object *jcell, const CasNode *ncell)
 		{
 			cas_error(err, cas_where(&v, rules.node), "%s: \"rules.max_turns\" must be an integer between 1 and 20", label);
 			return false;
+		}
+		/* grow_max_tokens: true (twice the cap) or the larger cap itself */
+		cas_get(rules.json, rules.node, "grow_max_tokens", &v);
+		if (v.present)
+		{
+			if (json_object_is_type(v.json, json_type_boolean))
+				cell->grow_max_tokens = json_object_get_boolean(v.json) ? -1 : 0;
+			else if (!cas_int_in(&v, 1, 1000000, &cell->grow_max_tokens))
+			{
+				cas_error(err, cas_where(&v, rules.node), "%s: \"rules.grow_max_tokens\" must be true, false or an integer between 1 and 1000000", label);
+				return false;
+			}
 		}
 	}
 

@@ -18,7 +18,8 @@
  *       system: "You are ..."                    # optional
  *       model: ...                                # optional
  *       output_schema: { type: object, ... }      # optional JSON Schema
- *       rules: { max_attempts: 3, max_turns: 1 }
+ *       rules: { max_attempts: 3, max_turns: 1,
+ *                grow_max_tokens: true }          # or a number: see RvCell
  *       temperature: 0.0
  *       max_tokens: 200
  *       candidates: { factor: 3, evaluator_instructions: "..." }
@@ -47,7 +48,10 @@ typedef struct RvCell
 	int			max_turns;		/* >= 1, default 1 */
 	bool		has_temperature;
 	double		temperature;
-	int			max_tokens;		/* 0: provider default */
+	int			max_tokens;		/* 0: rvbbit.default_max_tokens */
+	int			grow_max_tokens;	/* rules.grow_max_tokens: 0 no, -1 twice
+									 * the cap, else the cap of the one retry
+									 * of a schema reply cut off at max_tokens */
 	int			candidates;		/* 0 or 1: none; else factor */
 	char	   *evaluator_instructions; /* template source or NULL */
 	RvTemplate *tmpl_instructions;	/* compiled */

@@ -9,8 +9,8 @@
  * cell's request for every row exactly as the worker would (request.c),
  * and looks the first cell's requests up in the cache.  Token counts are
  * estimates: a request body's length / 4 for input, and the cell's
- * max_tokens (256 when it has none) for output; later cells are rendered
- * with the earlier cells' outputs empty.  Cost uses rvbbit.model_prices.
+ * max_tokens (rvbbit.default_max_tokens when it has none) for output;
+ * later cells are rendered with the earlier cells' outputs empty.  Cost uses rvbbit.model_prices.
  *
  *-------------------------------------------------------------------------
  */
@@ -32,7 +32,6 @@
 
 PG_FUNCTION_INFO_V1(rvbbit_estimate);
 
-#define EST_DEFAULT_OUTPUT_TOKENS 256
 
 typedef struct EstProvider
 {
@@ -196,7 +195,7 @@ rvbbit_estimate(PG_FUNCTION_ARGS)
 					if (body == NULL)
 						continue;
 					in = (int64) strlen(body) / 4 + 1;
-					out = c->cells[k].max_tokens > 0 ? c->cells[k].max_tokens : EST_DEFAULT_OUTPUT_TOKENS;
+					out = c->cells[k].max_tokens > 0 ? c->cells[k].max_tokens : rv_default_max_tokens;
 					tin += in;
 					tout += out;
 					cost += in * pin[k] + out * pout[k];

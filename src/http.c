@@ -127,7 +127,12 @@ http_write_cb(char *ptr, size_t size, size_t nmemb, void *userdata)
 	return n;
 }
 
-/* CURLOPT_HEADERFUNCTION: pick up Retry-After (seconds form). */
+/*
+ * CURLOPT_HEADERFUNCTION: pick up Retry-After, in seconds ("120") or as an
+ * HTTP-date ("Wed, 21 Oct 2026 07:28:00 GMT"; a date in the past means
+ * now).  Only the last response's header counts (curl calls this for each
+ * response of a redirect chain; we follow none).
+ */
 static size_t
 http_header_cb(char *buffer, size_t size, size_t nitems, void *userdata)
 {
@@ -138,16 +143,41 @@ http_header_cb(char *buffer, size_t size, size_t nitems, void *userdata)
 
 	if (n > nl && pg_strncasecmp(buffer, name, nl) == 0)
 	{
-		char		tmp[64];
+		char		tmp[128];
 		size_t		k = Min(n - nl, sizeof(tmp) - 1);
+		char	   *p = tmp;
 		char	   *end;
 		double		secs;
 
 		memcpy(tmp, buffer + nl, k);
 		tmp[k] = '\0';
-		secs = strtod(tmp, &end);
-		if (end != tmp && secs >= 0 && secs < 86400)
-			req->retry_after_ms = (long) (secs * 1000);
+		while (*p == ' ' || *p == '\t')
+			p++;
+		/* trailing CR LF */
+		end = p + strlen(p);
+		while (end > p && (end[-1] == '\r' || end[-1] == '\n' || end[-1] == ' '))
+			*--end = '\0';
+		secs = strtod(p, &end);
+		if (end != p && *end == '\0')
+		{
+			if (secs >= 0 && secs < 86400)
+				req->retry_after_ms = (long) (secs * 1000);
+		}
+		else if (*p != '\0')
+		{
+			time_t		when = curl_getdate(p, NULL);
+
+			if (when != (time_t) -1)
+			{
+				time_t		now = time(NULL);
+				double		d = difftime(when, now);
+
+				if (d < 0)
+					d = 0;
+				if (d < 86400)
+					req->retry_after_ms = (long) (d * 1000);
+			}
+		}
 	}
 	return n;
 }
@@ -218,6 +248,8 @@ rv_http_start(RvHttp *http, RvHttpReq *req, const char *url,
 	req->code = CURLE_OK;
 	req->errbuf[0] = '\0';
 	req->too_big = false;
+	req->stalled = false;
+	req->connected = false;
 	req->resp_len = 0;
 	req->resp_limit = resp_limit;
 	req->next_done = NULL;
@@ -266,7 +298,15 @@ rv_http_start(RvHttp *http, RvHttpReq *req, const char *url,
 	curl_easy_setopt(req->easy, CURLOPT_ERRORBUFFER, req->errbuf);
 	curl_easy_setopt(req->easy, CURLOPT_PRIVATE, req);
 	curl_easy_setopt(req->easy, CURLOPT_TIMEOUT_MS, timeout_ms);
-	curl_easy_setopt(req->easy, CURLOPT_CONNECTTIMEOUT_MS, Min(timeout_ms, 30000L));
+	curl_easy_setopt(req->easy, CURLOPT_CONNECTTIMEOUT_MS,
+					 Min(timeout_ms, req->stall_ms > 0 ? Min(req->stall_ms, 30000L) : 30000L));
+	if (req->stall_ms > 0)
+	{
+		/* under 1 byte/s for stall_ms (curl counts whole seconds) */
+		curl_easy_setopt(req->easy, CURLOPT_LOW_SPEED_LIMIT, 1L);
+		curl_easy_setopt(req->easy, CURLOPT_LOW_SPEED_TIME,
+						 Max((req->stall_ms + 999) / 1000, 1L));
+	}
 	curl_easy_setopt(req->easy, CURLOPT_ACCEPT_ENCODING, "");
 	curl_easy_setopt(req->easy, CURLOPT_USERAGENT, "rvbbit/0.1");
 	curl_easy_setopt(req->easy, CURLOPT_TCP_KEEPALIVE, 1L);
@@ -343,6 +383,16 @@ http_collect(RvHttp *http)
 		curl_easy_getinfo(msg->easy_handle, CURLINFO_RESPONSE_CODE, &req->status);
 		curl_easy_getinfo(msg->easy_handle, CURLINFO_TOTAL_TIME, &total);
 		req->latency_ms = total * 1000.0;
+		{
+			curl_off_t	conn = 0;
+
+			curl_easy_getinfo(msg->easy_handle, CURLINFO_CONNECT_TIME_T, &conn);
+			req->connected = (conn > 0 || req->status > 0);
+		}
+		/* curl reports the low-speed limit as a timeout: "Operation too slow" */
+		if (req->code == CURLE_OPERATION_TIMEDOUT && req->stall_ms > 0 &&
+			strstr(req->errbuf, "too slow") != NULL)
+			req->stalled = true;
 		curl_multi_remove_handle(http->multi, msg->easy_handle);
 		http->in_flight--;
 		req->next_done = NULL;

@@ -21,6 +21,9 @@ typedef struct RvHttpReq
 {
 	/* set by the caller */
 	void	   *owner;			/* caller's object, returned with the result */
+	long		stall_ms;		/* > 0: abandon the transfer when no byte
+								 * arrives for this long (curl's low-speed
+								 * limit: under 1 byte/s for stall_ms) */
 
 	/* owned by http.c, valid after completion */
 	CURL	   *easy;
@@ -32,8 +35,12 @@ typedef struct RvHttpReq
 	size_t		resp_limit;		/* larger responses fail */
 	bool		too_big;
 	long		status;			/* HTTP status, 0 if none */
-	long		retry_after_ms; /* from Retry-After, -1 if none */
+	long		retry_after_ms; /* from Retry-After (seconds or HTTP-date),
+								 * -1 if none */
 	CURLcode	code;			/* CURLE_OK or the transfer error */
+	bool		stalled;		/* code is CURLE_OPERATION_TIMEDOUT because
+								 * of stall_ms, not the total timeout */
+	bool		connected;		/* a connection to the server was made */
 	char		errbuf[CURL_ERROR_SIZE];
 	double		latency_ms;		/* from curl's total time */
 	struct RvHttpReq *next_done;

@@ -128,6 +128,9 @@ static const char *const jobs_saved_settings[] = {
 	"rvbbit.max_retries",
 	"rvbbit.default_parallel",
 	"rvbbit.default_limit",
+	"rvbbit.stall_timeout",
+	"rvbbit.retry_max_delay",
+	"rvbbit.default_max_tokens",
 	NULL
 };
 

@@ -18,7 +18,9 @@
  *
  *-------------------------------------------------------------------------
  */
+#include <ctype.h>
 #include <math.h>
+#include <regex.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -58,7 +60,9 @@ static const char *const js_unsupported[] = {
 	"$ref", "allOf", "anyOf", "oneOf", "not", "if", "then", "else",
 	"patternProperties", "dependencies", "dependentSchemas",
 	"dependentRequired", "propertyNames", "prefixItems", "contains",
-	"unevaluatedProperties", "unevaluatedItems"
+	"unevaluatedProperties", "unevaluatedItems", "multipleOf", "uniqueItems",
+	"additionalItems", "contentEncoding", "contentMediaType", "$defs",
+	"definitions", "$dynamicRef"
 };
 
 #define JS_NUNSUPPORTED ((int) (sizeof(js_unsupported) / sizeof(js_unsupported[0])))
@@ -443,6 +447,457 @@ js_is_count(json_object *v)
 	return false;
 }
 
+/* ----------------------------------------------------------------
+ *		pattern and format
+ * ----------------------------------------------------------------
+ */
+
+/*
+ * Translate a JSON Schema pattern (ECMA-262 syntax) into a POSIX extended
+ * regular expression: the class escapes \d \D \w \W \s \S become bracket
+ * expressions (inside brackets, \d \w \s become their ranges).  Returns
+ * false with why set for what POSIX cannot express: lookaround and other
+ * "(?" groups, backreferences, \b, lazy quantifiers.  out has outlen bytes.
+ */
+static bool
+js_pattern_translate(const char *p, char *out, size_t outlen, const char **why)
+{
+	size_t		o = 0;
+	bool		in_bracket = false;
+
+#define JS_EMIT(str) \
+	do { \
+		size_t	_l = strlen(str); \
+		if (o + _l + 1 > outlen) { *why = "it is too long"; return false; } \
+		memcpy(out + o, (str), _l); o += _l; \
+	} while (0)
+
+	for (; *p; p++)
+	{
+		char		c1[2] = {0, 0};
+
+		if (*p == '\\' && p[1] != '\0')
+		{
+			char		e = p[1];
+			const char *rep = NULL;
+
+			p++;
+			if (in_bracket)
+			{
+				if (e == 'd')
+					rep = "0-9";
+				else if (e == 'w')
+					rep = "A-Za-z0-9_";
+				else if (e == 's')
+					rep = "[:space:]";
+				else if (e == 'D' || e == 'W' || e == 'S')
+				{
+					*why = "negated class escapes inside brackets are not supported";
+					return false;
+				}
+				else if (e == ']' || e == '\\' || e == '-' || e == '^')
+				{
+					/* POSIX has no escapes in brackets */
+					*why = "escaped \"]\", \"\\\", \"-\" or \"^\" inside brackets are not supported; put \"]\" first or \"-\" last";
+					return false;
+				}
+				else
+				{
+					c1[0] = e;
+					rep = c1;
+				}
+			}
+			else if (e == 'd')
+				rep = "[0-9]";
+			else if (e == 'D')
+				rep = "[^0-9]";
+			else if (e == 'w')
+				rep = "[A-Za-z0-9_]";
+			else if (e == 'W')
+				rep = "[^A-Za-z0-9_]";
+			else if (e == 's')
+				rep = "[[:space:]]";
+			else if (e == 'S')
+				rep = "[^[:space:]]";
+			else if (e == 'b' || e == 'B' || (e >= '1' && e <= '9'))
+			{
+				*why = "word boundaries and backreferences are not supported";
+				return false;
+			}
+			else if (e == 'n')
+				rep = "\n";
+			else if (e == 't')
+				rep = "\t";
+			else if (isalnum((unsigned char) e))
+			{
+				*why = "this escape is not supported";
+				return false;
+			}
+			else
+			{
+				char		esc[3];
+
+				/* an escaped punctuation character stays escaped */
+				esc[0] = '\\';
+				esc[1] = e;
+				esc[2] = '\0';
+				JS_EMIT(esc);
+				continue;
+			}
+			JS_EMIT(rep);
+			continue;
+		}
+		if (in_bracket)
+		{
+			if (*p == ']')
+				in_bracket = false;
+			c1[0] = *p;
+			JS_EMIT(c1);
+			continue;
+		}
+		if (*p == '[')
+		{
+			in_bracket = true;
+			JS_EMIT("[");
+			/* a leading ^ and a leading ] belong to the bracket */
+			if (p[1] == '^')
+			{
+				JS_EMIT("^");
+				p++;
+			}
+			if (p[1] == ']')
+			{
+				JS_EMIT("]");
+				p++;
+			}
+			continue;
+		}
+		if (*p == '(' && p[1] == '?')
+		{
+			*why = "\"(?\" groups (lookaround, non-capturing, named) are not supported";
+			return false;
+		}
+		if ((*p == '*' || *p == '+' || *p == '?' || *p == '}') && p[1] == '?')
+		{
+			*why = "lazy quantifiers are not supported";
+			return false;
+		}
+		c1[0] = *p;
+		JS_EMIT(c1);
+	}
+#undef JS_EMIT
+	if (in_bracket)
+	{
+		*why = "a bracket expression is not closed";
+		return false;
+	}
+	out[o] = '\0';
+	return true;
+}
+
+/*
+ * Compile a pattern into re (regfree() it).  Returns false with why set
+ * (a static message, or the regerror() text in whybuf).
+ */
+static bool
+js_pattern_compile(const char *pattern, regex_t *re, char *whybuf, size_t whylen,
+				   const char **why)
+{
+	char		posix[1024];
+	int			rc;
+
+	if (!js_pattern_translate(pattern, posix, sizeof(posix), why))
+		return false;
+	rc = regcomp(re, posix, REG_EXTENDED | REG_NOSUB);
+	if (rc != 0)
+	{
+		regerror(rc, re, whybuf, whylen);
+		regfree(re);
+		*why = whybuf;
+		return false;
+	}
+	return true;
+}
+
+/* The formats of "format" that are checked. */
+static const char *const js_formats[] = {
+	"date", "date-time", "time", "email", "uuid", "uri", "ipv4"
+};
+
+#define JS_NFORMATS ((int) (sizeof(js_formats) / sizeof(js_formats[0])))
+#define JS_FORMAT_LIST "date, date-time, time, email, uuid, uri and ipv4"
+
+/* n decimal digits at s? */
+static bool
+js_digits(const char *s, int n)
+{
+	int			i;
+
+	for (i = 0; i < n; i++)
+		if (!isdigit((unsigned char) s[i]))
+			return false;
+	return true;
+}
+
+/* Parse YYYY-MM-DD at s (a real calendar date); returns the length or 0. */
+static int
+js_date_len(const char *s)
+{
+	static const int mdays[] = {31, 29, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31};
+	int			y,
+				m,
+				d;
+
+	if (!js_digits(s, 4) || s[4] != '-' || !js_digits(s + 5, 2) || s[7] != '-' ||
+		!js_digits(s + 8, 2))
+		return 0;
+	y = atoi(s);
+	m = (s[5] - '0') * 10 + (s[6] - '0');
+	d = (s[8] - '0') * 10 + (s[9] - '0');
+	if (m < 1 || m > 12 || d < 1 || d > mdays[m - 1])
+		return 0;
+	if (m == 2 && d == 29 && !((y % 4 == 0 && y % 100 != 0) || y % 400 == 0))
+		return 0;
+	return 10;
+}
+
+/*
+ * Parse an RFC 3339 full-time at s: HH:MM:SS[.frac](Z|+HH:MM|-HH:MM).
+ * Returns true when it spans the whole rest of s.
+ */
+static bool
+js_time_ok(const char *s)
+{
+	if (!js_digits(s, 2) || s[2] != ':' || !js_digits(s + 3, 2) || s[5] != ':' ||
+		!js_digits(s + 6, 2))
+		return false;
+	if (atoi(s) > 23 || atoi(s + 3) > 59 || atoi(s + 6) > 60)
+		return false;
+	s += 8;
+	if (*s == '.')
+	{
+		s++;
+		if (!isdigit((unsigned char) *s))
+			return false;
+		while (isdigit((unsigned char) *s))
+			s++;
+	}
+	if (*s == 'Z' || *s == 'z')
+		return s[1] == '\0';
+	if (*s == '+' || *s == '-')
+		return js_digits(s + 1, 2) && s[3] == ':' && js_digits(s + 4, 2) &&
+			s[6] == '\0' && atoi(s + 1) <= 23 && atoi(s + 4) <= 59;
+	return false;
+}
+
+/* Does string s (len bytes, no NUL inside) have format fmt? */
+static bool
+js_format_ok(const char *fmt, const char *s, size_t len)
+{
+	size_t		i;
+
+	if (strlen(s) != len)
+		return false;
+	if (strcmp(fmt, "date") == 0)
+		return len == 10 && js_date_len(s) == 10;
+	if (strcmp(fmt, "date-time") == 0)
+		return len > 11 && js_date_len(s) == 10 &&
+			(s[10] == 'T' || s[10] == 't' || s[10] == ' ') && js_time_ok(s + 11);
+	if (strcmp(fmt, "time") == 0)
+		return js_time_ok(s);
+	if (strcmp(fmt, "uuid") == 0)
+	{
+		if (len != 36)
+			return false;
+		for (i = 0; i < 36; i++)
+		{
+			if (i == 8 || i == 13 || i == 18 || i == 23)
+			{
+				if (s[i] != '-')
+					return false;
+			}
+			else if (!isxdigit((unsigned char) s[i]))
+				return false;
+		}
+		return true;
+	}
+	if (strcmp(fmt, "email") == 0)
+	{
+		const char *at = strchr(s, '@');
+		const char *dot;
+
+		if (at == NULL || at == s || strchr(at + 1, '@') != NULL)
+			return false;
+		for (i = 0; i < len; i++)
+			if (isspace((unsigned char) s[i]) || iscntrl((unsigned char) s[i]))
+				return false;
+		dot = strrchr(at + 1, '.');
+		return dot != NULL && dot > at + 1 && dot[1] != '\0';
+	}
+	if (strcmp(fmt, "uri") == 0)
+	{
+		/* scheme ":" then something, no spaces (RFC 3986 absolute URI) */
+		if (!isalpha((unsigned char) s[0]))
+			return false;
+		for (i = 1; i < len && s[i] != ':'; i++)
+			if (!isalnum((unsigned char) s[i]) && s[i] != '+' && s[i] != '-' && s[i] != '.')
+				return false;
+		if (i >= len - 1)
+			return false;
+		for (; i < len; i++)
+			if (isspace((unsigned char) s[i]) || iscntrl((unsigned char) s[i]) ||
+				s[i] == '"' || s[i] == '<' || s[i] == '>')
+				return false;
+		return true;
+	}
+	if (strcmp(fmt, "ipv4") == 0)
+	{
+		int			parts = 0;
+		const char *p = s;
+
+		while (parts < 4)
+		{
+			int			n = 0;
+			int			digits = 0;
+
+			while (isdigit((unsigned char) *p) && digits < 4)
+			{
+				n = n * 10 + (*p++ - '0');
+				digits++;
+			}
+			if (digits == 0 || digits > 3 || n > 255 || (digits > 1 && p[-digits] == '0'))
+				return false;
+			parts++;
+			if (parts < 4 && *p++ != '.')
+				return false;
+		}
+		return *p == '\0';
+	}
+	return true;
+}
+
+/* ----------------------------------------------------------------
+ *		Satisfiability
+ * ----------------------------------------------------------------
+ */
+
+/* The number member key of o as a double; false when absent or not a number. */
+static bool
+js_num_member(json_object *o, const char *key, double *out)
+{
+	json_object *v;
+
+	if (!json_object_object_get_ex(o, key, &v) || !js_is_number(v))
+		return false;
+	*out = json_object_get_double(v);
+	return true;
+}
+
+/*
+ * Reject a schema node no value can satisfy: a minimum above its maximum
+ * (minItems/maxItems, minLength/maxLength, minimum/maximum with their
+ * exclusive forms), or required names missing from properties when
+ * additionalProperties is false.
+ */
+static bool
+js_check_satisfiable(json_object *schema, JsPath *path, RvError *err)
+{
+	static const char *const pairs[][2] = {
+		{"minItems", "maxItems"}, {"minLength", "maxLength"}, {"minProperties", "maxProperties"}
+	};
+	char		kw[JS_PATH_LEN + 32];
+	double		lo = 0,
+				hi = 0;
+	bool		lo_excl = false,
+				hi_excl = false;
+	bool		has_lo,
+				has_hi;
+	json_object *v;
+	int			i;
+
+	for (i = 0; i < (int) (sizeof(pairs) / sizeof(pairs[0])); i++)
+	{
+		if (js_num_member(schema, pairs[i][0], &lo) &&
+			js_num_member(schema, pairs[i][1], &hi) && lo > hi)
+		{
+			rv_error_set(err, "\"%s\" is greater than %s: no value can match",
+						 js_kw(kw, sizeof(kw), path, pairs[i][0]), pairs[i][1]);
+			rv_error_detail(err, "%s is %.0f and %s is %.0f.", pairs[i][0], lo, pairs[i][1], hi);
+			return false;
+		}
+	}
+
+	/* numeric bounds, draft 4 booleans and later numbers alike */
+	has_lo = js_num_member(schema, "minimum", &lo);
+	has_hi = js_num_member(schema, "maximum", &hi);
+	if (json_object_object_get_ex(schema, "exclusiveMinimum", &v))
+	{
+		if (json_object_is_type(v, json_type_boolean))
+			lo_excl = has_lo && json_object_get_boolean(v);
+		else if (js_is_number(v) && (!has_lo || json_object_get_double(v) >= lo))
+		{
+			lo = json_object_get_double(v);
+			has_lo = lo_excl = true;
+		}
+	}
+	if (json_object_object_get_ex(schema, "exclusiveMaximum", &v))
+	{
+		if (json_object_is_type(v, json_type_boolean))
+			hi_excl = has_hi && json_object_get_boolean(v);
+		else if (js_is_number(v) && (!has_hi || json_object_get_double(v) <= hi))
+		{
+			hi = json_object_get_double(v);
+			has_hi = hi_excl = true;
+		}
+	}
+	if (has_lo && has_hi && (lo > hi || (lo == hi && (lo_excl || hi_excl))))
+	{
+		char		a[64],
+					b[64];
+
+		js_format_double(a, sizeof(a), lo);
+		js_format_double(b, sizeof(b), hi);
+		rv_error_set(err, "\"%s\" leaves no number between its bounds",
+					 js_kw(kw, sizeof(kw), path, "minimum"));
+		rv_error_detail(err, "The lower bound is %s (%s) and the upper bound %s (%s).",
+						a, lo_excl ? "exclusive" : "inclusive",
+						b, hi_excl ? "exclusive" : "inclusive");
+		return false;
+	}
+
+	/* required names that additionalProperties: false forbids */
+	if (json_object_object_get_ex(schema, "additionalProperties", &v) &&
+		json_object_is_type(v, json_type_boolean) && !json_object_get_boolean(v) &&
+		json_object_object_get_ex(schema, "required", &v) &&
+		json_object_is_type(v, json_type_array))
+	{
+		json_object *props = NULL;
+		size_t		n = json_object_array_length(v);
+		size_t		j;
+
+		if (!json_object_object_get_ex(schema, "properties", &props) ||
+			!json_object_is_type(props, json_type_object))
+			props = NULL;
+		for (j = 0; j < n; j++)
+		{
+			const char *name = json_object_get_string(json_object_array_get_idx(v, j));
+			json_object *dummy;
+
+			if (props == NULL || !json_object_object_get_ex(props, name, &dummy))
+			{
+				char		q[JS_SHOW_LEN + 8];
+
+				js_quote(q, sizeof(q), name, strlen(name), JS_SHOW_LEN);
+				rv_error_set(err, "\"%s\" names %s, which additionalProperties: false forbids",
+							 js_kw(kw, sizeof(kw), path, "required"), q);
+				rv_error_detail(err, "A required property must be listed in properties when additionalProperties is false.");
+				return false;
+			}
+		}
+	}
+	return true;
+}
+
 /*
  * Check one schema node at path (depth levels deep) and, recursively, the
  * schemas below it.  Returns false with err set on the first problem.
@@ -481,7 +936,7 @@ js_check_node(json_object *schema, JsPath *path, int depth, RvError *err)
 			if (strcmp(key, js_unsupported[i]) == 0)
 			{
 				rv_error_set(err, "\"%s\" is not supported", js_kw(kw, sizeof(kw), path, key));
-				rv_error_hint(err, "The supported keywords are type, properties, required, additionalProperties, enum, const, items, minItems, maxItems, minimum, maximum, exclusiveMinimum, exclusiveMaximum, minLength and maxLength.");
+				rv_error_hint(err, "The supported keywords are type, properties, required, additionalProperties, enum, const, items, minItems, maxItems, minProperties, maxProperties, minimum, maximum, exclusiveMinimum, exclusiveMaximum, minLength, maxLength, pattern and format.");
 				return false;
 			}
 		}
@@ -580,7 +1035,8 @@ js_check_node(json_object *schema, JsPath *path, int depth, RvError *err)
 			}
 		}
 		else if (strcmp(key, "minItems") == 0 || strcmp(key, "maxItems") == 0 ||
-				 strcmp(key, "minLength") == 0 || strcmp(key, "maxLength") == 0)
+				 strcmp(key, "minLength") == 0 || strcmp(key, "maxLength") == 0 ||
+				 strcmp(key, "minProperties") == 0 || strcmp(key, "maxProperties") == 0)
 		{
 			if (!js_is_count(val))
 			{
@@ -611,16 +1067,100 @@ js_check_node(json_object *schema, JsPath *path, int depth, RvError *err)
 		}
 		else if (strcmp(key, "pattern") == 0)
 		{
+			regex_t		re;
+			char		whybuf[128];
+			const char *why = NULL;
+
 			if (!json_object_is_type(val, json_type_string))
 			{
 				rv_error_set(err, "\"%s\" must be a string",
 							 js_kw(kw, sizeof(kw), path, key));
 				return false;
 			}
+			if (!js_pattern_compile(json_object_get_string(val), &re, whybuf,
+									sizeof(whybuf), &why))
+			{
+				rv_error_set(err, "\"%s\" is not a supported regular expression: %s",
+							 js_kw(kw, sizeof(kw), path, key), why);
+				rv_error_hint(err, "Patterns are POSIX extended regular expressions, plus \\d, \\w and \\s.");
+				return false;
+			}
+			regfree(&re);
+		}
+		else if (strcmp(key, "format") == 0)
+		{
+			bool		known = false;
+
+			for (i = 0; json_object_is_type(val, json_type_string) && i < JS_NFORMATS; i++)
+				known = known || strcmp(json_object_get_string(val), js_formats[i]) == 0;
+			if (!known)
+			{
+				char		shown[JS_SHOW_LEN + 8];
+
+				js_show(shown, sizeof(shown), val, true);
+				rv_error_set(err, "\"%s\" %s is not supported",
+							 js_kw(kw, sizeof(kw), path, key), shown);
+				rv_error_hint(err, "The supported formats are " JS_FORMAT_LIST ".");
+				return false;
+			}
 		}
 		/* const takes any value; other keywords are annotations */
 	}
-	return true;
+	return js_check_satisfiable(schema, path, err);
+}
+
+/*
+ * Rewrite draft-4 forms in place into the forms current servers accept:
+ * "exclusiveMinimum": true with "minimum": m becomes "exclusiveMinimum": m
+ * (and likewise for the maximum); "exclusiveMinimum": false is dropped.
+ */
+static void
+js_normalize_node(json_object *schema, int depth)
+{
+	static const char *const bounds[][2] = {
+		{"exclusiveMinimum", "minimum"}, {"exclusiveMaximum", "maximum"}
+	};
+	struct json_object_iter it;
+	int			i;
+
+	if (depth > JS_MAX_DEPTH || !json_object_is_type(schema, json_type_object))
+		return;
+	for (i = 0; i < 2; i++)
+	{
+		json_object *flag;
+		json_object *bound;
+
+		if (!json_object_object_get_ex(schema, bounds[i][0], &flag) ||
+			!json_object_is_type(flag, json_type_boolean))
+			continue;
+		if (json_object_get_boolean(flag) &&
+			json_object_object_get_ex(schema, bounds[i][1], &bound) && js_is_number(bound))
+		{
+			json_object_object_add(schema, bounds[i][0], json_object_get(bound));
+			json_object_object_del(schema, bounds[i][1]);
+		}
+		else
+			json_object_object_del(schema, bounds[i][0]);
+	}
+	json_object_object_foreachC(schema, it)
+	{
+		if (strcmp(it.key, "properties") == 0 && json_object_is_type(it.val, json_type_object))
+		{
+			struct json_object_iter pit;
+
+			json_object_object_foreachC(it.val, pit)
+				js_normalize_node(pit.val, depth + 1);
+		}
+		else if (strcmp(it.key, "items") == 0 || strcmp(it.key, "additionalProperties") == 0)
+			js_normalize_node(it.val, depth + 1);
+	}
+}
+
+void
+rv_schema_normalize(json_object *schema)
+{
+	if (schema != NULL)
+		js_normalize_node(schema, 0);
 }
 
 /*
@@ -1026,6 +1566,48 @@ js_validate_array(json_object *schema, json_object *value, JsPath *path,
 	return true;
 }
 
+/* Check pattern and format against a string value. */
+static bool
+js_validate_string(json_object *schema, json_object *value, JsPath *path, RvError *err)
+{
+	json_object *kw;
+	const char *s = json_object_get_string(value);
+	size_t		len = (size_t) json_object_get_string_len(value);
+	char		got[JS_SHOW_LEN + 8];
+
+	if (json_object_object_get_ex(schema, "pattern", &kw) &&
+		json_object_is_type(kw, json_type_string))
+	{
+		regex_t		re;
+		char		whybuf[128];
+		const char *why = NULL;
+
+		/* an unchecked schema may hold a bad pattern: then it matches nothing */
+		if (!js_pattern_compile(json_object_get_string(kw), &re, whybuf, sizeof(whybuf), &why) ||
+			strlen(s) != len || regexec(&re, s, 0, NULL, 0) != 0)
+		{
+			char		want[JS_SHOW_LEN + 8];
+
+			if (why == NULL)
+				regfree(&re);
+			js_show(got, sizeof(got), value, false);
+			js_show(want, sizeof(want), kw, true);
+			rv_error_set(err, "%s: %s does not match the pattern %s", path->buf, got, want);
+			return false;
+		}
+		regfree(&re);
+	}
+	if (json_object_object_get_ex(schema, "format", &kw) &&
+		json_object_is_type(kw, json_type_string) &&
+		!js_format_ok(json_object_get_string(kw), s, len))
+	{
+		js_show(got, sizeof(got), value, false);
+		rv_error_set(err, "%s: %s is not a valid %s", path->buf, got, json_object_get_string(kw));
+		return false;
+	}
+	return true;
+}
+
 /*
  * Validate value against one schema node; path is the value's JSON path.
  * Keywords apply in a fixed order: type, const, enum, then the keywords of
@@ -1081,10 +1663,12 @@ js_validate_node(json_object *schema, json_object *value, JsPath *path,
 		case json_type_array:
 			return js_validate_array(schema, value, path, depth, err);
 		case json_type_string:
-			return js_validate_count(schema,
-									 js_utf8_chars(json_object_get_string(value),
-												   (size_t) json_object_get_string_len(value)),
-									 "minLength", "maxLength", "character", path, err);
+			if (!js_validate_count(schema,
+								   js_utf8_chars(json_object_get_string(value),
+												 (size_t) json_object_get_string_len(value)),
+								   "minLength", "maxLength", "character", path, err))
+				return false;
+			return js_validate_string(schema, value, path, err);
 		case json_type_int:
 		case json_type_double:
 			return js_validate_number(schema, value, path, err);

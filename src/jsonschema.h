@@ -8,9 +8,16 @@
  * Keywords: type (string or array of: object, array, string, number,
  * integer, boolean, null), properties, required, additionalProperties
  * (boolean or schema), enum, const, items, minItems, maxItems, minimum,
- * maximum, exclusiveMinimum, exclusiveMaximum, minLength, maxLength
- * (counted in characters, UTF-8), pattern is accepted and ignored,
- * description/title/default/$schema/examples ignored.  Nesting depth of
+ * maximum, exclusiveMinimum, exclusiveMaximum (numbers, or draft-4
+ * booleans), minLength, maxLength (counted in characters, UTF-8),
+ * minProperties/maxProperties (checked for satisfiability only), pattern
+ * (ECMA-262 subset run as a POSIX extended regular expression: \d \w \s
+ * and their negations are translated; lookaround, backreferences and lazy
+ * quantifiers are rejected), format (date, date-time, time, email, uuid,
+ * uri, ipv4; others rejected); description/title/default/$schema/examples
+ * ignored.  Keywords changing what validates that are not implemented
+ * ($ref, allOf, anyOf, oneOf, not, if/then/else, multipleOf, uniqueItems,
+ * ...) are rejected.  Nesting depth of
  * schemas and values is limited (64).
  *
  *-------------------------------------------------------------------------
@@ -30,6 +37,13 @@
  * naming the path inside the schema, e.g. "properties.sentiment.enum".
  */
 extern bool rv_schema_check(json_object *schema, RvError *err);
+
+/*
+ * Rewrite draft-4 forms in place ("exclusiveMinimum": true next to
+ * "minimum": m becomes "exclusiveMinimum": m), so that what is sent to a
+ * provider is the current form.  Validation accepts both.
+ */
+extern void rv_schema_normalize(json_object *schema);
 
 /*
  * Validate value against schema.  Returns true when valid.  On failure

@@ -916,10 +916,20 @@ llm_parse_openai(json_object *root, const char *body, size_t len,
 	}
 
 	out->finish_reason = llm_dup_str(choice, "finish_reason");
+	out->truncated = rv_llm_is_truncation(out->finish_reason);
 	out->model = llm_dup_str(root, "model");
+	out->id = llm_dup_str(root, "id");
 	usage = llm_get(root, "usage");
 	out->input_tokens = llm_get_count(usage, "prompt_tokens");
 	out->output_tokens = llm_get_count(usage, "completion_tokens");
+	/* OpenAI: usage.prompt_tokens_details.cached_tokens; some servers flat */
+	out->cached_tokens = llm_get_count(llm_get(usage, "prompt_tokens_details"),
+									   "cached_tokens");
+	if (out->cached_tokens < 0)
+		out->cached_tokens = llm_get_count(usage, "cached_tokens");
+	if (out->cached_tokens >= 0 && out->input_tokens >= 0 &&
+		out->cached_tokens > out->input_tokens)
+		out->cached_tokens = out->input_tokens;
 	return true;
 }
 
@@ -983,8 +993,11 @@ llm_parse_anthropic(json_object *root, const char *body, size_t len,
 	}
 
 	out->finish_reason = llm_dup_str(root, "stop_reason");
+	out->truncated = rv_llm_is_truncation(out->finish_reason);
 	out->model = llm_dup_str(root, "model");
+	out->id = llm_dup_str(root, "id");
 	usage = llm_get(root, "usage");
+	out->cached_tokens = llm_get_count(usage, "cache_read_input_tokens");
 	out->input_tokens = llm_get_count(usage, "input_tokens");
 	out->output_tokens = llm_get_count(usage, "output_tokens");
 	if (out->input_tokens >= 0)
@@ -1013,6 +1026,7 @@ rv_llm_parse_response(RvFlavor flavor, const char *body, size_t len,
 	memset(out, 0, sizeof(RvLlmResponse));
 	out->input_tokens = -1;
 	out->output_tokens = -1;
+	out->cached_tokens = -1;
 	if (body == NULL)
 		len = 0;
 
@@ -1048,11 +1062,25 @@ rv_llm_response_free(RvLlmResponse *resp)
 	free(resp->content);
 	free(resp->finish_reason);
 	free(resp->model);
+	free(resp->id);
 	resp->content = NULL;
 	resp->finish_reason = NULL;
 	resp->model = NULL;
+	resp->id = NULL;
 	resp->input_tokens = -1;
 	resp->output_tokens = -1;
+	resp->cached_tokens = -1;
+	resp->truncated = false;
+}
+
+bool
+rv_llm_is_truncation(const char *finish_reason)
+{
+	if (finish_reason == NULL)
+		return false;
+	return strcmp(finish_reason, "length") == 0 ||
+		strcmp(finish_reason, "max_tokens") == 0 ||
+		strcmp(finish_reason, "model_length") == 0;
 }
 
 char *

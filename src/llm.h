@@ -32,7 +32,8 @@ typedef struct RvLlmRequest
 	json_object *messages;		/* array of {"role": "user"|"assistant", "content": "..."} */
 	bool		has_temperature;
 	double		temperature;
-	int			max_tokens;		/* 0: default (openai: omit; anthropic: 1024) */
+	int			max_tokens;		/* 0: default (openai: omit; anthropic: 1024);
+								 * rvbbit always sets it */
 	json_object *output_schema; /* NULL or a JSON Schema for the reply */
 	const char *schema_name;	/* name for response_format (cell name) */
 } RvLlmRequest;
@@ -44,6 +45,11 @@ typedef struct RvLlmResponse
 	long		output_tokens;	/* -1 when the provider did not say */
 	char	   *finish_reason;	/* malloc'd or NULL (openai finish_reason, anthropic stop_reason) */
 	char	   *model;			/* malloc'd or NULL: the model the provider reports */
+	char	   *id;				/* malloc'd or NULL: the provider's response id */
+	long		cached_tokens;	/* prompt tokens read from the provider's
+								 * prompt cache (part of input_tokens), -1
+								 * when the provider did not say */
+	bool		truncated;		/* the reply was cut off at max_tokens */
 } RvLlmResponse;
 
 /* "/chat/completions" or "/messages": appended to the provider's base URL. */
@@ -74,6 +80,13 @@ extern bool rv_llm_parse_response(RvFlavor flavor, const char *body, size_t len,
 								  RvLlmResponse *out, RvError *err);
 
 extern void rv_llm_response_free(RvLlmResponse *resp);
+
+/*
+ * Does a finish reason say the reply was cut off by the token limit?
+ * OpenAI-compatible servers say "length" (some "max_tokens"), Anthropic
+ * "max_tokens".  NULL is not a truncation.
+ */
+extern bool rv_llm_is_truncation(const char *finish_reason);
 
 /*
  * Extract a human-readable error message from a non-2xx body

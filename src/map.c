@@ -672,6 +672,9 @@ map_header_json(const char *display, const char *def, const RvOptions *o)
 		json_object_object_add(h, "model", json_object_new_string(o->model));
 	json_object_object_add(h, "timeout_ms", json_object_new_int64(o->timeout_ms));
 	json_object_object_add(h, "max_retries", json_object_new_int(o->max_retries));
+	json_object_object_add(h, "stall_timeout_ms", json_object_new_int(rv_stall_timeout_ms));
+	json_object_object_add(h, "retry_max_delay_ms", json_object_new_int(rv_retry_max_delay_ms));
+	json_object_object_add(h, "default_max_tokens", json_object_new_int(rv_default_max_tokens));
 	json_object_object_add(h, "cache_read", json_object_new_boolean(o->cache_read));
 	json_object_object_add(h, "cache_write", json_object_new_boolean(o->cache_write));
 	json_object_object_add(h, "cache_max_age_s", json_object_new_int64(o->cache_max_age_s));

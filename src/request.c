@@ -17,6 +17,7 @@
 #include "common/cryptohash.h"
 
 #include "request.h"
+#include "rvbbit.h"
 
 const char *
 rv_cell_model(const RvCascade *c, int cell, const char *override, const char *dflt)
@@ -30,10 +31,35 @@ rv_cell_model(const RvCascade *c, int cell, const char *override, const char *df
 	return dflt;
 }
 
+void
+rv_cell_send(const RvCell *cell, int default_max_tokens, int reask, RvSend *out)
+{
+	out->max_tokens = cell->max_tokens > 0 ? cell->max_tokens : default_max_tokens;
+	if (cell->has_temperature)
+		out->temperature = cell->temperature;
+	else if (reask > 0)
+		out->temperature = Min(RV_REASK_TEMPERATURE_STEP * reask, 1.0);
+	else
+		out->temperature = 0.0;
+}
+
 char *
 rv_cell_request(const RvCell *cell, json_object *scope, bool strict,
 				RvFlavor flavor, const char *model, json_object *schema,
 				json_object **messages, RvError *err, const char **what)
+{
+	RvSend		send;
+
+	rv_cell_send(cell, rv_default_max_tokens, 0, &send);
+	return rv_cell_request_ex(cell, scope, strict, flavor, model, schema, &send,
+							  messages, err, what);
+}
+
+char *
+rv_cell_request_ex(const RvCell *cell, json_object *scope, bool strict,
+				   RvFlavor flavor, const char *model, json_object *schema,
+				   const RvSend *send, json_object **messages, RvError *err,
+				   const char **what)
 {
 	RvLlmRequest lreq;
 	char	   *system = NULL;
@@ -71,9 +97,9 @@ rv_cell_request(const RvCell *cell, json_object *scope, bool strict,
 	lreq.model = model;
 	lreq.system = system;
 	lreq.messages = *messages;
-	lreq.has_temperature = cell->has_temperature;
-	lreq.temperature = cell->temperature;
-	lreq.max_tokens = cell->max_tokens;
+	lreq.has_temperature = true;
+	lreq.temperature = send->temperature;
+	lreq.max_tokens = send->max_tokens;
 	lreq.output_schema = schema ? schema : cell->output_schema;
 	lreq.schema_name = cell->name;
 	body = rv_llm_build_body(&lreq);

@@ -48,6 +48,9 @@ int			rv_max_connections_per_worker = 900;
 int			rv_requests_per_minute = 0;
 int			rv_tokens_per_minute = 0;
 double		rv_budget_dollars_per_day = 0.0;
+int			rv_stall_timeout_ms = 30000;
+int			rv_retry_max_delay_ms = 30000;
+int			rv_default_max_tokens = 1024;
 
 RvShared   *rv_shared = NULL;
 
@@ -242,6 +245,25 @@ _PG_init(void)
 							 &rv_budget_dollars_per_day,
 							 0.0, 0.0, 1e12,
 							 PGC_SUSET, 0, NULL, NULL, NULL);
+
+	DefineCustomIntVariable("rvbbit.stall_timeout",
+							"Sets how long an LLM request may go without receiving a byte.",
+							"A stalled request is abandoned and retried like a 5xx reply.",
+							&rv_stall_timeout_ms,
+							30000, 1000, 3600 * 1000,
+							PGC_USERSET, GUC_UNIT_MS, NULL, NULL, NULL);
+	DefineCustomIntVariable("rvbbit.retry_max_delay",
+							"Sets the longest wait before retrying a failed LLM request.",
+							"Retries wait a random time up to an exponentially growing ceiling capped by this; a Retry-After header takes precedence.",
+							&rv_retry_max_delay_ms,
+							30000, 0, 3600 * 1000,
+							PGC_USERSET, GUC_UNIT_MS, NULL, NULL, NULL);
+	DefineCustomIntVariable("rvbbit.default_max_tokens",
+							"Sets max_tokens sent for cells that set none.",
+							NULL,
+							&rv_default_max_tokens,
+							1024, 1, 1000000,
+							PGC_USERSET, 0, NULL, NULL, NULL);
 
 	MarkGUCPrefixReserved("rvbbit");
 

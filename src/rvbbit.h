@@ -51,6 +51,9 @@ extern int	rv_max_connections_per_worker;
 extern int	rv_requests_per_minute;
 extern int	rv_tokens_per_minute;
 extern double rv_budget_dollars_per_day;
+extern int	rv_stall_timeout_ms;
+extern int	rv_retry_max_delay_ms;
+extern int	rv_default_max_tokens;
 
 /* One pooled worker.  Protected by RvShared->lock. */
 typedef struct RvWorkerSlot

@@ -107,13 +107,17 @@ typedef struct WkStmt
 	char	   *default_model;
 	char	   *model_override; /* or NULL */
 	long		timeout_ms;
+	long		stall_ms;		/* rvbbit.stall_timeout of the session */
+	long		retry_max_delay_ms; /* rvbbit.retry_max_delay */
+	int			default_max_tokens; /* rvbbit.default_max_tokens */
 	int			max_retries;
 	bool		cache_read;
 	bool		cache_write;
 	long		cache_max_age_s;	/* -1: any age */
 	int			nproviders;		/* [0] is the default provider */
 	WkProvider *providers;
-	json_object *prices;		/* model -> [input, output] dollars per token */
+	json_object *prices;		/* model -> [input, output, cached input]
+								 * dollars per token */
 	double		budget_day;		/* rvbbit.budget_dollars_per_day of the role, 0: none */
 	RvRoleSpend *spend;			/* the role's spend today, when budget_day > 0 */
 	char	   *role_name;		/* for messages (looked up in a transaction) */
@@ -148,6 +152,12 @@ typedef struct WkTask
 	int			cell;			/* index of the current cell */
 	int			attempt;		/* schema attempts made for this cell */
 	int			tries;			/* HTTP tries for the current request */
+	int			cell_tries;		/* requests sent for this cell, retries and
+								 * re-asks included (rvbbit.calls.attempt) */
+	RvSend		send;			/* max_tokens and temperature sent */
+	int			grow_cap;		/* > 0: max_tokens of the one retry after a
+								 * truncated schema reply */
+	bool		grown;			/* that retry was made */
 	json_object *messages;		/* the conversation for the current cell */
 	char	   *body;			/* malloc'd request body */
 	size_t		body_len;
@@ -201,12 +211,40 @@ static dlist_head wk_retry = DLIST_STATIC_INIT(wk_retry);
 static dlist_head wk_inflight = DLIST_STATIC_INIT(wk_inflight);
 static long wk_ratelimit_wait_ms = -1;
 
+/*
+ * The circuit breaker: per provider base URL, shared by all statements of
+ * this worker.  A request that could not reach the server (connection
+ * refused, no route, connect timeout) or that stalled (nothing received
+ * for rvbbit.stall_timeout) counts as a failure; any HTTP reply resets the
+ * count.  A request that only ran out of rvbbit.request_timeout does not
+ * count: the server was busy answering.  After
+ * WK_BREAKER_THRESHOLD failures in a row the breaker opens: for
+ * WK_BREAKER_OPEN_MS nothing is sent to that provider, and the rows
+ * waiting for it fail at once with an error saying so.  After that the
+ * next requests go out again; one more failure reopens it.
+ */
+#define WK_BREAKER_THRESHOLD	3
+#define WK_BREAKER_OPEN_MS		10000
+#define WK_BREAKER_MAX			32
+
+typedef struct WkBreaker
+{
+	char		api_base[256];
+	int			failures;		/* unreachable in a row */
+	TimestampTz open_until;		/* 0: closed */
+	char		last_error[256];
+} WkBreaker;
+
+static WkBreaker wk_breakers[WK_BREAKER_MAX];
+static int	wk_nbreakers = 0;
+
 static void wk_task_done(WkTask *t, json_object *result);
 static void wk_task_fail(WkTask *t, int sqlstate, const char *msg,
 						 const char *detail, const char *hint);
 static void wk_task_prepare(WkTask *t);
 static void wk_batch_task(WkStmt *s, const int64 *seqs, int k, json_object *rows, int from);
-static void wk_task_response(WkTask *t, const char *content, long tin, long tout,
+static void wk_task_response(WkTask *t, const char *content,
+							 const RvLlmResponse *resp, long tin, long tout,
 							 bool cached, double latency_ms);
 
 /* ----------------------------------------------------------------
@@ -405,7 +443,9 @@ wk_load_config(WkStmt *s, json_object *hdr)
 		}
 
 		if (SPI_execute("SELECT model, input_per_million::float8 / 1e6, "
-						"output_per_million::float8 / 1e6 FROM rvbbit.model_prices",
+						"output_per_million::float8 / 1e6, "
+						"coalesce(cached_input_per_million, input_per_million)::float8 / 1e6 "
+						"FROM rvbbit.model_prices",
 						true, 0) != SPI_OK_SELECT)
 			elog(ERROR, "could not read rvbbit.model_prices");
 		for (i = 0; i < SPI_processed; i++)
@@ -415,10 +455,12 @@ wk_load_config(WkStmt *s, json_object *hdr)
 			char	   *model = SPI_getvalue(tup, td, 1);
 			char	   *pin = SPI_getvalue(tup, td, 2);
 			char	   *pout = SPI_getvalue(tup, td, 3);
+			char	   *pcached = SPI_getvalue(tup, td, 4);
 			json_object *pair = json_object_new_array();
 
 			json_object_array_add(pair, json_object_new_double(pin ? atof(pin) : 0));
 			json_object_array_add(pair, json_object_new_double(pout ? atof(pout) : 0));
+			json_object_array_add(pair, json_object_new_double(pcached ? atof(pcached) : 0));
 			json_object_object_add(s->prices, model, pair);
 		}
 		rv_bgxact_end(false);
@@ -517,7 +559,7 @@ wk_cache_lookup(void)
 			const char *r = wk_json_str(hit, "response");
 			char	   *content = pstrdup(r ? r : "");
 
-			wk_task_response(t, content,
+			wk_task_response(t, content, NULL,
 							 (long) wk_json_int(hit, "in", 0),
 							 (long) wk_json_int(hit, "out", 0), true, 0);
 			pfree(content);
@@ -570,14 +612,17 @@ wk_flush_writes(void)
 			args[0] = CStringGetTextDatum(json_object_to_json_string_ext(wk_call_rows, JSON_C_TO_STRING_PLAIN));
 			if (SPI_execute_with_args("INSERT INTO rvbbit.call_log (statement_id, backend_pid, role_oid, "
 									  "cascade, cell, model, attempt, status, http_status, input_tokens, "
-									  "output_tokens, cost, latency_ms, error, cache_key) "
+									  "output_tokens, cost, latency_ms, error, cache_key, "
+									  "response_model, response_id, finish_reason, cached_tokens) "
 									  "SELECT statement_id, backend_pid, role_oid, cascade, cell, model, "
 									  "attempt, status, http_status, input_tokens, output_tokens, cost, "
-									  "latency_ms, error, cache_key FROM jsonb_to_recordset($1::jsonb) AS x("
+									  "latency_ms, error, cache_key, response_model, response_id, "
+									  "finish_reason, cached_tokens FROM jsonb_to_recordset($1::jsonb) AS x("
 									  "statement_id int8, backend_pid int, role_oid oid, cascade text, "
 									  "cell text, model text, attempt int, status text, http_status int, "
 									  "input_tokens int, output_tokens int, cost float8, latency_ms float8, "
-									  "error text, cache_key text)",
+									  "error text, cache_key text, response_model text, response_id text, "
+									  "finish_reason text, cached_tokens int)",
 									  1, argtypes, args, NULL, false, 0) != SPI_OK_INSERT)
 				elog(ERROR, "could not write rvbbit.call_log");
 		}
@@ -595,8 +640,13 @@ wk_flush_writes(void)
 	wk_call_rows = json_object_new_array();
 }
 
-/* Queue a call record for the next flush. */
-static void
+/*
+ * Queue a call record for the next flush.  attempt is the number of
+ * requests sent for the cell before this one (transport retries and
+ * schema re-asks alike); a record that is not a cache hit counts one more.
+ * Returns the record, for the caller to add the reply's details.
+ */
+static json_object *
 wk_record_call(WkTask *t, const char *status, long http_status, long tin,
 			   long tout, double cost, double latency_ms, const char *error)
 {
@@ -609,7 +659,9 @@ wk_record_call(WkTask *t, const char *status, long http_status, long tin,
 	json_object_object_add(r, "cascade", json_object_new_string(s->cascade_name));
 	json_object_object_add(r, "cell", json_object_new_string(s->cascade->cells[t->cell].name));
 	json_object_object_add(r, "model", json_object_new_string(t->model_ref ? t->model_ref : ""));
-	json_object_object_add(r, "attempt", json_object_new_int(t->attempt));
+	json_object_object_add(r, "attempt", json_object_new_int(t->cell_tries));
+	if (strcmp(status, "cached") != 0)
+		t->cell_tries++;
 	json_object_object_add(r, "status", json_object_new_string(status));
 	if (http_status > 0)
 		json_object_object_add(r, "http_status", json_object_new_int((int) http_status));
@@ -623,6 +675,23 @@ wk_record_call(WkTask *t, const char *status, long http_status, long tin,
 		json_object_object_add(r, "error", json_object_new_string(error));
 	json_object_object_add(r, "cache_key", json_object_new_string(t->key));
 	json_object_array_add(wk_call_rows, r);
+	return r;
+}
+
+/* Add what the provider said about its reply to a call record. */
+static void
+wk_record_reply(json_object *r, const RvLlmResponse *resp)
+{
+	if (resp == NULL)
+		return;
+	if (resp->model)
+		json_object_object_add(r, "response_model", json_object_new_string(resp->model));
+	if (resp->id)
+		json_object_object_add(r, "response_id", json_object_new_string(resp->id));
+	if (resp->finish_reason)
+		json_object_object_add(r, "finish_reason", json_object_new_string(resp->finish_reason));
+	if (resp->cached_tokens >= 0)
+		json_object_object_add(r, "cached_tokens", json_object_new_int64(resp->cached_tokens));
 }
 
 /* ----------------------------------------------------------------
@@ -681,15 +750,25 @@ wk_task_free(WkTask *t)
 	pfree(t);
 }
 
-/* Cost of a call in dollars from the statement's price table. */
+/*
+ * Cost of a call in dollars from the statement's price table: fresh input
+ * tokens at the input price, tcached input tokens (read from the
+ * provider's prompt cache, part of tin) at the cached-input price, output
+ * tokens at the output price.
+ */
 static double
-wk_cost(WkStmt *s, const char *model_ref, long tin, long tout)
+wk_cost(WkStmt *s, const char *model_ref, long tin, long tout, long tcached)
 {
 	json_object *pair;
+	long		fresh;
 
 	if (model_ref == NULL || !json_object_object_get_ex(s->prices, model_ref, &pair))
 		return 0.0;
-	return Max(tin, 0) * json_object_get_double(json_object_array_get_idx(pair, 0)) +
+	tin = Max(tin, 0);
+	tcached = Min(Max(tcached, 0), tin);
+	fresh = tin - tcached;
+	return fresh * json_object_get_double(json_object_array_get_idx(pair, 0)) +
+		tcached * json_object_get_double(json_object_array_get_idx(pair, 2)) +
 		Max(tout, 0) * json_object_get_double(json_object_array_get_idx(pair, 1));
 }
 
@@ -814,9 +893,12 @@ wk_task_prepare(WkTask *t)
 	}
 	t->provider = wk_route(s, t->model_ref, &t->model);
 
+	rv_cell_send(cell, s->default_max_tokens, t->attempt, &t->send);
+	if (t->grow_cap > 0)
+		t->send.max_tokens = t->grow_cap;
 	free(t->body);
-	t->body = rv_cell_request(cell, t->scope, true, t->provider->flavor, t->model,
-							  t->batch_schema, &t->messages, &err, &what);
+	t->body = rv_cell_request_ex(cell, t->scope, true, t->provider->flavor, t->model,
+								 t->batch_schema, &t->send, &t->messages, &err, &what);
 	if (t->body == NULL)
 	{
 		if (err.set)
@@ -884,19 +966,25 @@ wk_text_value(const char *content)
 }
 
 /*
- * A reply for the task's current request (from HTTP or the cache).
- * Validates it, records it, and moves on: re-ask, next cell, or done.
+ * A reply for the task's current request (from HTTP, with the provider's
+ * parsed response in resp, or from the cache, resp NULL).  Validates it,
+ * records it, and moves on: re-ask, next cell, or done.  A reply cut off at
+ * max_tokens is never cached and never a success: MAP BATCH splits the
+ * batch, a schema cell whose rules allow it is asked once more with a
+ * larger cap, anything else fails the row.
  */
 static void
-wk_task_response(WkTask *t, const char *content, long tin, long tout,
-				 bool cached, double latency_ms)
+wk_task_response(WkTask *t, const char *content, const RvLlmResponse *resp,
+				 long tin, long tout, bool cached, double latency_ms)
 {
 	WkStmt	   *s = t->stmt;
 	RvCell	   *cell = &s->cascade->cells[t->cell];
 	json_object *value = NULL;
 	RvError		err;
-	double		cost = cached ? 0.0 : wk_cost(s, t->model_ref, tin, tout);
+	double		cost = cached ? 0.0 :
+		wk_cost(s, t->model_ref, tin, tout, resp ? resp->cached_tokens : -1);
 	bool		usable = true;
+	bool		truncated = (!cached && resp != NULL && resp->truncated);
 
 	rv_error_clear(&err);
 	if (cached)
@@ -923,6 +1011,51 @@ wk_task_response(WkTask *t, const char *content, long tin, long tout,
 		}
 	}
 
+	if (truncated)
+	{
+		char	   *why = psprintf("the reply was cut off at max_tokens (%d)",
+								   t->send.max_tokens);
+		json_object *r = wk_record_call(t, "truncated", 200, tin, tout, cost,
+										latency_ms, why);
+
+		wk_record_reply(r, resp);
+		free(t->body);
+		t->body = NULL;
+		if (t->nbatch > 1)
+		{
+			/* MAP BATCH: fewer rows need fewer tokens */
+			int			half = t->nbatch / 2;
+
+			wk_batch_task(s, t->seqs, half, t->batch_rows, 0);
+			wk_batch_task(s, t->seqs + half, t->nbatch - half, t->batch_rows, half);
+			wk_task_free(t);
+			return;
+		}
+		if (cell->output_schema != NULL && cell->grow_max_tokens != 0 && !t->grown)
+		{
+			int			cap = cell->grow_max_tokens > 0 ? cell->grow_max_tokens :
+				(t->send.max_tokens > 500000 ? 1000000 : t->send.max_tokens * 2);
+
+			if (cap > t->send.max_tokens)
+			{
+				/* the same request once more with the larger cap */
+				t->grown = true;
+				t->grow_cap = cap;
+				wk_task_prepare(t);
+				return;
+			}
+		}
+		wk_task_fail(t, ERRCODE_DATA_EXCEPTION, why,
+					 psprintf("Cell \"%s\" of cascade \"%s\": the provider's finish reason is \"%s\"%s.",
+							  cell->name, s->cascade_name,
+							  resp->finish_reason ? resp->finish_reason : "?",
+							  t->grown ? ", also after the retry with the larger cap" : ""),
+					 cell->output_schema != NULL ?
+					 "Raise the cell's max_tokens (or rvbbit.default_max_tokens), or set rules.grow_max_tokens to retry once with a larger cap." :
+					 "Raise the cell's max_tokens (or rvbbit.default_max_tokens).");
+		return;
+	}
+
 	if (cell->output_schema != NULL)
 	{
 		json_object *schema = t->batch_schema ? t->batch_schema : cell->output_schema;
@@ -940,8 +1073,10 @@ wk_task_response(WkTask *t, const char *content, long tin, long tout,
 
 	if (!cached)
 	{
-		wk_record_call(t, usable ? "ok" : "invalid", 200, tin, tout, cost,
-					   latency_ms, usable ? NULL : err.message);
+		json_object *rec = wk_record_call(t, usable ? "ok" : "invalid", 200, tin, tout,
+										  cost, latency_ms, usable ? NULL : err.message);
+
+		wk_record_reply(rec, resp);
 		if (usable && s->cache_write)
 		{
 			json_object *r = json_object_new_object();
@@ -1017,6 +1152,9 @@ wk_task_response(WkTask *t, const char *content, long tin, long tout,
 		}
 		t->cell++;
 		t->attempt = 0;
+		t->cell_tries = 0;
+		t->grow_cap = 0;
+		t->grown = false;
 		if (t->cell >= s->cascade->ncells)
 		{
 			wk_task_done(t, value);
@@ -1028,11 +1166,11 @@ wk_task_response(WkTask *t, const char *content, long tin, long tout,
 	}
 }
 
-/* The message for a failed HTTP transfer, and whether to retry it. */
+/* Can a failed HTTP transfer be retried? */
 static bool
-wk_transfer_retryable(CURLcode code)
+wk_transfer_retryable(const RvHttpReq *req)
 {
-	switch (code)
+	switch (req->code)
 	{
 		case CURLE_COULDNT_CONNECT:
 		case CURLE_SEND_ERROR:
@@ -1040,30 +1178,126 @@ wk_transfer_retryable(CURLcode code)
 		case CURLE_GOT_NOTHING:
 		case CURLE_PARTIAL_FILE:
 		case CURLE_COULDNT_RESOLVE_HOST:
+		case CURLE_OPERATION_TIMEDOUT:
 			return true;
 		default:
 			return false;
 	}
 }
 
-/* Schedule a retry with exponential backoff and jitter, or Retry-After. */
+/*
+ * Schedule a retry.  A Retry-After from the provider takes precedence (up
+ * to the larger of rvbbit.retry_max_delay and a minute); otherwise capped
+ * exponential backoff with full jitter: a uniformly random wait between 0
+ * and min(rvbbit.retry_max_delay, 1 s * 2^tries).
+ */
 static void
 wk_task_retry_later(WkTask *t, long retry_after_ms)
 {
+	long		max_delay = t->stmt->retry_max_delay_ms;
 	long		delay;
 
 	if (retry_after_ms >= 0)
-		delay = Min(retry_after_ms, 60000L);
+		delay = Min(retry_after_ms, Max(max_delay, 60000L));
 	else
 	{
-		double		base = 250.0 * pow(2.0, t->tries - 1);
+		double		ceiling = 1000.0 * pow(2.0, Min(t->tries, 30));
 
-		base = Min(base, 30000.0);
-		delay = (long) (base * (0.5 + 0.5 * pg_prng_double(&pg_global_prng_state)));
+		ceiling = Min(ceiling, (double) max_delay);
+		delay = (long) (ceiling * pg_prng_double(&pg_global_prng_state));
 	}
 	t->retry_at = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), delay);
 	t->state = WT_RETRY;
 	dlist_push_tail(&wk_retry, &t->node);
+}
+
+/* The circuit breaker of a provider base URL (created closed). */
+static WkBreaker *
+wk_breaker(const char *api_base)
+{
+	int			i;
+	WkBreaker  *b;
+
+	for (i = 0; i < wk_nbreakers; i++)
+		if (strncmp(wk_breakers[i].api_base, api_base, sizeof(wk_breakers[i].api_base) - 1) == 0)
+			return &wk_breakers[i];
+	if (wk_nbreakers < WK_BREAKER_MAX)
+		b = &wk_breakers[wk_nbreakers++];
+	else
+	{
+		/* reuse the first closed one; all open is unlikely with 32 */
+		b = &wk_breakers[0];
+		for (i = 0; i < WK_BREAKER_MAX; i++)
+			if (wk_breakers[i].open_until == 0)
+			{
+				b = &wk_breakers[i];
+				break;
+			}
+	}
+	memset(b, 0, sizeof(WkBreaker));
+	strlcpy(b->api_base, api_base, sizeof(b->api_base));
+	return b;
+}
+
+/* Is the provider's breaker open now? */
+static bool
+wk_breaker_open(WkBreaker *b, TimestampTz now)
+{
+	return b->open_until != 0 && now < b->open_until;
+}
+
+/* Fail a row because its provider's breaker is open. */
+static void
+wk_task_fail_breaker(WkTask *t, WkBreaker *b)
+{
+	wk_task_fail(t, ERRCODE_CONNECTION_FAILURE,
+				 psprintf("LLM provider at %s is not reachable", b->api_base),
+				 psprintf("%d requests in a row could not reach it (last: %s); rvbbit sends nothing to it for %d s.",
+						  b->failures, b->last_error, WK_BREAKER_OPEN_MS / 1000),
+				 "Check that the server is running and that rvbbit.api_base (or rvbbit.providers) points to it, then run the statement again.");
+}
+
+/*
+ * Count a request that could not reach its provider; after
+ * WK_BREAKER_THRESHOLD in a row open the breaker and fail every row waiting
+ * to be sent or retried to that provider.  Returns true when the breaker
+ * is open.
+ */
+static bool
+wk_breaker_failure(WkBreaker *b, const char *error)
+{
+	TimestampTz now = GetCurrentTimestamp();
+	dlist_head *queues[] = {&wk_ready, &wk_retry};
+	int			q;
+
+	b->failures++;
+	strlcpy(b->last_error, error ? error : "?", sizeof(b->last_error));
+	if (b->failures < WK_BREAKER_THRESHOLD)
+		return false;
+	if (!wk_breaker_open(b, now))
+	{
+		b->open_until = TimestampTzPlusMilliseconds(now, WK_BREAKER_OPEN_MS);
+		ereport(LOG,
+				(errmsg("rvbbit: LLM provider at %s is not reachable; not sending to it for %d s",
+						b->api_base, WK_BREAKER_OPEN_MS / 1000),
+				 errdetail("%d requests in a row failed, the last with: %s.", b->failures, b->last_error)));
+	}
+	for (q = 0; q < lengthof(queues); q++)
+	{
+		dlist_mutable_iter it;
+
+		dlist_foreach_modify(it, queues[q])
+		{
+			WkTask	   *tk = dlist_container(WkTask, node, it.cur);
+
+			if (strcmp(tk->provider->api_base, b->api_base) == 0)
+			{
+				dlist_delete(&tk->node);
+				wk_task_fail_breaker(tk, b);
+			}
+		}
+	}
+	return true;
 }
 
 /* Handle a finished HTTP transfer. */
@@ -1078,6 +1312,7 @@ wk_http_done(RvHttpReq *req)
 	int			sqlstate = ERRCODE_EXTERNAL_ROUTINE_EXCEPTION;
 	char	   *msg = NULL;
 	char	   *hint = NULL;
+	WkBreaker  *b = wk_breaker(t->provider->api_base);
 
 	dlist_delete(&t->node);
 	t->in_http = false;
@@ -1093,10 +1328,21 @@ wk_http_done(RvHttpReq *req)
 
 	if (req->code != CURLE_OK)
 	{
+		bool		unreachable = false;
+
 		if (req->too_big)
 		{
 			msg = psprintf("provider response is larger than %zu bytes", req->resp_limit);
 			errmsg = msg;
+		}
+		else if (req->stalled)
+		{
+			sqlstate = ERRCODE_CONNECTION_FAILURE;
+			msg = psprintf("LLM provider sent nothing for %ld ms", s->stall_ms);
+			hint = "Check the provider; raise rvbbit.stall_timeout for a server that is slow to start its reply.";
+			errmsg = msg;
+			retry = true;
+			unreachable = true;
 		}
 		else if (req->code == CURLE_OPERATION_TIMEDOUT)
 		{
@@ -1104,13 +1350,23 @@ wk_http_done(RvHttpReq *req)
 			msg = psprintf("LLM request timed out after %ld ms", s->timeout_ms);
 			hint = "Raise rvbbit.request_timeout or the timeout option.";
 			errmsg = msg;
+			retry = true;
+			/* a slow reply is not an unreachable server */
 		}
 		else
 		{
 			sqlstate = ERRCODE_CONNECTION_FAILURE;
 			msg = psprintf("could not complete the request to the LLM provider");
 			errmsg = psprintf("%s", req->errbuf[0] ? req->errbuf : curl_easy_strerror(req->code));
-			retry = wk_transfer_retryable(req->code);
+			retry = wk_transfer_retryable(req);
+			unreachable = !req->connected;
+		}
+		if (unreachable && wk_breaker_failure(b, errmsg))
+		{
+			wk_record_call(t, "error", status, -1, -1, 0, req->latency_ms, errmsg);
+			rv_http_req_release(req);
+			wk_task_fail_breaker(t, b);
+			return;
 		}
 		wk_record_call(t, retry && t->tries <= s->max_retries ? "retry" : "error",
 					   status, -1, -1, 0, req->latency_ms, errmsg);
@@ -1121,9 +1377,18 @@ wk_http_done(RvHttpReq *req)
 			return;
 		}
 		rv_http_req_release(req);
-		wk_task_fail(t, sqlstate, msg, errmsg != msg ? psprintf("%s.", errmsg) : NULL, hint);
+		if (retry && t->tries > 1)
+			wk_task_fail(t, sqlstate, msg,
+						 errmsg != msg ? psprintf("%s (after %d attempts).", errmsg, t->tries) :
+						 psprintf("After %d attempts.", t->tries), hint);
+		else
+			wk_task_fail(t, sqlstate, msg, errmsg != msg ? psprintf("%s.", errmsg) : NULL, hint);
 		return;
 	}
+
+	/* the server answered: it is reachable */
+	b->failures = 0;
+	b->open_until = 0;
 
 	if (status == 429 || status >= 500)
 	{
@@ -1199,8 +1464,8 @@ wk_http_done(RvHttpReq *req)
 			double		lat = req->latency_ms;
 
 			rv_http_req_release(req);
-			wk_task_response(t, resp.content, resp.input_tokens, resp.output_tokens,
-							 false, lat);
+			wk_task_response(t, resp.content, &resp, resp.input_tokens,
+							 resp.output_tokens, false, lat);
 		}
 		rv_llm_response_free(&resp);
 	}
@@ -1246,12 +1511,23 @@ wk_dispatch(void)
 		if (rv_http_in_flight(wk_http) >= wk_max_conn)
 			break;
 
+		/* the provider's circuit breaker is open: fail the row, send nothing */
+		{
+			WkBreaker  *b = wk_breaker(t->provider->api_base);
+
+			if (wk_breaker_open(b, GetCurrentTimestamp()))
+			{
+				dlist_delete(&t->node);
+				wk_task_fail_breaker(t, b);
+				continue;
+			}
+		}
+
 		/* rvbbit.budget_dollars_per_day: reserve the call's likely cost */
 		if (s->spend != NULL)
 		{
-			RvCell	   *cell = &s->cascade->cells[t->cell];
 			double		est = wk_cost(s, t->model_ref, (long) (t->body_len / 4) + 1,
-									  cell->max_tokens > 0 ? cell->max_tokens : 256);
+									  t->send.max_tokens, 0);
 			uint64		est_micros = (uint64) (est * 1e6);
 			uint64		now_micros = pg_atomic_read_u64(&s->spend->micros);
 
@@ -1302,6 +1578,7 @@ wk_dispatch(void)
 
 		memset(&t->req, 0, sizeof(t->req));
 		t->req.owner = t;
+		t->req.stall_ms = s->stall_ms;
 		if (!rv_http_start(wk_http, &t->req, url, (const char *const *) headers, nh, t->body, t->body_len,
 						   s->timeout_ms, 64 * 1024 * 1024))
 		{
@@ -1354,6 +1631,9 @@ wk_stmt_header(WkStmt *s, const char *json, Size len)
 		s->model_override = MemoryContextStrdup(s->cxt, wk_json_str(hdr, "model"));
 	s->timeout_ms = (long) wk_json_int(hdr, "timeout_ms", 60000);
 	s->max_retries = (int) wk_json_int(hdr, "max_retries", 3);
+	s->stall_ms = (long) wk_json_int(hdr, "stall_timeout_ms", 30000);
+	s->retry_max_delay_ms = (long) wk_json_int(hdr, "retry_max_delay_ms", 30000);
+	s->default_max_tokens = (int) wk_json_int(hdr, "default_max_tokens", 1024);
 	s->cache_read = wk_json_bool(hdr, "cache_read", true);
 	s->cache_write = wk_json_bool(hdr, "cache_write", true);
 	s->cache_max_age_s = (long) wk_json_int(hdr, "cache_max_age_s", -1);

@@ -32,12 +32,30 @@ Directives embedded in the prompt steer the answer:
     [[fault:empty]]        200 with an empty body
     [[fault:close]]        close the connection without answering
     [[fail:K:CODE[:S]]]    the first K times this prompt is seen, answer CODE
+                           (429 with Retry-After: S; S written dN: any CODE with
+                           Retry-After as an HTTP-date N seconds from now)
     [[reply:TEXT]]         reply with TEXT exactly
     [[invalid:K]]          first K JSON replies of this conversation violate
                            the schema ([[invalid:always]]: all of them); may
                            also sit in the conversation's first user message
     [[echo]]               reply with the prompt (directives removed)
     [[batch:N]]            schema replies: produce N array items
+    [[stall:K]]            the first K times this prompt is seen, hold the
+                           connection open and send nothing (until the
+                           client goes away); [[stall:always]]: every time
+    [[loading:S]]          for S seconds after this prompt is first seen,
+                           answer 503 "Loading model" without Retry-After
+                           (llama-server while it loads a model)
+    [[needs:N]]            the reply needs N output tokens: when the request's
+                           max_tokens is lower, the reply is cut off
+                           (finish_reason "length", Anthropic stop_reason
+                           "max_tokens", half the content)
+    [[cached:N]]           usage reports N prompt tokens read from the
+                           provider's prompt cache (OpenAI
+                           prompt_tokens_details.cached_tokens, Anthropic
+                           cache_read_input_tokens)
+    [[fixture:NAME]]       replay the recorded reply fixtures/replies/NAME.json:
+                           {"status": 200, "headers": {...}, "body": {...}}
 
 Without a directive the reply comes from the fixtures file (first matching
 rule), else from the requested JSON Schema (a deterministic conforming
@@ -53,6 +71,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
+import email.utils
 import functools
 import hashlib
 import http
@@ -74,7 +93,7 @@ SCHEMA_MARKER = "Reply with only a JSON value that matches this JSON Schema:"
 
 # Directive names and the pattern finding them.  TEXT in [[reply:TEXT]] may
 # contain anything except "]]", hence the lazy match up to the first "]]".
-_DIRECTIVE_NAMES = "latency|fault|fail|reply|invalid|echo|batch"
+_DIRECTIVE_NAMES = "latency|fault|fail|reply|invalid|echo|batch|stall|loading|needs|cached|fixture"
 DIRECTIVE_RE = re.compile(r"\[\[(%s)(?::(.*?))?\]\]" % _DIRECTIVE_NAMES, re.S)
 # Same, plus the blanks that follow, for removing directives from the prompt
 # so that "[[latency:5]] hello" and "hello" are the same prompt.
@@ -86,6 +105,7 @@ MAX_BODY_BYTES = 256 * 1024 * 1024
 MAX_RECORDS = 1000
 HUGE_CONTENT_CHARS = 6 * 1024 * 1024
 TIMEOUT_FAULT_SECONDS = 3600.0
+REPLY_FIXTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures", "replies")
 READ_CHUNK = 256 * 1024
 SMALL_WRITE = 64 * 1024
 
@@ -196,7 +216,7 @@ class Directives:
     """The [[...]] directives found in a prompt (first of each kind wins)."""
 
     __slots__ = ("latency_ms", "fault", "fail", "reply", "invalid", "echo",
-                 "batch")
+                 "batch", "stall", "loading", "needs", "cached", "fixture")
 
     def __init__(self):
         """Start with no directive set."""
@@ -207,6 +227,11 @@ class Directives:
         self.invalid = None      # int, -1 for always
         self.echo = False
         self.batch = None        # int
+        self.stall = None        # int, -1 for always
+        self.loading = None      # float seconds
+        self.needs = None        # int
+        self.cached = None       # int
+        self.fixture = None      # str
 
 
 NO_DIRECTIVES = Directives()
@@ -229,7 +254,10 @@ def parse_directives(prompt: str) -> Directives:
                 k = int(parts[0])
                 code = int(parts[1]) if len(parts) > 1 else 500
                 retry = parts[2] if len(parts) > 2 else "1"
-                d.fail = (k, code, str(int(retry)))
+                if retry.startswith("d"):
+                    d.fail = (k, code, "d%d" % int(retry[1:]))
+                else:
+                    d.fail = (k, code, str(int(retry)))
             elif name == "reply" and d.reply is None and arg is not None:
                 d.reply = arg
             elif name == "invalid" and d.invalid is None and arg:
@@ -238,6 +266,17 @@ def parse_directives(prompt: str) -> Directives:
                 d.echo = True
             elif name == "batch" and d.batch is None and arg:
                 d.batch = max(0, int(arg))
+            elif name == "stall" and d.stall is None and arg:
+                d.stall = -1 if arg.strip() == "always" else int(arg)
+            elif name == "loading" and d.loading is None and arg:
+                d.loading = max(0.0, float(arg))
+            elif name == "needs" and d.needs is None and arg:
+                d.needs = max(0, int(arg))
+            elif name == "cached" and d.cached is None and arg:
+                d.cached = max(0, int(arg))
+            elif name == "fixture" and d.fixture is None and arg:
+                if re.fullmatch(r"[A-Za-z0-9_.-]+", arg) and ".." not in arg:
+                    d.fixture = arg
         except ValueError:
             continue
     return d
@@ -731,6 +770,8 @@ class State:
         self.aborted = 0
         self.fail_counts = {}
         self.invalid_counts = {}
+        self.stall_counts = {}
+        self.loading_since = {}
         self.records = collections.deque(maxlen=MAX_RECORDS)
         self.seq = 0
 
@@ -819,6 +860,34 @@ class State:
             if seen <= k:
                 return self.error_plan(flavour, code, model_name, delay, retry)
 
+        if d.stall is not None:
+            key = sha1_hex(prompt)
+            seen = self.stall_counts.get(key, 0) + 1
+            self.stall_counts[key] = seen
+            if d.stall < 0 or seen <= d.stall:
+                return Plan(0, delay=TIMEOUT_FAULT_SECONDS, action="timeout")
+
+        if d.loading is not None:
+            key = sha1_hex(prompt)
+            since = self.loading_since.setdefault(key, time.monotonic())
+            if time.monotonic() - since < d.loading:
+                err = {"error": {"code": 503, "message": "Loading model",
+                                 "type": "unavailable_error"}}
+                return Plan(503, compact(err).encode(), delay=delay)
+
+        if d.fixture is not None:
+            try:
+                with open(os.path.join(REPLY_FIXTURES, d.fixture + ".json"), "rb") as f:
+                    fx = json.loads(f.read())
+                hdrs = tuple((str(k), str(v)) for k, v in fx.get("headers", {}).items())
+                fbody = fx.get("body", "")
+                fbody = fbody if isinstance(fbody, str) else compact(fbody)
+                return Plan(int(fx.get("status", 200)), fbody.encode("utf-8"), hdrs,
+                            delay, tokens=(0, 0))
+            except (OSError, ValueError) as e:
+                return Plan(500, error_body(flavour, 500, message="no fixture %s: %s" % (d.fixture, e)),
+                            delay=delay)
+
         fault = d.fault
         if fault is not None:
             if fault == "timeout":
@@ -879,27 +948,47 @@ class State:
 
         p = token_count(len(whole))
         c = token_count(len(content))
+        cut = False
+        if d.needs is not None:
+            cap = body.get("max_tokens")
+            if isinstance(cap, int) and cap < d.needs:
+                cut = True
+                content = content[:len(content) // 2]
+                c = cap
         if flavour == ANTHROPIC:
+            usage = {"input_tokens": p, "output_tokens": c}
+            if d.cached is not None:
+                # Anthropic's input_tokens excludes the cache reads
+                cr = min(d.cached, p)
+                usage = {"input_tokens": p - cr, "cache_read_input_tokens": cr,
+                         "cache_creation_input_tokens": 0, "output_tokens": c}
             doc = {"id": "msg_mock_%d" % n, "type": "message", "role": "assistant",
                    "model": model, "content": [{"type": "text", "text": content}],
-                   "stop_reason": "end_turn", "stop_sequence": None,
-                   "usage": {"input_tokens": p, "output_tokens": c}}
+                   "stop_reason": "max_tokens" if cut else "end_turn", "stop_sequence": None,
+                   "usage": usage}
         else:
+            usage = {"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c}
+            if d.cached is not None:
+                usage["prompt_tokens_details"] = {"cached_tokens": min(d.cached, p)}
             doc = {"id": "mock-%d" % n, "object": "chat.completion",
                    "created": int(time.time()), "model": model,
                    "choices": [{"index": 0,
                                 "message": {"role": "assistant", "content": content},
-                                "finish_reason": "stop"}],
-                   "usage": {"prompt_tokens": p, "completion_tokens": c,
-                             "total_tokens": p + c}}
+                                "finish_reason": "length" if cut else "stop"}],
+                   "usage": usage}
         out = compact(doc).encode("utf-8", "surrogatepass")
         if fault == "truncated":
             return Plan(200, out, delay=delay, action="truncated", tokens=(p, c))
         return Plan(200, out, delay=delay, tokens=(p, c))
 
     def error_plan(self, flavour, code, model_name, delay, retry, message=None) -> Plan:
-        """Return the plan of an error answer (429 carries Retry-After)."""
-        headers = (("Retry-After", retry),) if code == 429 else ()
+        """Return the plan of an error answer (429 carries Retry-After; a
+        retry written dN is an HTTP-date N seconds ahead, for any code)."""
+        if retry.startswith("d"):
+            when = email.utils.formatdate(time.time() + int(retry[1:]), usegmt=True)
+            headers = (("Retry-After", when),)
+        else:
+            headers = (("Retry-After", retry),) if code == 429 else ()
         return Plan(code, error_body(flavour, code, model_name, message), headers, delay)
 
 

@@ -386,6 +386,40 @@ class MockTest(unittest.TestCase):
         self.assertEqual(status, 200)
         self.assertEqual(json.loads(raw)["usage"]["input_tokens"], math.ceil(len("AB\nhi") / 4))
 
+    def test_real_server_directives(self):
+        """needs (truncation), cached tokens, loading, fixture replay, HTTP-date Retry-After."""
+        r = chat_json(self.port, "[[needs:50]] a long answer", max_tokens=5)
+        self.assertEqual(r["choices"][0]["finish_reason"], "length")
+        self.assertEqual(r["usage"]["completion_tokens"], 5)
+        r = chat_json(self.port, "[[needs:50]] a long answer", max_tokens=500)
+        self.assertEqual(r["choices"][0]["finish_reason"], "stop")
+        body = {"model": "c", "max_tokens": 2,
+                "messages": [{"role": "user", "content": "[[needs:50]] [[cached:2]] long"}]}
+        status, _, raw = request(self.port, "POST", "/v1/messages", body)
+        a = json.loads(raw)
+        self.assertEqual((status, a["stop_reason"], a["usage"]["cache_read_input_tokens"]),
+                         (200, "max_tokens", 2))
+        r = chat_json(self.port, "[[cached:3]] cache")
+        self.assertEqual(r["usage"]["prompt_tokens_details"], {"cached_tokens": 3})
+        status, headers, raw = chat(self.port, "[[loading:60]] model")
+        self.assertEqual(status, 503)
+        self.assertNotIn("retry-after", headers)
+        self.assertEqual(json.loads(raw)["error"]["message"], "Loading model")
+        status, _, raw = chat(self.port, "[[fixture:anthropic_overloaded]] x")
+        self.assertEqual((status, json.loads(raw)["error"]["type"]), (529, "overloaded_error"))
+        status, _, raw = chat(self.port, "[[fixture:no_such_fixture]] x")
+        self.assertEqual(status, 500)
+        status, headers, _ = chat(self.port, "[[fail:1:503:d30]] later")
+        self.assertEqual(status, 503)
+        self.assertTrue(headers["retry-after"].endswith(" GMT"), headers.get("retry-after"))
+
+    def test_stall_holds_then_answers(self):
+        """[[stall:1]]: the first request gets nothing, the second an answer."""
+        with self.assertRaises(OSError):
+            request(self.port, "POST", "/v1/chat/completions",
+                    llm_body("[[stall:1]] sleepy"), timeout=1)
+        self.assertEqual(content_of(chat_json(self.port, "[[stall:1]] sleepy")), "re: sleepy")
+
     def test_minimum_one_token(self):
         """Empty prompt and reply still count one token each."""
         r = chat_json(self.port, "[[reply:]]")

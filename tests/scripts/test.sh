@@ -76,8 +76,9 @@ fi
 
 echo "== pg_regress (temporary instance, library preloaded)"
 # a copy of the tree the postgres user can write in
-cp -a "$RV_ROOT" "$work/tree"
-rm -rf "$work/tree/.git"
+# (without .git and build/, the cache of make test-real-server)
+mkdir -p "$work/tree"
+tar -C "$RV_ROOT" --exclude=./.git --exclude=./build -cf - . | tar -C "$work/tree" -xf -
 chown -R postgres: "$work"
 mock_start "$work/mock" --fixtures "$RV_ROOT/tests/mock/fixtures/demo.json"
 chown -R postgres: "$work/mock"

@@ -13,7 +13,8 @@ use lib $ENV{RV_ROOT} . '/tests/t';
 use RvTest;
 
 my $mock = start_mock();
-my $node = new_rv_node('map', $mock, "rvbbit.max_concurrency = 1000\n");
+# the slow rows here send nothing for a minute on purpose: not a stall
+my $node = new_rv_node('map', $mock, "rvbbit.max_concurrency = 1000\nrvbbit.stall_timeout = '10min'\n");
 my $echo = inline_echo();
 
 # a MAP over n rows whose prompts carry a mock directive

@@ -231,7 +231,48 @@ main(void)
 			  "$: expected at most 2 characters, got 3", "validate: maxLength");
 	CHECK_STR(vmsg("{\"minLength\":1}", "\"\""), "$: expected at least 1 character, got 0",
 			  "validate: minLength on empty string");
-	CHECK_STR(vmsg("{\"pattern\":\"^x$\"}", "\"abc\""), "valid", "validate: pattern is ignored");
+	CHECK_STR(vmsg("{\"pattern\":\"^x$\"}", "\"abc\""), "$: \"abc\" does not match the pattern \"^x$\"",
+			  "validate: pattern is enforced");
+	CHECK_STR(vmsg("{\"pattern\":\"b\"}", "\"abc\""), "valid", "validate: pattern is a search, not anchored");
+	CHECK_STR(vmsg("{\"pattern\":\"^\\\\d{3}-\\\\w+$\"}", "\"123-ab_c\""), "valid", "validate: \\d and \\w translated");
+	CHECK_STR(vmsg("{\"pattern\":\"^\\\\d{3}$\"}", "\"12a\""), "$: \"12a\" does not match the pattern \"^\\\\d{3}$\"",
+			  "validate: \\d does not match a letter");
+	CHECK_STR(vmsg("{\"pattern\":\"^[\\\\d.]+$\"}", "\"1.5\""), "valid", "validate: \\d inside brackets");
+	CHECK_STR(vmsg("{\"pattern\":\"^\\\\S+\\\\s\\\\S+$\"}", "\"a b\""), "valid", "validate: \\s and \\S");
+	CHECK_STR(vmsg("{\"pattern\":\"^a\\\\.b$\"}", "\"axb\""), "$: \"axb\" does not match the pattern \"^a\\\\.b$\"",
+			  "validate: escaped dot is literal");
+	CHECK_STR(vmsg("{\"pattern\":\"^x$\"}", "5"), "valid", "validate: pattern ignored for numbers");
+
+	/* ---- formats ---- */
+	CHECK_STR(vmsg("{\"format\":\"date\"}", "\"2024-02-29\""), "valid", "validate: date leap day");
+	CHECK_STR(vmsg("{\"format\":\"date\"}", "\"2023-02-29\""), "$: \"2023-02-29\" is not a valid date",
+			  "validate: date not a leap year");
+	CHECK_STR(vmsg("{\"format\":\"date\"}", "\"2024-13-01\""), "$: \"2024-13-01\" is not a valid date",
+			  "validate: date month 13");
+	CHECK_STR(vmsg("{\"format\":\"date\"}", "\"2024-1-01\""), "$: \"2024-1-01\" is not a valid date",
+			  "validate: date needs two-digit month");
+	CHECK_STR(vmsg("{\"format\":\"date-time\"}", "\"2024-05-01T12:30:00Z\""), "valid", "validate: date-time Z");
+	CHECK_STR(vmsg("{\"format\":\"date-time\"}", "\"2024-05-01T12:30:00.123+02:00\""), "valid",
+			  "validate: date-time fraction and offset");
+	CHECK_STR(vmsg("{\"format\":\"date-time\"}", "\"2024-05-01 12:30\""),
+			  "$: \"2024-05-01 12:30\" is not a valid date-time", "validate: date-time without seconds and offset");
+	CHECK_STR(vmsg("{\"format\":\"time\"}", "\"23:59:60Z\""), "valid", "validate: time leap second");
+	CHECK_STR(vmsg("{\"format\":\"time\"}", "\"24:00:00Z\""), "$: \"24:00:00Z\" is not a valid time",
+			  "validate: time hour 24");
+	CHECK_STR(vmsg("{\"format\":\"email\"}", "\"ada@example.org\""), "valid", "validate: email");
+	CHECK_STR(vmsg("{\"format\":\"email\"}", "\"ada@localhost\""), "$: \"ada@localhost\" is not a valid email",
+			  "validate: email needs a dotted domain");
+	CHECK_STR(vmsg("{\"format\":\"email\"}", "\"a b@example.org\""), "$: \"a b@example.org\" is not a valid email",
+			  "validate: email without spaces");
+	CHECK_STR(vmsg("{\"format\":\"uuid\"}", "\"123e4567-e89b-12d3-a456-426614174000\""), "valid", "validate: uuid");
+	CHECK_STR(vmsg("{\"format\":\"uuid\"}", "\"123e4567e89b12d3a456426614174000\""),
+			  "$: \"123e4567e89b12d3a456426614174000\" is not a valid uuid", "validate: uuid needs hyphens");
+	CHECK_STR(vmsg("{\"format\":\"uri\"}", "\"https://example.org/a?b=c\""), "valid", "validate: uri");
+	CHECK_STR(vmsg("{\"format\":\"uri\"}", "\"example.org/a\""), "$: \"example.org/a\" is not a valid uri",
+			  "validate: uri needs a scheme");
+	CHECK_STR(vmsg("{\"format\":\"ipv4\"}", "\"192.168.0.1\""), "valid", "validate: ipv4");
+	CHECK_STR(vmsg("{\"format\":\"ipv4\"}", "\"256.1.1.1\""), "$: \"256.1.1.1\" is not a valid ipv4",
+			  "validate: ipv4 octet range");
 	CHECK_STR(vmsg("{\"minLength\":1}", "5"), "valid", "validate: minLength ignored for numbers");
 
 	/* ---- numbers ---- */
@@ -329,6 +370,56 @@ main(void)
 		  "check: depth limit on built schema");
 	json_object_put(schema);
 	json_object_put(value);
+
+	/* ---- definition-time checks: unsatisfiable and unimplemented ---- */
+	CHECK_STR(cmsg("{\"minItems\":3,\"maxItems\":2}"), "\"minItems\" is greater than maxItems: no value can match",
+			  "check: minItems > maxItems");
+	CHECK_STR(cmsg("{\"minItems\":2,\"maxItems\":2}"), "valid", "check: minItems = maxItems");
+	CHECK_STR(cmsg("{\"properties\":{\"s\":{\"minLength\":5,\"maxLength\":4}}}"),
+			  "\"properties.s.minLength\" is greater than maxLength: no value can match", "check: minLength > maxLength");
+	CHECK_STR(cmsg("{\"minimum\":2,\"maximum\":1}"), "\"minimum\" leaves no number between its bounds",
+			  "check: minimum > maximum");
+	CHECK_STR(cmsg("{\"minimum\":1,\"maximum\":1}"), "valid", "check: minimum = maximum");
+	CHECK_STR(cmsg("{\"exclusiveMinimum\":1,\"maximum\":1}"), "\"minimum\" leaves no number between its bounds",
+			  "check: exclusive lower bound at the maximum");
+	CHECK_STR(cmsg("{\"minimum\":1,\"exclusiveMinimum\":true,\"maximum\":1}"),
+			  "\"minimum\" leaves no number between its bounds", "check: draft-4 exclusive bound at the maximum");
+	CHECK_STR(cmsg("{\"required\":[\"a\",\"b\"],\"properties\":{\"a\":{}},\"additionalProperties\":false}"),
+			  "\"required\" names \"b\", which additionalProperties: false forbids", "check: required not in properties");
+	CHECK_STR(cmsg("{\"required\":[\"a\",\"b\"],\"properties\":{\"a\":{}}}"), "valid",
+			  "check: required not in properties is fine when additional properties are allowed");
+	CHECK_STR(cmsg("{\"enum\":[]}"), "\"enum\" must be a non-empty array", "check: empty enum");
+	CHECK_STR(cmsg("{\"multipleOf\":2}"), "\"multipleOf\" is not supported", "check: multipleOf not implemented");
+	CHECK_STR(cmsg("{\"uniqueItems\":true}"), "\"uniqueItems\" is not supported", "check: uniqueItems not implemented");
+	CHECK_STR(cmsg("{\"format\":\"hostname\"}"), "\"format\" \"hostname\" is not supported", "check: unknown format");
+	CHECK_STR(cmsg("{\"format\":5}"), "\"format\" 5 is not supported", "check: format not a string");
+	CHECK_STR(cmsg("{\"pattern\":\"(?<=a)b\"}"),
+			  "\"pattern\" is not a supported regular expression: \"(?\" groups (lookaround, non-capturing, named) are not supported",
+			  "check: lookbehind refused");
+	CHECK_STR(cmsg("{\"pattern\":\"a+?\"}"),
+			  "\"pattern\" is not a supported regular expression: lazy quantifiers are not supported", "check: lazy quantifier refused");
+	CHECK_STR(cmsg("{\"pattern\":\"(a)\\\\1\"}"),
+			  "\"pattern\" is not a supported regular expression: word boundaries and backreferences are not supported",
+			  "check: backreference refused");
+	CHECK(!check("{\"pattern\":\"a(b\"}") && strstr(last_message, "\"pattern\" is not a supported regular expression: ") == last_message,
+		  "check: unbalanced parenthesis refused by regcomp");
+	CHECK_STR(cmsg("{\"pattern\":\"[a-z\"}"), "\"pattern\" is not a supported regular expression: a bracket expression is not closed",
+			  "check: unclosed bracket");
+	CHECK_STR(cmsg("{\"pattern\":\"^[]a-]+$\"}"), "valid", "check: ] first and - last in brackets");
+
+	/* ---- draft-4 normalisation ---- */
+	{
+		json_object *sch = parse("{\"type\":\"object\",\"properties\":{\"n\":{\"minimum\":0,\"exclusiveMinimum\":true,"
+								 "\"maximum\":9,\"exclusiveMaximum\":false},\"l\":{\"items\":{\"maximum\":3,\"exclusiveMaximum\":true}}}}");
+
+		rv_schema_normalize(sch);
+		CHECK_STR(json_object_to_json_string_ext(sch, JSON_C_TO_STRING_PLAIN),
+				  "{\"type\":\"object\",\"properties\":{\"n\":{\"exclusiveMinimum\":0,\"maximum\":9},\"l\":{\"items\":{\"exclusiveMaximum\":3}}}}",
+				  "normalize: draft-4 booleans become bounds, false is dropped, nested schemas too");
+		CHECK(!validate("{\"exclusiveMinimum\":0}", "0") && validate("{\"exclusiveMinimum\":0}", "1"),
+			  "normalize: the normalised form validates the same");
+		json_object_put(sch);
+	}
 
 	/* only the first error is kept */
 	rv_error_clear(&err);

@@ -563,10 +563,84 @@ test_extract(void)
 #undef EX
 }
 
+/*
+ * What real providers report: truncation (finish_reason "length",
+ * Anthropic stop_reason "max_tokens"), the response id, and prompt tokens
+ * read from the provider's cache; the bodies are the providers' documented
+ * examples (tests/mock/fixtures/replies/).
+ */
+static void
+test_provider_fields(void)
+{
+	RvLlmResponse r;
+	RvError		err;
+	bool		ok;
+
+	ok = parse(RV_FLAVOR_OPENAI,
+			   "{\"id\":\"chatcmpl-B9MBs8CjcvOU2jLn4n570S5qMJKcT\",\"object\":\"chat.completion\",\"created\":1741569952,"
+			   "\"model\":\"gpt-4o-mini-2024-07-18\",\"choices\":[{\"index\":0,\"message\":{\"role\":\"assistant\","
+			   "\"content\":\"Hello!\",\"refusal\":null,\"annotations\":[]},\"logprobs\":null,\"finish_reason\":\"stop\"}],"
+			   "\"usage\":{\"prompt_tokens\":1919,\"completion_tokens\":10,\"total_tokens\":1929,"
+			   "\"prompt_tokens_details\":{\"cached_tokens\":1792,\"audio_tokens\":0}},\"system_fingerprint\":\"fp_06737a9306\"}",
+			   &r, &err);
+	CHECK(ok && !r.truncated, "openai documented reply is not truncated");
+	CHECK_STR(r.id, "chatcmpl-B9MBs8CjcvOU2jLn4n570S5qMJKcT", "openai response id");
+	CHECK(r.input_tokens == 1919 && r.cached_tokens == 1792 && r.output_tokens == 10,
+		  "openai cached_tokens are part of prompt_tokens");
+	rv_llm_response_free(&r);
+
+	ok = parse(RV_FLAVOR_OPENAI,
+			   "{\"choices\":[{\"message\":{\"role\":\"assistant\",\"content\":\"{\\\"brand\\\": \\\"Ac\"},"
+			   "\"finish_reason\":\"length\"}],\"usage\":{\"prompt_tokens\":52,\"completion_tokens\":16}}", &r, &err);
+	CHECK(ok && r.truncated, "openai finish_reason length is a truncation");
+	CHECK(r.cached_tokens == -1, "no cached_tokens when the provider does not say");
+	rv_llm_response_free(&r);
+
+	ok = parse(RV_FLAVOR_OPENAI,
+			   "{\"choices\":[{\"message\":{\"content\":\"x\"},\"finish_reason\":\"stop\"}],"
+			   "\"usage\":{\"prompt_tokens\":5,\"completion_tokens\":1,\"prompt_tokens_details\":{\"cached_tokens\":50}}}",
+			   &r, &err);
+	CHECK(ok && r.cached_tokens == 5, "cached_tokens capped at prompt_tokens");
+	rv_llm_response_free(&r);
+
+	ok = parse(RV_FLAVOR_ANTHROPIC,
+			   "{\"id\":\"msg_013Zva2CMHLNnXjNJJKqJ2EF\",\"type\":\"message\",\"role\":\"assistant\","
+			   "\"model\":\"claude-3-5-sonnet-20241022\",\"content\":[{\"type\":\"text\",\"text\":\"Hi!\"}],"
+			   "\"stop_reason\":\"end_turn\",\"stop_sequence\":null,\"usage\":{\"input_tokens\":21,"
+			   "\"cache_creation_input_tokens\":100,\"cache_read_input_tokens\":1888,\"output_tokens\":12}}", &r, &err);
+	CHECK(ok && !r.truncated, "anthropic documented reply");
+	CHECK_STR(r.id, "msg_013Zva2CMHLNnXjNJJKqJ2EF", "anthropic response id");
+	CHECK(r.input_tokens == 21 + 100 + 1888 && r.cached_tokens == 1888,
+		  "anthropic cache reads counted in the prompt and reported apart");
+	rv_llm_response_free(&r);
+
+	ok = parse(RV_FLAVOR_ANTHROPIC,
+			   "{\"id\":\"msg_1\",\"type\":\"message\",\"role\":\"assistant\",\"model\":\"claude-3-5-haiku-20241022\","
+			   "\"content\":[{\"type\":\"text\",\"text\":\"{\\\"a\\\": \"}],\"stop_reason\":\"max_tokens\","
+			   "\"usage\":{\"input_tokens\":40,\"output_tokens\":10}}", &r, &err);
+	CHECK(ok && r.truncated, "anthropic stop_reason max_tokens is a truncation");
+	rv_llm_response_free(&r);
+
+	CHECK(rv_llm_is_truncation("length") && rv_llm_is_truncation("max_tokens") &&
+		  !rv_llm_is_truncation("stop") && !rv_llm_is_truncation("end_turn") &&
+		  !rv_llm_is_truncation(NULL), "rv_llm_is_truncation");
+
+	/* llama-server's reply: its own model name, no cached tokens */
+	ok = parse(RV_FLAVOR_OPENAI,
+			   "{\"choices\":[{\"finish_reason\":\"stop\",\"index\":0,\"message\":{\"role\":\"assistant\","
+			   "\"content\":\"ok\"}}],\"created\":1764614400,\"model\":\"tinyllama.gguf\",\"object\":\"chat.completion\","
+			   "\"usage\":{\"completion_tokens\":7,\"prompt_tokens\":45,\"total_tokens\":52},\"id\":\"chatcmpl-3Kq9\","
+			   "\"timings\":{\"prompt_n\":45}}", &r, &err);
+	CHECK(ok && strcmp(r.model, "tinyllama.gguf") == 0 && strcmp(r.id, "chatcmpl-3Kq9") == 0 &&
+		  r.cached_tokens == -1, "llama-server reply");
+	rv_llm_response_free(&r);
+}
+
 int
 main(void)
 {
 	test_build();
+	test_provider_fields();
 	test_parse_openai();
 	test_parse_anthropic();
 	test_huge();
