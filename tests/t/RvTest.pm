@@ -15,7 +15,7 @@ use Test::More;
 use Time::HiRes qw(usleep time);
 
 our @EXPORT = qw(start_mock stop_mock mock_get mock_post new_rv_node wait_until
-  inline_echo);
+  inline_echo mock_release mock_wait_held);
 
 my $root = $ENV{RV_ROOT} or die "RV_ROOT is not set";
 
@@ -96,6 +96,25 @@ sub mock_post
 	my ($mock, $path) = @_;
 	HTTP::Tiny->new(timeout => 30)
 	  ->post("http://127.0.0.1:$mock->{port}$path");
+}
+
+# Answer every request the mock holds for a [[hold]] directive; returns
+# how many it released.
+sub mock_release
+{
+	my ($mock) = @_;
+	my $r = HTTP::Tiny->new(timeout => 30)
+	  ->post("http://127.0.0.1:$mock->{port}/release");
+	die "mock POST /release failed: $r->{status}" unless $r->{success};
+	return decode_json($r->{content})->{released};
+}
+
+# Wait (generously: a slow machine only makes this slower) until the mock
+# holds exactly $n requests.
+sub mock_wait_held
+{
+	my ($mock, $n, $secs) = @_;
+	return wait_until(sub { mock_get($mock, '/stats')->{held} == $n }, $secs // 180);
 }
 
 # A started node with rvbbit preloaded, talking to the mock.
