@@ -56,13 +56,18 @@ Directives embedded in the prompt steer the answer:
                            cache_read_input_tokens)
     [[fixture:NAME]]       replay the recorded reply fixtures/replies/NAME.json:
                            {"status": 200, "headers": {...}, "body": {...}}
+    [[hold]]               after any latency, wait until ``POST /release``
+                           (tests use it to keep requests in flight for as
+                           long as they need, however slow the machine)
 
 Without a directive the reply comes from the fixtures file (first matching
 rule), else from the requested JSON Schema (a deterministic conforming
 value), else it is ``"re: " + <prompt with whitespace collapsed>``.
 
 Control endpoints: ``GET /health``, ``GET /stats``, ``POST /reset``,
-``GET /requests?last=N`` and ``POST /config`` (``{"latency_ms": N}``).
+``GET /requests?last=N``, ``POST /config`` (``{"latency_ms": N}``) and
+``POST /release`` (answers every request held by ``[[hold]]`` so far;
+``/stats`` counts the ones waiting as ``held``).
 The API key given with ``--require-key`` is never logged or echoed.
 """
 
@@ -93,7 +98,7 @@ SCHEMA_MARKER = "Reply with only a JSON value that matches this JSON Schema:"
 
 # Directive names and the pattern finding them.  TEXT in [[reply:TEXT]] may
 # contain anything except "]]", hence the lazy match up to the first "]]".
-_DIRECTIVE_NAMES = "latency|fault|fail|reply|invalid|echo|batch|stall|loading|needs|cached|fixture"
+_DIRECTIVE_NAMES = "latency|fault|fail|reply|invalid|echo|batch|stall|loading|needs|cached|fixture|hold"
 DIRECTIVE_RE = re.compile(r"\[\[(%s)(?::(.*?))?\]\]" % _DIRECTIVE_NAMES, re.S)
 # Same, plus the blanks that follow, for removing directives from the prompt
 # so that "[[latency:5]] hello" and "hello" are the same prompt.
@@ -216,7 +221,7 @@ class Directives:
     """The [[...]] directives found in a prompt (first of each kind wins)."""
 
     __slots__ = ("latency_ms", "fault", "fail", "reply", "invalid", "echo",
-                 "batch", "stall", "loading", "needs", "cached", "fixture")
+                 "batch", "stall", "loading", "needs", "cached", "fixture", "hold")
 
     def __init__(self):
         """Start with no directive set."""
@@ -232,6 +237,7 @@ class Directives:
         self.needs = None        # int
         self.cached = None       # int
         self.fixture = None      # str
+        self.hold = False
 
 
 NO_DIRECTIVES = Directives()
@@ -264,6 +270,8 @@ def parse_directives(prompt: str) -> Directives:
                 d.invalid = -1 if arg.strip() == "always" else int(arg)
             elif name == "echo":
                 d.echo = True
+            elif name == "hold":
+                d.hold = True
             elif name == "batch" and d.batch is None and arg:
                 d.batch = max(0, int(arg))
             elif name == "stall" and d.stall is None and arg:
@@ -715,7 +723,7 @@ class Fixtures:
 class Plan:
     """What to answer to one LLM request, decided before any sleep."""
 
-    __slots__ = ("status", "body", "headers", "delay", "action", "tokens")
+    __slots__ = ("status", "body", "headers", "delay", "action", "tokens", "hold")
 
     def __init__(self, status, body=b"", headers=(), delay=0.0, action="reply",
                  tokens=(0, 0)):
@@ -726,6 +734,7 @@ class Plan:
         self.delay = delay
         self.action = action
         self.tokens = tokens
+        self.hold = False
 
 
 def error_body(flavour: str, status: int, model=None, message=None) -> bytes:
@@ -756,6 +765,9 @@ class State:
         self.conns = set()
         self.seq = 0
         self.in_flight = 0
+        self.held = 0
+        self.hold_waiters = []
+        self.cur_hold = False
         self.reset()
 
     def reset(self):
@@ -790,6 +802,35 @@ class State:
         if len(w) > self.max_per_minute:
             self.max_per_minute = len(w)
 
+    async def hold(self, conn) -> bool:
+        """Wait for POST /release (or the client going away: True)."""
+        fut = conn.loop.create_future()
+        self.hold_waiters.append(fut)
+        self.held += 1
+        gone = conn.closed
+
+        def wake(_=None):
+            if not fut.done():
+                fut.set_result(None)
+
+        gone.add_done_callback(wake)
+        try:
+            await fut
+        finally:
+            self.held -= 1
+            gone.remove_done_callback(wake)
+            if fut in self.hold_waiters:
+                self.hold_waiters.remove(fut)
+        return gone.done()
+
+    def release(self) -> int:
+        """Let every held request answer; return how many were held."""
+        waiters, self.hold_waiters = self.hold_waiters, []
+        for fut in waiters:
+            if not fut.done():
+                fut.set_result(None)
+        return len(waiters)
+
     def stats(self) -> dict:
         """Return the /stats document."""
         return {
@@ -800,6 +841,7 @@ class State:
             "max_per_minute": self.max_per_minute,
             "tokens": {"prompt": self.tok_prompt, "completion": self.tok_completion},
             "aborted": self.aborted,
+            "held": self.held,
         }
 
     def log_request(self, rec: dict, started: float):
@@ -831,6 +873,7 @@ class State:
         """Decide the answer to an LLM request (no I/O, no sleeping)."""
         self.seq += 1
         n = self.seq
+        self.cur_hold = False
         default_delay = self.latency_ms / 1000.0
         try:
             body = json.loads(raw) if raw else None
@@ -851,6 +894,7 @@ class State:
         prompt, first_user, system, whole = extract_texts(flavour, body)
         d = parse_directives(prompt)
         delay = default_delay if d.latency_ms is None else d.latency_ms / 1000.0
+        self.cur_hold = d.hold
 
         if d.fail is not None:
             k, code, retry = d.fail
@@ -1290,6 +1334,9 @@ class Server:
                         return 400, b'{"error":{"message":"last must be an integer"}}', js
                     records = records[-last:] if last > 0 else []
                 return 200, compact(records).encode(), js
+        elif path == "/release":
+            if method == "POST":
+                return 200, compact({"released": st.release()}).encode(), js
         elif path == "/config":
             if method == "POST":
                 try:
@@ -1313,7 +1360,8 @@ class Server:
         started = time.monotonic()
         rec = {"path": path, "model": None, "body": None,
                "auth": "authorization" in headers or "x-api-key" in headers,
-               "status": None, "t": round(started, 4)}
+               "status": None, "t": round(started, 4),
+               "wall": round(time.time(), 4)}
         st.records.append(rec)
         try:
             try:
@@ -1324,10 +1372,15 @@ class Server:
                 return False
             try:
                 plan = st.plan_llm(flavour, path, headers, raw, rec)
+                plan.hold = st.cur_hold
             except Exception as e:  # a bug in the mock: say so, keep serving
                 traceback.print_exc()
                 plan = Plan(500, error_body(flavour, 500, message="mock internal error: %r" % e))
             if plan.delay > 0 and await conn.sleep(plan.delay):
+                st.aborted += 1
+                rec["aborted"] = True
+                return False
+            if plan.hold and await st.hold(conn):
                 st.aborted += 1
                 rec["aborted"] = True
                 return False

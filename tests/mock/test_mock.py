@@ -533,6 +533,42 @@ class MockTest(unittest.TestCase):
         self.assertIsNone(rec["status"])
         self.assertTrue(rec.get("aborted"))
 
+    def test_hold_and_release(self):
+        """[[hold]] keeps requests in flight until POST /release answers them."""
+        import threading
+        results = []
+
+        def one(i):
+            results.append(chat_json(self.port, "[[hold]] held %d" % i))
+
+        threads = [threading.Thread(target=one, args=(i,)) for i in range(3)]
+        for t in threads:
+            t.start()
+        wait_for(lambda: stats(self.port)["held"] == 3, what="3 held")
+        self.assertEqual(stats(self.port)["in_flight"], 3)
+        self.assertEqual(results, [])
+        status, _, raw = request(self.port, "POST", "/release", b"")
+        self.assertEqual((status, json.loads(raw)), (200, {"released": 3}))
+        for t in threads:
+            t.join(30)
+        self.assertEqual(len(results), 3)
+        self.assertEqual(sorted(content_of(r) for r in results),
+                         ["re: held 0", "re: held 1", "re: held 2"])
+        st = stats(self.port)
+        self.assertEqual((st["held"], st["in_flight"]), (0, 0))
+
+    def test_hold_disconnect(self):
+        """A client leaving while held is aborted and no longer held."""
+        s = socket.create_connection(("127.0.0.1", self.port), timeout=30)
+        try:
+            s.sendall(raw_post("/v1/chat/completions", llm_body("[[hold]] leave")))
+            wait_for(lambda: stats(self.port)["held"] == 1, what="held 1")
+        finally:
+            s.close()
+        wait_for(lambda: stats(self.port)["in_flight"] == 0, what="in_flight back to 0")
+        self.assertEqual(stats(self.port)["held"], 0)
+        self.assertEqual(stats(self.port)["aborted"], 1)
+
     def test_latency_disconnect(self):
         """A client leaving during a [[latency:N]] sleep is aborted too."""
         s = socket.create_connection(("127.0.0.1", self.port), timeout=30)
@@ -845,7 +881,8 @@ class MockTest(unittest.TestCase):
         st = stats(self.port)
         self.assertEqual(st, {"requests": 0, "in_flight": 0, "max_in_flight": 0,
                               "by_status": {}, "max_per_minute": 0,
-                              "tokens": {"prompt": 0, "completion": 0}, "aborted": 0})
+                              "tokens": {"prompt": 0, "completion": 0}, "aborted": 0,
+                              "held": 0})
         self.assertEqual(json.loads(request(self.port, "GET", "/requests?last=5")[2]), [])
 
     def test_requests_keeps_1000(self):

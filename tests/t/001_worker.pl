@@ -26,16 +26,14 @@ ok($node->poll_query_until('postgres', $workers, '0'), 'idle worker exits');
 # Ctrl-C during a slow call: the call is cancelled and the worker drops the request
 my $bg = $node->background_psql('postgres', on_error_stop => 0);
 my $pid = $bg->query_safe('SELECT pg_backend_pid()');
-$bg->query_until(qr/^$/, qq{SELECT rvbbit.run('$echo', '{"text": "[[latency:60000]] cancel me"}');\n});
-ok(wait_until(sub { mock_get($mock, '/stats')->{in_flight} == 1 }), 'slow call in flight');
-my $t0 = time();
+# the mock holds the reply until released, so only the cancel can end the call
+$bg->query_until(qr/^$/, qq{SELECT rvbbit.run('$echo', '{"text": "[[hold]] cancel me"}');\n});
+ok(mock_wait_held($mock, 1), 'slow call in flight');
 $node->safe_psql('postgres', "SELECT pg_cancel_backend($pid)");
 my $out = $bg->query('SELECT 1');
 like($bg->{stderr}, qr/canceling statement due to user request/, 'cancelled call reports the cancel');
-my $elapsed = time() - $t0;
-diag(sprintf('pg_cancel_backend returned control after %.3f s', $elapsed));
-ok($elapsed < 30, 'cancel did not wait for the provider');
-ok(wait_until(sub { mock_get($mock, '/stats')->{in_flight} == 0 }), 'worker aborted the request');
+ok(wait_until(sub { mock_get($mock, '/stats')->{in_flight} == 0 }, 180), 'worker aborted the request');
+is(mock_get($mock, '/stats')->{aborted}, 1, 'the provider never answered: the request was aborted, not awaited');
 $bg->{stderr} = '';
 is($bg->query_safe(qq{SELECT rvbbit.run('$echo', '{"text": "after cancel"}')}),
 	'"re: after cancel"', 'the same session works after the cancel');
@@ -44,8 +42,8 @@ $bg->quit;
 # backend terminated during a call: no work left behind in the worker
 $bg = $node->background_psql('postgres', on_error_stop => 0);
 $pid = $bg->query_safe('SELECT pg_backend_pid()');
-$bg->query_until(qr/^$/, qq{SELECT rvbbit.run('$echo', '{"text": "[[latency:60000]] terminate me"}');\n});
-ok(wait_until(sub { mock_get($mock, '/stats')->{in_flight} == 1 }), 'slow call in flight before terminate');
+$bg->query_until(qr/^$/, qq{SELECT rvbbit.run('$echo', '{"text": "[[hold]] terminate me"}');\n});
+ok(mock_wait_held($mock, 1), 'slow call in flight before terminate');
 $node->safe_psql('postgres', "SELECT pg_terminate_backend($pid)");
 ok(wait_until(sub { mock_get($mock, '/stats')->{in_flight} == 0 }), 'worker aborted the terminated backend\'s request');
 is($node->safe_psql('postgres', 'SELECT count(*) FROM rvbbit.progress'), '0', 'nothing left in rvbbit.progress');
@@ -54,8 +52,8 @@ eval { $bg->quit };
 
 # the worker is stopped (SIGTERM) during a call: the caller gets a clear error
 $bg = $node->background_psql('postgres', on_error_stop => 0);
-$bg->query_until(qr/^$/, qq{SELECT rvbbit.run('$echo', '{"text": "[[latency:60000]] worker stops"}');\n});
-ok(wait_until(sub { mock_get($mock, '/stats')->{in_flight} == 1 }), 'slow call in flight before SIGTERM');
+$bg->query_until(qr/^$/, qq{SELECT rvbbit.run('$echo', '{"text": "[[hold]] worker stops"}');\n});
+ok(mock_wait_held($mock, 1), 'slow call in flight before SIGTERM');
 my $wpid = $node->safe_psql('postgres',
 	q{SELECT pid FROM pg_stat_activity WHERE backend_type = 'rvbbit worker'});
 $node->safe_psql('postgres', "SELECT pg_terminate_backend($wpid)");
@@ -69,18 +67,26 @@ $bg->quit;
 
 # the worker is killed (SIGKILL): PostgreSQL restarts, the next call works
 $bg = $node->background_psql('postgres', on_error_stop => 0);
-$bg->query_until(qr/^$/, qq{SELECT rvbbit.run('$echo', '{"text": "[[latency:60000]] kill -9"}');\n});
-ok(wait_until(sub { mock_get($mock, '/stats')->{in_flight} == 1 }), 'slow call in flight before SIGKILL');
+$bg->query_until(qr/^$/, qq{SELECT rvbbit.run('$echo', '{"text": "[[hold]] kill -9"}');\n});
+ok(mock_wait_held($mock, 1), 'slow call in flight before SIGKILL');
 $wpid = $node->safe_psql('postgres',
 	q{SELECT pid FROM pg_stat_activity WHERE backend_type = 'rvbbit worker'});
+my $cpid = $node->safe_psql('postgres',
+	q{SELECT pid FROM pg_stat_activity WHERE query LIKE '%kill -9%' AND backend_type = 'client backend' AND pid <> pg_backend_pid()});
+my $log_offset = -s $node->logfile;
 kill 'KILL', $wpid;
-# psql loses its connection (and may exit), so the query itself may die
-eval { $bg->query('SELECT 1') };
-like($bg->{stderr} . ($@ // ''), qr/terminating connection because of crash of another server process|server closed the connection unexpectedly|connection to server was lost/,
-	'caller gets the crash error');
+# What the dying psql manages to print depends on which process loses the
+# race, so the test asserts what the server logged and what a fresh
+# connection sees instead.
+ok($node->wait_for_log(qr/\(PID $wpid\) was terminated by signal 9/, $log_offset),
+	'the server logged the worker\'s death');
+ok($node->wait_for_log(qr/all server processes terminated; reinitializing/, $log_offset),
+	'the server went through crash recovery');
 eval { $bg->quit };
 ok($node->poll_query_until('postgres', 'SELECT 1', '1'), 'server accepts connections after the crash');
-ok(wait_until(sub { mock_get($mock, '/stats')->{in_flight} == 0 }), 'nothing in flight after the crash');
+is($node->safe_psql('postgres', "SELECT count(*) FROM pg_stat_activity WHERE pid = $cpid"), '0',
+	'the caller\'s backend is gone after the crash restart');
+ok(wait_until(sub { mock_get($mock, '/stats')->{in_flight} == 0 }, 180), 'nothing in flight after the crash');
 is($node->safe_psql('postgres', qq{SELECT rvbbit.run('$echo', '{"text": "after kill"}')}),
 	'"re: after kill"', 'call works after the crash restart');
 

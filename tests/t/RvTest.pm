@@ -15,7 +15,7 @@ use Test::More;
 use Time::HiRes qw(usleep time);
 
 our @EXPORT = qw(start_mock stop_mock mock_get mock_post new_rv_node wait_until
-  inline_echo);
+  inline_echo mock_release mock_wait_held);
 
 my $root = $ENV{RV_ROOT} or die "RV_ROOT is not set";
 
@@ -98,6 +98,25 @@ sub mock_post
 	  ->post("http://127.0.0.1:$mock->{port}$path");
 }
 
+# Answer every request the mock holds for a [[hold]] directive; returns
+# how many it released.
+sub mock_release
+{
+	my ($mock) = @_;
+	my $r = HTTP::Tiny->new(timeout => 30)
+	  ->post("http://127.0.0.1:$mock->{port}/release");
+	die "mock POST /release failed: $r->{status}" unless $r->{success};
+	return decode_json($r->{content})->{released};
+}
+
+# Wait (generously: a slow machine only makes this slower) until the mock
+# holds exactly $n requests.
+sub mock_wait_held
+{
+	my ($mock, $n, $secs) = @_;
+	return wait_until(sub { mock_get($mock, '/stats')->{held} == $n }, $secs // 180);
+}
+
 # A started node with rvbbit preloaded, talking to the mock.
 sub new_rv_node
 {
@@ -109,6 +128,9 @@ shared_preload_libraries = 'rvbbit'
 rvbbit.api_base = 'http://127.0.0.1:$mock->{port}/v1'
 rvbbit.default_model = 'mock/tap'
 rvbbit.worker_idle_timeout = 3
+# tests hold requests in the mock for as long as they need; a stall is
+# only what a test asks for (030 sets its own)
+rvbbit.stall_timeout = '10min'
 max_worker_processes = 32
 restart_after_crash = on
 } . ($extra // ''));
