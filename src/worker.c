@@ -1761,6 +1761,15 @@ rv_worker_main(Datum main_arg)
 	BackgroundWorkerInitializeConnectionByOid(dboid, InvalidOid, 0);
 	pgstat_report_appname("rvbbit worker");
 
+	/*
+	 * The worker runs as the bootstrap superuser: every statement it runs
+	 * resolves names in pg_catalog first (and functions and operators only
+	 * there or schema-qualified), so no object a user created can be picked
+	 * up and executed with its rights.  The tables it touches are the
+	 * extension's own, where users cannot create triggers or rules.
+	 */
+	SetConfigOption("search_path", "pg_catalog, pg_temp", PGC_SUSET, PGC_S_OVERRIDE);
+
 	wk_cxt = AllocSetContextCreate(TopMemoryContext, "rvbbit worker", ALLOCSET_DEFAULT_SIZES);
 	wk_resowner = ResourceOwnerCreate(NULL, "rvbbit worker");
 	MemoryContextSwitchTo(wk_cxt);
