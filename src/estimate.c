@@ -22,6 +22,7 @@
 #include "catalog/pg_type.h"
 #include "executor/spi.h"
 #include "funcapi.h"
+#include "miscadmin.h"
 #include "utils/array.h"
 #include "utils/jsonb.h"
 #include "utils/lsyscache.h"
@@ -206,7 +207,7 @@ rvbbit_estimate(PG_FUNCTION_ARGS)
 						char		key[65];
 						MemoryContext old;
 
-						rv_call_key(p->api_base, body, strlen(body), key);
+						rv_call_key(GetUserId(), p->api_base, body, strlen(body), key);
 						row0 = in * pin[k] + out * pout[k];
 						old = MemoryContextSwitchTo(fn_cxt);
 						keys = lappend(keys, makeString(pstrdup(key)));

@@ -1944,13 +1944,23 @@ rvbbit_drop_cascade(PG_FUNCTION_ARGS)
  * rvbbit._progress(): the rows of rvbbit.progress
  * ----------------------------------------------------------------
  */
+
+/*
+ * The running statements the current user may see: its own, or all of
+ * them for superusers and members of rvbbit_admin (rv_sees_all()).  The
+ * filter is here, not only in the view, because the function itself is
+ * granted to rvbbit_user.
+ */
 Datum
 rvbbit_progress(PG_FUNCTION_ARGS)
 {
 	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+	Oid			me = GetUserId();
+	bool		all;
 	int			i;
 
 	rv_require_shared();
+	all = rv_sees_all(me);
 	InitMaterializedSRF(fcinfo, 0);
 	for (i = 0; i < RV_MAX_PROGRESS; i++)
 	{
@@ -1961,6 +1971,8 @@ rvbbit_progress(PG_FUNCTION_ARGS)
 		if (pg_atomic_read_u32(&p->used) != 1)
 			continue;
 		pg_read_barrier();
+		if (!all && p->roleid != me)
+			continue;
 		memset(n, 0, sizeof(n));
 		v[0] = Int32GetDatum(p->pid);
 		v[1] = Int64GetDatum(p->statement_id);
