@@ -84,6 +84,7 @@
 #include "access/tableam.h"
 #include "access/xact.h"
 #include "catalog/namespace.h"
+#include "catalog/pg_authid.h"
 #include "catalog/pg_class.h"
 #include "catalog/pg_database.h"
 #include "catalog/pg_type.h"
@@ -439,6 +440,29 @@ rv_submit_job(const char *statement, const char *target)
 	char		nulls[7] = "       ";
 	bool		isnull;
 	int64		job_id;
+
+#if PG_VERSION_NUM < 170000
+	{
+		/*
+		 * The runner is a real connection of the role; before PostgreSQL 17
+		 * a background worker cannot connect as a role without LOGIN.
+		 */
+		HeapTuple	rtup = SearchSysCache1(AUTHOID, ObjectIdGetDatum(role));
+		bool		canlogin;
+
+		if (!HeapTupleIsValid(rtup))
+			elog(ERROR, "cache lookup failed for role %u", role);
+		canlogin = ((Form_pg_authid) GETSTRUCT(rtup))->rolcanlogin;
+		ReleaseSysCache(rtup);
+		if (!canlogin)
+			ereport(ERROR,
+					(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+					 errmsg("role \"%s\" cannot submit jobs because it cannot log in",
+							GetUserNameFromId(role, false)),
+					 errdetail("A job runs in a background connection of the submitting role, and this PostgreSQL version refuses such connections for roles without LOGIN."),
+					 errhint("Grant the role LOGIN, or submit the job as a role that has it.")));
+	}
+#endif
 
 	if (target != NULL)
 	{
@@ -1025,8 +1049,8 @@ static void
 jobs_check_main(JobsRunnerArgs *args)
 {
 	JobsPriv	priv;
-	Oid			types[2] = {INT8OID, OIDOID};
-	Datum		vals[2];
+	Oid			types[3] = {INT8OID, OIDOID, TEXTOID};
+	Datum		vals[3];
 
 	pqsignal(SIGTERM, die);
 	pqsignal(SIGHUP, SignalHandlerForConfigReload);
@@ -1047,7 +1071,22 @@ jobs_check_main(JobsRunnerArgs *args)
 	rv_bgxact_begin("rvbbit: checking a job's role");
 	if (OidIsValid(jobs_log_relid()))
 	{
-		if (SearchSysCacheExists1(AUTHOID, ObjectIdGetDatum(args->role)))
+		HeapTuple	rtup = SearchSysCache1(AUTHOID, ObjectIdGetDatum(args->role));
+		const char *fail = NULL;
+
+		if (!HeapTupleIsValid(rtup))
+			fail = "the role that submitted the job no longer exists";
+		else
+		{
+#if PG_VERSION_NUM < 170000
+			if (!((Form_pg_authid) GETSTRUCT(rtup))->rolcanlogin)
+				fail = "the role that submitted the job cannot log in, so no job runner can connect as it";
+#endif
+			ReleaseSysCache(rtup);
+			if (fail == NULL && args->nchecks >= JOBS_MAX_ATTEMPTS)
+				fail = "no job runner could connect as the role that submitted the job; see the server log";
+		}
+		if (fail == NULL)
 		{
 			JobsRunnerArgs again = *args;
 
@@ -1062,11 +1101,12 @@ jobs_check_main(JobsRunnerArgs *args)
 		{
 			vals[0] = Int64GetDatum(args->job_id);
 			vals[1] = ObjectIdGetDatum(args->role);
+			vals[2] = CStringGetTextDatum(fail);
 			jobs_priv_begin(&priv);
 			if (SPI_execute_with_args("UPDATE rvbbit.job_log SET status = 'failed', finished_at = now(), "
-									  "error = 'the role that submitted the job no longer exists' "
+									  "error = $3 "
 									  "WHERE id = $1 AND role_oid = $2 AND status = 'queued'",
-									  2, types, vals, NULL, false, 0) != SPI_OK_UPDATE)
+									  3, types, vals, NULL, false, 0) != SPI_OK_UPDATE)
 				elog(ERROR, "could not update rvbbit.job_log");
 			jobs_priv_end(&priv);
 		}
@@ -1104,7 +1144,11 @@ rv_jobs_runner_main(Datum main_arg)
 	 */
 	if (!OidIsValid(args.role))
 		elog(FATAL, "job runner started without a role");
+#if PG_VERSION_NUM >= 170000
+	BackgroundWorkerInitializeConnectionByOid(args.dboid, args.role, BGWORKER_BYPASS_ROLELOGINCHECK);
+#else
 	BackgroundWorkerInitializeConnectionByOid(args.dboid, args.role, 0);
+#endif
 	jobs_runner_connected = true;
 
 	rv_in_job_runner = true;

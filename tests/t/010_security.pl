@@ -29,6 +29,7 @@ $node->append_conf('postgresql.conf', "cron.host = '" . $node->host . "'\n");
 $node->restart;
 $node->safe_psql('postgres', 'CREATE EXTENSION pg_cron');
 my $echo = inline_echo();
+my ($ret, $out, $err);
 my $summ = q{cells: [{name: s, instructions: "{{ row_count }} rows: {{ rows | tojson }}"}]};
 
 $node->safe_psql('postgres', q{
@@ -196,7 +197,7 @@ ok(wait_job($id), 'the slow job ended');
 
 # ---- a role dropped before its job runs fails the job cleanly
 $id = $node->safe_psql('postgres', q{BEGIN;
-  CREATE ROLE ghost; GRANT rvbbit_user TO ghost;
+  CREATE ROLE ghost LOGIN; GRANT rvbbit_user TO ghost;
   SET ROLE ghost;
   SELECT * FROM rvbbit.sql($$RUN ASYNC '} . $summ . q{' USING (SELECT 'ghost' AS text)$$);
   RESET ROLE;
@@ -208,8 +209,15 @@ ok(wait_until(sub { $node->safe_psql('postgres', "SELECT status FROM rvbbit.job_
 is($node->safe_psql('postgres', "SELECT error FROM rvbbit.job_log WHERE id = $id"),
 	'the role that submitted the job no longer exists', 'with a clear error');
 
+# ---- a role that cannot log in cannot submit a job (its runner could not connect)
+$node->safe_psql('postgres', q{CREATE ROLE nologin_role NOLOGIN; GRANT rvbbit_user TO nologin_role});
+($ret, $out, $err) = $node->psql('postgres',
+	qq{SET ROLE nologin_role; SELECT * FROM rvbbit.sql(\$\$RUN ASYNC '$summ' USING (SELECT 1 AS x)\$\$)});
+like($err, qr/role "nologin_role" cannot submit jobs because it cannot log in/,
+	'a NOLOGIN role is refused at submission with a clear error');
+
 # ---- keys: environment, provider table, GUC; never in logs, errors, calls
-my ($ret, $out, $err) = $node->psql('postgres',
+($ret, $out, $err) = $node->psql('postgres',
 	qq{SET ROLE alice; SELECT rvbbit.run('$echo', '{"text": "[[fault:echoheaders]] env key"}')});
 like($err, qr/Provider said: .*authorization: Bearer \*{8}/i, 'the env-var key is masked in the client error');
 unlike($err, qr/\Q$env_key\E/, 'the client error does not contain the env-var key');
