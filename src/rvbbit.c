@@ -186,15 +186,50 @@ rv_redact_secrets(const char *text)
 }
 
 /*
+ * The first place in text where a key may follow: "api_key" (the GUC, the
+ * column, SET and ALTER SYSTEM statements) or "providers" (statements on
+ * rvbbit.providers, whose key column may be written without its name),
+ * ignoring case.  NULL when there is none; *len is the marker's length.
+ */
+static const char *
+rv_key_marker(const char *text, int *len)
+{
+	static const char *const markers[] = {"api_key", "providers", NULL};
+	const char *best = NULL;
+	const char *p;
+	int			i;
+
+	if (text == NULL)
+		return NULL;
+	for (i = 0; markers[i] != NULL; i++)
+	{
+		size_t		n = strlen(markers[i]);
+
+		for (p = text; *p; p++)
+			if (pg_strncasecmp(p, markers[i], n) == 0)
+			{
+				if (best == NULL || p < best)
+				{
+					best = p;
+					*len = (int) n;
+				}
+				break;
+			}
+	}
+	return best;
+}
+
+/*
  * emit_log_hook: keep API keys out of the server log without changing
  * what the client sees.
  *
  * Key values (the GUC, the environment keys, registered provider keys)
  * are masked in every field, for the client too: no client needs them.
  * PostgreSQL also logs "parameter ... changed to ..." on reload and, with
- * log_statement, the text of SET and ALTER SYSTEM; the statement of a
- * message is hidden when it mentions api_key, and a message that
- * mentions api_key is cut after it in the server log only: when it also
+ * log_statement, the text of SET, ALTER SYSTEM and INSERT statements; the
+ * statement of a message is hidden when it mentions api_key or providers
+ * (rv_key_marker), and a message that mentions one is cut after it in
+ * the server log only: when it also
  * goes to the client, the client gets it unchanged and the server log a
  * LOG_SERVER_ONLY copy that is cut (reported from here, with this hook
  * bypassed), and the original is not written to the server log.
@@ -205,6 +240,7 @@ rv_emit_log(ErrorData *edata)
 	static bool in_hook = false;
 	MemoryContext old;
 	const char *k;
+	int			klen = 0;
 
 	if (in_hook)
 	{
@@ -218,12 +254,12 @@ rv_emit_log(ErrorData *edata)
 	rv_redact_field(&edata->detail_log);
 	rv_redact_field(&edata->hint);
 	rv_redact_field(&edata->context);
-	if (debug_query_string && strstr(debug_query_string, "api_key") != NULL)
+	if (rv_key_marker(debug_query_string, &klen) != NULL)
 		edata->hide_stmt = true;
-	if (edata->message && (k = strstr(edata->message, "api_key")) != NULL)
+	if ((k = rv_key_marker(edata->message, &klen)) != NULL)
 	{
-		char	   *cut = psprintf("%.*sapi_key ... (hidden by rvbbit)",
-								   (int) (k - edata->message), edata->message);
+		char	   *cut = psprintf("%.*s ... (hidden by rvbbit)",
+								   (int) (k - edata->message) + klen, edata->message);
 
 		if (edata->output_to_client)
 		{

@@ -229,6 +229,8 @@ $node->safe_psql('postgres', qq{INSERT INTO rvbbit.providers (prefix, api_base, 
 like($err, qr/authorization: Bearer \*{8}/i, 'the provider key is masked in the client error');
 unlike($err, qr/\Q$prov_key\E/, 'the client error does not contain the provider key');
 
+# a key written without naming the column
+$node->safe_psql('postgres', q{INSERT INTO rvbbit.providers VALUES ('unnamed', 'http://127.0.0.1:9/v1', 'openai', 'sk-tap-unnamed-column-5555')});
 $node->safe_psql('postgres', qq{ALTER SYSTEM SET rvbbit.api_key = '$guc_key'; SELECT pg_reload_conf()});
 ok(wait_until(sub { $node->safe_psql('postgres', q{SHOW rvbbit.api_key}) eq '(set)' }, 30), 'the GUC key is set');
 ($ret, $out, $err) = $node->psql('postgres',
@@ -248,7 +250,7 @@ for my $k ($env_key, $prov_key, $guc_key)
 }
 $node->safe_psql('postgres', q{ALTER SYSTEM RESET rvbbit.api_key; SELECT pg_reload_conf()});
 my $log = slurp_file($node->logfile);
-for my $k ($env_key, $prov_key, $guc_key, 'sk-bob-tries-9999')
+for my $k ($env_key, $prov_key, $guc_key, 'sk-bob-tries-9999', 'sk-tap-unnamed-column-5555')
 {
 	unlike($log, qr/\Q$k\E/, "the server log does not contain $k");
 }
