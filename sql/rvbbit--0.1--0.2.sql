@@ -80,48 +80,140 @@ ALTER TABLE rvbbit.model_prices
     ADD COLUMN cached_input_per_million numeric
         CHECK (cached_input_per_million >= 0);
 
+-- (the views rvbbit.calls, stats and statement_costs with these columns are
+-- in the security section below, which re-creates every view qualified)
+
+-- == security: search_path, visibility, cache ==
+-- Every function body below names catalog objects with pg_catalog. and
+-- extension objects with rvbbit., uses OPERATOR(pg_catalog.=) for its
+-- comparisons, and runs with SET search_path = pg_catalog, pg_temp, so no
+-- object a user creates (a pg_has_role, an = operator on oid, name or
+-- regrole in a schema before pg_catalog) is ever picked up.  The views
+-- are re-created the same way (their operators were bound when 0.1 was
+-- installed; qualifying them keeps that true for every later CREATE OR
+-- REPLACE).
+
+-- Is the current user allowed to see other roles' rows?  (Superusers and
+-- members of rvbbit_admin.)
+CREATE OR REPLACE FUNCTION rvbbit._sees_all() RETURNS boolean
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$ SELECT pg_catalog.pg_has_role(CURRENT_USER, 'rvbbit_admin', 'MEMBER') $$;
+
+-- The OID of the current user (the filter of every view below).
+CREATE FUNCTION rvbbit._my_role() RETURNS oid
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$ SELECT r.oid FROM pg_catalog.pg_roles r WHERE r.rolname OPERATOR(pg_catalog.=) CURRENT_USER $$;
+
 CREATE OR REPLACE VIEW rvbbit.calls WITH (security_barrier) AS
 SELECT c.id, c.called_at, c.statement_id, c.backend_pid,
-       c.role_oid::regrole AS role, c.cascade, c.cell, c.model, c.attempt,
+       c.role_oid::pg_catalog.regrole AS role, c.cascade, c.cell, c.model, c.attempt,
        c.status, c.http_status, c.input_tokens, c.output_tokens, c.cost,
        c.latency_ms, c.error,
        c.response_model, c.response_id, c.finish_reason, c.cached_tokens
   FROM rvbbit.call_log c
- WHERE c.role_oid = (SELECT oid FROM pg_roles WHERE rolname = current_user)
-    OR rvbbit._sees_all();
-COMMENT ON VIEW rvbbit.calls IS 'One row per LLM call or cache hit; your own unless you are in rvbbit_admin.';
+ WHERE c.role_oid OPERATOR(pg_catalog.=) (SELECT rvbbit._my_role())
+    OR (SELECT rvbbit._sees_all());
 
--- stats and statement_costs count truncated replies with the errors
 CREATE OR REPLACE VIEW rvbbit.stats WITH (security_barrier) AS
 SELECT c.role, c.cascade, c.model,
-       count(*) FILTER (WHERE c.status <> 'cached')  AS calls,
-       count(*) FILTER (WHERE c.status = 'ok')       AS ok,
-       count(*) FILTER (WHERE c.status IN ('error', 'invalid', 'truncated')) AS errors,
-       count(*) FILTER (WHERE c.status = 'retry')    AS retries,
-       count(*) FILTER (WHERE c.status = 'cached')   AS cache_hits,
-       coalesce(sum(c.input_tokens) FILTER (WHERE c.status <> 'cached'), 0)  AS input_tokens,
-       coalesce(sum(c.output_tokens) FILTER (WHERE c.status <> 'cached'), 0) AS output_tokens,
-       coalesce(sum(c.cost), 0)::numeric(20, 6)     AS cost,
-       round(avg(c.latency_ms) FILTER (WHERE c.status = 'ok')::numeric, 1) AS avg_latency_ms,
-       min(c.called_at) AS first_call,
-       max(c.called_at) AS last_call,
-       coalesce(sum(c.cached_tokens) FILTER (WHERE c.status <> 'cached'), 0) AS cached_tokens
+       pg_catalog.count(*) FILTER (WHERE c.status OPERATOR(pg_catalog.<>) 'cached')  AS calls,
+       pg_catalog.count(*) FILTER (WHERE c.status OPERATOR(pg_catalog.=) 'ok')       AS ok,
+       pg_catalog.count(*) FILTER (WHERE c.status OPERATOR(pg_catalog.=) ANY ('{error,invalid,truncated}'::pg_catalog.text[])) AS errors,
+       pg_catalog.count(*) FILTER (WHERE c.status OPERATOR(pg_catalog.=) 'retry')    AS retries,
+       pg_catalog.count(*) FILTER (WHERE c.status OPERATOR(pg_catalog.=) 'cached')   AS cache_hits,
+       coalesce(pg_catalog.sum(c.input_tokens) FILTER (WHERE c.status OPERATOR(pg_catalog.<>) 'cached'), 0)  AS input_tokens,
+       coalesce(pg_catalog.sum(c.output_tokens) FILTER (WHERE c.status OPERATOR(pg_catalog.<>) 'cached'), 0) AS output_tokens,
+       coalesce(pg_catalog.sum(c.cost), 0)::pg_catalog.numeric(20, 6)     AS cost,
+       pg_catalog.round(pg_catalog.avg(c.latency_ms) FILTER (WHERE c.status OPERATOR(pg_catalog.=) 'ok')::pg_catalog.numeric, 1) AS avg_latency_ms,
+       pg_catalog.min(c.called_at) AS first_call,
+       pg_catalog.max(c.called_at) AS last_call,
+       coalesce(pg_catalog.sum(c.cached_tokens) FILTER (WHERE c.status OPERATOR(pg_catalog.<>) 'cached'), 0) AS cached_tokens
   FROM rvbbit.calls c
  GROUP BY c.role, c.cascade, c.model;
-COMMENT ON VIEW rvbbit.stats IS 'Totals of rvbbit.calls per role, cascade and model.';
 
 CREATE OR REPLACE VIEW rvbbit.statement_costs WITH (security_barrier) AS
 SELECT c.statement_id, c.role,
-       min(c.called_at) AS first_call, max(c.called_at) AS last_call,
-       string_agg(DISTINCT c.cascade, ', ') AS cascades,
-       string_agg(DISTINCT c.model, ', ') AS models,
-       count(*) FILTER (WHERE c.status <> 'cached') AS calls,
-       count(*) FILTER (WHERE c.status = 'cached') AS cache_hits,
-       count(*) FILTER (WHERE c.status IN ('error', 'invalid', 'truncated')) AS errors,
-       coalesce(sum(c.input_tokens) FILTER (WHERE c.status <> 'cached'), 0) AS input_tokens,
-       coalesce(sum(c.output_tokens) FILTER (WHERE c.status <> 'cached'), 0) AS output_tokens,
-       coalesce(sum(c.cost), 0)::numeric(20, 6) AS cost,
-       coalesce(sum(c.cached_tokens) FILTER (WHERE c.status <> 'cached'), 0) AS cached_tokens
+       pg_catalog.min(c.called_at) AS first_call, pg_catalog.max(c.called_at) AS last_call,
+       pg_catalog.string_agg(DISTINCT c.cascade, ', ') AS cascades,
+       pg_catalog.string_agg(DISTINCT c.model, ', ') AS models,
+       pg_catalog.count(*) FILTER (WHERE c.status OPERATOR(pg_catalog.<>) 'cached') AS calls,
+       pg_catalog.count(*) FILTER (WHERE c.status OPERATOR(pg_catalog.=) 'cached') AS cache_hits,
+       pg_catalog.count(*) FILTER (WHERE c.status OPERATOR(pg_catalog.=) ANY ('{error,invalid,truncated}'::pg_catalog.text[])) AS errors,
+       coalesce(pg_catalog.sum(c.input_tokens) FILTER (WHERE c.status OPERATOR(pg_catalog.<>) 'cached'), 0) AS input_tokens,
+       coalesce(pg_catalog.sum(c.output_tokens) FILTER (WHERE c.status OPERATOR(pg_catalog.<>) 'cached'), 0) AS output_tokens,
+       coalesce(pg_catalog.sum(c.cost), 0)::pg_catalog.numeric(20, 6) AS cost,
+       coalesce(pg_catalog.sum(c.cached_tokens) FILTER (WHERE c.status OPERATOR(pg_catalog.<>) 'cached'), 0) AS cached_tokens
   FROM rvbbit.calls c
  GROUP BY c.statement_id, c.role;
-COMMENT ON VIEW rvbbit.statement_costs IS 'Calls, tokens and cost of each statement.';
+
+CREATE OR REPLACE VIEW rvbbit.cache_entries WITH (security_barrier) AS
+SELECT k.key, k.model, k.cascade, k.cell, k.response, k.input_tokens,
+       k.output_tokens, k.role_oid::pg_catalog.regrole AS role, k.created_at
+  FROM rvbbit.cache k
+ WHERE k.role_oid OPERATOR(pg_catalog.=) (SELECT rvbbit._my_role())
+    OR (SELECT rvbbit._sees_all());
+
+-- Is a request in the cache?  Answers only for the entries the caller may
+-- see (rvbbit.cache_entries), and cache keys include the role they were
+-- made for, so it never tells whether another role sent a prompt.  Not
+-- SECURITY DEFINER any more: the view gives it exactly the caller's rows.
+CREATE OR REPLACE FUNCTION rvbbit._cache_has(key text) RETURNS boolean
+LANGUAGE sql STABLE SECURITY INVOKER
+SET search_path = pg_catalog, pg_temp
+AS $$ SELECT EXISTS (SELECT FROM rvbbit.cache_entries c WHERE c.key OPERATOR(pg_catalog.=) $1) $$;
+
+CREATE OR REPLACE FUNCTION rvbbit._not_an_array(v jsonb) RETURNS jsonb
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    RAISE EXCEPTION 'RUN with as_table needs an array result, but the cascade returned %',
+        coalesce(pg_catalog.jsonb_typeof(v), 'null')
+        USING ERRCODE = 'datatype_mismatch',
+              HINT = 'Give the last cell an output_schema of type array.';
+END
+$$;
+
+CREATE OR REPLACE VIEW rvbbit.progress WITH (security_barrier) AS
+SELECT p.pid, p.statement_id, d.datname, p.role_oid::pg_catalog.regrole AS role,
+       p.started_at, pg_catalog.now() OPERATOR(pg_catalog.-) p.started_at AS running_for,
+       p.kind, p.cascade,
+       p.parallel, p.rows_read, p.rows_done, p.in_flight, p.rows_failed,
+       p.cache_hits, p.llm_calls, p.tokens, p.cost::pg_catalog.numeric(20, 6) AS cost
+  FROM rvbbit._progress() p
+  LEFT JOIN pg_catalog.pg_database d ON d.oid OPERATOR(pg_catalog.=) p.datid
+ WHERE p.role_oid OPERATOR(pg_catalog.=) (SELECT rvbbit._my_role())
+    OR (SELECT rvbbit._sees_all());
+
+CREATE OR REPLACE VIEW rvbbit.jobs WITH (security_barrier) AS
+SELECT j.id AS job_id, j.role_oid::pg_catalog.regrole AS role, j.status, j.statement,
+       j.target, j.submitted_at, j.started_at, j.finished_at,
+       CASE WHEN j.status OPERATOR(pg_catalog.=) 'running' THEN p.rows_done ELSE j.rows END AS rows,
+       p.in_flight,
+       (coalesce(j.spent, 0) OPERATOR(pg_catalog.+) coalesce(live.cost, 0))::pg_catalog.numeric(20, 6) AS spent,
+       j.error, j.attempts, j.runner_pid
+  FROM rvbbit.job_log j
+  LEFT JOIN rvbbit._progress() p
+         ON j.status OPERATOR(pg_catalog.=) 'running'
+        AND p.pid OPERATOR(pg_catalog.=) j.runner_pid
+        AND p.datid OPERATOR(pg_catalog.=) j.dboid
+  LEFT JOIN LATERAL (
+        SELECT pg_catalog.sum(c.cost) AS cost
+          FROM rvbbit.call_log c
+         WHERE j.status OPERATOR(pg_catalog.=) 'running'
+           AND c.backend_pid OPERATOR(pg_catalog.=) j.runner_pid
+           AND c.called_at OPERATOR(pg_catalog.>=) j.started_at) live ON true
+ WHERE j.role_oid OPERATOR(pg_catalog.=) (SELECT rvbbit._my_role())
+    OR (SELECT rvbbit._sees_all());
+
+CREATE OR REPLACE VIEW rvbbit.job_results WITH (security_barrier) AS
+SELECT r.job_id, r.result, r.created_at
+  FROM rvbbit.job_result_log r
+  JOIN rvbbit.job_log j ON j.id OPERATOR(pg_catalog.=) r.job_id
+ WHERE j.role_oid OPERATOR(pg_catalog.=) (SELECT rvbbit._my_role())
+    OR (SELECT rvbbit._sees_all());
+
+REVOKE ALL ON FUNCTION rvbbit._my_role() FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION rvbbit._my_role() TO rvbbit_user;

@@ -22,6 +22,7 @@
 #include "catalog/pg_type.h"
 #include "executor/spi.h"
 #include "funcapi.h"
+#include "miscadmin.h"
 #include "utils/array.h"
 #include "utils/jsonb.h"
 #include "utils/lsyscache.h"
@@ -63,8 +64,9 @@ est_price(const char *model, double *pin, double *pout)
 
 	*pin = *pout = 0;
 	args[0] = CStringGetTextDatum(model);
-	if (SPI_execute_with_args("SELECT input_per_million::float8 / 1e6, output_per_million::float8 / 1e6 "
-							  "FROM rvbbit.model_prices WHERE model = $1",
+	if (SPI_execute_with_args("SELECT input_per_million::pg_catalog.float8 OPERATOR(pg_catalog./) 1e6, "
+							  "output_per_million::pg_catalog.float8 OPERATOR(pg_catalog./) 1e6 "
+							  "FROM rvbbit.model_prices WHERE model OPERATOR(pg_catalog.=) $1",
 							  1, argtypes, args, NULL, true, 1) == SPI_OK_SELECT &&
 		SPI_processed == 1)
 	{
@@ -204,7 +206,7 @@ rvbbit_estimate(PG_FUNCTION_ARGS)
 						char		key[65];
 						MemoryContext old;
 
-						rv_call_key(p->api_base, body, strlen(body), key);
+						rv_call_key(GetUserId(), p->api_base, body, strlen(body), key);
 						row0 = in * pin[k] + out * pout[k];
 						old = MemoryContextSwitchTo(fn_cxt);
 						keys = lappend(keys, makeString(pstrdup(key)));
@@ -232,7 +234,7 @@ rvbbit_estimate(PG_FUNCTION_ARGS)
 			foreach(lc, keys)
 				kd[n++] = CStringGetTextDatum(strVal(lfirst(lc)));
 			args[0] = PointerGetDatum(construct_array(kd, n, TEXTOID, -1, false, TYPALIGN_INT));
-			if (SPI_execute_with_args("SELECT k FROM unnest($1) WITH ORDINALITY AS u(k, i) "
+			if (SPI_execute_with_args("SELECT k FROM pg_catalog.unnest($1) WITH ORDINALITY AS u(k, i) "
 									  "WHERE rvbbit._cache_has(k) ORDER BY i",
 									  1, argtypes, args, NULL, true, 0) != SPI_OK_SELECT)
 				elog(ERROR, "could not read the cache");

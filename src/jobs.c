@@ -12,14 +12,16 @@
  * transaction ends (XactLockTableWait on its xid), so it never starts work
  * for a job that was rolled back: it then finds no row and exits quietly.
  *
- * The runner connects to the job's database as the bootstrap superuser,
- * claims the job (queued -> running, in its own committed transaction),
- * then, in a new transaction, switches to the submitting role
- * (SetUserIdAndSecContext with SECURITY_LOCAL_USERID_CHANGE, so SET ROLE
- * and SET SESSION AUTHORIZATION are refused inside) and its search_path,
- * and runs SELECT * FROM rvbbit.sql('<statement>') through SPI with
- * rv_in_job_runner (defined in rvbbit.c) set, which makes the statement
- * run synchronously.  The statement's effects (the as_table target), the
+ * The runner connects to the job's database AS THE SUBMITTING ROLE
+ * (BackgroundWorkerInitializeConnectionByOid with the role), so
+ * session_user, the role's ALTER ROLE ... SET settings and every privilege
+ * check are the role's own, exactly as in a session of that role; nothing
+ * of the job's code can reach more rights than the role has.  It claims
+ * the job (queued -> running, in its own committed transaction, before any
+ * user code runs), then, in a new transaction, sets the job's search_path
+ * and saved settings and runs SELECT * FROM rvbbit.sql('<statement>')
+ * through SPI with rv_in_job_runner (defined in rvbbit.c) set, which makes
+ * the statement run synchronously.  The statement's effects (the as_table target), the
  * result row of a RUN without as_table (rvbbit.job_result_log) and the
  * status 'done' commit together.  An error rolls the statement back and
  * records 'failed' with the message.
@@ -54,8 +56,19 @@
  * users; rvbbit.jobs and rvbbit.job_results show a user their own jobs
  * (superusers and members of rvbbit_admin see all).  The functions here
  * are not SECURITY DEFINER: they act as the calling role and switch to the
- * owner of rvbbit.job_log (with a fixed search_path) only around their own
- * reads and writes of the job tables (jobs_priv_begin/end).
+ * owner of rvbbit.job_log (with search_path pg_catalog, pg_temp) only
+ * around their own fixed statements on the extension's job tables
+ * (jobs_priv_begin/end), which reference no user object and never run
+ * with user code on the stack: a job's statement, and the deferred
+ * triggers that fire when its transaction commits, run as the role.
+ *
+ * A role dropped before its runner connects makes the connection fail
+ * (FATAL); the runner's exit callback then starts a "check" runner,
+ * connected as the bootstrap superuser and running only the fixed code of
+ * jobs_check_main(), which marks the job failed when the role is gone (or
+ * starts a normal runner again when it exists after all, for a role
+ * created by the still-open submitting transaction).  The recovery worker
+ * fails interrupted jobs of dropped roles the same way.
  *
  *-------------------------------------------------------------------------
  */
@@ -71,6 +84,7 @@
 #include "access/tableam.h"
 #include "access/xact.h"
 #include "catalog/namespace.h"
+#include "catalog/pg_authid.h"
 #include "catalog/pg_class.h"
 #include "catalog/pg_database.h"
 #include "catalog/pg_type.h"
@@ -145,7 +159,10 @@ typedef struct JobsRunnerArgs
 {
 	int64		job_id;
 	Oid			dboid;
+	Oid			role;			/* the submitting role, connected as */
 	TransactionId xid;			/* wait until it ends; invalid: don't */
+	bool		check;			/* a check runner (see the header comment) */
+	int			nchecks;		/* check runners started for this job so far */
 } JobsRunnerArgs;
 
 /* A claimed job, in jobs_context. */
@@ -173,8 +190,12 @@ static shmem_startup_hook_type prev_shmem_startup_hook = NULL;
 /* runner state, for the exit callback */
 static volatile sig_atomic_t jobs_got_sigterm = false;
 static int64 jobs_runner_job = 0;
+static JobsRunnerArgs jobs_runner_args;
+static bool jobs_runner_connected = false;
 static bool jobs_runner_claimed = false;
 static bool jobs_runner_finished = false;
+
+static void jobs_check_main(JobsRunnerArgs *args) pg_attribute_noreturn();
 static MemoryContext jobs_context = NULL;
 
 /* cancel_job: runners to signal at commit */
@@ -329,31 +350,46 @@ jobs_may_manage(Oid me, Oid owner)
  */
 
 /*
- * Register a job runner for job_id in database dboid that waits for
- * transaction xid first.  Returns false when no background worker slot
- * is free.  The runner is not our child: it outlives this backend.
+ * Register the job runner (or check runner) that args describes.  Returns
+ * false when no background worker slot is free.
  */
 static bool
-jobs_start_runner(int64 job_id, Oid dboid, TransactionId xid)
+jobs_start_runner_args(const JobsRunnerArgs *args)
 {
 	BackgroundWorker worker;
 	BackgroundWorkerHandle *handle;
-	JobsRunnerArgs args;
 
 	rv_bgworker_prepare(&worker, BgWorkerStart_RecoveryFinished, BGW_NEVER_RESTART,
 						"rv_jobs_runner_main", JOBS_RUNNER_TYPE);
-	snprintf(worker.bgw_name, BGW_MAXLEN, "rvbbit job runner for job %lld",
-			 (long long) job_id);
+	snprintf(worker.bgw_name, BGW_MAXLEN, "rvbbit job %s for job %lld",
+			 args->check ? "check" : "runner", (long long) args->job_id);
 	/* the job id travels in bgw_extra; main_arg is only informative */
-	worker.bgw_main_arg = Int32GetDatum((int32) job_id);
-	args.job_id = job_id;
-	args.dboid = dboid;
-	args.xid = xid;
+	worker.bgw_main_arg = Int32GetDatum((int32) args->job_id);
 	StaticAssertStmt(sizeof(JobsRunnerArgs) <= BGW_EXTRALEN, "bgw_extra too small");
-	memcpy(worker.bgw_extra, &args, sizeof(args));
+	memcpy(worker.bgw_extra, args, sizeof(JobsRunnerArgs));
 	worker.bgw_notify_pid = 0;
 
 	return RegisterDynamicBackgroundWorker(&worker, &handle);
+}
+
+/*
+ * Register a job runner for job_id of role in database dboid that waits
+ * for transaction xid first.  Returns false when no background worker
+ * slot is free.  The runner is not our child: it outlives this backend.
+ */
+static bool
+jobs_start_runner(int64 job_id, Oid dboid, Oid role, TransactionId xid)
+{
+	JobsRunnerArgs args;
+
+	memset(&args, 0, sizeof(args));
+	args.job_id = job_id;
+	args.dboid = dboid;
+	args.role = role;
+	args.xid = xid;
+	args.check = false;
+	args.nchecks = 0;
+	return jobs_start_runner_args(&args);
 }
 
 /* ----------------------------------------------------------------
@@ -408,6 +444,29 @@ rv_submit_job(const char *statement, const char *target)
 	bool		isnull;
 	int64		job_id;
 
+#if PG_VERSION_NUM < 170000
+	{
+		/*
+		 * The runner is a real connection of the role; before PostgreSQL 17
+		 * a background worker cannot connect as a role without LOGIN.
+		 */
+		HeapTuple	rtup = SearchSysCache1(AUTHOID, ObjectIdGetDatum(role));
+		bool		canlogin;
+
+		if (!HeapTupleIsValid(rtup))
+			elog(ERROR, "cache lookup failed for role %u", role);
+		canlogin = ((Form_pg_authid) GETSTRUCT(rtup))->rolcanlogin;
+		ReleaseSysCache(rtup);
+		if (!canlogin)
+			ereport(ERROR,
+					(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+					 errmsg("role \"%s\" cannot submit jobs because it cannot log in",
+							GetUserNameFromId(role, false)),
+					 errdetail("A job runs in a background connection of the submitting role, and this PostgreSQL version refuses such connections for roles without LOGIN."),
+					 errhint("Grant the role LOGIN, or submit the job as a role that has it.")));
+	}
+#endif
+
 	if (target != NULL)
 	{
 		RangeVar   *rv;
@@ -450,7 +509,7 @@ rv_submit_job(const char *statement, const char *target)
 	jobs_priv_end(&priv);
 	SPI_finish();
 
-	if (!jobs_start_runner(job_id, MyDatabaseId, GetTopTransactionId()))
+	if (!jobs_start_runner(job_id, MyDatabaseId, role, GetTopTransactionId()))
 		ereport(ERROR,
 				(errcode(ERRCODE_INSUFFICIENT_RESOURCES),
 				 errmsg("could not start a job runner"),
@@ -714,7 +773,26 @@ jobs_runner_exit(int code, Datum arg)
 	Datum		vals[3];
 
 	/* without a postmaster, leave the job to the recovery after the restart */
-	if (!jobs_runner_claimed || jobs_runner_finished || !PostmasterIsAlive())
+	if (!PostmasterIsAlive())
+		return;
+
+	/*
+	 * The connection as the job's role failed (the role was dropped, or is
+	 * not yet visible): a check runner decides what becomes of the job.
+	 */
+	if (!jobs_runner_connected)
+	{
+		JobsRunnerArgs check = jobs_runner_args;
+
+		if (!check.check && check.nchecks < JOBS_MAX_ATTEMPTS)
+		{
+			check.check = true;
+			check.nchecks++;
+			(void) jobs_start_runner_args(&check);
+		}
+		return;
+	}
+	if (!jobs_runner_claimed || jobs_runner_finished)
 		return;
 	AbortOutOfAnyTransaction();
 	vals[0] = Int64GetDatum(jobs_runner_job);
@@ -741,7 +819,8 @@ jobs_runner_exit(int code, Datum arg)
 		requeued = (SPI_processed == 1 &&
 					strcmp(SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1), "queued") == 0);
 		if (requeued &&
-			!jobs_start_runner(jobs_runner_job, MyDatabaseId, GetTopTransactionId()) &&
+			!jobs_start_runner(jobs_runner_job, MyDatabaseId, jobs_runner_args.role,
+							   GetTopTransactionId()) &&
 			SPI_execute_with_args("UPDATE rvbbit.job_log SET status = 'failed', finished_at = now(), "
 								  "error = 'the job runner was terminated and no background worker "
 								  "slot was free to restart it' WHERE id = $1",
@@ -832,8 +911,6 @@ jobs_run(JobsJob *job)
 	char	  **values;
 	int			nsettings;
 	int			i;
-	Oid			save_userid;
-	int			save_sec_context;
 	int			nestlevel;
 	int64		rows;
 	bool		isnull;
@@ -864,10 +941,12 @@ jobs_run(JobsJob *job)
 		ereport(ERROR,
 				(errcode(ERRCODE_UNDEFINED_OBJECT),
 				 errmsg("the role that submitted the job no longer exists")));
+	/* the runner is connected as the job's role; check it, never assume */
+	if (GetSessionUserId() != job->role || GetUserId() != job->role)
+		elog(ERROR, "job runner is connected as role %u, not as the job's role %u",
+			 GetSessionUserId(), job->role);
 
-	/* become the submitting role, with its search_path and settings */
-	GetUserIdAndSecContext(&save_userid, &save_sec_context);
-	SetUserIdAndSecContext(job->role, save_sec_context | SECURITY_LOCAL_USERID_CHANGE);
+	/* the job's search_path and saved settings, as the role itself */
 	nestlevel = NewGUCNestLevel();
 	if (job->search_path != NULL)
 		(void) set_config_option("search_path", job->search_path,
@@ -908,9 +987,12 @@ jobs_run(JobsJob *job)
 			rnulls[1] = 'n';
 	}
 	AtEOXact_GUC(true, nestlevel);
-	SetUserIdAndSecContext(save_userid, save_sec_context);
 
-	/* record the outcome in the same transaction */
+	/*
+	 * Record the outcome in the same transaction.  The job's statement has
+	 * returned; what of it still runs at commit (deferred triggers, ON
+	 * COMMIT actions) runs as the role, after jobs_priv_end().
+	 */
 	jobs_priv_begin(&priv);
 	if (job->target == NULL)
 	{
@@ -960,6 +1042,83 @@ jobs_record_failure(int64 job_id, const char *message)
 }
 
 /*
+ * A check runner (args->check): the normal runner of the job could not
+ * connect as the job's role.  Connected as the bootstrap superuser, it
+ * runs only this fixed code: wait for the submitting transaction, then
+ * mark the job failed when its role does not exist, or start a normal
+ * runner again when it does.  Never returns.
+ */
+static void
+jobs_check_main(JobsRunnerArgs *args)
+{
+	JobsPriv	priv;
+	Oid			types[3] = {INT8OID, OIDOID, TEXTOID};
+	Datum		vals[3];
+
+	pqsignal(SIGTERM, die);
+	pqsignal(SIGHUP, SignalHandlerForConfigReload);
+	BackgroundWorkerUnblockSignals();
+	BackgroundWorkerInitializeConnectionByOid(args->dboid, InvalidOid, 0);
+	SetConfigOption("default_transaction_isolation", "read committed",
+					PGC_USERSET, PGC_S_SESSION);
+	SetConfigOption("search_path", "pg_catalog, pg_temp", PGC_USERSET, PGC_S_SESSION);
+
+	if (TransactionIdIsValid(args->xid))
+	{
+		SetCurrentStatementStartTimestamp();
+		StartTransactionCommand();
+		XactLockTableWait(args->xid, NULL, NULL, XLTW_None);
+		CommitTransactionCommand();
+	}
+
+	rv_bgxact_begin("rvbbit: checking a job's role");
+	if (OidIsValid(jobs_log_relid()))
+	{
+		HeapTuple	rtup = SearchSysCache1(AUTHOID, ObjectIdGetDatum(args->role));
+		const char *fail = NULL;
+
+		if (!HeapTupleIsValid(rtup))
+			fail = "the role that submitted the job no longer exists";
+		else
+		{
+#if PG_VERSION_NUM < 170000
+			if (!((Form_pg_authid) GETSTRUCT(rtup))->rolcanlogin)
+				fail = "the role that submitted the job cannot log in, so no job runner can connect as it";
+#endif
+			ReleaseSysCache(rtup);
+			if (fail == NULL && args->nchecks >= JOBS_MAX_ATTEMPTS)
+				fail = "no job runner could connect as the role that submitted the job; see the server log";
+		}
+		if (fail == NULL)
+		{
+			JobsRunnerArgs again = *args;
+
+			again.check = false;
+			again.xid = InvalidTransactionId;
+			if (!jobs_start_runner_args(&again))
+				ereport(LOG,
+						(errmsg("could not restart the runner of rvbbit job %lld: no background worker slot is free",
+								(long long) args->job_id)));
+		}
+		else
+		{
+			vals[0] = Int64GetDatum(args->job_id);
+			vals[1] = ObjectIdGetDatum(args->role);
+			vals[2] = CStringGetTextDatum(fail);
+			jobs_priv_begin(&priv);
+			if (SPI_execute_with_args("UPDATE rvbbit.job_log SET status = 'failed', finished_at = now(), "
+									  "error = $3 "
+									  "WHERE id = $1 AND role_oid = $2 AND status = 'queued'",
+									  3, types, vals, NULL, false, 0) != SPI_OK_UPDATE)
+				elog(ERROR, "could not update rvbbit.job_log");
+			jobs_priv_end(&priv);
+		}
+	}
+	rv_bgxact_end(false);
+	proc_exit(0);
+}
+
+/*
  * Entry point of a job runner (dynamic background worker, never
  * restarted).  bgw_extra holds JobsRunnerArgs.  Waits for the submitting
  * transaction, claims the job, runs it and records the outcome, then
@@ -973,10 +1132,27 @@ rv_jobs_runner_main(Datum main_arg)
 	JobsJob		job;
 
 	memcpy(&args, MyBgworkerEntry->bgw_extra, sizeof(args));
+	jobs_runner_args = args;
+	if (args.check)
+		jobs_check_main(&args);
 	pqsignal(SIGTERM, jobs_sigterm);
 	pqsignal(SIGHUP, SignalHandlerForConfigReload);
 	BackgroundWorkerUnblockSignals();
-	BackgroundWorkerInitializeConnectionByOid(args.dboid, InvalidOid, 0);
+	before_shmem_exit(jobs_runner_exit, (Datum) 0);
+
+	/*
+	 * Connect as the submitting role: from here on this process has that
+	 * role's rights and settings and no others (FATAL when the role is
+	 * gone; the exit callback then starts a check runner).
+	 */
+	if (!OidIsValid(args.role))
+		elog(FATAL, "job runner started without a role");
+#if PG_VERSION_NUM >= 170000
+	BackgroundWorkerInitializeConnectionByOid(args.dboid, args.role, BGWORKER_BYPASS_ROLELOGINCHECK);
+#else
+	BackgroundWorkerInitializeConnectionByOid(args.dboid, args.role, 0);
+#endif
+	jobs_runner_connected = true;
 
 	rv_in_job_runner = true;
 	jobs_runner_job = args.job_id;
@@ -986,7 +1162,6 @@ rv_jobs_runner_main(Datum main_arg)
 					PGC_USERSET, PGC_S_SESSION);
 	SetConfigOption("default_transaction_isolation", "read committed",
 					PGC_USERSET, PGC_S_SESSION);
-	before_shmem_exit(jobs_runner_exit, (Datum) 0);
 
 	/* start no work before the submitting transaction has committed */
 	if (TransactionIdIsValid(args.xid))
@@ -1055,6 +1230,7 @@ rv_jobs_recover_main(Datum main_arg)
 	int64	   *ids;
 	int		   *attempts;
 	Oid		   *dbs;
+	Oid		   *roles;
 	int			n;
 	int			i;
 
@@ -1062,6 +1238,7 @@ rv_jobs_recover_main(Datum main_arg)
 	pqsignal(SIGHUP, SignalHandlerForConfigReload);
 	BackgroundWorkerUnblockSignals();
 	BackgroundWorkerInitializeConnectionByOid(dboid, InvalidOid, 0);
+	SetConfigOption("search_path", "pg_catalog, pg_temp", PGC_USERSET, PGC_S_SESSION);
 	SetConfigOption("default_transaction_isolation", "read committed",
 					PGC_USERSET, PGC_S_SESSION);
 	incarnation = jobs_incarnation();
@@ -1074,7 +1251,7 @@ rv_jobs_recover_main(Datum main_arg)
 	}
 	jobs_priv_begin(&priv);
 	vals[0] = TimestampTzGetDatum(incarnation);
-	if (SPI_execute_with_args("SELECT id, attempts, dboid FROM rvbbit.job_log "
+	if (SPI_execute_with_args("SELECT id, attempts, dboid, role_oid FROM rvbbit.job_log "
 							  "WHERE status IN ('queued', 'running') "
 							  "AND server_started_at IS DISTINCT FROM $1 ORDER BY id FOR UPDATE",
 							  1, types, vals, NULL, false, 0) != SPI_OK_SELECT)
@@ -1083,6 +1260,7 @@ rv_jobs_recover_main(Datum main_arg)
 	ids = palloc(sizeof(int64) * (n + 1));
 	attempts = palloc(sizeof(int) * (n + 1));
 	dbs = palloc(sizeof(Oid) * (n + 1));
+	roles = palloc(sizeof(Oid) * (n + 1));
 	for (i = 0; i < n; i++)
 	{
 		bool		isnull;
@@ -1090,6 +1268,7 @@ rv_jobs_recover_main(Datum main_arg)
 		ids[i] = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1, &isnull));
 		attempts[i] = DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 2, &isnull));
 		dbs[i] = DatumGetObjectId(SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 3, &isnull));
+		roles[i] = DatumGetObjectId(SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 4, &isnull));
 	}
 
 	for (i = 0; i < n; i++)
@@ -1099,6 +1278,8 @@ rv_jobs_recover_main(Datum main_arg)
 		vals[1] = Int64GetDatum(ids[i]);
 		if (dbs[i] != MyDatabaseId)
 			fail = "interrupted by a server restart; the job belongs to another database";
+		else if (!SearchSysCacheExists1(AUTHOID, ObjectIdGetDatum(roles[i])))
+			fail = "the role that submitted the job no longer exists";
 		else if (attempts[i] >= JOBS_MAX_ATTEMPTS)
 			fail = psprintf("interrupted by a server restart; not resumed after %d attempts",
 							JOBS_MAX_ATTEMPTS);
@@ -1113,7 +1294,7 @@ rv_jobs_recover_main(Datum main_arg)
 									  "error = 'resumed after restart' WHERE j.id = $2",
 									  2, types, vals, NULL, false, 0) != SPI_OK_UPDATE)
 				elog(ERROR, "could not update rvbbit.job_log");
-			if (jobs_start_runner(ids[i], MyDatabaseId, GetTopTransactionId()))
+			if (jobs_start_runner(ids[i], MyDatabaseId, roles[i], GetTopTransactionId()))
 				ereport(LOG,
 						(errmsg("resuming rvbbit job %lld after a server restart",
 								(long long) ids[i])));

@@ -197,7 +197,7 @@ rv_resolve_cascade(const char *ref, char **display)
 
 		SPI_connect();
 		args[0] = CStringGetTextDatum(name);
-		if (SPI_execute_with_args("SELECT definition FROM rvbbit.cascades WHERE name = $1",
+		if (SPI_execute_with_args("SELECT definition FROM rvbbit.cascades WHERE name OPERATOR(pg_catalog.=) $1",
 								  1, argtypes, args, NULL, true, 1) == SPI_OK_SELECT &&
 			SPI_processed == 1)
 		{
@@ -1837,7 +1837,7 @@ rvbbit_sql(PG_FUNCTION_ARGS)
 
 		SPI_connect();
 		args[0] = PG_GETARG_DATUM(0);
-		if (SPI_execute_with_args("SELECT job_id FROM rvbbit._submit_job($1)", 1, argtypes, args,
+		if (SPI_execute_with_args("SELECT s.job_id FROM rvbbit._submit_job($1) s", 1, argtypes, args,
 								  NULL, false, 1) != SPI_OK_SELECT || SPI_processed != 1)
 			elog(ERROR, "could not submit the job");
 		obj = psprintf("{\"job_id\": %s}", SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1));
@@ -1961,7 +1961,7 @@ rvbbit_create_cascade(PG_FUNCTION_ARGS)
 	args[0] = CStringGetTextDatum(name);
 	args[1] = CStringGetTextDatum(def);
 	args[2] = ObjectIdGetDatum(me);
-	if (SPI_execute_with_args("SELECT owner::oid FROM rvbbit.cascades WHERE name = $1 FOR UPDATE",
+	if (SPI_execute_with_args("SELECT owner::pg_catalog.oid FROM rvbbit.cascades WHERE name OPERATOR(pg_catalog.=) $1 FOR UPDATE",
 							  1, argtypes, args, NULL, false, 1) != SPI_OK_SELECT)
 		elog(ERROR, "could not read rvbbit.cascades");
 	if (SPI_processed == 1)
@@ -1975,12 +1975,12 @@ rvbbit_create_cascade(PG_FUNCTION_ARGS)
 					(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
 					 errmsg("must be owner of cascade \"%s\" to replace it", name),
 					 errhint("Ask its owner or a member of rvbbit_admin, or choose another name.")));
-		if (SPI_execute_with_args("UPDATE rvbbit.cascades SET definition = $2, updated_at = now() "
-								  "WHERE name = $1", 2, argtypes, args, NULL, false, 0) != SPI_OK_UPDATE)
+		if (SPI_execute_with_args("UPDATE rvbbit.cascades SET definition = $2, updated_at = pg_catalog.now() "
+								  "WHERE name OPERATOR(pg_catalog.=) $1", 2, argtypes, args, NULL, false, 0) != SPI_OK_UPDATE)
 			elog(ERROR, "could not update rvbbit.cascades");
 	}
 	else if (SPI_execute_with_args("INSERT INTO rvbbit.cascades (name, definition, owner) "
-								   "VALUES ($1, $2, $3::regrole)", 3, argtypes, args, NULL,
+								   "VALUES ($1, $2, $3::pg_catalog.regrole)", 3, argtypes, args, NULL,
 								   false, 0) != SPI_OK_INSERT)
 		elog(ERROR, "could not insert into rvbbit.cascades");
 	SPI_finish();
@@ -2006,7 +2006,7 @@ rvbbit_drop_cascade(PG_FUNCTION_ARGS)
 	name = rv_cascade_name(given);
 	SPI_connect();
 	args[0] = CStringGetTextDatum(name);
-	if (SPI_execute_with_args("SELECT owner::oid FROM rvbbit.cascades WHERE name = $1 FOR UPDATE",
+	if (SPI_execute_with_args("SELECT owner::pg_catalog.oid FROM rvbbit.cascades WHERE name OPERATOR(pg_catalog.=) $1 FOR UPDATE",
 							  1, argtypes, args, NULL, false, 1) != SPI_OK_SELECT)
 		elog(ERROR, "could not read rvbbit.cascades");
 	if (SPI_processed == 0)
@@ -2032,7 +2032,7 @@ rvbbit_drop_cascade(PG_FUNCTION_ARGS)
 					(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
 					 errmsg("must be owner of cascade \"%s\" to drop it", name)));
 	}
-	if (SPI_execute_with_args("DELETE FROM rvbbit.cascades WHERE name = $1",
+	if (SPI_execute_with_args("DELETE FROM rvbbit.cascades WHERE name OPERATOR(pg_catalog.=) $1",
 							  1, argtypes, args, NULL, false, 0) != SPI_OK_DELETE)
 		elog(ERROR, "could not delete from rvbbit.cascades");
 	SPI_finish();
@@ -2043,13 +2043,23 @@ rvbbit_drop_cascade(PG_FUNCTION_ARGS)
  * rvbbit._progress(): the rows of rvbbit.progress
  * ----------------------------------------------------------------
  */
+
+/*
+ * The running statements the current user may see: its own, or all of
+ * them for superusers and members of rvbbit_admin (rv_sees_all()).  The
+ * filter is here, not only in the view, because the function itself is
+ * granted to rvbbit_user.
+ */
 Datum
 rvbbit_progress(PG_FUNCTION_ARGS)
 {
 	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+	Oid			me = GetUserId();
+	bool		all;
 	int			i;
 
 	rv_require_shared();
+	all = rv_sees_all(me);
 	InitMaterializedSRF(fcinfo, 0);
 	for (i = 0; i < RV_MAX_PROGRESS; i++)
 	{
@@ -2060,6 +2070,8 @@ rvbbit_progress(PG_FUNCTION_ARGS)
 		if (pg_atomic_read_u32(&p->used) != 1)
 			continue;
 		pg_read_barrier();
+		if (!all && p->roleid != me)
+			continue;
 		memset(n, 0, sizeof(n));
 		v[0] = Int32GetDatum(p->pid);
 		v[1] = Int64GetDatum(p->statement_id);

@@ -133,17 +133,20 @@ rv_route(const char *model_ref, int nproviders,
 }
 
 void
-rv_call_key(const char *api_base, const char *body, size_t len, char *out)
+rv_call_key(Oid role, const char *api_base, const char *body, size_t len, char *out)
 {
 	static const char hex[] = "0123456789abcdef";
-	const char *tag = "rvbbit-call-v1";
+	const char *tag = "rvbbit-call-v2";
+	char		rolebuf[16];
 	pg_cryptohash_ctx *ctx;
 	uint8		digest[32];
 	int			i;
 
+	snprintf(rolebuf, sizeof(rolebuf), "%u", role);
 	ctx = pg_cryptohash_create(PG_SHA256);
 	if (ctx == NULL || pg_cryptohash_init(ctx) < 0 ||
 		pg_cryptohash_update(ctx, (const uint8 *) tag, strlen(tag) + 1) < 0 ||
+		pg_cryptohash_update(ctx, (const uint8 *) rolebuf, strlen(rolebuf) + 1) < 0 ||
 		pg_cryptohash_update(ctx, (const uint8 *) api_base, strlen(api_base) + 1) < 0 ||
 		pg_cryptohash_update(ctx, (const uint8 *) body, len) < 0 ||
 		pg_cryptohash_update(ctx, (const uint8 *) "", 1) < 0 ||

@@ -69,9 +69,12 @@ extern int	rv_route(const char *model_ref, int nproviders,
 					 const void *providers, const char **model);
 
 /*
- * The cache key of a request: hex SHA-256 over a version tag, the
- * provider's base URL and the body.  Needs CurrentResourceOwner set.
+ * The cache key of a request: hex SHA-256 over a version tag, the role the
+ * call is made for, the provider's base URL and the body.  The role is
+ * part of the key so that a role's lookups hit only its own entries: no
+ * role learns from a cache hit (its cost, its latency, rvbbit._cache_has)
+ * that another role sent the same prompt.  Needs CurrentResourceOwner set.
  */
-extern void rv_call_key(const char *api_base, const char *body, size_t len, char *out);
+extern void rv_call_key(Oid role, const char *api_base, const char *body, size_t len, char *out);
 
 #endif							/* RV_REQUEST_H */

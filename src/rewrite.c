@@ -514,19 +514,19 @@ rv_map_sql(RvPlannedStatement *ps, ParseState *pstate)
 		 * told) aggregated in input order into one call.
 		 */
 		appendStringInfo(&sql,
-						 "SELECT rvbbit._run_rows(%s, coalesce(jsonb_agg(to_jsonb(_rvbbit_q.*)), '[]'), %s::jsonb) AS %s "
+						 "SELECT rvbbit._run_rows(%s, coalesce(pg_catalog.jsonb_agg(pg_catalog.to_jsonb(_rvbbit_q.*)), '[]'), %s::pg_catalog.jsonb) AS %s "
 						 "FROM (SELECT * FROM (%s\n) AS _rvbbit_q0%s) AS _rvbbit_q",
 						 quote_literal_cstr(ps->cascade), quote_literal_cstr(ps->options_json),
 						 quote_identifier(ps->result_name), ps->query,
 						 ps->opts.limit > 0 ? psprintf(" LIMIT %lld", (long long) ps->opts.limit + 1) : "");
 		return sql.data;
 	}
-	appendStringInfo(&sql, "SELECT * FROM rvbbit.map(%s, %s, %d, %s::jsonb) AS rvbbit_map(",
+	appendStringInfo(&sql, "SELECT * FROM rvbbit.map(%s, %s, %d, %s::pg_catalog.jsonb) AS rvbbit_map(",
 					 quote_literal_cstr(ps->cascade), quote_literal_cstr(ps->query),
 					 ps->parallel, quote_literal_cstr(ps->options_json));
 	rw_query_columns(ps->query, &sql, &names);
 	if (ps->ncolumns == 0)
-		appendStringInfo(&sql, ", %s jsonb", quote_identifier(ps->result_name));
+		appendStringInfo(&sql, ", %s pg_catalog.jsonb", quote_identifier(ps->result_name));
 	for (i = 0; i < ps->ncolumns; i++)
 	{
 		Oid			typid;
@@ -590,19 +590,19 @@ rw_run_table_sql(RvPlannedStatement *ps)
 				appendStringInfo(&cols, "(_rvbbit_item ->> %s) AS %s", quote_literal_cstr(key), quote_identifier(key));
 			else if (type && (strcmp(type, "integer") == 0 || strcmp(type, "number") == 0 ||
 							  strcmp(type, "boolean") == 0))
-				appendStringInfo(&cols, "(_rvbbit_item ->> %s)::%s AS %s", quote_literal_cstr(key),
+				appendStringInfo(&cols, "(_rvbbit_item OPERATOR(pg_catalog.->>) %s)::%s AS %s", quote_literal_cstr(key),
 								 strcmp(type, "integer") == 0 ? "bigint" :
 								 strcmp(type, "number") == 0 ? "double precision" : "boolean",
 								 quote_identifier(key));
 			else
-				appendStringInfo(&cols, "(_rvbbit_item -> %s) AS %s", quote_literal_cstr(key), quote_identifier(key));
+				appendStringInfo(&cols, "(_rvbbit_item OPERATOR(pg_catalog.->) %s) AS %s", quote_literal_cstr(key), quote_identifier(key));
 		}
 	}
 	else
 		appendStringInfoString(&cols, "_rvbbit_item AS value");
 	rv_cascade_free(c);
 	return psprintf("SELECT %s FROM (%s) AS _rvbbit_run, "
-					"jsonb_array_elements(CASE jsonb_typeof(_rvbbit_run.%s) WHEN 'array' THEN _rvbbit_run.%s "
+					"pg_catalog.jsonb_array_elements(CASE pg_catalog.jsonb_typeof(_rvbbit_run.%s) WHEN 'array' THEN _rvbbit_run.%s "
 					"ELSE rvbbit._not_an_array(_rvbbit_run.%s) END) AS _rvbbit_item",
 					cols.data, rv_map_sql(ps, NULL), quote_identifier(ps->result_name),
 					quote_identifier(ps->result_name), quote_identifier(ps->result_name));

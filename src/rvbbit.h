@@ -138,6 +138,9 @@ extern RvShared *rv_shared;
 /* rvbbit.c */
 extern void rv_check_preloaded(void);
 extern void rv_require_shared(void);
+extern bool rv_sees_all(Oid role);
+extern void rv_secret_register(const char *key);
+extern char *rv_redact_secrets(const char *text);
 
 /*
  * jobs.c: true in a job runner, which executes the statement of an async

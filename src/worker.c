@@ -324,9 +324,10 @@ wk_stmt_fatal(WkStmt *s, int sqlstate, const char *msg, const char *detail,
 	memset(&head, 0, sizeof(head));
 	head.seq = -1;
 	head.sqlstate = sqlstate;
-	parts[0] = msg;
-	parts[1] = detail;
-	parts[2] = hint;
+	/* provider error bodies end up here: never any key text */
+	parts[0] = rv_redact_secrets(msg);
+	parts[1] = rv_redact_secrets(detail);
+	parts[2] = rv_redact_secrets(hint);
 	wk_queue_msg(s, RV_MSG_FATAL, &head, parts, 3);
 	/* nothing more of this statement runs; the message still goes out */
 	s->closing = true;
@@ -367,6 +368,8 @@ wk_load_config(WkStmt *s, json_object *hdr)
 	s->providers = MemoryContextAllocZero(s->cxt, sizeof(WkProvider) * 1);
 	s->providers[0].api_base = MemoryContextStrdup(s->cxt, wk_json_str(hdr, "api_base") ? wk_json_str(hdr, "api_base") : "");
 	s->providers[0].api_key = MemoryContextStrdup(s->cxt, wk_json_str(hdr, "api_key") ? wk_json_str(hdr, "api_key") : "");
+	/* every key this worker sends is masked in its log lines and errors */
+	rv_secret_register(s->providers[0].api_key);
 	s->providers[0].flavor = (RvFlavor) wk_json_int(hdr, "flavor", 0);
 	s->providers[0].rpm = -1;
 	s->providers[0].tpm = -1;
@@ -402,6 +405,7 @@ wk_load_config(WkStmt *s, json_object *hdr)
 			if (key == NULL && env != NULL && getenv(env) != NULL)
 				key = pstrdup(getenv(env));
 			p->api_key = key ? key : pstrdup("");
+			rv_secret_register(p->api_key);
 			p->rpm = rpm ? atoi(rpm) : 0;
 			p->tpm = tpm ? atoi(tpm) : 0;
 		}
@@ -672,7 +676,7 @@ wk_record_call(WkTask *t, const char *status, long http_status, long tin,
 	json_object_object_add(r, "cost", json_object_new_double(cost));
 	json_object_object_add(r, "latency_ms", json_object_new_double(latency_ms));
 	if (error)
-		json_object_object_add(r, "error", json_object_new_string(error));
+		json_object_object_add(r, "error", json_object_new_string(rv_redact_secrets(error)));
 	json_object_object_add(r, "cache_key", json_object_new_string(t->key));
 	json_object_array_add(wk_call_rows, r);
 	return r;
@@ -825,9 +829,10 @@ wk_task_fail(WkTask *t, int sqlstate, const char *msg, const char *detail,
 	head.tokens_in = t->tokens_in;
 	head.tokens_out = t->tokens_out;
 	head.cost = t->cost;
-	parts[0] = msg;
-	parts[1] = detail;
-	parts[2] = hint;
+	/* provider error bodies end up here: never any key text */
+	parts[0] = rv_redact_secrets(msg);
+	parts[1] = rv_redact_secrets(detail);
+	parts[2] = rv_redact_secrets(hint);
 	if (t->nbatch > 0)
 	{
 		int			i;
@@ -918,7 +923,7 @@ wk_task_prepare(WkTask *t)
 	/* cryptohash contexts belong to a resource owner; outside a transaction, ours */
 	if (CurrentResourceOwner == NULL)
 		CurrentResourceOwner = wk_resowner;
-	rv_call_key(t->provider->api_base, t->body, t->body_len, t->key);
+	rv_call_key(s->seghdr->roleid, t->provider->api_base, t->body, t->body_len, t->key);
 	CurrentResourceOwner = save;
 
 	if (s->cache_read)
@@ -2072,6 +2077,15 @@ rv_worker_main(Datum main_arg)
 
 	BackgroundWorkerInitializeConnectionByOid(dboid, InvalidOid, 0);
 	pgstat_report_appname("rvbbit worker");
+
+	/*
+	 * The worker runs as the bootstrap superuser: every statement it runs
+	 * resolves names in pg_catalog first (and functions and operators only
+	 * there or schema-qualified), so no object a user created can be picked
+	 * up and executed with its rights.  The tables it touches are the
+	 * extension's own, where users cannot create triggers or rules.
+	 */
+	SetConfigOption("search_path", "pg_catalog, pg_temp", PGC_SUSET, PGC_S_OVERRIDE);
 
 	wk_cxt = AllocSetContextCreate(TopMemoryContext, "rvbbit worker", ALLOCSET_DEFAULT_SIZES);
 	wk_loop_cxt = AllocSetContextCreate(wk_cxt, "rvbbit worker loop", ALLOCSET_DEFAULT_SIZES);

@@ -31,6 +31,9 @@ Directives embedded in the prompt steer the answer:
     [[fault:huge]]         200 with a 6 MB reply
     [[fault:empty]]        200 with an empty body
     [[fault:close]]        close the connection without answering
+    [[fault:echoheaders]]  401 whose error message repeats the request headers
+                           (Authorization, x-api-key: tests that keys never
+                           reach logs, errors or rvbbit.calls)
     [[fail:K:CODE[:S]]]    the first K times this prompt is seen, answer CODE
                            (429 with Retry-After: S; S written dN: any CODE with
                            Retry-After as an HTTP-date N seconds from now)
@@ -942,6 +945,10 @@ class State:
                 return Plan(200, b'{"choices": [ {"message": ', delay=delay)
             if fault == "empty":
                 return Plan(200, b"", delay=delay)
+            if fault == "echoheaders":
+                echoed = "; ".join("%s: %s" % (k, v) for k, v in sorted(headers.items()))
+                return Plan(401, error_body(flavour, 401, message="bad request headers: " + echoed),
+                            delay=delay)
             if fault not in ("truncated", "huge"):
                 parts = fault.split(":")
                 try:
