@@ -30,8 +30,12 @@ RESET ROLE;
 
 SET ROLE rv_bob;
 SELECT rvbbit.run('echo', '{"text": "bob was here"}', '{"cache": false}');
--- bob sees only his own calls and statements
+-- bob sees only his own calls, statements and cache entries
 SELECT role, cascade, status FROM rvbbit.calls;
+SELECT count(*) > 0 AS sees_own_cache,
+       count(*) FILTER (WHERE role::text <> 'rv_bob') AS others_cache_entries_seen,
+       count(*) FILTER (WHERE response LIKE '%alice%') AS alices_replies_seen
+  FROM rvbbit.cache_entries;
 SELECT DISTINCT role FROM rvbbit.stats;
 -- bob can use alice's cascade but not replace or drop it
 SELECT rvbbit.run('alices', '{"text": "x"}');
