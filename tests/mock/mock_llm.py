@@ -38,13 +38,24 @@ Directives embedded in the prompt steer the answer:
                            also sit in the conversation's first user message
     [[echo]]               reply with the prompt (directives removed)
     [[batch:N]]            schema replies: produce N array items
+    [[hold]], [[hold:NAME]]  answer only once NAME (default "") is released
+                           (POST /release); the client going away still
+                           ends the request at once
 
 Without a directive the reply comes from the fixtures file (first matching
 rule), else from the requested JSON Schema (a deterministic conforming
 value), else it is ``"re: " + <prompt with whitespace collapsed>``.
 
 Control endpoints: ``GET /health``, ``GET /stats``, ``POST /reset``,
-``GET /requests?last=N`` and ``POST /config`` (``{"latency_ms": N}``).
+``GET /requests?last=N``, ``POST /config`` (``{"latency_ms": N}``),
+``POST /release`` (``{"name": NAME}`` releases the requests held under
+NAME, now and later; no body releases every name) and ``POST /hold``
+(``{"name": NAME}`` holds NAME again; no body: every name).  ``/stats``
+counts the requests waiting on a hold in ``held``; ``/reset`` re-arms
+every hold.  Each record of ``/requests`` carries ``t`` (monotonic start,
+when the request head was read), ``end`` (when it finished or was
+abandoned), the ``prompt`` (last user message) and ``held`` (the hold name,
+if any).
 The API key given with ``--require-key`` is never logged or echoed.
 """
 
@@ -74,7 +85,7 @@ SCHEMA_MARKER = "Reply with only a JSON value that matches this JSON Schema:"
 
 # Directive names and the pattern finding them.  TEXT in [[reply:TEXT]] may
 # contain anything except "]]", hence the lazy match up to the first "]]".
-_DIRECTIVE_NAMES = "latency|fault|fail|reply|invalid|echo|batch"
+_DIRECTIVE_NAMES = "latency|fault|fail|reply|invalid|echo|batch|hold"
 DIRECTIVE_RE = re.compile(r"\[\[(%s)(?::(.*?))?\]\]" % _DIRECTIVE_NAMES, re.S)
 # Same, plus the blanks that follow, for removing directives from the prompt
 # so that "[[latency:5]] hello" and "hello" are the same prompt.
@@ -196,7 +207,7 @@ class Directives:
     """The [[...]] directives found in a prompt (first of each kind wins)."""
 
     __slots__ = ("latency_ms", "fault", "fail", "reply", "invalid", "echo",
-                 "batch")
+                 "batch", "hold")
 
     def __init__(self):
         """Start with no directive set."""
@@ -207,6 +218,7 @@ class Directives:
         self.invalid = None      # int, -1 for always
         self.echo = False
         self.batch = None        # int
+        self.hold = None         # str: the hold name ("" for [[hold]])
 
 
 NO_DIRECTIVES = Directives()
@@ -238,6 +250,8 @@ def parse_directives(prompt: str) -> Directives:
                 d.echo = True
             elif name == "batch" and d.batch is None and arg:
                 d.batch = max(0, int(arg))
+            elif name == "hold" and d.hold is None:
+                d.hold = (arg or "").strip()
         except ValueError:
             continue
     return d
@@ -717,6 +731,8 @@ class State:
         self.conns = set()
         self.seq = 0
         self.in_flight = 0
+        self.held = 0
+        self.hold_waiters = collections.defaultdict(set)
         self.reset()
 
     def reset(self):
@@ -733,6 +749,7 @@ class State:
         self.invalid_counts = {}
         self.records = collections.deque(maxlen=MAX_RECORDS)
         self.seq = 0
+        self.hold()
 
     def begin(self):
         """Account for an LLM request whose headers were just read."""
@@ -749,11 +766,71 @@ class State:
         if len(w) > self.max_per_minute:
             self.max_per_minute = len(w)
 
+    def hold(self, name=None):
+        """Hold the requests carrying [[hold:name]] until released again;
+        with name None, every name (the state after start and /reset)."""
+        if name is None:
+            self.release_all = False
+            self.released = set()
+            self.rearmed = set()
+        else:
+            self.released.discard(name)
+            self.rearmed.add(name)
+
+    def release(self, name=None):
+        """Answer the requests held under name, now and later; with name
+        None, under every name."""
+        if name is None:
+            self.release_all = True
+            self.rearmed.clear()
+            names = list(self.hold_waiters)
+        else:
+            self.released.add(name)
+            self.rearmed.discard(name)
+            names = [name]
+        for n in names:
+            for fut in list(self.hold_waiters.get(n, ())):
+                if not fut.done():
+                    fut.set_result(None)
+
+    def is_released(self, name: str) -> bool:
+        """Whether a request held under name may be answered."""
+        return name in self.released or (self.release_all and name not in self.rearmed)
+
+    async def wait_released(self, name: str, conn) -> bool:
+        """Wait until name is released or the client goes away; return
+        True if the client went away."""
+        waiters = self.hold_waiters[name]
+        fut = None
+
+        def wake(_=None):
+            if fut is not None and not fut.done():
+                fut.set_result(None)
+
+        conn.closed.add_done_callback(wake)
+        self.held += 1
+        try:
+            # loop: a /hold may re-arm the name before this task runs again
+            while not (self.is_released(name) or conn.closed.done()):
+                fut = conn.loop.create_future()
+                waiters.add(fut)
+                try:
+                    await fut
+                finally:
+                    waiters.discard(fut)
+        finally:
+            self.held -= 1
+            if not waiters:
+                self.hold_waiters.pop(name, None)
+            conn.closed.remove_done_callback(wake)
+        return conn.closed.done()
+
     def stats(self) -> dict:
         """Return the /stats document."""
         return {
             "requests": self.requests,
             "in_flight": self.in_flight,
+            "held": self.held,
             "max_in_flight": self.max_in_flight,
             "by_status": {str(k): v for k, v in sorted(self.by_status.items())},
             "max_per_minute": self.max_per_minute,
@@ -808,7 +885,10 @@ class State:
             return Plan(404, error_body(flavour, 404, model_name), delay=default_delay)
 
         prompt, first_user, system, whole = extract_texts(flavour, body)
+        rec["prompt"] = prompt
         d = parse_directives(prompt)
+        if d.hold is not None:
+            rec["held"] = d.hold
         delay = default_delay if d.latency_ms is None else d.latency_ms / 1000.0
 
         if d.fail is not None:
@@ -1201,6 +1281,22 @@ class Server:
                         return 400, b'{"error":{"message":"last must be an integer"}}', js
                     records = records[-last:] if last > 0 else []
                 return 200, compact(records).encode(), js
+        elif path in ("/hold", "/release"):
+            if method == "POST":
+                name = None
+                if raw.strip():
+                    try:
+                        cfg = json.loads(raw)
+                        name = cfg["name"]
+                        if not isinstance(name, str):
+                            raise TypeError
+                    except (ValueError, TypeError, KeyError):
+                        return 400, b'{"error":{"message":"expected {\\"name\\": NAME} or no body"}}', js
+                if path == "/hold":
+                    st.hold(name)
+                else:
+                    st.release(name)
+                return 200, compact({"ok": True, "held": st.held}).encode(), js
         elif path == "/config":
             if method == "POST":
                 try:
@@ -1242,6 +1338,10 @@ class Server:
                 st.aborted += 1
                 rec["aborted"] = True
                 return False
+            if rec.get("held") is not None and await st.wait_released(rec["held"], conn):
+                st.aborted += 1
+                rec["aborted"] = True
+                return False
             if plan.action == "timeout":
                 return False
             if plan.action == "close":
@@ -1265,6 +1365,7 @@ class Server:
             return keep
         finally:
             st.in_flight -= 1
+            rec["end"] = round(time.monotonic(), 4)
             st.log_request(rec, started)
 
 
