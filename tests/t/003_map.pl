@@ -162,12 +162,14 @@ eval { $bg->quit };
 # request starts hold at most burst + W * refill requests, plus one for a
 # request granted just before the window that reached the mock in it; a
 # slow machine can only send fewer.  And 40 requests need at least
-# (40 - burst - 1) / refill seconds from the first start to the last.
+# (40 - burst) / refill seconds from the first grant to the last; the span
+# of their starts at the mock may be shorter by the send delay of the
+# first ones, allowed for with two requests' worth (1 s).
 my ($rpm, $nreq, $win) = (120, 40, 10);
 my $burst = floor($rpm / 60);
 my $refill = ($rpm - $burst) / 60;
 my $win_max = floor($burst + $win * $refill) + 1;
-my $min_span = ($nreq - $burst - 1) / $refill;
+my $min_span = ($nreq - $burst - 2) / $refill;
 $node->safe_psql('postgres', "ALTER SYSTEM SET rvbbit.requests_per_minute = $rpm");
 $node->reload;
 mock_post($mock, '/reset');
