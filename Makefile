@@ -4,6 +4,8 @@
 #                and run the examples (mock provider unless an API key is set)
 #   make test    install what is missing, build, run every test suite
 #   make bench   the benchmark harness (prints figures, asserts nothing)
+#   make test-repeat N=5   the TAP suites N times in a row under a CPU hog,
+#                reporting every test that failed in any run
 #
 # The PGXS part is included only when pg_config and the server headers are
 # there; demo and test install them first (tests/scripts/deps.sh).
@@ -76,7 +78,12 @@ bench:
 test-real-server:
 	bash tests/scripts/real_server.sh
 
+# make test-repeat N=5: the TAP suites N times in a row under a CPU hog
+N ?= 5
+test-repeat:
+	bash tests/scripts/test-repeat.sh $(N)
+
 unit:
 	$(MAKE) -C tests/unit check
 
-.PHONY: demo demo-stop test bench unit test-real-server
+.PHONY: demo demo-stop test test-repeat bench unit test-real-server

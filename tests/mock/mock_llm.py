@@ -59,18 +59,24 @@ Directives embedded in the prompt steer the answer:
                            cache_read_input_tokens)
     [[fixture:NAME]]       replay the recorded reply fixtures/replies/NAME.json:
                            {"status": 200, "headers": {...}, "body": {...}}
-    [[hold]]               after any latency, wait until ``POST /release``
-                           (tests use it to keep requests in flight for as
-                           long as they need, however slow the machine)
+    [[hold]], [[hold:NAME]]  answer only once NAME (default "") is released
+                           (POST /release); the client going away still
+                           ends the request at once
 
 Without a directive the reply comes from the fixtures file (first matching
 rule), else from the requested JSON Schema (a deterministic conforming
 value), else it is ``"re: " + <prompt with whitespace collapsed>``.
 
 Control endpoints: ``GET /health``, ``GET /stats``, ``POST /reset``,
-``GET /requests?last=N``, ``POST /config`` (``{"latency_ms": N}``) and
-``POST /release`` (answers every request held by ``[[hold]]`` so far;
-``/stats`` counts the ones waiting as ``held``).
+``GET /requests?last=N``, ``POST /config`` (``{"latency_ms": N}``),
+``POST /release`` (``{"name": NAME}`` releases the requests held under
+NAME, now and later; no body releases every name) and ``POST /hold``
+(``{"name": NAME}`` holds NAME again; no body: every name).  ``/stats``
+counts the requests waiting on a hold in ``held``; ``/reset`` re-arms
+every hold.  Each record of ``/requests`` carries ``t`` (monotonic start,
+when the request head was read), ``end`` (when it finished or was
+abandoned), the ``prompt`` (last user message) and ``held`` (the hold name,
+if any).
 The API key given with ``--require-key`` is never logged or echoed.
 """
 
@@ -240,7 +246,7 @@ class Directives:
         self.needs = None        # int
         self.cached = None       # int
         self.fixture = None      # str
-        self.hold = False
+        self.hold = None         # str: the hold name ("" for [[hold]])
 
 
 NO_DIRECTIVES = Directives()
@@ -273,8 +279,6 @@ def parse_directives(prompt: str) -> Directives:
                 d.invalid = -1 if arg.strip() == "always" else int(arg)
             elif name == "echo":
                 d.echo = True
-            elif name == "hold":
-                d.hold = True
             elif name == "batch" and d.batch is None and arg:
                 d.batch = max(0, int(arg))
             elif name == "stall" and d.stall is None and arg:
@@ -288,6 +292,8 @@ def parse_directives(prompt: str) -> Directives:
             elif name == "fixture" and d.fixture is None and arg:
                 if re.fullmatch(r"[A-Za-z0-9_.-]+", arg) and ".." not in arg:
                     d.fixture = arg
+            elif name == "hold" and d.hold is None:
+                d.hold = (arg or "").strip()
         except ValueError:
             continue
     return d
@@ -726,7 +732,7 @@ class Fixtures:
 class Plan:
     """What to answer to one LLM request, decided before any sleep."""
 
-    __slots__ = ("status", "body", "headers", "delay", "action", "tokens", "hold")
+    __slots__ = ("status", "body", "headers", "delay", "action", "tokens")
 
     def __init__(self, status, body=b"", headers=(), delay=0.0, action="reply",
                  tokens=(0, 0)):
@@ -737,7 +743,6 @@ class Plan:
         self.delay = delay
         self.action = action
         self.tokens = tokens
-        self.hold = False
 
 
 def error_body(flavour: str, status: int, model=None, message=None) -> bytes:
@@ -769,8 +774,7 @@ class State:
         self.seq = 0
         self.in_flight = 0
         self.held = 0
-        self.hold_waiters = []
-        self.cur_hold = False
+        self.hold_waiters = collections.defaultdict(set)
         self.reset()
 
     def reset(self):
@@ -789,6 +793,7 @@ class State:
         self.loading_since = {}
         self.records = collections.deque(maxlen=MAX_RECORDS)
         self.seq = 0
+        self.hold()
 
     def begin(self):
         """Account for an LLM request whose headers were just read."""
@@ -805,46 +810,76 @@ class State:
         if len(w) > self.max_per_minute:
             self.max_per_minute = len(w)
 
-    async def hold(self, conn) -> bool:
-        """Wait for POST /release (or the client going away: True)."""
-        fut = conn.loop.create_future()
-        self.hold_waiters.append(fut)
-        self.held += 1
-        gone = conn.closed
+    def hold(self, name=None):
+        """Hold the requests carrying [[hold:name]] until released again;
+        with name None, every name (the state after start and /reset)."""
+        if name is None:
+            self.release_all = False
+            self.released = set()
+            self.rearmed = set()
+        else:
+            self.released.discard(name)
+            self.rearmed.add(name)
+
+    def release(self, name=None):
+        """Answer the requests held under name, now and later; with name
+        None, under every name."""
+        if name is None:
+            self.release_all = True
+            self.rearmed.clear()
+            names = list(self.hold_waiters)
+        else:
+            self.released.add(name)
+            self.rearmed.discard(name)
+            names = [name]
+        for n in names:
+            for fut in list(self.hold_waiters.get(n, ())):
+                if not fut.done():
+                    fut.set_result(None)
+
+    def is_released(self, name: str) -> bool:
+        """Whether a request held under name may be answered."""
+        return name in self.released or (self.release_all and name not in self.rearmed)
+
+    async def wait_released(self, name: str, conn) -> bool:
+        """Wait until name is released or the client goes away; return
+        True if the client went away."""
+        waiters = self.hold_waiters[name]
+        fut = None
 
         def wake(_=None):
-            if not fut.done():
+            if fut is not None and not fut.done():
                 fut.set_result(None)
 
-        gone.add_done_callback(wake)
+        conn.closed.add_done_callback(wake)
+        self.held += 1
         try:
-            await fut
+            # loop: a /hold may re-arm the name before this task runs again
+            while not (self.is_released(name) or conn.closed.done()):
+                fut = conn.loop.create_future()
+                waiters.add(fut)
+                try:
+                    await fut
+                finally:
+                    waiters.discard(fut)
         finally:
             self.held -= 1
-            gone.remove_done_callback(wake)
-            if fut in self.hold_waiters:
-                self.hold_waiters.remove(fut)
-        return gone.done()
-
-    def release(self) -> int:
-        """Let every held request answer; return how many were held."""
-        waiters, self.hold_waiters = self.hold_waiters, []
-        for fut in waiters:
-            if not fut.done():
-                fut.set_result(None)
-        return len(waiters)
+            if not waiters:
+                self.hold_waiters.pop(name, None)
+            conn.closed.remove_done_callback(wake)
+        return conn.closed.done()
 
     def stats(self) -> dict:
         """Return the /stats document."""
         return {
             "requests": self.requests,
             "in_flight": self.in_flight,
+            "held": self.held,
             "max_in_flight": self.max_in_flight,
             "by_status": {str(k): v for k, v in sorted(self.by_status.items())},
             "max_per_minute": self.max_per_minute,
             "tokens": {"prompt": self.tok_prompt, "completion": self.tok_completion},
             "aborted": self.aborted,
-            "held": self.held,
         }
 
     def log_request(self, rec: dict, started: float):
@@ -876,7 +911,6 @@ class State:
         """Decide the answer to an LLM request (no I/O, no sleeping)."""
         self.seq += 1
         n = self.seq
-        self.cur_hold = False
         default_delay = self.latency_ms / 1000.0
         try:
             body = json.loads(raw) if raw else None
@@ -895,9 +929,11 @@ class State:
             return Plan(404, error_body(flavour, 404, model_name), delay=default_delay)
 
         prompt, first_user, system, whole = extract_texts(flavour, body)
+        rec["prompt"] = prompt
         d = parse_directives(prompt)
+        if d.hold is not None:
+            rec["held"] = d.hold
         delay = default_delay if d.latency_ms is None else d.latency_ms / 1000.0
-        self.cur_hold = d.hold
 
         if d.fail is not None:
             k, code, retry = d.fail
@@ -1341,9 +1377,22 @@ class Server:
                         return 400, b'{"error":{"message":"last must be an integer"}}', js
                     records = records[-last:] if last > 0 else []
                 return 200, compact(records).encode(), js
-        elif path == "/release":
+        elif path in ("/hold", "/release"):
             if method == "POST":
-                return 200, compact({"released": st.release()}).encode(), js
+                name = None
+                if raw.strip():
+                    try:
+                        cfg = json.loads(raw)
+                        name = cfg["name"]
+                        if not isinstance(name, str):
+                            raise TypeError
+                    except (ValueError, TypeError, KeyError):
+                        return 400, b'{"error":{"message":"expected {\\"name\\": NAME} or no body"}}', js
+                if path == "/hold":
+                    st.hold(name)
+                else:
+                    st.release(name)
+                return 200, compact({"ok": True, "held": st.held}).encode(), js
         elif path == "/config":
             if method == "POST":
                 try:
@@ -1367,8 +1416,7 @@ class Server:
         started = time.monotonic()
         rec = {"path": path, "model": None, "body": None,
                "auth": "authorization" in headers or "x-api-key" in headers,
-               "status": None, "t": round(started, 4),
-               "wall": round(time.time(), 4)}
+               "status": None, "t": round(started, 4)}
         st.records.append(rec)
         try:
             try:
@@ -1379,7 +1427,6 @@ class Server:
                 return False
             try:
                 plan = st.plan_llm(flavour, path, headers, raw, rec)
-                plan.hold = st.cur_hold
             except Exception as e:  # a bug in the mock: say so, keep serving
                 traceback.print_exc()
                 plan = Plan(500, error_body(flavour, 500, message="mock internal error: %r" % e))
@@ -1387,7 +1434,7 @@ class Server:
                 st.aborted += 1
                 rec["aborted"] = True
                 return False
-            if plan.hold and await st.hold(conn):
+            if rec.get("held") is not None and await st.wait_released(rec["held"], conn):
                 st.aborted += 1
                 rec["aborted"] = True
                 return False
@@ -1414,6 +1461,7 @@ class Server:
             return keep
         finally:
             st.in_flight -= 1
+            rec["end"] = round(time.monotonic(), 4)
             st.log_request(rec, started)
 
 

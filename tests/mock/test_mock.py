@@ -533,42 +533,6 @@ class MockTest(unittest.TestCase):
         self.assertIsNone(rec["status"])
         self.assertTrue(rec.get("aborted"))
 
-    def test_hold_and_release(self):
-        """[[hold]] keeps requests in flight until POST /release answers them."""
-        import threading
-        results = []
-
-        def one(i):
-            results.append(chat_json(self.port, "[[hold]] held %d" % i))
-
-        threads = [threading.Thread(target=one, args=(i,)) for i in range(3)]
-        for t in threads:
-            t.start()
-        wait_for(lambda: stats(self.port)["held"] == 3, what="3 held")
-        self.assertEqual(stats(self.port)["in_flight"], 3)
-        self.assertEqual(results, [])
-        status, _, raw = request(self.port, "POST", "/release", b"")
-        self.assertEqual((status, json.loads(raw)), (200, {"released": 3}))
-        for t in threads:
-            t.join(30)
-        self.assertEqual(len(results), 3)
-        self.assertEqual(sorted(content_of(r) for r in results),
-                         ["re: held 0", "re: held 1", "re: held 2"])
-        st = stats(self.port)
-        self.assertEqual((st["held"], st["in_flight"]), (0, 0))
-
-    def test_hold_disconnect(self):
-        """A client leaving while held is aborted and no longer held."""
-        s = socket.create_connection(("127.0.0.1", self.port), timeout=30)
-        try:
-            s.sendall(raw_post("/v1/chat/completions", llm_body("[[hold]] leave")))
-            wait_for(lambda: stats(self.port)["held"] == 1, what="held 1")
-        finally:
-            s.close()
-        wait_for(lambda: stats(self.port)["in_flight"] == 0, what="in_flight back to 0")
-        self.assertEqual(stats(self.port)["held"], 0)
-        self.assertEqual(stats(self.port)["aborted"], 1)
-
     def test_latency_disconnect(self):
         """A client leaving during a [[latency:N]] sleep is aborted too."""
         s = socket.create_connection(("127.0.0.1", self.port), timeout=30)
@@ -879,10 +843,9 @@ class MockTest(unittest.TestCase):
         self.assertEqual(len(json.loads(request(self.port, "GET", "/requests")[2])), 3)
         reset(self.port)
         st = stats(self.port)
-        self.assertEqual(st, {"requests": 0, "in_flight": 0, "max_in_flight": 0,
+        self.assertEqual(st, {"requests": 0, "in_flight": 0, "held": 0, "max_in_flight": 0,
                               "by_status": {}, "max_per_minute": 0,
-                              "tokens": {"prompt": 0, "completion": 0}, "aborted": 0,
-                              "held": 0})
+                              "tokens": {"prompt": 0, "completion": 0}, "aborted": 0})
         self.assertEqual(json.loads(request(self.port, "GET", "/requests?last=5")[2]), [])
 
     def test_requests_keeps_1000(self):
@@ -899,6 +862,87 @@ class MockTest(unittest.TestCase):
         self.assertEqual(recs[-1]["body"]["messages"][0]["content"], "n1004")
         self.assertEqual(recs[0]["body"]["messages"][0]["content"], "n5")
         self.assertEqual(stats(self.port)["requests"], 1005)
+
+    # -- hold / release -------------------------------------------------------
+
+    def start_chats(self, prompts):
+        """Send each prompt on its own thread; return (threads, results)."""
+        results = [None] * len(prompts)
+
+        def one(i, prompt):
+            results[i] = chat(self.port, prompt)
+
+        threads = [threading.Thread(target=one, args=(i, p), daemon=True)
+                   for i, p in enumerate(prompts)]
+        for t in threads:
+            t.start()
+        return threads, results
+
+    def test_hold_release(self):
+        """[[hold:NAME]] answers only after POST /release of NAME; the
+        requests of other names stay held; a released name stays released
+        until /hold or /reset re-arms it."""
+        threads, results = self.start_chats(
+            ["[[hold:a]] first a", "[[hold:a]] second a", "[[hold:b]] only b"])
+        wait_for(lambda: stats(self.port)["held"] == 3, what="3 held")
+        st = stats(self.port)
+        self.assertEqual((st["in_flight"], st["by_status"]), (3, {}))
+        self.assertEqual(results, [None, None, None])
+        status, _, raw = request(self.port, "POST", "/release", {"name": "a"})
+        self.assertEqual((status, json.loads(raw)["ok"]), (200, True))
+        for t in threads[:2]:
+            t.join(60)
+        self.assertEqual(content_of(json.loads(results[0][2])), "re: first a")
+        self.assertEqual(content_of(json.loads(results[1][2])), "re: second a")
+        wait_for(lambda: stats(self.port)["held"] == 1, what="b still held")
+        self.assertIsNone(results[2])
+        recs = json.loads(request(self.port, "GET", "/requests")[2])
+        self.assertEqual(sorted(r["held"] for r in recs), ["a", "a", "b"])
+        for r in recs:
+            self.assertTrue(r["prompt"].startswith("[[hold:%s]]" % r["held"]))
+            if r["held"] == "a":
+                self.assertEqual(r["status"], 200)
+                self.assertGreaterEqual(r["end"], r["t"])
+            else:
+                self.assertNotIn("end", r)
+        # a released name answers at once from now on
+        self.assertEqual(content_of(chat_json(self.port, "[[hold:a]] later a")), "re: later a")
+        # /hold re-arms it
+        self.assertEqual(request(self.port, "POST", "/hold", {"name": "a"})[0], 200)
+        t2, r2 = self.start_chats(["[[hold:a]] rearmed"])
+        wait_for(lambda: stats(self.port)["held"] == 2, what="rearmed a held")
+        # no body: every name
+        self.assertEqual(request(self.port, "POST", "/release", b"")[0], 200)
+        for t in [threads[2]] + t2:
+            t.join(60)
+        self.assertEqual(content_of(json.loads(results[2][2])), "re: only b")
+        self.assertEqual(content_of(json.loads(r2[0][2])), "re: rearmed")
+        self.assertEqual(stats(self.port)["held"], 0)
+        # /reset holds every name again; [[hold]] is the name ""
+        reset(self.port)
+        t3, r3 = self.start_chats(["[[hold]] unnamed"])
+        wait_for(lambda: stats(self.port)["held"] == 1, what="unnamed held")
+        self.assertEqual(request(self.port, "POST", "/release", {"name": ""})[0], 200)
+        t3[0].join(60)
+        self.assertEqual(content_of(json.loads(r3[0][2])), "re: unnamed")
+        self.assertEqual(request(self.port, "POST", "/release", {"name": 5})[0], 400)
+        self.assertEqual(request(self.port, "GET", "/release")[0], 405)
+
+    def test_hold_disconnect(self):
+        """A client leaving while held is aborted and no longer held."""
+        s = socket.create_connection(("127.0.0.1", self.port), timeout=30)
+        try:
+            s.sendall(raw_post("/v1/chat/completions", llm_body("[[hold:gone]] bye")))
+            wait_for(lambda: stats(self.port)["held"] == 1, what="held 1")
+        finally:
+            s.close()
+        wait_for(lambda: stats(self.port)["in_flight"] == 0, what="in_flight back to 0")
+        st = stats(self.port)
+        self.assertEqual((st["held"], st["aborted"]), (0, 1))
+        rec = json.loads(request(self.port, "GET", "/requests?last=1")[2])[0]
+        self.assertTrue(rec.get("aborted"))
+        self.assertIsNone(rec["status"])
+        self.assertGreaterEqual(rec["end"], rec["t"])
 
     # -- concurrency ----------------------------------------------------------
 

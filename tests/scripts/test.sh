@@ -2,7 +2,11 @@
 # make test: install what is missing, build with -Werror, install, and run
 # every suite: unit tests, fuzz targets (bounded), the mock's self-test,
 # pg_regress against a temporary instance, TAP tests, the client test.
-# Prints one summary line at the end: "total: N passed, N failed".
+# Prints each suite apart (unit, fuzz runs, mock self-test, regress files,
+# tap) and one closing line "total: N passed, N failed" that counts the
+# extension's own checks only: unit tests, pg_regress files (one each) and
+# TAP tests.  Fuzz runs and the mock's self-test are printed but not
+# counted, except that a failure there is one failed check in the total.
 set -uo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 bash "$here/deps.sh" || exit 1
@@ -20,12 +24,19 @@ cleanup() {
 }
 trap cleanup EXIT
 
-# record SUITE PASSED FAILED
+# record SUITE PASSED FAILED [NOTE]: a suite counted in the total
 record() {
   TOTAL_PASS=$((TOTAL_PASS + $2))
   TOTAL_FAIL=$((TOTAL_FAIL + $3))
   [ "$3" -gt 0 ] && FAILED_SUITES+=("$1")
-  printf '%-10s %d passed, %d failed\n' "$1:" "$2" "$3"
+  printf '%-16s %d passed, %d failed%s\n' "$1:" "$2" "$3" "${4:+ ($4)}"
+}
+
+# report SUITE PASSED FAILED NOTE: printed, not counted in the total; a
+# failure still fails the run as one failed check
+report() {
+  [ "$3" -gt 0 ] && { TOTAL_FAIL=$((TOTAL_FAIL + 1)); FAILED_SUITES+=("$1"); }
+  printf '%-16s %d passed, %d failed (%s)\n' "$1:" "$2" "$3" "$4"
 }
 
 echo "== build (warnings are errors), installed into a private copy of the server"
@@ -43,6 +54,7 @@ if want unit; then
 echo "== unit tests and fuzz targets"
 make -C "$RV_ROOT/tests/unit" -s clean >/dev/null
 if make -C "$RV_ROOT/tests/unit" -s all >"$work/unit-build.log" 2>&1; then
+  UNIT_PASS=0; UNIT_FAIL=0
   for t in test_template test_jsonschema test_cascade test_llm test_syntax; do
     (cd "$RV_ROOT/tests/unit" && ./$t >"$work/$t.log" 2>&1)
     line=$(tail -n 1 "$work/$t.log")
@@ -50,13 +62,15 @@ if make -C "$RV_ROOT/tests/unit" -s all >"$work/unit-build.log" 2>&1; then
     f=$(echo "$line" | sed -n 's/.*: \([0-9]*\) passed, \([0-9]*\) failed.*/\2/p')
     [ -z "$p" ] && { p=0; f=1; tail -20 "$work/$t.log"; }
     [ "$f" != 0 ] && grep -E '^not ok|^#|runtime error|ERROR' "$work/$t.log" | head -20
-    record "$t" "$p" "$f"
+    printf '  %-14s %d passed, %d failed\n' "$t:" "$p" "$f"
+    UNIT_PASS=$((UNIT_PASS + p)); UNIT_FAIL=$((UNIT_FAIL + f))
   done
+  record unit "$UNIT_PASS" "$UNIT_FAIL"
   if make -C "$RV_ROOT/tests/unit" -s fuzz FUZZ_SECONDS="${FUZZ_SECONDS:-8}" >"$work/fuzz.log" 2>&1; then
-    record fuzz "$(grep -c 'no crash' "$work/fuzz.log")" 0
+    report "fuzz runs" "$(grep -c 'no crash' "$work/fuzz.log")" 0 "one per fuzz target, not counted in total"
   else
     tail -30 "$work/fuzz.log"
-    record fuzz 0 1
+    report "fuzz runs" "$(grep -c 'no crash' "$work/fuzz.log")" 1 "one per fuzz target, not counted in total"
   fi
 else
   tail -30 "$work/unit-build.log"
@@ -71,7 +85,7 @@ line=$(grep -E '^mock: [0-9]+ passed' "$work/mock-test.log" | tail -1)
 p=$(echo "$line" | sed -n 's/mock: \([0-9]*\) passed, \([0-9]*\) failed/\1/p')
 f=$(echo "$line" | sed -n 's/mock: \([0-9]*\) passed, \([0-9]*\) failed/\2/p')
 [ -z "$p" ] && { p=0; f=1; tail -30 "$work/mock-test.log"; }
-record mock "$p" "$f"
+report "mock self-test" "$p" "$f" "the mock provider's own tests, not counted in total"
 fi
 
 echo "== pg_regress (temporary instance, library preloaded)"
@@ -104,7 +118,7 @@ if [ $rc -ne 0 ] && [ -f "$work/tree/regression.diffs" ]; then
   head -150 "$work/tree/regression.diffs"
   cp "$work/tree/regression.diffs" /tmp/rvbbit-regression.diffs 2>/dev/null || true
 fi
-record regress $((n - nf)) "$nf"
+record "regress files" $((n - nf)) "$nf" "each pg_regress file counts as one"
 fi
 mock_stop
 

@@ -15,7 +15,12 @@ use Test::More;
 use Time::HiRes qw(usleep time);
 
 our @EXPORT = qw(start_mock stop_mock mock_get mock_post new_rv_node wait_until
-  inline_echo mock_release mock_wait_held);
+  inline_echo mock_release mock_hold mock_requests wait_for_log log_position
+  $wait_secs);
+
+# the deadline of every condition wait: generous, so that a slow or loaded
+# machine only makes a test slower (PG_TEST_TIMEOUT_DEFAULT, 180 s default)
+our $wait_secs = $PostgreSQL::Test::Utils::timeout_default;
 
 my $root = $ENV{RV_ROOT} or die "RV_ROOT is not set";
 
@@ -91,30 +96,45 @@ sub mock_get
 	return decode_json($r->{content});
 }
 
+# POST to a mock control endpoint, with an optional JSON body (a hash or
+# array reference); dies unless the mock answers 2xx.
 sub mock_post
 {
-	my ($mock, $path) = @_;
-	HTTP::Tiny->new(timeout => 30)
-	  ->post("http://127.0.0.1:$mock->{port}$path");
+	my ($mock, $path, $body) = @_;
+	my %opts;
+	if (defined $body)
+	{
+		%opts = (
+			content => encode_json($body),
+			headers => { 'Content-Type' => 'application/json' });
+	}
+	my $r = HTTP::Tiny->new(timeout => 30)
+	  ->post("http://127.0.0.1:$mock->{port}$path", \%opts);
+	die "mock POST $path failed: $r->{status}" unless $r->{success};
+	return $r;
 }
 
-# Answer every request the mock holds for a [[hold]] directive; returns
-# how many it released.
+# Answer the mock's requests held by [[hold:NAME]] (now and later, until
+# the next /reset or mock_hold); without a name, every name.
 sub mock_release
 {
-	my ($mock) = @_;
-	my $r = HTTP::Tiny->new(timeout => 30)
-	  ->post("http://127.0.0.1:$mock->{port}/release");
-	die "mock POST /release failed: $r->{status}" unless $r->{success};
-	return decode_json($r->{content})->{released};
+	my ($mock, $name) = @_;
+	return mock_post($mock, '/release', defined $name ? { name => $name } : undef);
 }
 
-# Wait (generously: a slow machine only makes this slower) until the mock
-# holds exactly $n requests.
-sub mock_wait_held
+# Hold NAME again (without a name: every name, as after /reset).
+sub mock_hold
 {
-	my ($mock, $n, $secs) = @_;
-	return wait_until(sub { mock_get($mock, '/stats')->{held} == $n }, $secs // 180);
+	my ($mock, $name) = @_;
+	return mock_post($mock, '/hold', defined $name ? { name => $name } : undef);
+}
+
+# The mock's records of the last $n LLM requests (all it keeps without $n),
+# oldest first: t (start), end, prompt, status, held, aborted, ...
+sub mock_requests
+{
+	my ($mock, $n) = @_;
+	return mock_get($mock, defined $n ? "/requests?last=$n" : '/requests');
 }
 
 # A started node with rvbbit preloaded, talking to the mock.
@@ -139,17 +159,38 @@ restart_after_crash = on
 	return $node;
 }
 
-# Call $check->() every 100 ms until it returns true or $secs pass.
+# Call $check->() every 100 ms until it returns true or $secs pass
+# (default: $wait_secs).
 sub wait_until
 {
 	my ($check, $secs) = @_;
-	my $deadline = time() + ($secs // 30);
+	my $deadline = time() + ($secs // $wait_secs);
 	while (time() < $deadline)
 	{
 		return 1 if $check->();
 		usleep(100_000);
 	}
 	return 0;
+}
+
+# The current end of a node's server log, for wait_for_log.
+sub log_position
+{
+	my ($node) = @_;
+	return -s $node->logfile // 0;
+}
+
+# Wait until the node's server log, from byte $offset on (see
+# log_position), matches $re; up to $secs (default $wait_secs).
+sub wait_for_log
+{
+	my ($node, $re, $offset, $secs) = @_;
+	return wait_until(
+		sub {
+			my $log = slurp_file($node->logfile, $offset // 0);
+			return $log =~ $re;
+		},
+		$secs);
 }
 
 1;
