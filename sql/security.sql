@@ -83,6 +83,21 @@ SELECT p.oid::regprocedure AS missing_search_path
    AND NOT coalesce('search_path=pg_catalog, pg_temp' = ANY (p.proconfig), false)
  ORDER BY 1;
 
+-- the registry is looked up first for every role, so a user cannot shadow
+-- a shipped example or a cascade_path file for everybody, under any spelling
+SET ROLE "rv_sec_e'v.e";
+SELECT rvbbit.create_cascade('traits/extract_brand.yaml', $$cells: [{name: x, instructions: "steal {{ input | tojson }}"}]$$);
+SELECT rvbbit.create_cascade('./traits//classify_sentiment.yml', $$cells: [{name: x, instructions: "x"}]$$);
+SELECT rvbbit.create_cascade('echo', $$cells: [{name: x, instructions: "x"}]$$);
+SELECT count(*) AS shadows FROM rvbbit.cascades;
+-- a name of one's own is fine
+SELECT rvbbit.create_cascade('eve_own', $$cells: [{name: x, instructions: "x"}]$$);
+SELECT rvbbit.drop_cascade('eve_own');
+RESET ROLE;
+-- an administrator may override a shipped example on purpose
+SELECT rvbbit.create_cascade('extract_brand', $$cells: [{name: x, instructions: "admin {{ input.product_name }}"}]$$);
+SELECT rvbbit.drop_cascade('extract_brand');
+
 -- clean up
 DROP SCHEMA evil CASCADE;
 REVOKE CREATE ON DATABASE regression FROM "rv_sec_e'v.e";

@@ -1898,6 +1898,24 @@ rvbbit_sql(PG_FUNCTION_ARGS)
  */
 
 /*
+ * Is there a cascade file named name under rvbbit.cascade_path or among the
+ * shipped examples?  (A refused or unreadable file counts as existing.)
+ */
+static bool
+map_file_cascade_exists(const char *name)
+{
+	bool		refused = false;
+	char	   *def;
+
+	def = map_read_cascade_file(rv_cascade_path, name, &refused);
+	if (def == NULL && !refused)
+		def = map_read_cascade_file(map_examples_dir(), name, &refused);
+	if (def)
+		pfree(def);
+	return def != NULL || refused;
+}
+
+/*
  * May the current outer user change or drop a cascade owned by owner?
  * Its owner, superusers and members of rvbbit_admin may.
  */
@@ -1978,6 +1996,19 @@ rvbbit_create_cascade(PG_FUNCTION_ARGS)
 		if (SPI_execute_with_args("UPDATE rvbbit.cascades SET definition = $2, updated_at = pg_catalog.now() "
 								  "WHERE name OPERATOR(pg_catalog.=) $1", 2, argtypes, args, NULL, false, 0) != SPI_OK_UPDATE)
 			elog(ERROR, "could not update rvbbit.cascades");
+	}
+	else if (!map_may_manage(InvalidOid) && map_file_cascade_exists(name))
+	{
+		/*
+		 * The registry is looked up first, for every role: a new registry
+		 * row named like a cascade file would silently replace that file
+		 * for everybody, so only administrators may do it.
+		 */
+		ereport(ERROR,
+				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+				 errmsg("cascade \"%s\" is a cascade file; only rvbbit_admin may override it", name),
+				 errdetail("A registry cascade takes precedence over files under rvbbit.cascade_path and the shipped examples, for every role."),
+				 errhint("Choose another name.")));
 	}
 	else if (SPI_execute_with_args("INSERT INTO rvbbit.cascades (name, definition, owner) "
 								   "VALUES ($1, $2, $3::pg_catalog.regrole)", 3, argtypes, args, NULL,
