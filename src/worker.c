@@ -59,7 +59,9 @@
 #include "storage/latch.h"
 #include "storage/proc.h"
 #include "tcop/tcopprot.h"
+#include "catalog/namespace.h"
 #include "utils/builtins.h"
+#include "utils/lsyscache.h"
 #include "utils/memutils.h"
 #include "utils/resowner.h"
 #include "utils/snapmgr.h"
@@ -314,6 +316,21 @@ wk_xact_abort(void)
 }
 
 /*
+ * Whether rvbbit.call_log has the budget_role_oid column (0.2).  A
+ * database still at 0.1 (before ALTER EXTENSION rvbbit UPDATE) has not:
+ * calls are recorded without it and the day's spend is read by role_oid.
+ * Needs a transaction.
+ */
+static bool
+wk_call_log_has_budget_role(void)
+{
+	Oid			nsp = get_namespace_oid("rvbbit", true);
+	Oid			rel = OidIsValid(nsp) ? get_relname_relid("call_log", nsp) : InvalidOid;
+
+	return OidIsValid(rel) && get_attnum(rel, "budget_role_oid") != InvalidAttrNumber;
+}
+
+/*
  * The statement's role has a daily budget: make sure the shared table has
  * the role's entry for today, reading what the role spent today from
  * rvbbit.call_log when the entry is new (after a restart).  Runs inside
@@ -341,8 +358,12 @@ wk_budget_attach(WkStmt *s)
 	if (!need_load)
 		return;
 	args[0] = ObjectIdGetDatum(s->budget_role);
-	if (SPI_execute_with_args("SELECT coalesce(sum(cost), 0)::float8 FROM rvbbit.call_log "
+	if (SPI_execute_with_args(wk_call_log_has_budget_role() ?
+							  "SELECT coalesce(sum(cost), 0)::float8 FROM rvbbit.call_log "
 							  "WHERE coalesce(budget_role_oid, role_oid) = $1 AND called_at >= "
+							  "date_trunc('day', now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC'" :
+							  "SELECT coalesce(sum(cost), 0)::float8 FROM rvbbit.call_log "
+							  "WHERE role_oid = $1 AND called_at >= "
 							  "date_trunc('day', now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC'",
 							  1, argtypes, args, NULL, true, 1) != SPI_OK_SELECT ||
 		SPI_processed != 1)
@@ -575,18 +596,23 @@ wk_flush_writes(void)
 		}
 		if (have_calls)
 		{
+			/* a database still at 0.1 has no budget_role_oid column */
+			bool		has_br = wk_call_log_has_budget_role();
+
 			args[0] = CStringGetTextDatum(json_object_to_json_string_ext(wk_call_rows, JSON_C_TO_STRING_PLAIN));
-			if (SPI_execute_with_args("INSERT INTO rvbbit.call_log (statement_id, backend_pid, role_oid, "
-									  "budget_role_oid, "
+			if (SPI_execute_with_args(psprintf("INSERT INTO rvbbit.call_log (statement_id, backend_pid, role_oid, "
+									  "%s"
 									  "cascade, cell, model, attempt, status, http_status, input_tokens, "
 									  "output_tokens, cost, latency_ms, error, cache_key) "
-									  "SELECT statement_id, backend_pid, role_oid, budget_role_oid, cascade, cell, model, "
+									  "SELECT statement_id, backend_pid, role_oid, %scascade, cell, model, "
 									  "attempt, status, http_status, input_tokens, output_tokens, cost, "
 									  "latency_ms, error, cache_key FROM jsonb_to_recordset($1::jsonb) AS x("
 									  "statement_id int8, backend_pid int, role_oid oid, budget_role_oid oid, cascade text, "
 									  "cell text, model text, attempt int, status text, http_status int, "
 									  "input_tokens int, output_tokens int, cost float8, latency_ms float8, "
 									  "error text, cache_key text)",
+									  has_br ? "budget_role_oid, " : "",
+									  has_br ? "budget_role_oid, " : ""),
 									  1, argtypes, args, NULL, false, 0) != SPI_OK_INSERT)
 				elog(ERROR, "could not write rvbbit.call_log");
 		}

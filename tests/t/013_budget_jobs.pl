@@ -104,6 +104,22 @@ is(mock_get($mock, '/stats')->{requests},
 	$node->safe_psql('postgres', q{SELECT count(*) FROM rvbbit.calls WHERE role::text = 'carol'}),
 	'every request the mock saw is recorded for carol');
 
+# a database still at 0.1 (no budget_role_oid column yet): the budget
+# still applies and calls are still recorded, then survive the update
+$node->safe_psql('postgres', 'CREATE DATABASE old01');
+$node->safe_psql('old01', q{CREATE EXTENSION rvbbit VERSION '0.1';
+INSERT INTO rvbbit.model_prices VALUES ('job/model', 10000, 10000)});
+is($node->safe_psql('old01', qq{SELECT rvbbit.run('$cascade', '{"text": "old"}', '{"model": "job/model", "cache": false}')}),
+	'"re: old"', 'a call with a budget works in a database at 0.1');
+ok(wait_until(sub { $node->safe_psql('old01', 'SELECT count(*) FROM rvbbit.call_log') eq '1' }),
+	'and is recorded in its call log');
+$node->safe_psql('old01', 'ALTER EXTENSION rvbbit UPDATE');
+is($node->safe_psql('old01', 'SELECT count(*), count(budget_role_oid) FROM rvbbit.call_log'), '1|0',
+	'the update keeps the call (without a budget role)');
+$node->safe_psql('old01', qq{SELECT rvbbit.run('$cascade', '{"text": "new"}', '{"model": "job/model", "cache": false}')});
+ok(wait_until(sub { $node->safe_psql('old01', q{SELECT count(*) FROM rvbbit.call_log WHERE budget_role_oid = 'postgres'::regrole}) eq '1' }),
+	'after the update calls record the role whose budget they count against');
+
 $node->stop;
 stop_mock($mock);
 done_testing();
