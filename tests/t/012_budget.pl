@@ -159,6 +159,20 @@ is($node->safe_psql('postgres', q{SELECT count(*) FROM rvbbit.calls WHERE role::
 ($rc, $o, $e) = as_role('erin', qq{SELECT rvbbit.run('$cascade', '{"text": "no budget"}', '{"model": "day/model", "cache": false}')});
 is($o, '"re: no budget"', 'a role without a budget is not affected') or diag($e);
 
+# --- a statement's budget_dollars at PARALLEL 1000 (erin has no daily budget)
+$node->safe_psql('postgres', q{INSERT INTO rvbbit.model_prices VALUES ('wide/model', 10000, 10000)});
+mock_post($mock, '/reset');
+($rc, $o, $e) = as_role('erin', qq{SELECT count(result) FROM rvbbit.map('$cascade',
+  \$\$SELECT n, '[[latency:20]] w ' || n AS text FROM generate_series(1, 3000) n\$\$,
+  1000, '{"model": "wide/model", "cache": false, "budget_dollars": 5}') AS t(n int, text text, result jsonb)});
+like($e, qr/budget of \$5\.0000 reached/, 'PARALLEL 1000 stops at the statement budget');
+my ($wcalls, $wspent) = split /\|/, $node->safe_psql('postgres',
+	q{SELECT count(*), sum(cost) FROM rvbbit.calls WHERE model = 'wide/model'});
+diag("PARALLEL 1000: $wcalls calls, \$$wspent");
+ok($wcalls > 0 && $wcalls < 3000, 'some calls were made, not all');
+ok($wspent <= 5.0 + 1e-9, 'the spend is within budget_dollars at PARALLEL 1000');
+is(mock_get($mock, '/stats')->{requests}, $wcalls, 'every request is recorded');
+
 # --- a crash restart: the day's spend is read back from the call log
 my $wpid = $node->safe_psql('postgres', q{SELECT pid FROM pg_stat_activity WHERE backend_type = 'rvbbit worker' LIMIT 1});
 if ($wpid eq '')
