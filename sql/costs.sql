@@ -9,9 +9,10 @@ SET rvbbit.default_max_tokens = 256;
 CREATE ROLE rv_spender LOGIN;
 CREATE ROLE rv_free LOGIN;
 GRANT rvbbit_user TO rv_spender, rv_free;
--- a daily budget of $0.50 (set per role with ALTER ROLE ... SET in real use)
+-- a daily budget of $0.50 (set per role with ALTER ROLE ... SET in real use);
+-- it is kept for the session user, so the session becomes rv_spender
 SET rvbbit.budget_dollars_per_day = 0.5;
-SET ROLE rv_spender;
+SET SESSION AUTHORIZATION rv_spender;
 CREATE TEMP TABLE spend_results (n int, result jsonb);
 DO $$
 BEGIN
@@ -34,18 +35,18 @@ SELECT count(*) AS calls_sent FROM rvbbit.calls WHERE model = 'daily/model';
 -- the error a user sees
 SELECT rvbbit.run($y$cells: [{name: a, instructions: "{{ input.text }}", max_tokens: 5}]$y$,
                   '{"text": "one more"}', '{"model": "daily/model", "cache": false}');
-RESET ROLE;
+RESET SESSION AUTHORIZATION;
 SELECT mock('/stats')->'requests' AS http_requests;
 -- another role has its own budget for the day
-SET ROLE rv_free;
+SET SESSION AUTHORIZATION rv_free;
 SELECT rvbbit.run($y$cells: [{name: a, instructions: "{{ input.text }}", max_tokens: 5}]$y$,
                   '{"text": "free"}', '{"model": "daily/model", "cache": false}');
-RESET ROLE;
+RESET SESSION AUTHORIZATION;
 RESET rvbbit.budget_dollars_per_day;
 -- a user cannot lift their own budget
-SET ROLE rv_spender;
+SET SESSION AUTHORIZATION rv_spender;
 SET rvbbit.budget_dollars_per_day = 1000;
-RESET ROLE;
+RESET SESSION AUTHORIZATION;
 
 -- cost per call, per statement, per role/cascade/model
 SELECT role, model, status, round(cost::numeric, 4) AS cost, input_tokens, output_tokens

@@ -22,6 +22,7 @@
 #include "catalog/pg_type.h"
 #include "executor/spi.h"
 #include "funcapi.h"
+#include "common/hashfn.h"
 #include "miscadmin.h"
 #include "utils/array.h"
 #include "utils/jsonb.h"
@@ -77,10 +78,160 @@ est_price(const char *model, double *pin, double *pout)
 	}
 }
 
+/* What the estimate needs to price one request's rows. */
+typedef struct EstState
+{
+	RvCascade  *c;
+	RvPlannedStatement *ps;
+	EstProvider *prov;
+	int			nprov;
+	double	   *pin;			/* price per input token of each cell */
+	double	   *pout;
+	MemoryContext cxt;			/* for units */
+	List	   *units;			/* EstUnit, in input order */
+} EstState;
+
+/*
+ * The calls for one unit of work the worker gets: a row (MAP), a batch of
+ * rows (MAP BATCH) or all rows (RUN).
+ */
+typedef struct EstUnit
+{
+	char		key[65];		/* cache key of its first request */
+	int64		rows;
+	int			calls;			/* requests it sends (when not cached) */
+	int64		tin;
+	int64		tout;
+	double		cost;
+	bool		cached;
+} EstUnit;
+
+/* An input seen before (rows that share a call), by hash. */
+typedef struct EstSeen
+{
+	uint64		hash;
+	char	   *text;			/* the first input with this hash */
+} EstSeen;
+
+/*
+ * Whether an equal input was seen before: the whole row, or its dedupe_by
+ * column.  Remembers the input otherwise (its text allocated in cxt).
+ */
+static bool
+est_seen(HTAB *seen, MemoryContext cxt, json_object *input, const char *dedupe_by)
+{
+	const char *text;
+	json_object *v = NULL;
+	uint64		h;
+	bool		found;
+	EstSeen    *e;
+
+	if (dedupe_by != NULL)
+	{
+		if (!json_object_object_get_ex(input, dedupe_by, &v))
+			v = NULL;
+		text = v ? json_object_to_json_string_ext(v, JSON_C_TO_STRING_PLAIN) : "\x01";
+	}
+	else
+		text = json_object_to_json_string_ext(input, JSON_C_TO_STRING_PLAIN);
+	h = hash_bytes_extended((const unsigned char *) text, strlen(text), 0);
+	e = hash_search(seen, &h, HASH_ENTER, &found);
+	if (found)
+		return strcmp(e->text, text) == 0;	/* a different input: priced */
+	e->text = MemoryContextStrdup(cxt, text);
+	return false;
+}
+
+/*
+ * Price one unit: render each cell's request the way the worker does
+ * (request.c) and count its tokens and cost.  what is one row's input, or
+ * (as_rows) the array of the rows of a batch or of a RUN, whose template
+ * sees rows and row_count; a batch asks for an array of exactly that many
+ * items of the cell's output_schema.  Later cells are rendered with the
+ * earlier cells' outputs empty.  Re-asks after invalid replies are not
+ * counted.
+ */
+static void
+est_unit(EstState *est, json_object *what, bool as_rows)
+{
+	RvCascade  *c = est->c;
+	EstUnit    *u = MemoryContextAllocZero(est->cxt, sizeof(EstUnit));
+	json_object *scope = json_object_new_object();
+	json_object *schema = NULL;
+	int			ncells = c->ncells;
+	int			k;
+
+	if (as_rows)
+	{
+		int			n = (int) json_object_array_length(what);
+
+		json_object_object_add(scope, "rows", json_object_get(what));
+		json_object_object_add(scope, "row_count", json_object_new_int(n));
+		json_object_object_add(scope, "input", json_object_new_object());
+		u->rows = n;
+		if (!est->ps->is_run)
+		{
+			/* MAP BATCH (one cell, checked by the caller) */
+			ncells = 1;
+			schema = json_object_new_object();
+			json_object_object_add(schema, "type", json_object_new_string("array"));
+			json_object_object_add(schema, "minItems", json_object_new_int(n));
+			json_object_object_add(schema, "maxItems", json_object_new_int(n));
+			json_object_object_add(schema, "items", json_object_get(c->cells[0].output_schema));
+		}
+	}
+	else
+	{
+		json_object_object_add(scope, "input", json_object_get(what));
+		u->rows = 1;
+	}
+	json_object_object_add(scope, "outputs", json_object_new_object());
+	json_object_object_add(scope, "state", json_object_new_object());
+
+	for (k = 0; k < ncells; k++)
+	{
+		const char *model_ref = rv_cell_model(c, k, est->ps->opts.model, rv_default_model);
+		const char *model;
+		EstProvider *p = est_route(est->prov, est->nprov, model_ref, &model);
+		json_object *messages = NULL;
+		RvError		err;
+		const char *part;
+		char	   *body;
+		int64		in,
+					out;
+
+		rv_error_clear(&err);
+		body = rv_cell_request(&c->cells[k], scope, false, p->flavor, model,
+							   schema, &messages, &err, &part);
+		if (messages)
+			json_object_put(messages);
+		if (body == NULL)
+			continue;
+		in = (int64) strlen(body) / 4 + 1;
+		out = c->cells[k].max_tokens > 0 ? c->cells[k].max_tokens : rv_default_max_tokens;
+		u->calls++;
+		u->tin += in;
+		u->tout += out;
+		u->cost += in * est->pin[k] + out * est->pout[k];
+		if (k == 0)
+			rv_call_key(GetUserId(), p->api_base, body, strlen(body), u->key);
+		free(body);
+	}
+	json_object_put(scope);
+	if (schema)
+		json_object_put(schema);
+	est->units = lappend(est->units, u);
+}
+
 /*
  * rvbbit.estimate(statement text, OUT input_rows bigint, OUT cached_rows
  * bigint, OUT calls_per_row int, OUT models text[], OUT est_input_tokens
- * bigint, OUT est_output_tokens bigint, OUT est_cost numeric)
+ * bigint, OUT est_output_tokens bigint, OUT est_cost numeric, OUT est_calls
+ * bigint): what the statement would send.  MAP sends a request per cell
+ * per row, MAP BATCH n one per batch of n rows, RUN one per cell; rows
+ * equal to an earlier row (or with its dedupe_by key) share its calls
+ * when the cache is on or dedupe_by is given; requests found in the cache
+ * cost nothing.  Tokens and cost are for the requests not in the cache.
  */
 Datum
 rvbbit_estimate(PG_FUNCTION_ARGS)
@@ -100,16 +251,18 @@ rvbbit_estimate(PG_FUNCTION_ARGS)
 	int64		tin = 0;
 	int64		tout = 0;
 	double		cost = 0;
-	double		first_cost = 0;
 	int64		cached = 0;
-	List	   *keys = NIL;
-	List	   *row_first_cost = NIL;
+	int64		calls = 0;
 	List	   *models = NIL;
 	double	   *pin;
 	double	   *pout;
 	int			ncells;
-	Datum		values[7];
-	bool		nulls[7] = {false, false, false, false, false, false, false};
+	int			batch;
+	EstState	est;
+	json_object *volatile pending = NULL;
+	HTAB	   *dedup = NULL;
+	Datum		values[8];
+	bool		nulls[8] = {false, false, false, false, false, false, false, false};
 	MemoryContext fn_cxt = CurrentMemoryContext;
 
 	rv_require_shared();
@@ -123,6 +276,9 @@ rvbbit_estimate(PG_FUNCTION_ARGS)
 	def = rv_resolve_cascade(ps.cascade, &display);
 	c = rv_check_cascade(display, def);
 	ncells = c->ncells;
+	batch = ps.is_run ? 0 : ps.opts.batch;
+	if (batch > 0 && (c->ncells != 1 || c->cells[0].output_schema == NULL))
+		batch = 0;				/* the statement fails at once; price it per row */
 
 	PG_TRY();
 	{
@@ -159,6 +315,29 @@ rvbbit_estimate(PG_FUNCTION_ARGS)
 			MemoryContextSwitchTo(old);
 		}
 
+		memset(&est, 0, sizeof(est));
+		est.c = c;
+		est.ps = &ps;
+		est.prov = prov;
+		est.nprov = nprov;
+		est.pin = pin;
+		est.pout = pout;
+		est.cxt = fn_cxt;
+		pending = json_object_new_array();
+		/* equal inputs share a call when the cache is on, or by dedupe_by */
+		if (!ps.is_run && (ps.opts.dedupe_by != NULL ||
+						   (ps.opts.cache_read && ps.opts.cache_write)))
+		{
+			HASHCTL		hctl;
+
+			memset(&hctl, 0, sizeof(hctl));
+			hctl.keysize = sizeof(uint64);
+			hctl.entrysize = sizeof(EstSeen);
+			hctl.hcxt = fn_cxt;
+			dedup = hash_create("rvbbit estimate inputs", 1024, &hctl,
+								HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
+		}
+
 		sql = psprintf("SELECT to_jsonb(_rvbbit_q.*) FROM (%s\n) AS _rvbbit_q%s",
 					   ps.query, ps.opts.limit > 0 ? psprintf(" LIMIT %lld", (long long) ps.opts.limit) : "");
 		portal = SPI_cursor_open_with_args(NULL, sql, 0, NULL, NULL, NULL, true, 0);
@@ -172,97 +351,94 @@ rvbbit_estimate(PG_FUNCTION_ARGS)
 				bool		isnull;
 				Datum		d = SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1, &isnull);
 				char	   *row = isnull ? "{}" : JsonbToCString(NULL, &DatumGetJsonbP(d)->root, 0);
-				char	   *scopetext = psprintf("{\"input\": %s, \"outputs\": {}, \"state\": {}}", row);
-				json_object *scope = json_tokener_parse(scopetext);
-				double		row0 = 0;
+				json_object *input = json_tokener_parse(row);
 
 				nrows++;
-				for (k = 0; k < c->ncells; k++)
+				if (input == NULL)
+					input = json_object_new_object();
+				if (ps.is_run)
 				{
-					const char *model_ref = rv_cell_model(c, k, ps.opts.model, rv_default_model);
-					const char *model;
-					EstProvider *p = est_route(prov, nprov, model_ref, &model);
-					json_object *messages = NULL;
-					RvError		err;
-					const char *what;
-					char	   *body;
-					int64		in,
-								out;
-
-					rv_error_clear(&err);
-					body = rv_cell_request(&c->cells[k], scope, false, p->flavor, model,
-										   NULL, &messages, &err, &what);
-					if (messages)
-						json_object_put(messages);
-					if (body == NULL)
-						continue;
-					in = (int64) strlen(body) / 4 + 1;
-					out = c->cells[k].max_tokens > 0 ? c->cells[k].max_tokens : rv_default_max_tokens;
-					tin += in;
-					tout += out;
-					cost += in * pin[k] + out * pout[k];
-					if (k == 0)
-					{
-						char		key[65];
-						MemoryContext old;
-
-						rv_call_key(GetUserId(), p->api_base, body, strlen(body), key);
-						row0 = in * pin[k] + out * pout[k];
-						old = MemoryContextSwitchTo(fn_cxt);
-						keys = lappend(keys, makeString(pstrdup(key)));
-						row_first_cost = lappend(row_first_cost, makeFloat(psprintf("%.12g", row0)));
-						MemoryContextSwitchTo(old);
-					}
-					free(body);
+					/* RUN: one request per cell over all rows */
+					json_object_array_add(pending, input);
+					continue;
 				}
-				if (scope)
-					json_object_put(scope);
+				/* rows the statement answers from another row's call */
+				if (dedup != NULL && est_seen(dedup, fn_cxt, input, ps.opts.dedupe_by))
+				{
+					json_object_put(input);
+					continue;
+				}
+				if (batch > 0)
+				{
+					/* MAP BATCH: one request per batch of rows */
+					json_object_array_add(pending, input);
+					if ((int) json_object_array_length(pending) >= batch)
+					{
+						est_unit(&est, pending, true);
+						json_object_put(pending);
+						pending = json_object_new_array();
+					}
+					continue;
+				}
+				est_unit(&est, input, false);
+				json_object_put(input);
 			}
 			SPI_freetuptable(SPI_tuptable);
 		}
 		SPI_cursor_close(portal);
+		if (ps.is_run || json_object_array_length(pending) > 0)
+			est_unit(&est, pending, ps.is_run || batch > 0);
 
-		/* which first calls are cached (through a function that sees the cache) */
-		if (keys != NIL)
+		/* which requests are cached (through a function that sees the cache) */
+		if (est.units != NIL && ps.opts.cache_read)
 		{
-			Datum	   *kd = palloc(sizeof(Datum) * list_length(keys));
+			Datum	   *kd = palloc(sizeof(Datum) * list_length(est.units));
 			ListCell   *lc;
 			int			n = 0;
 			Oid			argtypes[1] = {TEXTARRAYOID};
 			Datum		args[1];
 
-			foreach(lc, keys)
-				kd[n++] = CStringGetTextDatum(strVal(lfirst(lc)));
+			foreach(lc, est.units)
+				kd[n++] = CStringGetTextDatum(((EstUnit *) lfirst(lc))->key);
 			args[0] = PointerGetDatum(construct_array(kd, n, TEXTOID, -1, false, TYPALIGN_INT));
-			if (SPI_execute_with_args("SELECT k FROM pg_catalog.unnest($1) WITH ORDINALITY AS u(k, i) "
+			if (SPI_execute_with_args("SELECT i::int FROM unnest($1) WITH ORDINALITY AS u(k, i) "
 									  "WHERE rvbbit._cache_has(k) ORDER BY i",
 									  1, argtypes, args, NULL, true, 0) != SPI_OK_SELECT)
 				elog(ERROR, "could not read the cache");
-			cached = (int64) SPI_processed;
-			/* cached first calls cost nothing */
-			if (cached > 0)
+			for (i = 0; i < SPI_processed; i++)
 			{
-				uint64		j;
+				bool		isnull;
+				int			idx = DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[i],
+															  SPI_tuptable->tupdesc, 1, &isnull));
 
-				for (j = 0; j < SPI_processed; j++)
+				((EstUnit *) list_nth(est.units, idx - 1))->cached = true;
+			}
+		}
+		/* what would be sent: the requests not in the cache */
+		{
+			ListCell   *lc;
+
+			foreach(lc, est.units)
+			{
+				EstUnit    *u = (EstUnit *) lfirst(lc);
+
+				if (u->cached)
 				{
-					char	   *hit = SPI_getvalue(SPI_tuptable->vals[j], SPI_tuptable->tupdesc, 1);
-					ListCell   *kc;
-					ListCell   *cc;
-
-					forboth(kc, keys, cc, row_first_cost)
-						if (strcmp(strVal(lfirst(kc)), hit) == 0)
-						{
-							first_cost += floatVal(lfirst(cc));
-							break;
-						}
+					cached += u->rows;
+					continue;
 				}
+				calls += u->calls;
+				tin += u->tin;
+				tout += u->tout;
+				cost += u->cost;
 			}
 		}
 		SPI_finish();
 	}
 	PG_FINALLY();
 	{
+		if (pending)
+			json_object_put(pending);
 		rv_cascade_free(c);
 	}
 	PG_END_TRY();
@@ -281,6 +457,8 @@ rvbbit_estimate(PG_FUNCTION_ARGS)
 	}
 	values[4] = Int64GetDatum(tin);
 	values[5] = Int64GetDatum(tout);
-	values[6] = DirectFunctionCall1(float8_numeric, Float8GetDatum(Max(cost - first_cost, 0)));
+	values[6] = DirectFunctionCall1(float8_numeric, Float8GetDatum(Max(cost, 0)));
+	values[7] = Int64GetDatum(calls);
+	/* (the 0.1 definition has no est_calls column: heap_form_tuple takes natts) */
 	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(BlessTupleDesc(td), values, nulls)));
 }

@@ -655,6 +655,20 @@ map_api_key(void)
 	return "";
 }
 
+/*
+ * The role whose daily budget a call counts against: the session user,
+ * whose ALTER ROLE ... SET settings (rvbbit.budget_dollars_per_day among
+ * them) are the ones in force, so SET ROLE or a SECURITY DEFINER function
+ * does not give a role a second budget.  A job runner runs as the job's
+ * submitting role (the current user it set up), which is then also the
+ * session user once the runner connects as that role.
+ */
+static Oid
+map_budget_role(void)
+{
+	return rv_in_job_runner ? GetUserId() : GetSessionUserId();
+}
+
 /* Build the statement header the worker reads (JSON text). */
 static char *
 map_header_json(const char *display, const char *def, const RvOptions *o)
@@ -679,6 +693,9 @@ map_header_json(const char *display, const char *def, const RvOptions *o)
 	json_object_object_add(h, "cache_write", json_object_new_boolean(o->cache_write));
 	json_object_object_add(h, "cache_max_age_s", json_object_new_int64(o->cache_max_age_s));
 	json_object_object_add(h, "budget_day", json_object_new_double(rv_budget_dollars_per_day));
+	json_object_object_add(h, "budget_role", json_object_new_int64(map_budget_role()));
+	if (o->budget_dollars >= 0)
+		json_object_object_add(h, "budget_dollars", json_object_new_double(o->budget_dollars));
 	if (o->batch > 0)
 		json_object_object_add(h, "batch", json_object_new_int(o->batch));
 	out = pstrdup(json_object_to_json_string_ext(h, JSON_C_TO_STRING_PLAIN));
@@ -745,6 +762,11 @@ typedef struct MapExec
 	double		spent;			/* dollars, from the results so far */
 	bool		over_budget;
 	bool		stopped_early;	/* input left unread because of the budget */
+	int64		nrefused;		/* rows whose call a budget refused */
+	int			refused_flags;	/* RV_RESULT_BUDGET_* seen */
+	char	   *day_error;		/* the first daily-budget refusal: message, */
+	char	   *day_detail;		/* detail and hint */
+	char	   *day_hint;
 	MemoryContext cxt;			/* window data */
 	const RvOptions *opts;
 	int64		nrows;
@@ -851,7 +873,25 @@ map_handle_message(MapExec *ex, char *data, Size len, int64 next_seq,
 		const char *msg = data + 1 + sizeof(head);
 		const char *detail = msg + strnlen(msg, data + len - msg) + 1;
 
-		if (ex->opts->on_error == RV_ON_ERROR_FAIL)
+		if (head.flags & (RV_RESULT_BUDGET_STMT | RV_RESULT_BUDGET_DAY))
+		{
+			/* a budget refused the call: schedule nothing more, fail at the end */
+			ex->over_budget = true;
+			ex->nrefused += 1 + s->nfollowers;
+			ex->refused_flags |= head.flags;
+			if ((head.flags & RV_RESULT_BUDGET_DAY) && ex->day_error == NULL)
+			{
+				const char *hint = detail < data + len ?
+					detail + strnlen(detail, data + len - detail) + 1 : data + len;
+
+				old = MemoryContextSwitchTo(ex->cxt->parent);
+				ex->day_error = pstrdup(msg);
+				ex->day_detail = detail < data + len ? pnstrdup(detail, data + len - detail) : NULL;
+				ex->day_hint = hint < data + len ? pnstrdup(hint, data + len - hint) : NULL;
+				MemoryContextSwitchTo(old);
+			}
+		}
+		else if (ex->opts->on_error == RV_ON_ERROR_FAIL)
 			rv_channel_raise(data, len, ERROR);
 		old = MemoryContextSwitchTo(ex->cxt);
 		s->oc.failed = true;
@@ -1164,11 +1204,17 @@ static void
 map_exec_finish(MapExec *ex, bool warn)
 {
 	rv_channel_close(ex->ch);
-	if (ex->over_budget && ex->stopped_early)
+	if (ex->refused_flags & RV_RESULT_BUDGET_DAY)
+		ereport(ERROR,
+				(errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
+				 errmsg("%s", ex->day_error ? ex->day_error : "daily budget reached"),
+				 ex->day_detail && ex->day_detail[0] ? errdetail("%s", ex->day_detail) : 0,
+				 ex->day_hint && ex->day_hint[0] ? errhint("%s", ex->day_hint) : 0));
+	if ((ex->refused_flags & RV_RESULT_BUDGET_STMT) || (ex->over_budget && ex->stopped_early))
 		ereport(ERROR,
 				(errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
 				 errmsg("budget of $%.4f reached: spent $%.4f, %lld rows done",
-						ex->opts->budget_dollars, ex->spent, (long long) ex->nrows),
+						ex->opts->budget_dollars, ex->spent, (long long) (ex->nrows - ex->nrefused)),
 				 errdetail("The rows done are cached, so running the statement again pays only for the rest."),
 				 errhint("Raise budget_dollars, or add a LIMIT to the USING query.")));
 	if (warn && ex->nfailed > 0)

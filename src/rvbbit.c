@@ -28,6 +28,7 @@
 #include "lib/stringinfo.h"
 
 #include "rvbbit.h"
+#include "budget.h"
 #include "ratelimit.h"
 
 PG_MODULE_MAGIC;
@@ -424,6 +425,7 @@ _PG_init(void)
 							&rv_default_max_tokens,
 							1024, 1, 1000000,
 							PGC_USERSET, 0, NULL, NULL, NULL);
+	rv_budget_define_gucs();
 
 	MarkGUCPrefixReserved("rvbbit");
 
@@ -451,6 +453,7 @@ rv_shmem_request(void)
 	RequestAddinShmemSpace(MAXALIGN(sizeof(RvShared)));
 	RequestAddinShmemSpace(rv_ratelimit_shmem_size());
 	RequestNamedLWLockTranche("rvbbit", 2);
+	rv_budget_shmem_request();
 }
 
 /*
@@ -491,10 +494,9 @@ rv_shmem_startup(void)
 			pg_atomic_init_u64(&p->tokens_out, 0);
 			pg_atomic_init_u64(&p->cost_micros, 0);
 		}
-		for (i = 0; i < RV_MAX_SPEND_ROLES; i++)
-			pg_atomic_init_u64(&rv_shared->spend[i].micros, 0);
 	}
 	rv_ratelimit_shmem_init(&(GetNamedLWLockTranche("rvbbit"))[1].lock);
+	rv_budget_shmem_startup();
 	LWLockRelease(AddinShmemInitLock);
 }
 

@@ -109,18 +109,6 @@ typedef struct RvProgress
 	pg_atomic_uint64 cost_micros;	/* dollars x 1e6 */
 } RvProgress;
 
-/*
- * Spend of one role on one day (UTC), for rvbbit.budget_dollars_per_day.
- * Claimed under RvShared->lock; micros (dollars x 1e6) updated atomically.
- */
-#define RV_MAX_SPEND_ROLES	256
-typedef struct RvRoleSpend
-{
-	Oid			roleid;			/* InvalidOid: free */
-	int32		day;			/* days since the epoch, UTC */
-	pg_atomic_uint64 micros;	/* spent and reserved, dollars x 1e6 */
-} RvRoleSpend;
-
 typedef struct RvShared
 {
 	LWLock	   *lock;
@@ -129,8 +117,7 @@ typedef struct RvShared
 	RvWorkerSlot workers[RV_MAX_WORKERS];
 	RvPending	pending[RV_MAX_PENDING];
 	RvProgress	progress[RV_MAX_PROGRESS];
-	RvRoleSpend spend[RV_MAX_SPEND_ROLES];
-	/* rate limiter (ratelimit.c) lives in its own shared struct */
+	/* rate limiter (ratelimit.c) and daily budgets (budget.c) have their own */
 } RvShared;
 
 extern RvShared *rv_shared;
@@ -183,11 +170,15 @@ typedef struct RvResultHead
 	int32		sqlstate;		/* for errors */
 	int32		llm_calls;		/* HTTP calls made for this row */
 	int32		cache_hits;		/* calls answered from the cache */
-	int32		pad;
+	int32		flags;			/* RV_RESULT_* */
 	int64		tokens_in;
 	int64		tokens_out;
 	double		cost;
 } RvResultHead;
+
+/* RvResultHead.flags: the row was refused, not sent, because of a budget */
+#define RV_RESULT_BUDGET_STMT	0x1 /* the statement's budget_dollars */
+#define RV_RESULT_BUDGET_DAY	0x2 /* the role's rvbbit.budget_dollars_per_day */
 
 /* The table of contents of a statement segment. */
 typedef struct RvSegmentHeader
@@ -228,7 +219,6 @@ extern RvProgress *rv_progress_get(int index);
 extern void rv_progress_add(RvProgress *p, int64 statement_id,
 							pg_atomic_uint64 *counter, uint64 delta);
 extern void rv_progress_in_flight(RvProgress *p, int64 statement_id, int delta);
-extern RvRoleSpend *rv_spend_entry(Oid roleid, int32 day, bool *created);
 
 #endif							/* RVBBIT_H */
 

@@ -59,12 +59,15 @@
 #include "storage/latch.h"
 #include "storage/proc.h"
 #include "tcop/tcopprot.h"
+#include "catalog/namespace.h"
 #include "utils/builtins.h"
+#include "utils/lsyscache.h"
 #include "utils/memutils.h"
 #include "utils/resowner.h"
 #include "utils/snapmgr.h"
 #include "utils/timestamp.h"
 
+#include "budget.h"
 #include "cascade.h"
 #include "http.h"
 #include "jsonschema.h"
@@ -119,8 +122,11 @@ typedef struct WkStmt
 	json_object *prices;		/* model -> [input, output, cached input]
 								 * dollars per token */
 	double		budget_day;		/* rvbbit.budget_dollars_per_day of the role, 0: none */
-	RvRoleSpend *spend;			/* the role's spend today, when budget_day > 0 */
+	Oid			budget_role;	/* the role the daily budget is kept for */
 	char	   *role_name;		/* for messages (looked up in a transaction) */
+	double		budget_stmt;	/* budget_dollars of the statement, < 0: none */
+	uint64		stmt_spent;		/* its calls' actual cost so far, micros */
+	uint64		stmt_reserved;	/* expected cost of its calls in flight, micros */
 	int			batch;			/* MAP BATCH n, 0 when not batching */
 } WkStmt;
 
@@ -169,7 +175,8 @@ typedef struct WkTask
 	RvHttpReq	req;
 	bool		in_http;
 	bool		counted;		/* holds a cluster-wide concurrency slot */
-	uint64		reserved;		/* budget reserved for the call in flight, micros */
+	RvBudgetHold hold;			/* daily budget reserved for the call in flight */
+	uint64		stmt_reserved;	/* statement budget reserved for it, micros */
 	/* MAP BATCH: the task answers several rows with one request */
 	int			nbatch;			/* rows in the batch, 0 for a single-row task */
 	int64	   *seqs;			/* their sequence numbers */
@@ -241,6 +248,8 @@ static int	wk_nbreakers = 0;
 static void wk_task_done(WkTask *t, json_object *result);
 static void wk_task_fail(WkTask *t, int sqlstate, const char *msg,
 						 const char *detail, const char *hint);
+static void wk_task_fail_flags(WkTask *t, int flags, int sqlstate, const char *msg,
+							   const char *detail, const char *hint);
 static void wk_task_prepare(WkTask *t);
 static void wk_batch_task(WkStmt *s, const int64 *seqs, int k, json_object *rows, int from);
 static void wk_task_response(WkTask *t, const char *content,
@@ -355,6 +364,64 @@ wk_xact_abort(void)
 }
 
 /*
+ * Whether rvbbit.call_log has the budget_role_oid column (0.2).  A
+ * database still at 0.1 (before ALTER EXTENSION rvbbit UPDATE) has not:
+ * calls are recorded without it and the day's spend is read by role_oid.
+ * Needs a transaction.
+ */
+static bool
+wk_call_log_has_budget_role(void)
+{
+	Oid			nsp = get_namespace_oid("rvbbit", true);
+	Oid			rel = OidIsValid(nsp) ? get_relname_relid("call_log", nsp) : InvalidOid;
+
+	return OidIsValid(rel) && get_attnum(rel, "budget_role_oid") != InvalidAttrNumber;
+}
+
+/*
+ * The statement's role has a daily budget: make sure the shared table has
+ * the role's entry for today, reading what the role spent today from
+ * rvbbit.call_log when the entry is new (after a restart).  Runs inside
+ * the caller's transaction; raises an error (failing the statement) when
+ * the table is full, so the role is refused rather than unlimited.
+ */
+static void
+wk_budget_attach(WkStmt *s)
+{
+	int32		day = rv_budget_today();
+	bool		need_load;
+	Oid			argtypes[1] = {OIDOID};
+	Datum		args[1];
+	bool		isnull;
+	double		spent;
+
+	if (!rv_budget_attach(s->budget_role, day, &need_load))
+		ereport(ERROR,
+				(errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
+				 errmsg("too many roles have a daily budget in use to track the budget of role \"%s\"",
+						s->role_name),
+				 errdetail("The shared table for rvbbit.budget_dollars_per_day holds %d roles a day. No call was sent.",
+						   rv_max_budget_roles),
+				 errhint("Raise rvbbit.max_budget_roles (it needs a restart of the server).")));
+	if (!need_load)
+		return;
+	args[0] = ObjectIdGetDatum(s->budget_role);
+	if (SPI_execute_with_args(wk_call_log_has_budget_role() ?
+							  "SELECT coalesce(sum(cost), 0)::float8 FROM rvbbit.call_log "
+							  "WHERE coalesce(budget_role_oid, role_oid) = $1 AND called_at >= "
+							  "date_trunc('day', now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC'" :
+							  "SELECT coalesce(sum(cost), 0)::float8 FROM rvbbit.call_log "
+							  "WHERE role_oid = $1 AND called_at >= "
+							  "date_trunc('day', now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC'",
+							  1, argtypes, args, NULL, true, 1) != SPI_OK_SELECT ||
+		SPI_processed != 1)
+		elog(ERROR, "could not read the day's spend from rvbbit.call_log");
+	spent = DatumGetFloat8(SPI_getbinval(SPI_tuptable->vals[0],
+										 SPI_tuptable->tupdesc, 1, &isnull));
+	rv_budget_loaded(s->budget_role, day, isnull ? 0 : (uint64) (spent * 1e6));
+}
+
+/*
  * Load the providers table and the price table for a statement.  Runs its
  * own transaction; on error the statement fails with the message.
  */
@@ -412,39 +479,12 @@ wk_load_config(WkStmt *s, json_object *hdr)
 		MemoryContextSwitchTo(old);
 
 		{
-			char	   *rn = GetUserNameFromId(s->seghdr->roleid, true);
+			char	   *rn = GetUserNameFromId(s->budget_role, true);
 
 			s->role_name = MemoryContextStrdup(s->cxt, rn ? rn : "?");
 		}
 		if (s->budget_day > 0)
-		{
-			bool		created;
-			int32		day = (int32) (GetCurrentTimestamp() / USECS_PER_DAY);
-
-			s->spend = rv_spend_entry(s->seghdr->roleid, day, &created);
-			if (s->spend == NULL)
-				ereport(WARNING,
-						(errmsg("rvbbit.budget_dollars_per_day is not enforced: too many roles spent today")));
-			else if (created)
-			{
-				Oid			argtypes[1] = {OIDOID};
-				Datum		args[1];
-
-				args[0] = ObjectIdGetDatum(s->seghdr->roleid);
-				if (SPI_execute_with_args("SELECT coalesce(sum(cost), 0)::float8 FROM rvbbit.call_log "
-										  "WHERE role_oid = $1 AND called_at >= "
-										  "date_trunc('day', now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC'",
-										  1, argtypes, args, NULL, true, 1) == SPI_OK_SELECT &&
-					SPI_processed == 1)
-				{
-					bool		isnull;
-					double		spent = DatumGetFloat8(SPI_getbinval(SPI_tuptable->vals[0],
-																	 SPI_tuptable->tupdesc, 1, &isnull));
-
-					pg_atomic_fetch_add_u64(&s->spend->micros, (uint64) (spent * 1e6));
-				}
-			}
-		}
+			wk_budget_attach(s);
 
 		if (SPI_execute("SELECT model, input_per_million::float8 / 1e6, "
 						"output_per_million::float8 / 1e6, "
@@ -613,20 +653,26 @@ wk_flush_writes(void)
 		}
 		if (have_calls)
 		{
+			/* a database still at 0.1 has no budget_role_oid column */
+			bool		has_br = wk_call_log_has_budget_role();
+
 			args[0] = CStringGetTextDatum(json_object_to_json_string_ext(wk_call_rows, JSON_C_TO_STRING_PLAIN));
-			if (SPI_execute_with_args("INSERT INTO rvbbit.call_log (statement_id, backend_pid, role_oid, "
+			if (SPI_execute_with_args(psprintf("INSERT INTO rvbbit.call_log (statement_id, backend_pid, role_oid, "
+									  "%s"
 									  "cascade, cell, model, attempt, status, http_status, input_tokens, "
 									  "output_tokens, cost, latency_ms, error, cache_key, "
 									  "response_model, response_id, finish_reason, cached_tokens) "
-									  "SELECT statement_id, backend_pid, role_oid, cascade, cell, model, "
+									  "SELECT statement_id, backend_pid, role_oid, %scascade, cell, model, "
 									  "attempt, status, http_status, input_tokens, output_tokens, cost, "
 									  "latency_ms, error, cache_key, response_model, response_id, "
-									  "finish_reason, cached_tokens FROM jsonb_to_recordset($1::jsonb) AS x("
-									  "statement_id int8, backend_pid int, role_oid oid, cascade text, "
+									  "finish_reason, cached_tokens FROM pg_catalog.jsonb_to_recordset($1::pg_catalog.jsonb) AS x("
+									  "statement_id int8, backend_pid int, role_oid oid, budget_role_oid oid, cascade text, "
 									  "cell text, model text, attempt int, status text, http_status int, "
 									  "input_tokens int, output_tokens int, cost float8, latency_ms float8, "
 									  "error text, cache_key text, response_model text, response_id text, "
 									  "finish_reason text, cached_tokens int)",
+									  has_br ? "budget_role_oid, " : "",
+									  has_br ? "budget_role_oid, " : ""),
 									  1, argtypes, args, NULL, false, 0) != SPI_OK_INSERT)
 				elog(ERROR, "could not write rvbbit.call_log");
 		}
@@ -660,6 +706,7 @@ wk_record_call(WkTask *t, const char *status, long http_status, long tin,
 	json_object_object_add(r, "statement_id", json_object_new_int64(s->seghdr->statement_id));
 	json_object_object_add(r, "backend_pid", json_object_new_int(s->seghdr->backend_pid));
 	json_object_object_add(r, "role_oid", json_object_new_int64(s->seghdr->roleid));
+	json_object_object_add(r, "budget_role_oid", json_object_new_int64(s->budget_role));
 	json_object_object_add(r, "cascade", json_object_new_string(s->cascade_name));
 	json_object_object_add(r, "cell", json_object_new_string(s->cascade->cells[t->cell].name));
 	json_object_object_add(r, "model", json_object_new_string(t->model_ref ? t->model_ref : ""));
@@ -703,13 +750,27 @@ wk_record_reply(json_object *r, const RvLlmResponse *resp)
  * ----------------------------------------------------------------
  */
 
-/* Give back the budget a task reserved for its call. */
+/*
+ * Settle what a task reserved for its call (daily and statement budget) to
+ * the call's actual cost in micros; 0 releases the reservations of a call
+ * that was not sent, was retried, failed or was cancelled.
+ */
+static void
+wk_task_settle(WkTask *t, uint64 actual)
+{
+	WkStmt	   *s = t->stmt;
+
+	rv_budget_settle(&t->hold, actual);
+	s->stmt_reserved -= Min(s->stmt_reserved, t->stmt_reserved);
+	t->stmt_reserved = 0;
+	s->stmt_spent += actual;
+}
+
+/* Give back the budget a task reserved for a call that cost nothing. */
 static void
 wk_task_unreserve(WkTask *t)
 {
-	if (t->reserved > 0 && t->stmt->spend != NULL)
-		pg_atomic_fetch_sub_u64(&t->stmt->spend->micros, t->reserved);
-	t->reserved = 0;
+	wk_task_settle(t, 0);
 }
 
 /* Free a task's request state (not the task). */
@@ -818,11 +879,20 @@ static void
 wk_task_fail(WkTask *t, int sqlstate, const char *msg, const char *detail,
 			 const char *hint)
 {
+	wk_task_fail_flags(t, 0, sqlstate, msg, detail, hint);
+}
+
+/* wk_task_fail() with RV_RESULT_* flags on the rows' results. */
+static void
+wk_task_fail_flags(WkTask *t, int flags, int sqlstate, const char *msg,
+				   const char *detail, const char *hint)
+{
 	RvResultHead head;
 	const char *parts[3];
 
 	memset(&head, 0, sizeof(head));
 	head.seq = t->seq;
+	head.flags = flags;
 	head.sqlstate = sqlstate;
 	head.llm_calls = t->calls;
 	head.cache_hits = t->hits;
@@ -1003,8 +1073,7 @@ wk_task_response(WkTask *t, const char *content, const RvLlmResponse *resp,
 		t->tokens_in += Max(tin, 0);
 		t->tokens_out += Max(tout, 0);
 		t->cost += cost;
-		if (s->spend != NULL && cost > 0)
-			pg_atomic_fetch_add_u64(&s->spend->micros, (uint64) (cost * 1e6));
+		wk_task_settle(t, (uint64) (cost * 1e6));
 		if (s->progress)
 		{
 			int64		sid = s->seghdr->statement_id;
@@ -1321,7 +1390,9 @@ wk_http_done(RvHttpReq *req)
 
 	dlist_delete(&t->node);
 	t->in_http = false;
-	wk_task_unreserve(t);
+	/* a reply settles the reservation to its cost; anything else releases it */
+	if (req->code != CURLE_OK || status < 200 || status >= 300)
+		wk_task_unreserve(t);
 	if (t->counted)
 	{
 		pg_atomic_fetch_sub_u32(&rv_shared->http_in_flight, 1);
@@ -1476,6 +1547,89 @@ wk_http_done(RvHttpReq *req)
 	}
 }
 
+typedef enum WkReserve
+{
+	WK_RESERVE_OK,				/* reserved (or no budget applies) */
+	WK_RESERVE_REFUSED,			/* the task was failed and freed */
+	WK_RESERVE_WAIT				/* ask again soon; nothing reserved */
+} WkReserve;
+
+/*
+ * Reserve the expected cost of a ready task's call against the statement's
+ * budget_dollars and the role's daily budget.  The expected cost is the
+ * request's length / 4 input tokens and the max_tokens actually sent
+ * (rvbbit.default_max_tokens when the cell sets none) output tokens at the
+ * model's price.  A call that does not fit
+ * is not sent: the task is taken off the ready queue and fails with the
+ * budget flag on its rows, which makes the backend stop scheduling and end
+ * the statement with the budget error.  The daily check and reservation
+ * are one step under the budget table's lock (rv_budget_reserve); the
+ * statement's are this worker's alone (a statement has one worker).
+ */
+static WkReserve
+wk_task_reserve(WkTask *t)
+{
+	WkStmt	   *s = t->stmt;
+	double		est;
+	uint64		est_micros;
+	uint64		used;
+
+	if (s->budget_stmt < 0 && s->budget_day <= 0)
+		return WK_RESERVE_OK;
+	est = wk_cost(s, t->model_ref, (long) (t->body_len / 4) + 1,
+				  t->send.max_tokens, 0);
+	est_micros = (uint64) (est * 1e6);
+
+	if (s->budget_stmt >= 0)
+	{
+		used = s->stmt_spent + s->stmt_reserved;
+		if ((double) used + (double) est_micros > s->budget_stmt * 1e6)
+		{
+			dlist_delete(&t->node);
+			wk_task_fail_flags(t, RV_RESULT_BUDGET_STMT, ERRCODE_CONFIGURATION_LIMIT_EXCEEDED,
+							   psprintf("budget of $%.4f of the statement reached", s->budget_stmt),
+							   psprintf("$%.4f was spent or is in flight; this call would cost about $%.4f. It was not sent.",
+										used / 1e6, est),
+							   "Raise budget_dollars, or add a LIMIT to the USING query.");
+			return WK_RESERVE_REFUSED;
+		}
+		s->stmt_reserved += est_micros;
+		t->stmt_reserved = est_micros;
+	}
+	if (s->budget_day > 0)
+	{
+		switch (rv_budget_reserve(s->budget_role, s->budget_day, est_micros, &t->hold, &used))
+		{
+			case RV_BUDGET_OK:
+				break;
+			case RV_BUDGET_WAIT:
+				wk_task_unreserve(t);
+				return WK_RESERVE_WAIT;
+			case RV_BUDGET_EXCEEDED:
+				wk_task_unreserve(t);
+				dlist_delete(&t->node);
+				wk_task_fail_flags(t, RV_RESULT_BUDGET_DAY, ERRCODE_CONFIGURATION_LIMIT_EXCEEDED,
+								   psprintf("daily budget of $%.4f for role \"%s\" reached",
+											s->budget_day, s->role_name),
+								   psprintf("$%.4f was spent or is in flight today; this call would cost about $%.4f. It was not sent.",
+											used / 1e6, est),
+								   "Ask a superuser to raise rvbbit.budget_dollars_per_day for the role, or wait for tomorrow (UTC).");
+				return WK_RESERVE_REFUSED;
+			case RV_BUDGET_FULL:
+				wk_task_unreserve(t);
+				dlist_delete(&t->node);
+				wk_task_fail_flags(t, RV_RESULT_BUDGET_DAY, ERRCODE_CONFIGURATION_LIMIT_EXCEEDED,
+								   psprintf("too many roles have a daily budget in use to track the budget of role \"%s\"",
+											s->role_name),
+								   psprintf("The shared table for rvbbit.budget_dollars_per_day holds %d roles a day. It was not sent.",
+											rv_max_budget_roles),
+								   "Raise rvbbit.max_budget_roles (it needs a restart of the server).");
+				return WK_RESERVE_REFUSED;
+		}
+	}
+	return WK_RESERVE_OK;
+}
+
 /*
  * Free the request headers built by wk_dispatch() (palloc'd), wiping them
  * first: they carry the API key.
@@ -1528,32 +1682,23 @@ wk_dispatch(void)
 			}
 		}
 
-		/* rvbbit.budget_dollars_per_day: reserve the call's likely cost */
-		if (s->spend != NULL)
+		/* budgets: the call's expected cost, checked and reserved */
+		switch (wk_task_reserve(t))
 		{
-			double		est = wk_cost(s, t->model_ref, (long) (t->body_len / 4) + 1,
-									  t->send.max_tokens, 0);
-			uint64		est_micros = (uint64) (est * 1e6);
-			uint64		now_micros = pg_atomic_read_u64(&s->spend->micros);
-
-			if ((double) (now_micros + est_micros) > s->budget_day * 1e6)
-			{
-				dlist_delete(&t->node);
-				wk_task_fail(t, ERRCODE_CONFIGURATION_LIMIT_EXCEEDED,
-							 psprintf("daily budget of $%.4f for role \"%s\" reached",
-									  s->budget_day, s->role_name),
-							 psprintf("$%.4f was spent or is in flight today; this call would cost about $%.4f. It was not sent.",
-									  now_micros / 1e6, est),
-							 "Ask a superuser to raise rvbbit.budget_dollars_per_day for the role, or wait for tomorrow (UTC).");
-				continue;
-			}
-			pg_atomic_fetch_add_u64(&s->spend->micros, est_micros);
-			t->reserved = est_micros;
+			case WK_RESERVE_OK:
+				break;
+			case WK_RESERVE_REFUSED:
+				continue;		/* the task failed and is gone */
+			case WK_RESERVE_WAIT:
+				wk_ratelimit_wait_ms = 10;
+				return;
 		}
 		prev = pg_atomic_fetch_add_u32(&rv_shared->http_in_flight, 1);
 		if ((int) prev >= rv_max_concurrency)
 		{
+			/* deferred: the call holds no budget while it waits */
 			pg_atomic_fetch_sub_u32(&rv_shared->http_in_flight, 1);
+			wk_task_unreserve(t);
 			wk_ratelimit_wait_ms = 10;
 			break;
 		}
@@ -1563,6 +1708,7 @@ wk_dispatch(void)
 								  (int) (t->body_len / 4) + 1, &wait_ms))
 		{
 			pg_atomic_fetch_sub_u32(&rv_shared->http_in_flight, 1);
+			wk_task_unreserve(t);
 			wk_ratelimit_wait_ms = Max(wait_ms, 1);
 			break;
 		}
@@ -1595,6 +1741,7 @@ wk_dispatch(void)
 			t->counted = false;
 			rv_progress_in_flight(s->progress, s->seghdr->statement_id, -1);
 			wk_free_headers(headers, nh);
+			wk_task_unreserve(t);
 			wk_task_fail(t, ERRCODE_CONNECTION_FAILURE,
 						 "could not start the request to the LLM provider",
 						 psprintf("%s.", errbuf), NULL);
@@ -1647,6 +1794,10 @@ wk_stmt_header(WkStmt *s, const char *json, Size len)
 
 		if (json_object_object_get_ex(hdr, "budget_day", &b) && b)
 			s->budget_day = json_object_get_double(b);
+		s->budget_stmt = -1;
+		if (json_object_object_get_ex(hdr, "budget_dollars", &b) && b)
+			s->budget_stmt = json_object_get_double(b);
+		s->budget_role = (Oid) wk_json_int(hdr, "budget_role", s->seghdr->roleid);
 	}
 
 	def = wk_json_str(hdr, "definition");
@@ -1972,7 +2123,15 @@ static void
 wk_on_exit(int code, Datum arg)
 {
 	int			i;
+	dlist_iter	it;
 
+	/* calls in flight will not be settled: release their budget */
+	dlist_foreach(it, &wk_inflight)
+	{
+		WkTask	   *t = dlist_container(WkTask, node, it.cur);
+
+		rv_budget_settle(&t->hold, 0);
+	}
 	if (wk_counted > 0 && rv_shared != NULL)
 		pg_atomic_fetch_sub_u32(&rv_shared->http_in_flight, wk_counted);
 	wk_counted = 0;
