@@ -115,13 +115,17 @@ SELECT * FROM rvbbit.sql($$MAP 'extract_brand' USING (SELECT 'x' AS product_name
 SELECT sql FROM rvbbit.sql($$MAP 'echo' USING (SELECT 'into' AS text) WITH (as_table = 'public.echo_table')$$) LIMIT 1;
 SELECT * FROM echo_table;
 
--- budget_dollars stops scheduling calls once the spend reaches it
+-- budget_dollars stops scheduling calls once the spend reaches it: each
+-- call reserves its expected cost (request length / 4 input tokens and the
+-- 5 max_tokens sent, at $0.10 a token) before it is sent
 INSERT INTO rvbbit.model_prices VALUES ('budget/model', 100000, 100000);
+SET rvbbit.default_max_tokens = 5;
 SELECT * FROM rvbbit.sql($$MAP 'echo' USING (SELECT 'spend ' || n AS text FROM generate_series(1, 10) n)
-  WITH (model = 'budget/model', cache = false, budget_dollars = 1.5)$$);
+  WITH (model = 'budget/model', cache = false, budget_dollars = 5.7)$$);
 SELECT count(*) AS calls_made FROM rvbbit.calls WHERE model = 'budget/model';
 -- a budget the statement stays within
 SELECT count(*) FROM rvbbit.sql($$MAP 'echo' USING (SELECT 'cheap' AS text) WITH (model = 'budget/model', budget_dollars = 100)$$);
+RESET rvbbit.default_max_tokens;
 
 -- dedupe_by: rows with the same key share one call (the first row's)
 SELECT mock('/reset', 'POST') IS NOT NULL AS reset;
