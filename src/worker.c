@@ -486,9 +486,15 @@ wk_load_config(WkStmt *s, json_object *hdr)
 		if (s->budget_day > 0)
 			wk_budget_attach(s);
 
-		if (SPI_execute("SELECT model, input_per_million::float8 / 1e6, "
+		/* a database still at 0.1 has no cached_input_per_million column */
+		if (SPI_execute(wk_call_log_has_budget_role() ?
+						"SELECT model, input_per_million::float8 / 1e6, "
 						"output_per_million::float8 / 1e6, "
 						"coalesce(cached_input_per_million, input_per_million)::float8 / 1e6 "
+						"FROM rvbbit.model_prices" :
+						"SELECT model, input_per_million::float8 / 1e6, "
+						"output_per_million::float8 / 1e6, "
+						"input_per_million::float8 / 1e6 "
 						"FROM rvbbit.model_prices",
 						true, 0) != SPI_OK_SELECT)
 			elog(ERROR, "could not read rvbbit.model_prices");
@@ -653,26 +659,30 @@ wk_flush_writes(void)
 		}
 		if (have_calls)
 		{
-			/* a database still at 0.1 has no budget_role_oid column */
+			/*
+			 * A database still at 0.1 (not yet ALTER EXTENSION ... UPDATE)
+			 * has none of 0.2's columns: budget_role_oid and the provider's
+			 * reply fields all came with the 0.2 script.
+			 */
 			bool		has_br = wk_call_log_has_budget_role();
+			const char *v02 = has_br ? ", response_model, response_id, finish_reason, cached_tokens" : "";
 
 			args[0] = CStringGetTextDatum(json_object_to_json_string_ext(wk_call_rows, JSON_C_TO_STRING_PLAIN));
 			if (SPI_execute_with_args(psprintf("INSERT INTO rvbbit.call_log (statement_id, backend_pid, role_oid, "
 									  "%s"
 									  "cascade, cell, model, attempt, status, http_status, input_tokens, "
-									  "output_tokens, cost, latency_ms, error, cache_key, "
-									  "response_model, response_id, finish_reason, cached_tokens) "
+									  "output_tokens, cost, latency_ms, error, cache_key%s) "
 									  "SELECT statement_id, backend_pid, role_oid, %scascade, cell, model, "
 									  "attempt, status, http_status, input_tokens, output_tokens, cost, "
-									  "latency_ms, error, cache_key, response_model, response_id, "
-									  "finish_reason, cached_tokens FROM pg_catalog.jsonb_to_recordset($1::pg_catalog.jsonb) AS x("
+									  "latency_ms, error, cache_key%s "
+									  "FROM pg_catalog.jsonb_to_recordset($1::pg_catalog.jsonb) AS x("
 									  "statement_id int8, backend_pid int, role_oid oid, budget_role_oid oid, cascade text, "
 									  "cell text, model text, attempt int, status text, http_status int, "
 									  "input_tokens int, output_tokens int, cost float8, latency_ms float8, "
 									  "error text, cache_key text, response_model text, response_id text, "
 									  "finish_reason text, cached_tokens int)",
-									  has_br ? "budget_role_oid, " : "",
-									  has_br ? "budget_role_oid, " : ""),
+									  has_br ? "budget_role_oid, " : "", v02,
+									  has_br ? "budget_role_oid, " : "", v02),
 									  1, argtypes, args, NULL, false, 0) != SPI_OK_INSERT)
 				elog(ERROR, "could not write rvbbit.call_log");
 		}

@@ -47,12 +47,21 @@ my $job = $node->safe_psql('postgres',
 ok(wait_until(sub { $node->safe_psql('postgres', "SELECT status FROM rvbbit.jobs WHERE job_id = $job") eq 'done' }, 60),
 	'an async job completes under 0.1');
 
-my $snapshot = q{SELECT (SELECT string_agg(name || '=' || md5(definition) || '/' || owner::text, ',' ORDER BY name) FROM rvbbit.cascades)
-  || '|' || (SELECT count(*) FROM rvbbit.call_log) || '|' || (SELECT string_agg(md5(row(c.*)::text), ',' ORDER BY id) FROM rvbbit.call_log c)
-  || '|' || (SELECT string_agg(md5(row(k.*)::text), ',' ORDER BY key) FROM rvbbit.cache k)
-  || '|' || (SELECT string_agg(md5(row(j.*)::text), ',' ORDER BY id) FROM rvbbit.job_log j)
-  || '|' || (SELECT string_agg(md5(row(r.*)::text), ',' ORDER BY job_id) FROM rvbbit.job_result_log r)
-  || '|' || (SELECT string_agg(md5(row(m.*)::text), ',' ORDER BY model) FROM rvbbit.model_prices m)};
+# Every old row, compared on the columns it had under 0.1 (0.2 may add
+# columns; it must not change or lose what was there).
+sub cols_of
+{
+	my ($rel) = @_;
+	return $node->safe_psql('postgres', qq{SELECT string_agg(quote_ident(attname), ', ' ORDER BY attnum)
+	  FROM pg_attribute WHERE attrelid = '$rel'::regclass AND attnum > 0 AND NOT attisdropped});
+}
+my %c = map { $_ => cols_of("rvbbit.$_") } qw(call_log cache job_log job_result_log model_prices);
+my $snapshot = qq{SELECT (SELECT string_agg(name || '=' || md5(definition) || '/' || owner::text, ',' ORDER BY name) FROM rvbbit.cascades)
+  || '|' || (SELECT count(*) FROM rvbbit.call_log) || '|' || (SELECT string_agg(md5(row($c{call_log})::text), ',' ORDER BY id) FROM rvbbit.call_log c)
+  || '|' || (SELECT string_agg(md5(row($c{cache})::text), ',' ORDER BY key) FROM rvbbit.cache k)
+  || '|' || (SELECT string_agg(md5(row($c{job_log})::text), ',' ORDER BY id) FROM rvbbit.job_log j)
+  || '|' || (SELECT string_agg(md5(row($c{job_result_log})::text), ',' ORDER BY job_id) FROM rvbbit.job_result_log r)
+  || '|' || (SELECT string_agg(md5(row($c{model_prices})::text), ',' ORDER BY model) FROM rvbbit.model_prices m)};
 my $before = $node->safe_psql('postgres', $snapshot);
 my $counts = q{SELECT (SELECT count(*) FROM rvbbit.cascades) || ' ' || (SELECT count(*) FROM rvbbit.call_log) || ' '
   || (SELECT count(*) FROM rvbbit.cache) || ' ' || (SELECT count(*) FROM rvbbit.job_log) || ' ' || (SELECT count(*) FROM rvbbit.job_result_log)};
