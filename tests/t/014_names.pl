@@ -78,12 +78,12 @@ mock_post($mock, '/reset');
 $bg = $node->background_psql('postgres', on_error_stop => 0);
 $pid = $bg->query_safe('SELECT pg_backend_pid()');
 $bg->query_until(qr/^$/, qq{SELECT count(*) FROM rvbbit.sql(\$\$MAP PARALLEL 5 '$echo'
-  USING (SELECT '[[latency:60000]] old ' || n AS text FROM generate_series(1, 5) n) WITH (cache = false)\$\$);\n});
+  USING (SELECT '[[hold]] old ' || n AS text FROM generate_series(1, 5) n) WITH (cache = false)\$\$);\n});
 ok(wait_until(sub { mock_get($mock, '/stats')->{in_flight} == 5 }, 60), 'old statement: 5 requests in flight');
 my $bg2 = $node->background_psql('postgres', on_error_stop => 0);
 $node->safe_psql('postgres', "SELECT pg_cancel_backend($pid)");
 $bg2->query_until(qr/^$/, qq{SELECT count(*) FROM rvbbit.sql(\$\$MAP PARALLEL 3 '$echo'
-  USING (SELECT '[[latency:60000]] new ' || n AS text FROM generate_series(1, 3) n) WITH (cache = false)\$\$);\n});
+  USING (SELECT '[[hold]] new ' || n AS text FROM generate_series(1, 3) n) WITH (cache = false)\$\$);\n});
 ok($node->poll_query_until('postgres',
 		"SELECT count(*) FROM rvbbit.progress WHERE in_flight = 3", '1'),
 	'new statement: 3 in flight');
@@ -91,6 +91,8 @@ ok(wait_until(sub { mock_get($mock, '/stats')->{in_flight} == 3 }, 60),
 	'the old statement\'s requests are aborted');
 is($node->safe_psql('postgres', 'SELECT count(*), sum(in_flight) FROM rvbbit.progress'), '1|3',
 	'in_flight of the new statement is its own');
+# the mock holds the replies until released (however long the test takes)
+mock_release($mock);
 $bg->quit;
 $bg2->quit;
 ok($node->poll_query_until('postgres', 'SELECT count(*) FROM rvbbit.progress', '0'),
