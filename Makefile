@@ -11,7 +11,7 @@
 EXTENSION = rvbbit
 MODULE_big = rvbbit
 OBJS = src/rvbbit.o src/pool.o src/channel.o src/worker.o src/http.o \
-       src/map.o src/rewrite.o src/jobs.o src/request.o src/estimate.o src/ratelimit.o src/rverror.o src/template.o \
+       src/map.o src/mapscan.o src/rewrite.o src/jobs.o src/request.o src/estimate.o src/ratelimit.o src/rverror.o src/template.o \
        src/jsonschema.o src/cascade.o src/llm.o src/syntax.o
 DATA = sql/rvbbit--0.1.sql sql/rvbbit--0.1--0.2.sql
 PGFILEDESC = "rvbbit - LLM workflows from SQL"

@@ -257,6 +257,7 @@ _PG_init(void)
 	shmem_startup_hook = rv_shmem_startup;
 
 	rv_hooks_init();
+	rv_mapscan_init();
 	rv_jobs_init();
 }
 

@@ -166,10 +166,11 @@ typedef struct RvResultHead
 	int32		sqlstate;		/* for errors */
 	int32		llm_calls;		/* HTTP calls made for this row */
 	int32		cache_hits;		/* calls answered from the cache */
-	int32		pad;
+	int32		retries;		/* HTTP attempts retried for this row */
 	int64		tokens_in;
 	int64		tokens_out;
 	double		cost;
+	double		latency_ms;		/* the row's HTTP calls, summed */
 } RvResultHead;
 
 /* The table of contents of a statement segment. */
@@ -214,3 +215,4 @@ extern RvRoleSpend *rv_spend_entry(Oid roleid, int32 day, bool *created);
 
 /* rewrite.c: post_parse_analyze / ProcessUtility hooks */
 extern void rv_hooks_init(void);
+extern void rv_mapscan_init(void);	/* mapscan.c */

@@ -171,6 +171,8 @@ typedef struct WkTask
 	int64		tokens_in;
 	int64		tokens_out;
 	double		cost;
+	int			retries;		/* HTTP attempts that were retried */
+	double		latency_ms;		/* HTTP time of the row's calls */
 } WkTask;
 
 /* A row to write to rvbbit.cache / rvbbit.call_log at the next flush. */
@@ -589,9 +591,16 @@ static void
 wk_record_call(WkTask *t, const char *status, long http_status, long tin,
 			   long tout, double cost, double latency_ms, const char *error)
 {
-	json_object *r = json_object_new_object();
+	json_object *r;
 	WkStmt	   *s = t->stmt;
 
+	/* per-row counters for the backend (EXPLAIN ANALYZE) */
+	if (strcmp(status, "retry") == 0)
+		t->retries++;
+	if (latency_ms > 0)
+		t->latency_ms += latency_ms;
+
+	r = json_object_new_object();
 	json_object_object_add(r, "statement_id", json_object_new_int64(s->seghdr->statement_id));
 	json_object_object_add(r, "backend_pid", json_object_new_int(s->seghdr->backend_pid));
 	json_object_object_add(r, "role_oid", json_object_new_int64(s->seghdr->roleid));
@@ -697,6 +706,8 @@ wk_task_done(WkTask *t, json_object *result)
 	head.tokens_in = t->tokens_in;
 	head.tokens_out = t->tokens_out;
 	head.cost = t->cost;
+	head.retries = t->retries;
+	head.latency_ms = t->latency_ms;
 	if (t->nbatch > 0)
 	{
 		int			i;
@@ -711,6 +722,8 @@ wk_task_done(WkTask *t, json_object *result)
 			head.llm_calls = head.cache_hits = 0;
 			head.tokens_in = head.tokens_out = 0;
 			head.cost = 0;
+			head.retries = 0;
+			head.latency_ms = 0;
 		}
 		wk_task_free(t);
 		return;
@@ -736,6 +749,8 @@ wk_task_fail(WkTask *t, int sqlstate, const char *msg, const char *detail,
 	head.tokens_in = t->tokens_in;
 	head.tokens_out = t->tokens_out;
 	head.cost = t->cost;
+	head.retries = t->retries;
+	head.latency_ms = t->latency_ms;
 	parts[0] = msg;
 	parts[1] = detail;
 	parts[2] = hint;
@@ -751,6 +766,8 @@ wk_task_fail(WkTask *t, int sqlstate, const char *msg, const char *detail,
 			head.llm_calls = head.cache_hits = 0;
 			head.tokens_in = head.tokens_out = 0;
 			head.cost = 0;
+			head.retries = 0;
+			head.latency_ms = 0;
 		}
 	}
 	else
