@@ -10,7 +10,11 @@
  * the statement channel (channel.c), keeping at most `parallel` rows in
  * flight.  Results come back in completion order and wait in a reorder
  * window until every earlier row is done; rows leave the window in input
- * order into the output tuplestore, which spills to disk.  The window is
+ * order, one per map_step() call: the custom scan (mapscan.c) returns
+ * each to the executor as it leaves, rvbbit.map() and rvbbit.sql() called
+ * as plain functions put them into their output tuplestore, which spills
+ * to disk.  The input cursor is fetched from with SPI connected only for
+ * the fetch, so the scan can return between rows.  The window is
  * bounded (2 x parallel + 16 rows), so backend memory does not grow with
  * the number of input rows.  Identical inputs in flight at the same time
  * are sent once and the result is fanned out; the worker's cache answers
