@@ -15,6 +15,11 @@
  * and the functions called by the worker report failure through return
  * values.  CURLOPT_NOSIGNAL is set on every transfer.
  *
+ * HTTPS transfers negotiate HTTP/2 (ALPN) and multiplex as streams over
+ * few connections (CURLPIPE_MULTIPLEX, CURLOPT_PIPEWAIT); TLS sessions and
+ * DNS answers are shared through a share handle.  Plain http:// stays
+ * HTTP/1.1, one transfer per connection.
+ *
  *-------------------------------------------------------------------------
  */
 #include "postgres.h"
@@ -28,6 +33,9 @@
 struct RvHttp
 {
 	CURLM	   *multi;
+	CURLSH	   *share;			/* TLS sessions and DNS, shared by all transfers */
+	char	   *ca_file;		/* malloc'd, or NULL: the system's CA store */
+	bool		multiplexed;	/* a transfer used HTTP/2 (or 3) */
 	int			epfd;
 	int			in_flight;
 	int64		timer_deadline_us;	/* -1: none */
@@ -185,7 +193,46 @@ rv_http_create(int max_connections, char *errbuf, size_t errlen)
 	curl_multi_setopt(http->multi, CURLMOPT_TIMERDATA, http);
 	curl_multi_setopt(http->multi, CURLMOPT_MAX_TOTAL_CONNECTIONS, (long) max_connections);
 	curl_multi_setopt(http->multi, CURLMOPT_MAXCONNECTS, (long) max_connections);
+
+	/*
+	 * HTTP/2: many transfers share one connection as streams, so PARALLEL
+	 * is bound by the server's stream limit rather than by open files.
+	 * (The server's SETTINGS_MAX_CONCURRENT_STREAMS still applies.)
+	 */
+	curl_multi_setopt(http->multi, CURLMOPT_PIPELINING, (long) CURLPIPE_MULTIPLEX);
+	curl_multi_setopt(http->multi, CURLMOPT_MAX_CONCURRENT_STREAMS, 1000L);
+
+	/*
+	 * TLS session tickets and DNS answers are shared by all transfers, so
+	 * a new connection resumes the TLS session.  Connections themselves are
+	 * already shared through the multi handle's connection cache, which is
+	 * what CURLMOPT_MAX_TOTAL_CONNECTIONS counts; a share handle's
+	 * connection cache would bypass that limit, so it is not used.  The
+	 * worker is single-threaded: no lock callbacks.
+	 */
+	http->share = curl_share_init();
+	if (http->share != NULL)
+	{
+		curl_share_setopt(http->share, CURLSHOPT_SHARE, CURL_LOCK_DATA_SSL_SESSION);
+		curl_share_setopt(http->share, CURLSHOPT_SHARE, CURL_LOCK_DATA_DNS);
+	}
 	return http;
+}
+
+/*
+ * Use the CA certificates in path (PEM) to verify servers instead of the
+ * system's store; NULL or "" restores the default.  Returns false when out
+ * of memory.
+ */
+bool
+rv_http_set_ca_file(RvHttp *http, const char *path)
+{
+	free(http->ca_file);
+	http->ca_file = NULL;
+	if (path == NULL || path[0] == '\0')
+		return true;
+	http->ca_file = strdup(path);
+	return http->ca_file != NULL;
 }
 
 void
@@ -194,6 +241,9 @@ rv_http_destroy(RvHttp *http)
 	if (http == NULL)
 		return;
 	curl_multi_cleanup(http->multi);
+	if (http->share)
+		curl_share_cleanup(http->share);
+	free(http->ca_file);
 	close(http->epfd);
 	free(http);
 }
@@ -270,6 +320,14 @@ rv_http_start(RvHttp *http, RvHttpReq *req, const char *url,
 	curl_easy_setopt(req->easy, CURLOPT_ACCEPT_ENCODING, "");
 	curl_easy_setopt(req->easy, CURLOPT_USERAGENT, "rvbbit/0.1");
 	curl_easy_setopt(req->easy, CURLOPT_TCP_KEEPALIVE, 1L);
+	/* HTTP/2 over TLS when the server offers it (ALPN), else HTTP/1.1 */
+	curl_easy_setopt(req->easy, CURLOPT_HTTP_VERSION, (long) CURL_HTTP_VERSION_2TLS);
+	/* wait for a connection that can multiplex rather than open another */
+	curl_easy_setopt(req->easy, CURLOPT_PIPEWAIT, 1L);
+	if (http->share)
+		curl_easy_setopt(req->easy, CURLOPT_SHARE, http->share);
+	if (http->ca_file)
+		curl_easy_setopt(req->easy, CURLOPT_CAINFO, http->ca_file);
 
 	mc = curl_multi_add_handle(http->multi, req->easy);
 	if (mc != CURLM_OK)
@@ -342,6 +400,13 @@ http_collect(RvHttp *http)
 		req->code = msg->data.result;
 		curl_easy_getinfo(msg->easy_handle, CURLINFO_RESPONSE_CODE, &req->status);
 		curl_easy_getinfo(msg->easy_handle, CURLINFO_TOTAL_TIME, &total);
+		{
+			long		version = 0;
+
+			curl_easy_getinfo(msg->easy_handle, CURLINFO_HTTP_VERSION, &version);
+			if (version == CURL_HTTP_VERSION_2_0 || version == CURL_HTTP_VERSION_3)
+				http->multiplexed = true;
+		}
 		req->latency_ms = total * 1000.0;
 		curl_multi_remove_handle(http->multi, msg->easy_handle);
 		http->in_flight--;
@@ -409,4 +474,18 @@ int
 rv_http_in_flight(RvHttp *http)
 {
 	return http->in_flight;
+}
+
+/*
+ * How many transfers to keep in flight with max_connections connections:
+ * one per connection until a transfer came back over HTTP/2, then up to
+ * RV_HTTP_STREAMS per connection (curl queues what does not fit and opens
+ * no more than max_connections).
+ */
+int
+rv_http_capacity(RvHttp *http, int max_connections)
+{
+	if (!http->multiplexed)
+		return max_connections;
+	return (int) Min((int64) max_connections * RV_HTTP_STREAMS, (int64) 100000);
 }

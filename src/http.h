@@ -46,6 +46,9 @@ typedef struct RvHttpReq
 extern RvHttp *rv_http_create(int max_connections, char *errbuf, size_t errlen);
 extern void rv_http_destroy(RvHttp *http);
 
+/* CA certificates (PEM file) for verifying servers; NULL: the system's. */
+extern bool rv_http_set_ca_file(RvHttp *http, const char *path);
+
 /* The epoll descriptor to wait on (readable when curl has work). */
 extern int	rv_http_fd(RvHttp *http);
 
@@ -78,5 +81,11 @@ extern RvHttpReq *rv_http_next_done(RvHttp *http);
 
 /* Number of requests in flight. */
 extern int	rv_http_in_flight(RvHttp *http);
+
+/* HTTP/2 streams per connection counted on by rv_http_capacity() */
+#define RV_HTTP_STREAMS 100
+
+/* Transfers to keep in flight with that many connections (HTTP/2 aware). */
+extern int	rv_http_capacity(RvHttp *http, int max_connections);
 
 #endif							/* RV_HTTP_H */

@@ -48,6 +48,7 @@ extern int	rv_max_retries;
 extern int	rv_default_parallel;
 extern int	rv_default_limit;
 extern int	rv_max_connections_per_worker;
+extern char *rv_ca_file;
 extern int	rv_requests_per_minute;
 extern int	rv_tokens_per_minute;
 extern double rv_budget_dollars_per_day;

@@ -1229,7 +1229,7 @@ wk_dispatch(void)
 					tpm;
 		uint32		prev;
 
-		if (rv_http_in_flight(wk_http) >= wk_max_conn)
+		if (rv_http_in_flight(wk_http) >= rv_http_capacity(wk_http, wk_max_conn))
 			break;
 
 		/* rvbbit.budget_dollars_per_day: reserve the call's likely cost */
@@ -1793,6 +1793,10 @@ rv_worker_main(Datum main_arg)
 				(errcode(ERRCODE_INTERNAL_ERROR),
 				 errmsg("could not initialize the HTTP client"),
 				 errdetail("%s", errbuf)));
+	if (!rv_http_set_ca_file(wk_http, rv_ca_file))
+		ereport(FATAL,
+				(errcode(ERRCODE_OUT_OF_MEMORY),
+				 errmsg("out of memory")));
 	wk_cache_rows = json_object_new_array();
 	wk_call_rows = json_object_new_array();
 
@@ -1916,7 +1920,8 @@ rv_worker_main(Datum main_arg)
 				timeout = Min(timeout, Max(ms, 0));
 			}
 		}
-		if (!dlist_is_empty(&wk_ready) && rv_http_in_flight(wk_http) < wk_max_conn &&
+		if (!dlist_is_empty(&wk_ready) &&
+			rv_http_in_flight(wk_http) < rv_http_capacity(wk_http, wk_max_conn) &&
 			wk_ratelimit_wait_ms < 0)
 			timeout = 0;
 		if (!dlist_is_empty(&wk_prepare) || !dlist_is_empty(&wk_lookup))
