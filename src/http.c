@@ -36,6 +36,16 @@ struct RvHttp
 	CURLSH	   *share;			/* TLS sessions and DNS, shared by all transfers */
 	char	   *ca_file;		/* malloc'd, or NULL: the system's CA store */
 	bool		multiplexed;	/* a transfer used HTTP/2 (or 3) */
+	/* the first HTTPS transfer goes alone until its TLS handshake is done */
+	enum
+	{
+		HTTP_TLS_UNKNOWN,
+		HTTP_TLS_PROBING,
+		HTTP_TLS_KNOWN
+	}			tls_state;
+	CURL	   *probe;			/* that transfer, while probing */
+	RvHttpReq  *held_head;		/* HTTPS transfers waiting for it */
+	RvHttpReq  *held_tail;
 	int			epfd;
 	int			in_flight;
 	int64		timer_deadline_us;	/* -1: none */
@@ -200,7 +210,7 @@ rv_http_create(int max_connections, char *errbuf, size_t errlen)
 	 * (The server's SETTINGS_MAX_CONCURRENT_STREAMS still applies.)
 	 */
 	curl_multi_setopt(http->multi, CURLMOPT_PIPELINING, (long) CURLPIPE_MULTIPLEX);
-	curl_multi_setopt(http->multi, CURLMOPT_MAX_CONCURRENT_STREAMS, 1000L);
+	curl_multi_setopt(http->multi, CURLMOPT_MAX_CONCURRENT_STREAMS, (long) RV_HTTP_STREAMS);
 
 	/*
 	 * TLS session tickets and DNS answers are shared by all transfers, so
@@ -329,9 +339,40 @@ rv_http_start(RvHttp *http, RvHttpReq *req, const char *url,
 	if (http->ca_file)
 		curl_easy_setopt(req->easy, CURLOPT_CAINFO, http->ca_file);
 
+	/*
+	 * libcurl (7.88) opens a connection per transfer when many start before
+	 * the first connection to a host has told whether it multiplexes,
+	 * CURLOPT_PIPEWAIT notwithstanding.  So the worker's first HTTPS
+	 * transfer goes alone and the others wait here until it is done; by
+	 * then its HTTP version is known, and over HTTP/2 they become streams.
+	 */
+	req->held = false;
+	if (http->tls_state != HTTP_TLS_KNOWN && pg_strncasecmp(url, "https://", 8) == 0)
+	{
+		if (http->tls_state == HTTP_TLS_PROBING)
+		{
+			req->held = true;
+			req->next_done = NULL;
+			if (http->held_tail)
+				http->held_tail->next_done = req;
+			else
+				http->held_head = req;
+			http->held_tail = req;
+			http->in_flight++;
+			return true;
+		}
+		http->tls_state = HTTP_TLS_PROBING;
+		http->probe = req->easy;
+	}
+
 	mc = curl_multi_add_handle(http->multi, req->easy);
 	if (mc != CURLM_OK)
 	{
+		if (http->probe == req->easy)
+		{
+			http->probe = NULL;
+			http->tls_state = HTTP_TLS_UNKNOWN;
+		}
 		snprintf(req->errbuf, sizeof(req->errbuf), "%s", curl_multi_strerror(mc));
 		rv_http_req_release(req);
 		return false;
@@ -339,6 +380,47 @@ rv_http_start(RvHttp *http, RvHttpReq *req, const char *url,
 	http->in_flight++;
 	return true;
 }
+
+/* Queue a finished (or failed to start) request for rv_http_next_done(). */
+static void
+http_push_done(RvHttp *http, RvHttpReq *req)
+{
+	req->next_done = NULL;
+	if (http->done_tail)
+		http->done_tail->next_done = req;
+	else
+		http->done_head = req;
+	http->done_tail = req;
+}
+
+/* The probe ended: start the held transfers. */
+static void
+http_release_held(RvHttp *http)
+{
+	RvHttpReq  *req = http->held_head;
+
+	http->tls_state = HTTP_TLS_KNOWN;
+	http->probe = NULL;
+	http->held_head = http->held_tail = NULL;
+	while (req != NULL)
+	{
+		RvHttpReq  *next = req->next_done;
+		CURLMcode	mc;
+
+		req->held = false;
+		req->next_done = NULL;
+		mc = curl_multi_add_handle(http->multi, req->easy);
+		if (mc != CURLM_OK)
+		{
+			req->code = CURLE_FAILED_INIT;
+			snprintf(req->errbuf, sizeof(req->errbuf), "%s", curl_multi_strerror(mc));
+			http->in_flight--;
+			http_push_done(http, req);
+		}
+		req = next;
+	}
+}
+
 
 void
 rv_http_req_release(RvHttpReq *req)
@@ -359,6 +441,37 @@ rv_http_req_release(RvHttpReq *req)
 void
 rv_http_cancel(RvHttp *http, RvHttpReq *req)
 {
+	if (req->held)
+	{
+		RvHttpReq **p = &http->held_head;
+
+		/* not given to curl yet: unlink it */
+		http->held_tail = NULL;
+		while (*p != NULL)
+		{
+			if (*p == req)
+				*p = req->next_done;
+			else
+			{
+				http->held_tail = *p;
+				p = &(*p)->next_done;
+			}
+		}
+		req->held = false;
+		req->next_done = NULL;
+		http->in_flight--;
+		rv_http_req_release(req);
+		return;
+	}
+	if (req->easy != NULL && req->easy == http->probe)
+	{
+		/* the probe goes away: the held transfers start without it */
+		curl_multi_remove_handle(http->multi, req->easy);
+		http->in_flight--;
+		http_release_held(http);
+		rv_http_req_release(req);
+		return;
+	}
 	if (req->easy != NULL)
 	{
 		if (curl_multi_remove_handle(http->multi, req->easy) == CURLM_OK)
@@ -404,18 +517,26 @@ http_collect(RvHttp *http)
 			long		version = 0;
 
 			curl_easy_getinfo(msg->easy_handle, CURLINFO_HTTP_VERSION, &version);
-			if (version == CURL_HTTP_VERSION_2_0 || version == CURL_HTTP_VERSION_3)
+			if ((version == CURL_HTTP_VERSION_2_0 || version == CURL_HTTP_VERSION_3) &&
+				!http->multiplexed)
+			{
+				/*
+				 * From now on a host gets at most RV_HTTP_H2_HOST_CONNECTIONS
+				 * connections: transfers beyond their streams wait in curl's
+				 * queue for a free stream instead of each opening a
+				 * connection of its own while the next one is being set up.
+				 */
 				http->multiplexed = true;
+				curl_multi_setopt(http->multi, CURLMOPT_MAX_HOST_CONNECTIONS,
+								  (long) RV_HTTP_H2_HOST_CONNECTIONS);
+			}
 		}
 		req->latency_ms = total * 1000.0;
 		curl_multi_remove_handle(http->multi, msg->easy_handle);
 		http->in_flight--;
-		req->next_done = NULL;
-		if (http->done_tail)
-			http->done_tail->next_done = req;
-		else
-			http->done_head = req;
-		http->done_tail = req;
+		if (msg->easy_handle == http->probe)
+			http_release_held(http);
+		http_push_done(http, req);
 	}
 }
 
@@ -485,7 +606,8 @@ rv_http_in_flight(RvHttp *http)
 int
 rv_http_capacity(RvHttp *http, int max_connections)
 {
-	if (!http->multiplexed)
+	/* while probing, the transfers wait in http.c, not in connections */
+	if (!http->multiplexed && http->tls_state != HTTP_TLS_PROBING)
 		return max_connections;
 	return (int) Min((int64) max_connections * RV_HTTP_STREAMS, (int64) 100000);
 }

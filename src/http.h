@@ -36,7 +36,8 @@ typedef struct RvHttpReq
 	CURLcode	code;			/* CURLE_OK or the transfer error */
 	char		errbuf[CURL_ERROR_SIZE];
 	double		latency_ms;		/* from curl's total time */
-	struct RvHttpReq *next_done;
+	bool		held;			/* waiting for the first TLS handshake (http.c) */
+	struct RvHttpReq *next_done;	/* also links the held requests */
 } RvHttpReq;
 
 /*
@@ -82,8 +83,10 @@ extern RvHttpReq *rv_http_next_done(RvHttp *http);
 /* Number of requests in flight. */
 extern int	rv_http_in_flight(RvHttp *http);
 
-/* HTTP/2 streams per connection counted on by rv_http_capacity() */
+/* HTTP/2 streams per connection (at most; the server may allow fewer) */
 #define RV_HTTP_STREAMS 100
+/* connections per host once a transfer used HTTP/2 */
+#define RV_HTTP_H2_HOST_CONNECTIONS 32
 
 /* Transfers to keep in flight with that many connections (HTTP/2 aware). */
 extern int	rv_http_capacity(RvHttp *http, int max_connections);

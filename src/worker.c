@@ -1041,6 +1041,8 @@ wk_transfer_retryable(CURLcode code)
 		case CURLE_GOT_NOTHING:
 		case CURLE_PARTIAL_FILE:
 		case CURLE_COULDNT_RESOLVE_HOST:
+		case CURLE_HTTP2:		/* HTTP/2 framing error (stream) */
+		case CURLE_HTTP2_STREAM:	/* stream reset, e.g. after GOAWAY */
 			return true;
 		default:
 			return false;
