@@ -18,7 +18,7 @@ PGFILEDESC = "rvbbit - LLM workflows from SQL"
 
 # pg_regress suites, run against a temporary instance with the library
 # preloaded (tests/scripts/regress.sh writes the configuration file).
-REGRESS = init cascades run errors privileges map statements costs batch
+REGRESS = init cascades run errors privileges map statements costs batch stream
 REGRESS_OPTS = --temp-instance=tmp_check --temp-config=$(RVBBIT_TEST_CONF) \
                --load-extension=rvbbit
 RVBBIT_TEST_CONF ?= tests/rvbbit_test.conf

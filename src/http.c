@@ -332,8 +332,14 @@ rv_http_start(RvHttp *http, RvHttpReq *req, const char *url,
 	curl_easy_setopt(req->easy, CURLOPT_TCP_KEEPALIVE, 1L);
 	/* HTTP/2 over TLS when the server offers it (ALPN), else HTTP/1.1 */
 	curl_easy_setopt(req->easy, CURLOPT_HTTP_VERSION, (long) CURL_HTTP_VERSION_2TLS);
-	/* wait for a connection that can multiplex rather than open another */
-	curl_easy_setopt(req->easy, CURLOPT_PIPEWAIT, 1L);
+	/*
+	 * HTTPS: wait for a connection that can multiplex rather than open
+	 * another.  Not for http:// (HTTP/1.1 only): there it would hold every
+	 * transfer until the first one's reply told that the host does not
+	 * multiplex.
+	 */
+	if (pg_strncasecmp(url, "https://", 8) == 0)
+		curl_easy_setopt(req->easy, CURLOPT_PIPEWAIT, 1L);
 	if (http->share)
 		curl_easy_setopt(req->easy, CURLOPT_SHARE, http->share);
 	if (http->ca_file)

@@ -1786,7 +1786,13 @@ map_stream_begin(const char *ref, const char *query, int parallel,
 
 	SPI_connect();
 	sql = psprintf("SELECT _rvbbit_q.*, to_jsonb(_rvbbit_q.*) FROM (%s) AS _rvbbit_q", query);
-	plan = SPI_prepare(sql, 0, NULL);
+	/*
+	 * A holdable cursor: a CURSOR WITH HOLD over the custom scan is
+	 * persisted at commit, after which this one must still be readable
+	 * (commit may drop a plain cursor first).  It is closed at the end of
+	 * the MAP.
+	 */
+	plan = SPI_prepare_cursor(sql, 0, NULL, CURSOR_OPT_HOLD | CURSOR_OPT_NO_SCROLL);
 	if (plan == NULL)
 		ereport(ERROR,
 				(errcode(ERRCODE_SYNTAX_ERROR),
