@@ -364,10 +364,13 @@ echo "== fair sharing ($BENCH_FAIR_SESSIONS sessions x parallel 10 x $BENCH_FAIR
 mock_latency "$BENCH_LATENCY_MS"
 mock_reset
 t0=$(now)
+fair_pids=()
 for i in $(seq 1 "$BENCH_FAIR_SESSIONS"); do
   (map_query "$BENCH_FAIR_N" 10 | pg_sql -F ' ' >"$work/fair.$i" 2>"$work/fair.$i.err") &
+  fair_pids+=($!)
 done
-wait
+# only these: a bare wait would also wait for the mock
+wait "${fair_pids[@]}"
 t1=$(now)
 fair_wall=$(calc "$t1 - $t0")
 fair_times=$(for i in $(seq 1 "$BENCH_FAIR_SESSIONS"); do awk '{print $3}' "$work/fair.$i"; done)
