@@ -13,14 +13,14 @@
 EXTENSION = rvbbit
 MODULE_big = rvbbit
 OBJS = src/rvbbit.o src/pool.o src/channel.o src/worker.o src/http.o \
-       src/map.o src/rewrite.o src/jobs.o src/request.o src/estimate.o src/ratelimit.o src/budget.o src/rverror.o src/template.o \
+       src/map.o src/mapscan.o src/rewrite.o src/jobs.o src/request.o src/estimate.o src/ratelimit.o src/budget.o src/rverror.o src/template.o \
        src/jsonschema.o src/cascade.o src/llm.o src/syntax.o
 DATA = sql/rvbbit--0.1.sql sql/rvbbit--0.1--0.2.sql
 PGFILEDESC = "rvbbit - LLM workflows from SQL"
 
 # pg_regress suites, run against a temporary instance with the library
 # preloaded (tests/scripts/regress.sh writes the configuration file).
-REGRESS = init cascades run errors privileges map statements costs batch names providers security budgets
+REGRESS = init cascades run errors privileges map statements costs batch names providers security budgets stream
 REGRESS_OPTS = --temp-instance=tmp_check --temp-config=$(RVBBIT_TEST_CONF) \
                --load-extension=rvbbit
 RVBBIT_TEST_CONF ?= tests/rvbbit_test.conf

@@ -15,6 +15,11 @@
  * and the functions called by the worker report failure through return
  * values.  CURLOPT_NOSIGNAL is set on every transfer.
  *
+ * HTTPS transfers negotiate HTTP/2 (ALPN) and multiplex as streams over
+ * few connections (CURLPIPE_MULTIPLEX, CURLOPT_PIPEWAIT); TLS sessions and
+ * DNS answers are shared through a share handle.  Plain http:// stays
+ * HTTP/1.1, one transfer per connection.
+ *
  *-------------------------------------------------------------------------
  */
 #include "postgres.h"
@@ -28,6 +33,19 @@
 struct RvHttp
 {
 	CURLM	   *multi;
+	CURLSH	   *share;			/* TLS sessions and DNS, shared by all transfers */
+	char	   *ca_file;		/* malloc'd, or NULL: the system's CA store */
+	bool		multiplexed;	/* a transfer used HTTP/2 (or 3) */
+	/* the first HTTPS transfer goes alone until its TLS handshake is done */
+	enum
+	{
+		HTTP_TLS_UNKNOWN,
+		HTTP_TLS_PROBING,
+		HTTP_TLS_KNOWN
+	}			tls_state;
+	CURL	   *probe;			/* that transfer, while probing */
+	RvHttpReq  *held_head;		/* HTTPS transfers waiting for it */
+	RvHttpReq  *held_tail;
 	int			epfd;
 	int			in_flight;
 	int64		timer_deadline_us;	/* -1: none */
@@ -215,7 +233,46 @@ rv_http_create(int max_connections, char *errbuf, size_t errlen)
 	curl_multi_setopt(http->multi, CURLMOPT_TIMERDATA, http);
 	curl_multi_setopt(http->multi, CURLMOPT_MAX_TOTAL_CONNECTIONS, (long) max_connections);
 	curl_multi_setopt(http->multi, CURLMOPT_MAXCONNECTS, (long) max_connections);
+
+	/*
+	 * HTTP/2: many transfers share one connection as streams, so PARALLEL
+	 * is bound by the server's stream limit rather than by open files.
+	 * (The server's SETTINGS_MAX_CONCURRENT_STREAMS still applies.)
+	 */
+	curl_multi_setopt(http->multi, CURLMOPT_PIPELINING, (long) CURLPIPE_MULTIPLEX);
+	curl_multi_setopt(http->multi, CURLMOPT_MAX_CONCURRENT_STREAMS, (long) RV_HTTP_STREAMS);
+
+	/*
+	 * TLS session tickets and DNS answers are shared by all transfers, so
+	 * a new connection resumes the TLS session.  Connections themselves are
+	 * already shared through the multi handle's connection cache, which is
+	 * what CURLMOPT_MAX_TOTAL_CONNECTIONS counts; a share handle's
+	 * connection cache would bypass that limit, so it is not used.  The
+	 * worker is single-threaded: no lock callbacks.
+	 */
+	http->share = curl_share_init();
+	if (http->share != NULL)
+	{
+		curl_share_setopt(http->share, CURLSHOPT_SHARE, CURL_LOCK_DATA_SSL_SESSION);
+		curl_share_setopt(http->share, CURLSHOPT_SHARE, CURL_LOCK_DATA_DNS);
+	}
 	return http;
+}
+
+/*
+ * Use the CA certificates in path (PEM) to verify servers instead of the
+ * system's store; NULL or "" restores the default.  Returns false when out
+ * of memory.
+ */
+bool
+rv_http_set_ca_file(RvHttp *http, const char *path)
+{
+	free(http->ca_file);
+	http->ca_file = NULL;
+	if (path == NULL || path[0] == '\0')
+		return true;
+	http->ca_file = strdup(path);
+	return http->ca_file != NULL;
 }
 
 void
@@ -224,6 +281,9 @@ rv_http_destroy(RvHttp *http)
 	if (http == NULL)
 		return;
 	curl_multi_cleanup(http->multi);
+	if (http->share)
+		curl_share_cleanup(http->share);
+	free(http->ca_file);
 	close(http->epfd);
 	free(http);
 }
@@ -310,10 +370,55 @@ rv_http_start(RvHttp *http, RvHttpReq *req, const char *url,
 	curl_easy_setopt(req->easy, CURLOPT_ACCEPT_ENCODING, "");
 	curl_easy_setopt(req->easy, CURLOPT_USERAGENT, "rvbbit/0.1");
 	curl_easy_setopt(req->easy, CURLOPT_TCP_KEEPALIVE, 1L);
+	/* HTTP/2 over TLS when the server offers it (ALPN), else HTTP/1.1 */
+	curl_easy_setopt(req->easy, CURLOPT_HTTP_VERSION, (long) CURL_HTTP_VERSION_2TLS);
+	/*
+	 * HTTPS: wait for a connection that can multiplex rather than open
+	 * another.  Not for http:// (HTTP/1.1 only): there it would hold every
+	 * transfer until the first one's reply told that the host does not
+	 * multiplex.
+	 */
+	if (pg_strncasecmp(url, "https://", 8) == 0)
+		curl_easy_setopt(req->easy, CURLOPT_PIPEWAIT, 1L);
+	if (http->share)
+		curl_easy_setopt(req->easy, CURLOPT_SHARE, http->share);
+	if (http->ca_file)
+		curl_easy_setopt(req->easy, CURLOPT_CAINFO, http->ca_file);
+
+	/*
+	 * libcurl (7.88) opens a connection per transfer when many start before
+	 * the first connection to a host has told whether it multiplexes,
+	 * CURLOPT_PIPEWAIT notwithstanding.  So the worker's first HTTPS
+	 * transfer goes alone and the others wait here until it is done; by
+	 * then its HTTP version is known, and over HTTP/2 they become streams.
+	 */
+	req->held = false;
+	if (http->tls_state != HTTP_TLS_KNOWN && pg_strncasecmp(url, "https://", 8) == 0)
+	{
+		if (http->tls_state == HTTP_TLS_PROBING)
+		{
+			req->held = true;
+			req->next_done = NULL;
+			if (http->held_tail)
+				http->held_tail->next_done = req;
+			else
+				http->held_head = req;
+			http->held_tail = req;
+			http->in_flight++;
+			return true;
+		}
+		http->tls_state = HTTP_TLS_PROBING;
+		http->probe = req->easy;
+	}
 
 	mc = curl_multi_add_handle(http->multi, req->easy);
 	if (mc != CURLM_OK)
 	{
+		if (http->probe == req->easy)
+		{
+			http->probe = NULL;
+			http->tls_state = HTTP_TLS_UNKNOWN;
+		}
 		snprintf(req->errbuf, sizeof(req->errbuf), "%s", curl_multi_strerror(mc));
 		rv_http_req_release(req);
 		return false;
@@ -321,6 +426,47 @@ rv_http_start(RvHttp *http, RvHttpReq *req, const char *url,
 	http->in_flight++;
 	return true;
 }
+
+/* Queue a finished (or failed to start) request for rv_http_next_done(). */
+static void
+http_push_done(RvHttp *http, RvHttpReq *req)
+{
+	req->next_done = NULL;
+	if (http->done_tail)
+		http->done_tail->next_done = req;
+	else
+		http->done_head = req;
+	http->done_tail = req;
+}
+
+/* The probe ended: start the held transfers. */
+static void
+http_release_held(RvHttp *http)
+{
+	RvHttpReq  *req = http->held_head;
+
+	http->tls_state = HTTP_TLS_KNOWN;
+	http->probe = NULL;
+	http->held_head = http->held_tail = NULL;
+	while (req != NULL)
+	{
+		RvHttpReq  *next = req->next_done;
+		CURLMcode	mc;
+
+		req->held = false;
+		req->next_done = NULL;
+		mc = curl_multi_add_handle(http->multi, req->easy);
+		if (mc != CURLM_OK)
+		{
+			req->code = CURLE_FAILED_INIT;
+			snprintf(req->errbuf, sizeof(req->errbuf), "%s", curl_multi_strerror(mc));
+			http->in_flight--;
+			http_push_done(http, req);
+		}
+		req = next;
+	}
+}
+
 
 void
 rv_http_req_release(RvHttpReq *req)
@@ -341,6 +487,37 @@ rv_http_req_release(RvHttpReq *req)
 void
 rv_http_cancel(RvHttp *http, RvHttpReq *req)
 {
+	if (req->held)
+	{
+		RvHttpReq **p = &http->held_head;
+
+		/* not given to curl yet: unlink it */
+		http->held_tail = NULL;
+		while (*p != NULL)
+		{
+			if (*p == req)
+				*p = req->next_done;
+			else
+			{
+				http->held_tail = *p;
+				p = &(*p)->next_done;
+			}
+		}
+		req->held = false;
+		req->next_done = NULL;
+		http->in_flight--;
+		rv_http_req_release(req);
+		return;
+	}
+	if (req->easy != NULL && req->easy == http->probe)
+	{
+		/* the probe goes away: the held transfers start without it */
+		curl_multi_remove_handle(http->multi, req->easy);
+		http->in_flight--;
+		http_release_held(http);
+		rv_http_req_release(req);
+		return;
+	}
 	if (req->easy != NULL)
 	{
 		if (curl_multi_remove_handle(http->multi, req->easy) == CURLM_OK)
@@ -382,6 +559,24 @@ http_collect(RvHttp *http)
 		req->code = msg->data.result;
 		curl_easy_getinfo(msg->easy_handle, CURLINFO_RESPONSE_CODE, &req->status);
 		curl_easy_getinfo(msg->easy_handle, CURLINFO_TOTAL_TIME, &total);
+		{
+			long		version = 0;
+
+			curl_easy_getinfo(msg->easy_handle, CURLINFO_HTTP_VERSION, &version);
+			if ((version == CURL_HTTP_VERSION_2_0 || version == CURL_HTTP_VERSION_3) &&
+				!http->multiplexed)
+			{
+				/*
+				 * From now on a host gets at most RV_HTTP_H2_HOST_CONNECTIONS
+				 * connections: transfers beyond their streams wait in curl's
+				 * queue for a free stream instead of each opening a
+				 * connection of its own while the next one is being set up.
+				 */
+				http->multiplexed = true;
+				curl_multi_setopt(http->multi, CURLMOPT_MAX_HOST_CONNECTIONS,
+								  (long) RV_HTTP_H2_HOST_CONNECTIONS);
+			}
+		}
 		req->latency_ms = total * 1000.0;
 		{
 			curl_off_t	conn = 0;
@@ -395,12 +590,9 @@ http_collect(RvHttp *http)
 			req->stalled = true;
 		curl_multi_remove_handle(http->multi, msg->easy_handle);
 		http->in_flight--;
-		req->next_done = NULL;
-		if (http->done_tail)
-			http->done_tail->next_done = req;
-		else
-			http->done_head = req;
-		http->done_tail = req;
+		if (msg->easy_handle == http->probe)
+			http_release_held(http);
+		http_push_done(http, req);
 	}
 }
 
@@ -459,4 +651,19 @@ int
 rv_http_in_flight(RvHttp *http)
 {
 	return http->in_flight;
+}
+
+/*
+ * How many transfers to keep in flight with max_connections connections:
+ * one per connection until a transfer came back over HTTP/2, then up to
+ * RV_HTTP_STREAMS per connection (curl queues what does not fit and opens
+ * no more than max_connections).
+ */
+int
+rv_http_capacity(RvHttp *http, int max_connections)
+{
+	/* while probing, the transfers wait in http.c, not in connections */
+	if (!http->multiplexed && http->tls_state != HTTP_TLS_PROBING)
+		return max_connections;
+	return (int) Min((int64) max_connections * RV_HTTP_STREAMS, (int64) 100000);
 }

@@ -43,7 +43,8 @@ typedef struct RvHttpReq
 	bool		connected;		/* a connection to the server was made */
 	char		errbuf[CURL_ERROR_SIZE];
 	double		latency_ms;		/* from curl's total time */
-	struct RvHttpReq *next_done;
+	bool		held;			/* waiting for the first TLS handshake (http.c) */
+	struct RvHttpReq *next_done;	/* also links the held requests */
 } RvHttpReq;
 
 /*
@@ -52,6 +53,9 @@ typedef struct RvHttpReq
  */
 extern RvHttp *rv_http_create(int max_connections, char *errbuf, size_t errlen);
 extern void rv_http_destroy(RvHttp *http);
+
+/* CA certificates (PEM file) for verifying servers; NULL: the system's. */
+extern bool rv_http_set_ca_file(RvHttp *http, const char *path);
 
 /* The epoll descriptor to wait on (readable when curl has work). */
 extern int	rv_http_fd(RvHttp *http);
@@ -85,5 +89,13 @@ extern RvHttpReq *rv_http_next_done(RvHttp *http);
 
 /* Number of requests in flight. */
 extern int	rv_http_in_flight(RvHttp *http);
+
+/* HTTP/2 streams per connection (at most; the server may allow fewer) */
+#define RV_HTTP_STREAMS 100
+/* connections per host once a transfer used HTTP/2 */
+#define RV_HTTP_H2_HOST_CONNECTIONS 32
+
+/* Transfers to keep in flight with that many connections (HTTP/2 aware). */
+extern int	rv_http_capacity(RvHttp *http, int max_connections);
 
 #endif							/* RV_HTTP_H */

@@ -10,7 +10,11 @@
  * the statement channel (channel.c), keeping at most `parallel` rows in
  * flight.  Results come back in completion order and wait in a reorder
  * window until every earlier row is done; rows leave the window in input
- * order into the output tuplestore, which spills to disk.  The window is
+ * order, one per map_step() call: the custom scan (mapscan.c) returns
+ * each to the executor as it leaves, rvbbit.map() and rvbbit.sql() called
+ * as plain functions put them into their output tuplestore, which spills
+ * to disk.  The input cursor is fetched from with SPI connected only for
+ * the fetch, so the scan can return between rows.  The window is
  * bounded (2 x parallel + 16 rows), so backend memory does not grow with
  * the number of input rows.  Identical inputs in flight at the same time
  * are sent once and the result is fanned out; the worker's cache answers
@@ -44,6 +48,7 @@
 #include "utils/jsonb.h"
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
+#include "utils/portal.h"
 #include "utils/timestamp.h"
 #include "access/xact.h"
 
@@ -775,6 +780,25 @@ typedef struct MapExec
 	char	   *first_error;
 	char	   *first_error_detail;
 	int			first_sqlstate;
+	/* == stream: the state of the incremental loop (map_step) == */
+	MapNextRow	next_row;
+	void	   *next_arg;
+	int64		next_seq;		/* rows read */
+	int64		emitted;		/* rows handed out */
+	int			inflight;		/* rows sent and not answered */
+	bool		input_eof;
+	bool		end_sent;
+	bool		need_send;		/* the last row read waits to be sent */
+	bool		finished;		/* every row handed out */
+	StringInfoData scope;
+	StringInfoData bbuf;		/* MAP BATCH: the batch being filled */
+	uint32		bk;				/* rows in it */
+	bool		batch_ready;
+	int			batch;
+	int			max_inflight;
+	MapSlot    *returned;		/* handed out by map_step, cleared at the next call */
+	RvMapCounters counters;		/* EXPLAIN ANALYZE */
+	/* == end stream == */
 } MapExec;
 
 /* Free a slot's data. */
@@ -836,9 +860,10 @@ map_memo_store(MapExec *ex, MapSlot *s)
  * the rows waiting for the same input), update the counters.
  */
 static void
-map_handle_message(MapExec *ex, char *data, Size len, int64 next_seq,
-				   int64 emitted, int *inflight)
+map_handle_message(MapExec *ex, char *data, Size len)
 {
+	int64		next_seq = ex->next_seq;
+	int64		emitted = ex->emitted;
 	RvResultHead head;
 	MapSlot    *s;
 	MemoryContext old;
@@ -855,7 +880,8 @@ map_handle_message(MapExec *ex, char *data, Size len, int64 next_seq,
 	s = &ex->slots[head.seq % ex->window];
 	if (s->done)
 		return;
-	(*inflight)--;
+	ex->inflight--;
+	rv_map_counters_add(&ex->counters, &head);
 	if (ex->ch->progress)
 	{
 		pg_atomic_fetch_add_u64(&ex->ch->progress->rows_done, 1 + s->nfollowers);
@@ -938,29 +964,24 @@ map_handle_message(MapExec *ex, char *data, Size len, int64 next_seq,
 	}
 }
 
+/* == stream: the incremental executor == */
+
 /*
- * Run the statement: pull rows from next_row, keep up to `parallel` in
- * flight, hand finished rows to emit in input order.
+ * Get ready to pull rows from next_row (called once, before map_step).
  */
 static void
-map_execute(MapExec *ex, MapNextRow next_row, MapEmitRow emit, void *arg)
+map_exec_start(MapExec *ex, MapNextRow next_row, void *arg)
 {
-	int64		next_seq = 0;
-	int64		emitted = 0;
-	int			inflight = 0;
-	bool		input_eof = false;
-	bool		end_sent = false;
-	bool		need_send = false;
-	StringInfoData scope;
 	HASHCTL		hctl;
-	int			batch = ex->opts->batch > 0 ? ex->opts->batch : 0;
-	StringInfoData bbuf;		/* MAP BATCH: the batch being filled */
-	uint32		bk = 0;			/* rows in it */
-	bool		batch_ready = false;
-	int			max_inflight = ex->parallel * (batch > 0 ? batch : 1);
+	MemoryContext old = MemoryContextSwitchTo(ex->cxt->parent);
 
-	initStringInfo(&scope);
-	initStringInfo(&bbuf);
+	ex->next_row = next_row;
+	ex->next_arg = arg;
+	ex->batch = ex->opts->batch > 0 ? ex->opts->batch : 0;
+	ex->max_inflight = ex->parallel * (ex->batch > 0 ? ex->batch : 1);
+	initStringInfo(&ex->scope);
+	initStringInfo(&ex->bbuf);
+	MemoryContextSwitchTo(old);
 	memset(&hctl, 0, sizeof(hctl));
 	hctl.keysize = sizeof(uint64);
 	hctl.entrysize = sizeof(DedupEntry);
@@ -974,6 +995,204 @@ map_execute(MapExec *ex, MapNextRow next_row, MapEmitRow emit, void *arg)
 		ex->memo = hash_create("rvbbit map dedupe_by", 1024, &hctl,
 							   HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
 	}
+}
+
+/*
+ * Read input rows and send them while the window and PARALLEL allow.
+ * Sets *progress when something moved.
+ */
+static void
+map_fill(MapExec *ex, bool *progress)
+{
+	MapNextRow	next_row = ex->next_row;
+	void	   *arg = ex->next_arg;
+	int			batch = ex->batch;
+
+	while (!ex->input_eof)
+	{
+		MapSlot    *s;
+
+		if (ex->need_send)
+		{
+			s = &ex->slots[(ex->next_seq - 1) % ex->window];
+			if (!rv_channel_try_send(ex->ch, RV_MSG_ROW, ex->next_seq - 1,
+									 s->scope, strlen(s->scope) + 1))
+				break;
+			pfree(s->scope);
+			s->scope = NULL;
+			ex->need_send = false;
+			ex->inflight++;
+			*progress = true;
+			continue;
+		}
+		if (ex->batch_ready)
+		{
+			memcpy(ex->bbuf.data, &ex->bk, sizeof(uint32));
+			if (!rv_channel_try_send(ex->ch, RV_MSG_BATCH, 0, ex->bbuf.data, ex->bbuf.len))
+				break;
+			ex->inflight += ex->bk;
+			ex->bk = 0;
+			ex->batch_ready = false;
+			*progress = true;
+			continue;
+		}
+		if (ex->next_seq - ex->emitted >= ex->window)
+		{
+			/* the reorder window is full: send what the batch has */
+			if (ex->bk > 0)
+			{
+				ex->batch_ready = true;
+				continue;
+			}
+			break;
+		}
+		/* a new request only when it fits: a whole batch, or one row */
+		if (ex->bk == 0 && ex->inflight + Max(batch, 1) > ex->max_inflight)
+			break;
+		/* budget_dollars: schedule nothing more once the spend reached it */
+		if (ex->over_budget)
+		{
+			HeapTuple	dummy = NULL;
+
+			resetStringInfo(&ex->scope);
+			ex->stopped_early = next_row(arg, &ex->scope, &dummy);
+			ex->input_eof = true;
+			break;
+		}
+
+		{
+			HeapTuple	tup = NULL;
+			MemoryContext old;
+			bool		found;
+			DedupEntry *e;
+			int64		next_seq = ex->next_seq;
+
+			resetStringInfo(&ex->scope);
+			if (!next_row(arg, &ex->scope, &tup))
+			{
+				ex->input_eof = true;
+				break;
+			}
+			s = &ex->slots[next_seq % ex->window];
+			old = MemoryContextSwitchTo(ex->cxt);
+			s->used = true;
+			s->leader = -1;
+			s->input = tup ? heap_copytuple(tup) : NULL;
+			s->scope = pstrdup(ex->scope.data);
+			s->dkey = pstrdup(ex->memo ? (ex->next_key ? ex->next_key : "") : ex->scope.data);
+			MemoryContextSwitchTo(old);
+			s->hash = hash_bytes_extended((const unsigned char *) s->dkey, strlen(s->dkey), 0);
+			ex->nrows++;
+			if (ex->ch->progress)
+				pg_atomic_fetch_add_u64(&ex->ch->progress->rows_read, 1);
+
+			/* dedupe_by: a key that already finished */
+			if (ex->memo)
+			{
+				MemoEntry  *m = hash_search(ex->memo, &s->hash, HASH_FIND, &found);
+
+				if (found && strcmp(m->dkey, s->dkey) == 0)
+				{
+					s->done = true;
+					map_outcome_copy(ex->cxt, &m->oc, &s->oc);
+					/* answered from the memo: done (or failed) now */
+					if (ex->ch->progress)
+					{
+						pg_atomic_fetch_add_u64(&ex->ch->progress->rows_done, 1);
+						if (s->oc.failed)
+							pg_atomic_fetch_add_u64(&ex->ch->progress->rows_failed, 1);
+					}
+					pfree(s->scope);
+					s->scope = NULL;
+					ex->next_seq++;
+					*progress = true;
+					continue;
+				}
+			}
+
+			/* the same input already in flight */
+			e = hash_search(ex->dedup, &s->hash, HASH_ENTER, &found);
+			if (found)
+			{
+				MapSlot    *l = &ex->slots[e->seq % ex->window];
+
+				if (e->seq >= ex->emitted && !l->done && l->dkey &&
+					strcmp(l->dkey, s->dkey) == 0)
+				{
+					s->leader = e->seq;
+					l->nfollowers++;
+					pfree(s->scope);
+					s->scope = NULL;
+					ex->next_seq++;
+					*progress = true;
+					continue;
+				}
+			}
+			e->seq = next_seq;
+			if (batch > 0)
+			{
+				uint32		n = (uint32) strlen(s->scope);
+
+				if (ex->bk == 0)
+				{
+					resetStringInfo(&ex->bbuf);
+					appendBinaryStringInfo(&ex->bbuf, (char *) &ex->bk, sizeof(uint32));
+				}
+				appendBinaryStringInfo(&ex->bbuf, (char *) &next_seq, sizeof(int64));
+				appendBinaryStringInfo(&ex->bbuf, (char *) &n, sizeof(uint32));
+				appendBinaryStringInfo(&ex->bbuf, s->scope, n);
+				pfree(s->scope);
+				s->scope = NULL;
+				ex->next_seq++;
+				if (++ex->bk >= (uint32) batch)
+					ex->batch_ready = true;
+				continue;
+			}
+			ex->next_seq++;
+			ex->need_send = true;
+		}
+	}
+	/* the last, partly filled batch */
+	if (ex->input_eof && ex->bk > 0)
+	{
+		memcpy(ex->bbuf.data, &ex->bk, sizeof(uint32));
+		if (rv_channel_try_send(ex->ch, RV_MSG_BATCH, 0, ex->bbuf.data, ex->bbuf.len))
+		{
+			ex->inflight += ex->bk;
+			ex->bk = 0;
+			ex->batch_ready = false;
+			*progress = true;
+		}
+	}
+	if (ex->input_eof && !ex->need_send && ex->bk == 0 && !ex->end_sent)
+	{
+		if (rv_channel_try_send(ex->ch, RV_MSG_END, 0, NULL, 0))
+		{
+			ex->end_sent = true;
+			*progress = true;
+		}
+	}
+}
+
+/*
+ * The next row in input order, once it and every row before it are done;
+ * NULL after the last.  Input is read and sent only as far as the window
+ * and PARALLEL allow, and only while the caller asks for rows, so a
+ * consumer that stops calling (a LIMIT, a cursor that is not fetched
+ * from) stops the scheduling of new calls.  The slot returned stays valid
+ * until the next call.
+ */
+static MapSlot *
+map_step(MapExec *ex)
+{
+	if (ex->returned)
+	{
+		map_slot_clear(ex->returned);
+		ex->returned = NULL;
+		ex->emitted++;
+	}
+	if (ex->finished)
+		return NULL;
 
 	for (;;)
 	{
@@ -981,205 +1200,126 @@ map_execute(MapExec *ex, MapNextRow next_row, MapEmitRow emit, void *arg)
 		char	   *data;
 		Size		len;
 
-		/* read input and send rows while the window allows */
-		while (!input_eof)
+		/* a row ready in input order leaves at once */
+		if (ex->emitted < ex->next_seq && ex->slots[ex->emitted % ex->window].done)
 		{
-			MapSlot    *s;
+			MapSlot    *s = &ex->slots[ex->emitted % ex->window];
 
-			if (need_send)
-			{
-				s = &ex->slots[(next_seq - 1) % ex->window];
-				if (!rv_channel_try_send(ex->ch, RV_MSG_ROW, next_seq - 1,
-										 s->scope, strlen(s->scope) + 1))
-					break;
-				pfree(s->scope);
-				s->scope = NULL;
-				need_send = false;
-				inflight++;
-				progress = true;
-				continue;
-			}
-			if (batch_ready)
-			{
-				memcpy(bbuf.data, &bk, sizeof(uint32));
-				if (!rv_channel_try_send(ex->ch, RV_MSG_BATCH, 0, bbuf.data, bbuf.len))
-					break;
-				inflight += bk;
-				bk = 0;
-				batch_ready = false;
-				progress = true;
-				continue;
-			}
-			if (next_seq - emitted >= ex->window)
-			{
-				/* the reorder window is full: send what the batch has */
-				if (bk > 0)
-				{
-					batch_ready = true;
-					continue;
-				}
-				break;
-			}
-			/* a new request only when it fits: a whole batch, or one row */
-			if (bk == 0 && inflight + Max(batch, 1) > max_inflight)
-				break;
-			/* budget_dollars: schedule nothing more once the spend reached it */
-			if (ex->over_budget)
-			{
-				HeapTuple	dummy = NULL;
-
-				resetStringInfo(&scope);
-				ex->stopped_early = next_row(arg, &scope, &dummy);
-				input_eof = true;
-				break;
-			}
-
-			{
-				HeapTuple	tup = NULL;
-				MemoryContext old;
-				bool		found;
-				DedupEntry *e;
-
-				resetStringInfo(&scope);
-				if (!next_row(arg, &scope, &tup))
-				{
-					input_eof = true;
-					break;
-				}
-				s = &ex->slots[next_seq % ex->window];
-				old = MemoryContextSwitchTo(ex->cxt);
-				s->used = true;
-				s->leader = -1;
-				s->input = tup ? heap_copytuple(tup) : NULL;
-				s->scope = pstrdup(scope.data);
-				s->dkey = pstrdup(ex->memo ? (ex->next_key ? ex->next_key : "") : scope.data);
-				MemoryContextSwitchTo(old);
-				s->hash = hash_bytes_extended((const unsigned char *) s->dkey, strlen(s->dkey), 0);
-				ex->nrows++;
-				if (ex->ch->progress)
-					pg_atomic_fetch_add_u64(&ex->ch->progress->rows_read, 1);
-
-				/* dedupe_by: a key that already finished */
-				if (ex->memo)
-				{
-					MemoEntry  *m = hash_search(ex->memo, &s->hash, HASH_FIND, &found);
-
-					if (found && strcmp(m->dkey, s->dkey) == 0)
-					{
-						s->done = true;
-						map_outcome_copy(ex->cxt, &m->oc, &s->oc);
-						/* answered from the memo: done (or failed) now */
-						if (ex->ch->progress)
-						{
-							pg_atomic_fetch_add_u64(&ex->ch->progress->rows_done, 1);
-							if (s->oc.failed)
-								pg_atomic_fetch_add_u64(&ex->ch->progress->rows_failed, 1);
-						}
-						pfree(s->scope);
-						s->scope = NULL;
-						next_seq++;
-						progress = true;
-						continue;
-					}
-				}
-
-				/* the same input already in flight */
-				e = hash_search(ex->dedup, &s->hash, HASH_ENTER, &found);
-				if (found)
-				{
-					MapSlot    *l = &ex->slots[e->seq % ex->window];
-
-					if (e->seq >= emitted && !l->done && l->dkey &&
-						strcmp(l->dkey, s->dkey) == 0)
-					{
-						s->leader = e->seq;
-						l->nfollowers++;
-						pfree(s->scope);
-						s->scope = NULL;
-						next_seq++;
-						progress = true;
-						continue;
-					}
-				}
-				e->seq = next_seq;
-				if (batch > 0)
-				{
-					uint32		n = (uint32) strlen(s->scope);
-
-					if (bk == 0)
-					{
-						resetStringInfo(&bbuf);
-						appendBinaryStringInfo(&bbuf, (char *) &bk, sizeof(uint32));
-					}
-					appendBinaryStringInfo(&bbuf, (char *) &next_seq, sizeof(int64));
-					appendBinaryStringInfo(&bbuf, (char *) &n, sizeof(uint32));
-					appendBinaryStringInfo(&bbuf, s->scope, n);
-					pfree(s->scope);
-					s->scope = NULL;
-					next_seq++;
-					if (++bk >= (uint32) batch)
-						batch_ready = true;
-					continue;
-				}
-				next_seq++;
-				need_send = true;
-			}
+			if (s->oc.failed)
+				ex->nfailed++;
+			ex->returned = s;
+			return s;
 		}
-		/* the last, partly filled batch */
-		if (input_eof && bk > 0)
+		if (ex->input_eof && ex->end_sent && ex->emitted == ex->next_seq)
 		{
-			memcpy(bbuf.data, &bk, sizeof(uint32));
-			if (rv_channel_try_send(ex->ch, RV_MSG_BATCH, 0, bbuf.data, bbuf.len))
-			{
-				inflight += bk;
-				bk = 0;
-				batch_ready = false;
-				progress = true;
-			}
+			ex->finished = true;
+			return NULL;
 		}
-		if (input_eof && !need_send && bk == 0 && !end_sent)
-		{
-			if (rv_channel_try_send(ex->ch, RV_MSG_END, 0, NULL, 0))
-			{
-				end_sent = true;
-				progress = true;
-			}
-		}
+
+		map_fill(ex, &progress);
 
 		/* take what the worker finished */
 		while (rv_channel_try_receive(ex->ch, &data, &len))
 		{
-			map_handle_message(ex, data, len, next_seq, emitted, &inflight);
+			map_handle_message(ex, data, len);
 			progress = true;
 		}
-
-		/* emit in input order */
-		while (emitted < next_seq && ex->slots[emitted % ex->window].done)
-		{
-			MapSlot    *s = &ex->slots[emitted % ex->window];
-
-			if (s->oc.failed)
-				ex->nfailed++;
-			emit(arg, s);
-			map_slot_clear(s);
-			emitted++;
-			progress = true;
-		}
-
-		if (input_eof && end_sent && emitted == next_seq)
-			break;
-		if (ex->ch->worker_done && !progress)
+		if (progress)
+			continue;
+		if (ex->ch->worker_done)
 			ereport(ERROR,
 					(errcode(ERRCODE_CONNECTION_FAILURE),
 					 errmsg("rvbbit worker exited while the statement was running"),
 					 errhint("Check the server log for the reason, then run the statement again; "
 							 "completed calls are answered from the cache.")));
-		if (!progress)
+		rv_channel_wait(ex->ch);
+	}
+}
+
+/*
+ * Stop early (a LIMIT, a closed cursor): schedule nothing more, and wait
+ * for the calls in flight so that their results reach the cache; their
+ * rows are dropped.  Not done outside a normal transaction state (commit,
+ * abort), where the channel is simply closed.
+ */
+static void
+map_exec_drain(MapExec *ex)
+{
+	char	   *data;
+	Size		len;
+
+	if (ex->returned)
+	{
+		map_slot_clear(ex->returned);
+		ex->returned = NULL;
+		ex->emitted++;
+	}
+	if (ex->finished || ex->ch->seg == NULL || ex->ch->worker_done ||
+		!IsTransactionState())
+		return;
+	/* the partial batch is dropped: it was never sent */
+	ex->bk = 0;
+	ex->batch_ready = false;
+	if (ex->need_send)
+	{
+		MapSlot    *s = &ex->slots[(ex->next_seq - 1) % ex->window];
+
+		/* a row read but not sent yet: it is not sent */
+		if (s->scope)
+		{
+			pfree(s->scope);
+			s->scope = NULL;
+		}
+		ex->need_send = false;
+	}
+	while (!ex->end_sent)
+	{
+		if (rv_channel_try_send(ex->ch, RV_MSG_END, 0, NULL, 0))
+			ex->end_sent = true;
+		else
 			rv_channel_wait(ex->ch);
 	}
-	pfree(scope.data);
-	pfree(bbuf.data);
+	while (ex->inflight > 0 && !ex->ch->worker_done)
+	{
+		bool		got = false;
+
+		while (rv_channel_try_receive(ex->ch, &data, &len))
+		{
+			RvResultHead head;
+
+			got = true;
+			if (len < 1 + sizeof(head) || (data[0] != RV_MSG_RESULT && data[0] != RV_MSG_ROWERR))
+				return;
+			memcpy(&head, data + 1, sizeof(head));
+			if (head.seq >= ex->emitted && head.seq < ex->next_seq &&
+				!ex->slots[head.seq % ex->window].done)
+			{
+				ex->slots[head.seq % ex->window].done = true;
+				ex->inflight--;
+				rv_map_counters_add(&ex->counters, &head);
+				ex->spent += head.cost;
+			}
+		}
+		if (!got)
+			rv_channel_wait(ex->ch);
+	}
 }
+
+/*
+ * Run the statement to the end: pull rows from next_row, keep up to
+ * `parallel` in flight, hand finished rows to emit in input order.
+ */
+static void
+map_execute(MapExec *ex, MapNextRow next_row, MapEmitRow emit, void *arg)
+{
+	MapSlot    *s;
+
+	map_exec_start(ex, next_row, arg);
+	while ((s = map_step(ex)) != NULL)
+		emit(arg, s);
+}
+
+/* == end stream == */
 
 /* Set up the executor for a statement. */
 static void
@@ -1428,8 +1568,11 @@ typedef enum MapOutput
 typedef struct MapState
 {
 	Portal		portal;
-	SPITupleTable *batch;
+	char	   *portal_name;	/* to find it at the end, if it still exists */
+	HeapTuple  *batch;			/* copies of the rows of the last fetch */
+	uint64		batch_n;
 	uint64		batch_pos;
+	MemoryContext batch_cxt;	/* holds them */
 	TupleDesc	spi_desc;		/* copy */
 	int			ncols;			/* query columns (without the jsonb) */
 	int64		limit;			/* -1 none */
@@ -1439,7 +1582,6 @@ typedef struct MapState
 	MapExec    *ex;
 	MapOutput	output;
 	const char *result_name;	/* MAP_OUT_JSON: the key of the result */
-	Tuplestorestate *tupstore;
 	TupleDesc	out_desc;
 	Datum	   *values;
 	bool	   *nulls;
@@ -1464,19 +1606,40 @@ mapfn_next(void *arg, StringInfo scope, HeapTuple *tuple)
 
 	if (st->eof)
 		return false;
-	if (st->batch == NULL || st->batch_pos >= st->batch->numvals)
+	if (st->batch == NULL || st->batch_pos >= st->batch_n)
 	{
-		if (st->batch)
-			SPI_freetuptable(st->batch);
+		uint64		i;
+
+		/*
+		 * SPI is connected only for the fetch: the rows are copied out, so
+		 * that the custom scan can return between fetches.
+		 */
+		MemoryContextReset(st->batch_cxt);
 		st->batch = NULL;
+		st->portal = GetPortalByName(st->portal_name);
+		if (!PortalIsValid(st->portal))
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_CURSOR_STATE),
+					 errmsg("the input cursor of the MAP was closed before its end"),
+					 errdetail("The transaction that opened it ended.")));
+		SPI_connect();
 		SPI_cursor_fetch(st->portal, true, MAP_FETCH_BATCH);
-		if (SPI_processed == 0)
+		st->batch_n = SPI_processed;
+		if (st->batch_n > 0)
 		{
-			SPI_freetuptable(SPI_tuptable);
+			old = MemoryContextSwitchTo(st->batch_cxt);
+			st->batch = palloc(sizeof(HeapTuple) * st->batch_n);
+			for (i = 0; i < st->batch_n; i++)
+				st->batch[i] = heap_copytuple(SPI_tuptable->vals[i]);
+			MemoryContextSwitchTo(old);
+		}
+		SPI_freetuptable(SPI_tuptable);
+		SPI_finish();
+		if (st->batch_n == 0)
+		{
 			st->eof = true;
 			return false;
 		}
-		st->batch = SPI_tuptable;
 		st->batch_pos = 0;
 	}
 	if (st->limit > 0 && st->nread >= st->limit)
@@ -1485,7 +1648,7 @@ mapfn_next(void *arg, StringInfo scope, HeapTuple *tuple)
 		st->eof = true;
 		return false;
 	}
-	tup = st->batch->vals[st->batch_pos++];
+	tup = st->batch[st->batch_pos++];
 	st->nread++;
 
 	/* detoasting and printing allocate: keep it out of the SPI context */
@@ -1493,11 +1656,11 @@ mapfn_next(void *arg, StringInfo scope, HeapTuple *tuple)
 	old = MemoryContextSwitchTo(st->next_cxt);
 	if (st->dedupe_col > 0)
 	{
-		st->dedupe_key = SPI_getvalue(tup, st->batch->tupdesc, st->dedupe_col);
+		st->dedupe_key = SPI_getvalue(tup, st->spi_desc, st->dedupe_col);
 		/* NULL keys are all one key, apart from any text value */
 		st->ex->next_key = st->dedupe_key ? st->dedupe_key : "\x01";
 	}
-	d = heap_getattr(tup, st->ncols + 1, st->batch->tupdesc, &isnull);
+	d = heap_getattr(tup, st->ncols + 1, st->spi_desc, &isnull);
 	appendStringInfoString(scope, "{\"input\":");
 	if (isnull)
 		appendStringInfoString(scope, "{}");
@@ -1650,19 +1813,20 @@ map_json_row(MapState *st, MapSlot *s)
 	return DirectFunctionCall1(jsonb_in, CStringGetDatum(buf.data));
 }
 
+/*
+ * Fill st->values and st->nulls with the output row of a finished slot,
+ * allocating in row_cxt (reset before the next row).
+ */
 static void
-mapfn_emit(void *arg, MapSlot *s)
+mapfn_fill(MapState *st, MapSlot *s)
 {
-	MapState   *st = (MapState *) arg;
 	MemoryContext old = MemoryContextSwitchTo(st->row_cxt);
 	bool		isnull;
 
 	if (st->output == MAP_OUT_JSON)
 	{
-		Datum		d = map_json_row(st, s);
-
-		isnull = false;
-		tuplestore_putvalues(st->tupstore, st->out_desc, &d, &isnull);
+		st->values[0] = map_json_row(st, s);
+		st->nulls[0] = false;
 	}
 	else
 	{
@@ -1674,10 +1838,8 @@ mapfn_emit(void *arg, MapSlot *s)
 			st->values[st->ncols] = map_slot_value(st->ex, s, &isnull);
 			st->nulls[st->ncols] = isnull;
 		}
-		tuplestore_putvalues(st->tupstore, st->out_desc, st->values, st->nulls);
 	}
 	MemoryContextSwitchTo(old);
-	MemoryContextReset(st->row_cxt);
 }
 
 /*
@@ -1718,20 +1880,33 @@ map_check_columns(TupleDesc out, TupleDesc q, int ncols, bool unpack)
 				 errhint("Use the option unpack => true to fill typed columns from the keys of the result.")));
 }
 
+/* == stream: a MAP as a stream of rows (the SRF and the custom scan) == */
+
+struct RvMapStream
+{
+	MapState	st;
+	MapExec		ex;
+	RvOptions	opts;
+	bool		closed;
+};
+
 /*
- * Run a MAP: resolve and check the cascade, open the input cursor with
- * the caller's privileges, and stream rows through a worker into the
- * tuplestore of rsinfo.  Shared by rvbbit.map() and rvbbit.sql().
+ * Start a MAP: resolve and check the cascade, open the input cursor with
+ * the caller's privileges (SPI is connected only while the cursor is
+ * opened and fetched from), and open the channel to a worker.  Rows come
+ * from map_stream_next() in out_desc's layout.  Everything lives in the
+ * current memory context.
  */
-static void
-map_run(ReturnSetInfo *rsinfo, const char *ref, const char *query,
-		int parallel, RvOptions *opts, MapOutput output, const char *result_name)
+static RvMapStream *
+map_stream_begin(const char *ref, const char *query, int parallel,
+				 const RvOptions *opts, MapOutput output, const char *result_name,
+				 TupleDesc out_desc)
 {
 	char	   *display;
 	char	   *def;
 	RvCascade  *c;
-	MapExec		ex;
-	MapState	st;
+	RvMapStream *ms;
+	MapState   *st;
 	SPIPlanPtr	plan;
 	char	   *sql;
 	MemoryContext fn_cxt = CurrentMemoryContext;
@@ -1745,104 +1920,218 @@ map_run(ReturnSetInfo *rsinfo, const char *ref, const char *query,
 	c = rv_check_cascade(display, def);
 	rv_cascade_free(c);
 
-	memset(&st, 0, sizeof(st));
-	st.tupstore = rsinfo->setResult;
-	st.out_desc = rsinfo->setDesc;
-	st.output = output;
-	st.result_name = result_name;
-	st.limit = opts->limit > 0 ? opts->limit : 0;
-	st.row_cxt = AllocSetContextCreate(fn_cxt, "rvbbit map row", ALLOCSET_DEFAULT_SIZES);
-	st.next_cxt = AllocSetContextCreate(fn_cxt, "rvbbit map input row", ALLOCSET_DEFAULT_SIZES);
+	ms = palloc0(sizeof(RvMapStream));
+	ms->opts = *opts;
+	opts = &ms->opts;
+	st = &ms->st;
+	st->out_desc = out_desc;
+	st->output = output;
+	st->result_name = result_name;
+	st->limit = opts->limit > 0 ? opts->limit : 0;
+	st->row_cxt = AllocSetContextCreate(fn_cxt, "rvbbit map row", ALLOCSET_DEFAULT_SIZES);
+	st->next_cxt = AllocSetContextCreate(fn_cxt, "rvbbit map input row", ALLOCSET_DEFAULT_SIZES);
+	st->batch_cxt = AllocSetContextCreate(fn_cxt, "rvbbit map input batch", ALLOCSET_DEFAULT_SIZES);
 
 	SPI_connect();
 	sql = psprintf("SELECT _rvbbit_q.*, to_jsonb(_rvbbit_q.*) FROM (%s\n) AS _rvbbit_q", query);
-	plan = SPI_prepare(sql, 0, NULL);
+	/*
+	 * A holdable cursor: a CURSOR WITH HOLD over the custom scan is
+	 * persisted at commit, after which this one must still be readable
+	 * (commit may drop a plain cursor first).  It is closed at the end of
+	 * the MAP.
+	 */
+	plan = SPI_prepare_cursor(sql, 0, NULL, CURSOR_OPT_HOLD | CURSOR_OPT_NO_SCROLL);
 	if (plan == NULL)
 		ereport(ERROR,
 				(errcode(ERRCODE_SYNTAX_ERROR),
 				 errmsg("could not prepare the input query: %s", SPI_result_code_string(SPI_result))));
-	st.portal = SPI_cursor_open(NULL, plan, NULL, NULL, false);
+	st->portal = SPI_cursor_open(NULL, plan, NULL, NULL, false);
 	{
 		MemoryContext old = MemoryContextSwitchTo(fn_cxt);
 
-		st.spi_desc = CreateTupleDescCopy(st.portal->tupDesc);
+		st->spi_desc = CreateTupleDescCopy(st->portal->tupDesc);
+		st->portal_name = pstrdup(st->portal->name);
 		MemoryContextSwitchTo(old);
 	}
-	st.ncols = st.spi_desc->natts - 1;
+	SPI_finish();
+	st->ncols = st->spi_desc->natts - 1;
 	if (opts->dedupe_by)
 	{
-		for (i = 0; i < st.ncols; i++)
-			if (strcmp(NameStr(TupleDescAttr(st.spi_desc, i)->attname), opts->dedupe_by) == 0)
-				st.dedupe_col = i + 1;
-		if (st.dedupe_col == 0)
+		for (i = 0; i < st->ncols; i++)
+			if (strcmp(NameStr(TupleDescAttr(st->spi_desc, i)->attname), opts->dedupe_by) == 0)
+				st->dedupe_col = i + 1;
+		if (st->dedupe_col == 0)
 			ereport(ERROR,
 					(errcode(ERRCODE_UNDEFINED_COLUMN),
 					 errmsg("dedupe_by column \"%s\" is not a column of the query", opts->dedupe_by)));
 	}
 	if (output != MAP_OUT_JSON)
-		map_check_columns(st.out_desc, st.spi_desc, st.ncols, output == MAP_OUT_UNPACK);
-	st.values = MemoryContextAlloc(fn_cxt, sizeof(Datum) * Max(st.out_desc->natts, st.spi_desc->natts));
-	st.nulls = MemoryContextAlloc(fn_cxt, sizeof(bool) * Max(st.out_desc->natts, st.spi_desc->natts));
+		map_check_columns(st->out_desc, st->spi_desc, st->ncols, output == MAP_OUT_UNPACK);
+	st->values = MemoryContextAlloc(fn_cxt, sizeof(Datum) * Max(st->out_desc->natts, st->spi_desc->natts));
+	st->nulls = MemoryContextAlloc(fn_cxt, sizeof(bool) * Max(st->out_desc->natts, st->spi_desc->natts));
 	if (output == MAP_OUT_UNPACK)
 	{
-		st.in_funcs = MemoryContextAlloc(fn_cxt, sizeof(FmgrInfo) * st.out_desc->natts);
-		st.in_ioparams = MemoryContextAlloc(fn_cxt, sizeof(Oid) * st.out_desc->natts);
-		for (i = st.ncols; i < st.out_desc->natts; i++)
+		st->in_funcs = MemoryContextAlloc(fn_cxt, sizeof(FmgrInfo) * st->out_desc->natts);
+		st->in_ioparams = MemoryContextAlloc(fn_cxt, sizeof(Oid) * st->out_desc->natts);
+		for (i = st->ncols; i < st->out_desc->natts; i++)
 		{
 			Oid			infunc;
 
-			getTypeInputInfo(TupleDescAttr(st.out_desc, i)->atttypid, &infunc,
-							 &st.in_ioparams[i]);
-			fmgr_info_cxt(infunc, &st.in_funcs[i], fn_cxt);
+			getTypeInputInfo(TupleDescAttr(st->out_desc, i)->atttypid, &infunc,
+							 &st->in_ioparams[i]);
+			fmgr_info_cxt(infunc, &st->in_funcs[i], fn_cxt);
 		}
 	}
 
-	{
-		MemoryContext old = MemoryContextSwitchTo(fn_cxt);
+	map_exec_init(&ms->ex, "map", display, def, opts, parallel);
+	st->ex = &ms->ex;
+	map_exec_start(&ms->ex, mapfn_next, st);
+	return ms;
+}
 
-		map_exec_init(&ex, "map", display, def, opts, parallel);
-		MemoryContextSwitchTo(old);
-	}
-	st.ex = &ex;
-	map_execute(&ex, mapfn_next, mapfn_emit, &st);
-	if (st.batch)
-		SPI_freetuptable(st.batch);
-	SPI_cursor_close(st.portal);
-	SPI_finish();
-	map_exec_finish(&ex, opts->on_error == RV_ON_ERROR_NULL);
-	if (st.nunconverted > 0)
+/*
+ * End a MAP: when it stopped early, schedule nothing more and let the
+ * calls in flight finish into the cache; close the input cursor and the
+ * channel; report failed rows, unconverted values and truncation.
+ */
+static void
+map_stream_end(RvMapStream *ms)
+{
+	MapState   *st = &ms->st;
+	Portal		portal;
+
+	if (ms->closed)
+		return;
+	ms->closed = true;
+	map_exec_drain(&ms->ex);
+	/* the cursor may be gone already when the transaction ends first */
+	portal = GetPortalByName(st->portal_name);
+	if (PortalIsValid(portal))
+		SPI_cursor_close(portal);
+	st->portal = NULL;
+	map_exec_finish(&ms->ex, ms->opts.on_error == RV_ON_ERROR_NULL);
+	if (st->nunconverted > 0)
 		ereport(WARNING,
 				(errcode(ERRCODE_INVALID_TEXT_REPRESENTATION),
 				 errmsg("%lld result values did not convert to their column types and were set to NULL",
-						(long long) st.nunconverted),
-				 errdetail("The first was %s.", st.first_unconverted)));
-	if (st.truncated)
+						(long long) st->nunconverted),
+				 errdetail("The first was %s.", st->first_unconverted)));
+	if (st->truncated)
 		ereport(NOTICE,
-				(errmsg("input truncated to %lld rows by the limit", (long long) st.limit),
+				(errmsg("input truncated to %lld rows by the limit", (long long) st->limit),
 				 errhint("Set the limit option (0 for none) or rvbbit.default_limit.")));
 }
 
-Datum
-rvbbit_map(PG_FUNCTION_ARGS)
+/*
+ * The next output row in input order: true with *values and *nulls (valid
+ * until the next call), false after the last row (the stream is then
+ * ended).
+ */
+static bool
+map_stream_next(RvMapStream *ms, Datum **values, bool **nulls)
 {
-	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+	MapSlot    *s;
+
+	if (ms->closed)
+		return false;
+	MemoryContextReset(ms->st.row_cxt);
+	s = map_step(&ms->ex);
+	if (s == NULL)
+	{
+		map_stream_end(ms);
+		return false;
+	}
+	mapfn_fill(&ms->st, s);
+	*values = ms->st.values;
+	*nulls = ms->st.nulls;
+	return true;
+}
+
+/*
+ * Run a whole MAP into the tuplestore of rsinfo (rvbbit.map() and
+ * rvbbit.sql() called as functions).
+ */
+static void
+map_run(ReturnSetInfo *rsinfo, const char *ref, const char *query,
+		int parallel, RvOptions *opts, MapOutput output, const char *result_name)
+{
+	RvMapStream *ms = map_stream_begin(ref, query, parallel, opts, output,
+									   result_name, rsinfo->setDesc);
+	Datum	   *values;
+	bool	   *nulls;
+
+	while (map_stream_next(ms, &values, &nulls))
+		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
+}
+
+/*
+ * The arguments of rvbbit.map(cascade, query, parallel, options), checked,
+ * into a stream of rows in out_desc's layout (the column definition list).
+ * Shared by the function and the custom scan (mapscan.c).
+ */
+RvMapStream *
+rv_map_stream_open(Datum *args, bool *argnulls, TupleDesc out_desc)
+{
 	char	   *ref;
 	char	   *query;
 	int			parallel;
 	RvOptions	opts;
 
 	rv_require_shared();
-	if (PG_ARGISNULL(0) || PG_ARGISNULL(1))
+	if (argnulls[0] || argnulls[1])
 		ereport(ERROR,
 				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
 				 errmsg("cascade and query must not be null")));
-	ref = text_to_cstring(PG_GETARG_TEXT_PP(0));
-	query = text_to_cstring(PG_GETARG_TEXT_PP(1));
-	parallel = PG_ARGISNULL(2) ? rv_default_parallel : PG_GETARG_INT32(2);
-	rv_parse_options(PG_ARGISNULL(3) ? NULL : PG_GETARG_JSONB_P(3), &opts, RV_OPTS_MAP_FUNCTION);
+	ref = TextDatumGetCString(args[0]);
+	query = TextDatumGetCString(args[1]);
+	parallel = argnulls[2] ? rv_default_parallel : DatumGetInt32(args[2]);
+	rv_parse_options(argnulls[3] ? NULL : DatumGetJsonbP(args[3]), &opts, RV_OPTS_MAP_FUNCTION);
 	if (opts.parallel > 0)
 		parallel = opts.parallel;
+	return map_stream_begin(ref, query, parallel, &opts,
+							opts.unpack ? MAP_OUT_UNPACK : MAP_OUT_RESULT, NULL, out_desc);
+}
 
+/* The next row of the stream; false after the last. */
+bool
+rv_map_stream_next(RvMapStream *ms, Datum **values, bool **nulls)
+{
+	return map_stream_next(ms, values, nulls);
+}
+
+/* End the stream, early or not (idempotent). */
+void
+rv_map_stream_close(RvMapStream *ms)
+{
+	map_stream_end(ms);
+}
+
+/* The counters so far, for EXPLAIN ANALYZE. */
+const RvMapCounters *
+rv_map_stream_counters(RvMapStream *ms)
+{
+	ms->ex.counters.failures = ms->ex.nfailed;
+	return &ms->ex.counters;
+}
+
+/* == end stream == */
+
+Datum
+rvbbit_map(PG_FUNCTION_ARGS)
+{
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+	Datum		args[4];
+	bool		argnulls[4];
+	RvMapStream *ms;
+	Datum	   *values;
+	bool	   *nulls;
+	int			i;
+
+	for (i = 0; i < 4; i++)
+	{
+		argnulls[i] = PG_ARGISNULL(i);
+		args[i] = argnulls[i] ? (Datum) 0 : PG_GETARG_DATUM(i);
+	}
 	if (rsinfo == NULL || !IsA(rsinfo, ReturnSetInfo) || rsinfo->expectedDesc == NULL)
 		ereport(ERROR,
 				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
@@ -1850,8 +2139,9 @@ rvbbit_map(PG_FUNCTION_ARGS)
 				 errhint("Write SELECT * FROM rvbbit.map(...) AS t(col1 type1, ..., result jsonb), "
 						 "or use rvbbit.sql() with an RVBBIT MAP statement.")));
 	InitMaterializedSRF(fcinfo, MAT_SRF_USE_EXPECTED_DESC);
-	map_run(rsinfo, ref, query, parallel, &opts,
-			opts.unpack ? MAP_OUT_UNPACK : MAP_OUT_RESULT, NULL);
+	ms = rv_map_stream_open(args, argnulls, rsinfo->setDesc);
+	while (rv_map_stream_next(ms, &values, &nulls))
+		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
 	return (Datum) 0;
 }
 

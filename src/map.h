@@ -10,6 +10,7 @@
 #define RV_MAP_H
 
 #include "parser/parse_node.h"
+#include "access/tupdesc.h"
 #include "utils/jsonb.h"
 #include "cascade.h"
 
@@ -97,6 +98,40 @@ typedef struct RvPlannedStatement
 	char	  **colnames;
 	char	  **coltypes;
 } RvPlannedStatement;
+
+/* == stream: a MAP as a stream of rows, and its counters == */
+
+/* Call latency histogram: bucket i holds [RV_LAT_MIN * RV_LAT_STEP^i, ...) ms */
+#define RV_LAT_BUCKETS	1200
+#define RV_LAT_MIN		0.01
+#define RV_LAT_STEP		1.02
+
+/* What the rows of a MAP cost so far (EXPLAIN ANALYZE). */
+typedef struct RvMapCounters
+{
+	int64		results;		/* rows answered by the worker */
+	int64		llm_calls;
+	int64		cache_hits;
+	int64		retries;
+	int64		failures;		/* rows that failed */
+	int64		tokens_in;
+	int64		tokens_out;
+	double		cost;
+	int64		nlatency;		/* rows with HTTP calls, in the histogram */
+	uint32		latency[RV_LAT_BUCKETS];
+} RvMapCounters;
+
+typedef struct RvMapStream RvMapStream;
+
+struct RvResultHead;
+extern void rv_map_counters_add(RvMapCounters *c, const struct RvResultHead *head);
+extern double rv_map_counters_percentile(const RvMapCounters *c, double p);
+extern RvMapStream *rv_map_stream_open(Datum *args, bool *argnulls, TupleDesc out_desc);
+extern bool rv_map_stream_next(RvMapStream *ms, Datum **values, bool **nulls);
+extern void rv_map_stream_close(RvMapStream *ms);
+extern const RvMapCounters *rv_map_stream_counters(RvMapStream *ms);
+
+/* == end stream == */
 
 extern void rv_default_options(RvOptions *o);
 extern void rv_parse_options(Jsonb *jb, RvOptions *o, RvOptWhere where);

@@ -47,6 +47,7 @@ int			rv_max_retries = 3;
 int			rv_default_parallel = 10;
 int			rv_default_limit = 1000;
 int			rv_max_connections_per_worker = 900;
+char	   *rv_ca_file = NULL;
 int			rv_requests_per_minute = 0;
 int			rv_tokens_per_minute = 0;
 double		rv_budget_dollars_per_day = 0.0;
@@ -370,6 +371,12 @@ _PG_init(void)
 							&rv_max_connections_per_worker,
 							900, 1, 100000,
 							PGC_SIGHUP, 0, NULL, NULL, NULL);
+	DefineCustomStringVariable("rvbbit.ca_file",
+							   "Sets a PEM file of CA certificates that HTTPS providers are verified against.",
+							   "Empty: the system's CA store.  Read by a worker when it starts.",
+							   &rv_ca_file,
+							   "",
+							   PGC_SIGHUP, 0, NULL, NULL, NULL);
 	DefineCustomIntVariable("rvbbit.max_retries",
 							"Sets how often a request failing with 429, 5xx or a network error is retried.",
 							NULL,
@@ -441,6 +448,7 @@ _PG_init(void)
 	shmem_startup_hook = rv_shmem_startup;
 
 	rv_hooks_init();
+	rv_mapscan_init();
 	rv_jobs_init();
 }
 

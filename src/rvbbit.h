@@ -48,6 +48,7 @@ extern int	rv_max_retries;
 extern int	rv_default_parallel;
 extern int	rv_default_limit;
 extern int	rv_max_connections_per_worker;
+extern char *rv_ca_file;
 extern int	rv_requests_per_minute;
 extern int	rv_tokens_per_minute;
 extern double rv_budget_dollars_per_day;
@@ -171,9 +172,11 @@ typedef struct RvResultHead
 	int32		llm_calls;		/* HTTP calls made for this row */
 	int32		cache_hits;		/* calls answered from the cache */
 	int32		flags;			/* RV_RESULT_* */
+	int32		retries;		/* HTTP attempts retried for this row */
 	int64		tokens_in;
 	int64		tokens_out;
 	double		cost;
+	double		latency_ms;		/* the row's HTTP calls, summed */
 } RvResultHead;
 
 /* RvResultHead.flags: the row was refused, not sent, because of a budget */
@@ -224,3 +227,4 @@ extern void rv_progress_in_flight(RvProgress *p, int64 statement_id, int delta);
 
 /* rewrite.c: post_parse_analyze / ProcessUtility hooks */
 extern void rv_hooks_init(void);
+extern void rv_mapscan_init(void);	/* mapscan.c */

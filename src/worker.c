@@ -188,6 +188,8 @@ typedef struct WkTask
 	int64		tokens_in;
 	int64		tokens_out;
 	double		cost;
+	int			retries;		/* HTTP attempts that were retried */
+	double		latency_ms;		/* HTTP time of the row's calls */
 } WkTask;
 
 /* A row to write to rvbbit.cache / rvbbit.call_log at the next flush. */
@@ -710,9 +712,16 @@ static json_object *
 wk_record_call(WkTask *t, const char *status, long http_status, long tin,
 			   long tout, double cost, double latency_ms, const char *error)
 {
-	json_object *r = json_object_new_object();
+	json_object *r;
 	WkStmt	   *s = t->stmt;
 
+	/* per-row counters for the backend (EXPLAIN ANALYZE) */
+	if (strcmp(status, "retry") == 0)
+		t->retries++;
+	if (latency_ms > 0)
+		t->latency_ms += latency_ms;
+
+	r = json_object_new_object();
 	json_object_object_add(r, "statement_id", json_object_new_int64(s->seghdr->statement_id));
 	json_object_object_add(r, "backend_pid", json_object_new_int(s->seghdr->backend_pid));
 	json_object_object_add(r, "role_oid", json_object_new_int64(s->seghdr->roleid));
@@ -861,6 +870,8 @@ wk_task_done(WkTask *t, json_object *result)
 	head.tokens_in = t->tokens_in;
 	head.tokens_out = t->tokens_out;
 	head.cost = t->cost;
+	head.retries = t->retries;
+	head.latency_ms = t->latency_ms;
 	if (t->nbatch > 0)
 	{
 		int			i;
@@ -875,6 +886,8 @@ wk_task_done(WkTask *t, json_object *result)
 			head.llm_calls = head.cache_hits = 0;
 			head.tokens_in = head.tokens_out = 0;
 			head.cost = 0;
+			head.retries = 0;
+			head.latency_ms = 0;
 		}
 		wk_task_free(t);
 		return;
@@ -909,6 +922,8 @@ wk_task_fail_flags(WkTask *t, int flags, int sqlstate, const char *msg,
 	head.tokens_in = t->tokens_in;
 	head.tokens_out = t->tokens_out;
 	head.cost = t->cost;
+	head.retries = t->retries;
+	head.latency_ms = t->latency_ms;
 	/* provider error bodies end up here: never any key text */
 	parts[0] = rv_redact_secrets(msg);
 	parts[1] = rv_redact_secrets(detail);
@@ -925,6 +940,8 @@ wk_task_fail_flags(WkTask *t, int flags, int sqlstate, const char *msg,
 			head.llm_calls = head.cache_hits = 0;
 			head.tokens_in = head.tokens_out = 0;
 			head.cost = 0;
+			head.retries = 0;
+			head.latency_ms = 0;
 		}
 	}
 	else
@@ -1263,6 +1280,8 @@ wk_transfer_retryable(const RvHttpReq *req)
 		case CURLE_PARTIAL_FILE:
 		case CURLE_COULDNT_RESOLVE_HOST:
 		case CURLE_OPERATION_TIMEDOUT:
+		case CURLE_HTTP2:		/* HTTP/2 framing error (stream) */
+		case CURLE_HTTP2_STREAM:	/* stream reset, e.g. after GOAWAY */
 			return true;
 		default:
 			return false;
@@ -1677,7 +1696,7 @@ wk_dispatch(void)
 					tpm;
 		uint32		prev;
 
-		if (rv_http_in_flight(wk_http) >= wk_max_conn)
+		if (rv_http_in_flight(wk_http) >= rv_http_capacity(wk_http, wk_max_conn))
 			break;
 
 		/* the provider's circuit breaker is open: fail the row, send nothing */
@@ -2272,6 +2291,10 @@ rv_worker_main(Datum main_arg)
 				(errcode(ERRCODE_INTERNAL_ERROR),
 				 errmsg("could not initialize the HTTP client"),
 				 errdetail("%s", errbuf)));
+	if (!rv_http_set_ca_file(wk_http, rv_ca_file))
+		ereport(FATAL,
+				(errcode(ERRCODE_OUT_OF_MEMORY),
+				 errmsg("out of memory")));
 	wk_cache_rows = json_object_new_array();
 	wk_call_rows = json_object_new_array();
 
@@ -2399,7 +2422,8 @@ rv_worker_main(Datum main_arg)
 				timeout = Min(timeout, Max(ms, 0));
 			}
 		}
-		if (!dlist_is_empty(&wk_ready) && rv_http_in_flight(wk_http) < wk_max_conn &&
+		if (!dlist_is_empty(&wk_ready) &&
+			rv_http_in_flight(wk_http) < rv_http_capacity(wk_http, wk_max_conn) &&
 			wk_ratelimit_wait_ms < 0)
 			timeout = 0;
 		if (!dlist_is_empty(&wk_prepare) || !dlist_is_empty(&wk_lookup))

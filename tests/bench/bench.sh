@@ -8,6 +8,13 @@
 #   latency runs   mock latency BENCH_LATENCY_MS (100), N = BENCH_N (2000)
 #                  rows at parallel BENCH_PARALLEL ("10 50 200")
 #   zero latency   N = BENCH_N0 (20000) at parallel BENCH_PARALLEL0 ("50 200")
+#   first row      time to the first row of a cursor over a 1,000-row MAP
+#                  at 1 s latency, PARALLEL 10 (BENCH_TTFR_N, BENCH_TTFR_MS)
+#   nginx          throughput at 0 ms against nginx's fixed chat completion
+#                  over HTTP/1.1 and TLS + HTTP/2, beside curl on the same
+#                  nginx (BENCH_NGINX_N, BENCH_NGINX_PAR; BENCH_SKIP_NGINX=1)
+#   fair sharing   20 sessions x PARALLEL 10 at once against one session at
+#                  PARALLEL 200 (BENCH_FAIR_SESSIONS, BENCH_FAIR_N)
 #   memory         peak RSS (VmHWM) of the backend running a MAP over
 #                  BENCH_MEM_N (100000) rows at zero latency, parallel 200,
 #                  and over a tenth of that; BENCH_SKIP_MEM=1 skips it
@@ -40,6 +47,7 @@ PROBLEMS=0
 
 cleanup() {
   trap - EXIT INT TERM
+  [ -n "${ng_pid:-}" ] && kill "$ng_pid" 2>/dev/null
   [ -n "$work" ] && pg_stop "$work/pg"
   mock_stop
   if [ -n "$work" ]; then
@@ -120,9 +128,10 @@ run_map() {
 
 # curl_config N: a curl config file with N chat requests, one per "next"
 curl_config() {
-  local n="$1" file="$work/curl-$1.cfg"
+  local n="$1" url="${2:-$(mock_url /v1/chat/completions)}" tag="${3:-mock}"
+  local file="$work/curl-$tag-$1.cfg"
   if [ ! -s "$file" ]; then
-    awk -v n="$n" -v url="$(mock_url /v1/chat/completions)" 'BEGIN {
+    awk -v n="$n" -v url="$url" 'BEGIN {
       for (i = 1; i <= n; i++) {
         if (i > 1) print "next"
         printf "url = \"%s\"\n", url
@@ -141,10 +150,11 @@ curl_config() {
 # run_curl N PARALLEL: sets CURL_S, CURL_OK (responses with status 200)
 run_curl() {
   local n="$1" par="$2" cfg t0 t1
-  cfg=$(curl_config "$n")
+  cfg=$(curl_config "$n" "${CURL_URL:-}" "${CURL_TAG:-mock}")
   t0=$(now)
+  # shellcheck disable=SC2086
   curl --no-progress-meter --parallel --parallel-immediate --parallel-max "$par" \
-    -K "$cfg" >"$work/curl.codes" 2>"$work/curl.err"
+    ${CURL_EXTRA:-} -K "$cfg" >"$work/curl.codes" 2>"$work/curl.err"
   t1=$(now)
   CURL_S=$(calc "$t1 - $t0")
   CURL_OK=$(grep -c '^200$' "$work/curl.codes")
@@ -320,6 +330,128 @@ for b in 1 5 20; do
   printf '%-8s %8s %10s %14.3f %14.1f %8.3f\n' "$b" "$BENCH_BATCH_N" "$reqs" \
     "$(calc "$reqs / $BENCH_BATCH_N")" "$(calc "$toks / $BENCH_BATCH_N")" "$(calc "$t1 - $t0")"
 done
+
+# == stream: time to first row and fair sharing ==
+# time to first row: a cursor over a BENCH_TTFR_N-row MAP at BENCH_TTFR_MS
+# latency, PARALLEL 10; FETCH 1 returns once the first row is done
+echo
+echo "== time to first row (${BENCH_TTFR_N:=1000} rows, mock latency ${BENCH_TTFR_MS:=1000} ms, parallel 10)"
+mock_latency "$BENCH_TTFR_MS"
+mock_reset
+cascade_lit=${CASCADE//\'/\'\'}
+ttfr=$(pg_sql 2>"$work/psql.err" <<SQL
+BEGIN;
+SELECT clock_timestamp() AS t0 \gset
+DECLARE c NO SCROLL CURSOR FOR SELECT n, result FROM rvbbit.map('$cascade_lit',
+  'SELECT n, ''first'' || n AS text FROM generate_series(1, $BENCH_TTFR_N) n', 10, '{"cache": false}')
+  AS t(n int, text text, result jsonb);
+FETCH 1 FROM c \g /dev/null
+SELECT extract(epoch FROM clock_timestamp() - :'t0'::timestamptz);
+CLOSE c;
+COMMIT;
+SQL
+) || { cat "$work/psql.err" >&2; die "time to first row run failed"; }
+read -r reqs _ _ <<<"$(mock_stats)"
+printf 'first row after %.3f s (one call is %.3f s); requests sent by the end: %s of %s\n' \
+  "$ttfr" "$(calc "$BENCH_TTFR_MS / 1000")" "$reqs" "$BENCH_TTFR_N"
+
+# fair sharing: BENCH_FAIR_SESSIONS sessions at once, each PARALLEL 10
+# over BENCH_FAIR_N rows, against one session at PARALLEL sessions x 10
+# over all their rows (mock latency BENCH_LATENCY_MS)
+: "${BENCH_FAIR_SESSIONS:=20}" "${BENCH_FAIR_N:=200}"
+echo
+echo "== fair sharing ($BENCH_FAIR_SESSIONS sessions x parallel 10 x $BENCH_FAIR_N rows, mock latency $BENCH_LATENCY_MS ms)"
+mock_latency "$BENCH_LATENCY_MS"
+mock_reset
+t0=$(now)
+fair_pids=()
+for i in $(seq 1 "$BENCH_FAIR_SESSIONS"); do
+  (map_query "$BENCH_FAIR_N" 10 | pg_sql -F ' ' >"$work/fair.$i" 2>"$work/fair.$i.err") &
+  fair_pids+=($!)
+done
+# only these: a bare wait would also wait for the mock
+wait "${fair_pids[@]}"
+t1=$(now)
+fair_wall=$(calc "$t1 - $t0")
+fair_times=$(for i in $(seq 1 "$BENCH_FAIR_SESSIONS"); do awk '{print $3}' "$work/fair.$i"; done)
+fair_bad=$(for i in $(seq 1 "$BENCH_FAIR_SESSIONS"); do awk -v n="$BENCH_FAIR_N" '$1 != n || $2 != 0' "$work/fair.$i"; done | wc -l)
+[ "$fair_bad" -eq 0 ] || { echo "bench: $fair_bad fair-sharing sessions did not complete" >&2; PROBLEMS=$((PROBLEMS + 1)); }
+fmin=$(sort -g <<<"$fair_times" | head -1)
+fmax=$(sort -g <<<"$fair_times" | tail -1)
+mock_reset
+run_map "$((BENCH_FAIR_SESSIONS * BENCH_FAIR_N))" "$((BENCH_FAIR_SESSIONS * 10))"
+printf 'sessions: fastest %.3f s, slowest %.3f s (slowest/fastest %.2f); all together %.3f s\n' \
+  "$fmin" "$fmax" "$(calc "$fmax / $fmin")" "$fair_wall"
+printf 'one session, parallel %s over %s rows: %.3f s (together/one session %.2f)\n' \
+  "$((BENCH_FAIR_SESSIONS * 10))" "$((BENCH_FAIR_SESSIONS * BENCH_FAIR_N))" "$MAP_SQL_S" \
+  "$(calc "$fair_wall / $MAP_SQL_S")"
+mock_latency 0
+# == end stream ==
+
+# == stream: nginx ceiling at 0 ms, HTTP/1.1 and TLS + HTTP/2 ==
+if [ -x /usr/sbin/nginx ] && [ "${BENCH_SKIP_NGINX:-0}" != 1 ]; then
+  echo
+  echo "== MAP against curl on nginx (fixed chat completion, ${BENCH_NGINX_N:=20000} rows, parallel ${BENCH_NGINX_PAR:=200})"
+  ng="$work/nginx"
+  mkdir -p "$ng/tmp"
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
+    -keyout "$ng/key.pem" -out "$ng/cert.pem" -days 2 -subj /CN=127.0.0.1 \
+    -addext 'subjectAltName=IP:127.0.0.1' 2>/dev/null || die "openssl failed"
+  chmod 644 "$ng/cert.pem"
+  ng_plain=$(free_port)
+  ng_tls=$(free_port)
+  reply='{"id":"fixed","object":"chat.completion","created":1,"model":"m","choices":[{"index":0,"message":{"role":"assistant","content":"ok"},"finish_reason":"stop"}],"usage":{"prompt_tokens":3,"completion_tokens":1,"total_tokens":4}}'
+  cat >"$ng/nginx.conf" <<NGINX
+worker_processes 1;
+daemon off;
+pid $ng/nginx.pid;
+error_log $ng/error.log warn;
+events { worker_connections 4096; }
+http {
+    client_body_temp_path $ng/tmp/body; proxy_temp_path $ng/tmp/proxy;
+    fastcgi_temp_path $ng/tmp/fastcgi; uwsgi_temp_path $ng/tmp/uwsgi; scgi_temp_path $ng/tmp/scgi;
+    access_log off;
+    keepalive_requests 1000000;
+    server { listen 127.0.0.1:$ng_plain;
+             location / { default_type application/json; return 200 '$reply'; } }
+    server { listen 127.0.0.1:$ng_tls ssl http2;
+             ssl_certificate $ng/cert.pem; ssl_certificate_key $ng/key.pem;
+             http2_max_concurrent_streams 256;
+             location / { default_type application/json; return 200 '$reply'; } }
+}
+NGINX
+  /usr/sbin/nginx -e "$ng/error.log" -p "$ng" -c "$ng/nginx.conf" >"$ng/out" 2>&1 &
+  ng_pid=$!
+  for _ in $(seq 1 100); do [ -s "$ng/nginx.pid" ] && break; sleep 0.1; done
+  [ -s "$ng/nginx.pid" ] || { cat "$ng/out" >&2; die "nginx did not start"; }
+  pg_sql -c "ALTER SYSTEM SET rvbbit.ca_file = '$ng/cert.pem'" -c "SELECT pg_reload_conf()" >/dev/null
+  # workers read rvbbit.ca_file when they start: end the idle ones
+  pg_sql -c "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE backend_type = 'rvbbit worker'" >/dev/null
+  sleep 1
+  printf '%-6s %6s %4s | %7s %8s | %7s %8s | %8s\n' proto N par "MAP s" "rows/s" "curl s" "req/s" "MAP/curl"
+  for proto in http1 h2tls; do
+    if [ "$proto" = http1 ]; then
+      base="http://127.0.0.1:$ng_plain/v1"; extra="--http1.1"
+    else
+      base="https://127.0.0.1:$ng_tls/v1"; extra="--http2 --cacert $ng/cert.pem"
+    fi
+    PGOPTIONS="-c rvbbit.api_base=$base" run_map 200 50   # warm-up (and the HTTP/2 probe)
+    PGOPTIONS="-c rvbbit.api_base=$base" run_map "$BENCH_NGINX_N" "$BENCH_NGINX_PAR"
+    if [ "$MAP_ROWS" -ne "$BENCH_NGINX_N" ] || [ "$MAP_NULLS" -ne 0 ]; then
+      echo "bench: nginx $proto MAP returned $MAP_ROWS rows ($MAP_NULLS without a result)" >&2
+      PROBLEMS=$((PROBLEMS + 1))
+    fi
+    CURL_URL="$base/chat/completions" CURL_TAG="$proto" CURL_EXTRA="$extra" \
+      run_curl "$BENCH_NGINX_N" "$BENCH_NGINX_PAR"
+    printf '%-6s %6s %4s | %7.3f %8.0f | %7.3f %8.0f | %8.2f\n' "$proto" "$BENCH_NGINX_N" "$BENCH_NGINX_PAR" \
+      "$MAP_SQL_S" "$(calc "$BENCH_NGINX_N / $MAP_SQL_S")" "$CURL_S" "$(calc "$BENCH_NGINX_N / $CURL_S")" \
+      "$(calc "$MAP_SQL_S / $CURL_S")"
+  done
+  kill "$ng_pid" 2>/dev/null
+  wait "$ng_pid" 2>/dev/null
+  pg_sql -c "ALTER SYSTEM RESET rvbbit.ca_file" -c "SELECT pg_reload_conf()" >/dev/null
+fi
+# == end stream ==
 
 if [ "$BENCH_SKIP_MEM" != 1 ]; then
   echo

@@ -128,8 +128,8 @@ is( $dbh->selectrow_array(
 $before = requests();
 my $plan = join("\n",
 	map { $_->[0] } @{ $dbh->selectall_arrayref("EXPLAIN (VERBOSE, COSTS OFF) EXECUTE $pname") });
-like($plan, qr/Function Scan on rvbbit\.map rvbbit_map/,
-	'the prepared statement\'s plan calls rvbbit.map');
+like($plan, qr/Custom Scan \(RVBBIT Map\)/,
+	'the prepared statement\'s plan streams rvbbit.map (the custom scan)');
 like($plan, qr/Output: (?:rvbbit_map\.)?id, (?:rvbbit_map\.)?product_name, (?:rvbbit_map\.)?brand$/m,
 	'the prepared statement\'s plan has the rewritten output columns');
 is(requests(), $before, 'EXPLAIN EXECUTE sent nothing to the provider');

@@ -1,0 +1,154 @@
+# HTTP/2 over TLS against Debian's nginx serving a fixed chat completion:
+# PARALLEL 2000 under a 1,024 open-file limit returns every row over few
+# connections (streams multiplexed), the CA comes from rvbbit.ca_file and
+# is needed; plain HTTP/1.1 still works.
+use strict;
+use warnings;
+use File::Temp qw(tempdir);
+use PostgreSQL::Test::Cluster;
+use PostgreSQL::Test::Utils;
+use Test::More;
+use lib $ENV{RV_ROOT} . '/tests/t';
+use RvTest;
+
+my $nginx = -x '/usr/sbin/nginx' ? '/usr/sbin/nginx' : undef;
+die 'nginx is not installed: tests/scripts/deps.sh installs it' unless $nginx;
+
+my $dir = tempdir(CLEANUP => 1);
+
+# a self-signed certificate for 127.0.0.1, which is also its own CA
+system_or_bail('openssl', 'req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1',
+	'-nodes', '-keyout', "$dir/key.pem", '-out', "$dir/cert.pem", '-days', '2',
+	'-subj', '/CN=127.0.0.1', '-addext', 'subjectAltName=IP:127.0.0.1,DNS:localhost');
+
+my $tls_port = PostgreSQL::Test::Cluster::get_free_port();
+my $plain_port = PostgreSQL::Test::Cluster::get_free_port();
+my $reply = '{"id":"fixed","object":"chat.completion","created":1,"model":"m",'
+  . '"choices":[{"index":0,"message":{"role":"assistant","content":"ok"},"finish_reason":"stop"}],'
+  . '"usage":{"prompt_tokens":3,"completion_tokens":1,"total_tokens":4}}';
+mkdir "$dir/tmp";
+open(my $fh, '>', "$dir/nginx.conf") or die;
+print $fh <<"EOF";
+worker_processes 1;
+daemon off;
+pid $dir/nginx.pid;
+error_log $dir/error.log warn;
+events { worker_connections 4096; }
+http {
+    client_body_temp_path $dir/tmp/body;
+    proxy_temp_path $dir/tmp/proxy;
+    fastcgi_temp_path $dir/tmp/fastcgi;
+    uwsgi_temp_path $dir/tmp/uwsgi;
+    scgi_temp_path $dir/tmp/scgi;
+    log_format conns '\$connection \$server_protocol \$status \$ssl_session_reused';
+    access_log $dir/access.log conns;
+    client_max_body_size 10m;
+    client_body_buffer_size 1m;
+    server {
+        listen 127.0.0.1:$tls_port ssl http2;
+        ssl_certificate $dir/cert.pem;
+        ssl_certificate_key $dir/key.pem;
+        http2_max_concurrent_streams 256;
+        # a connection serves 500 requests, then the client opens another
+        keepalive_requests 500;
+        location / { default_type application/json; return 200 '$reply'; }
+    }
+    server {
+        listen 127.0.0.1:$plain_port;
+        keepalive_requests 100000;
+        location / { default_type application/json; return 200 '$reply'; }
+    }
+}
+EOF
+close($fh);
+my $ngx_pid = fork();
+die "fork failed" unless defined $ngx_pid;
+if ($ngx_pid == 0)
+{
+	open(STDOUT, '>', "$dir/nginx.out");
+	open(STDERR, '>&', \*STDOUT);
+	exec($nginx, '-e', "$dir/error.log", '-p', $dir, '-c', "$dir/nginx.conf") or die "exec: $!";
+}
+END { if ($ngx_pid) { kill 'TERM', $ngx_pid; waitpid($ngx_pid, 0); } }
+
+# the server (and so the worker) runs with a 1,024 open-file limit, soft
+# and hard: pg_ctl is wrapped to set it
+my ($real_pg_ctl) = grep { -x "$_/pg_ctl" } split /:/, $ENV{PATH};
+die 'pg_ctl not found' unless $real_pg_ctl;
+mkdir "$dir/bin";
+open($fh, '>', "$dir/bin/pg_ctl") or die;
+print $fh "#!/bin/sh\nulimit -n 1024\nexec '$real_pg_ctl/pg_ctl' \"\$@\"\n";
+close($fh);
+chmod 0755, "$dir/bin/pg_ctl";
+$ENV{PATH} = "$dir/bin:$ENV{PATH}";
+chmod 0755, $dir;
+chmod 0644, "$dir/cert.pem";
+
+my $mock = start_mock();    # not used for the calls; new_rv_node wants one
+my $node = new_rv_node('http2', $mock, qq{
+rvbbit.ca_file = '$dir/cert.pem'
+rvbbit.max_concurrency = 5000
+});
+my $limit = $node->safe_psql('postgres',
+	q{SELECT (regexp_match(pg_read_file('/proc/' || pg_backend_pid() || '/limits'), 'Max open files +(\d+) +(\d+)'))::text});
+is($limit, '{1024,1024}', 'the server runs with a 1,024 open-file limit');
+
+my $echo = inline_echo();
+sub map_n
+{
+	my ($base, $n, $parallel) = @_;
+	return qq{SET rvbbit.api_base = '$base';
+SELECT count(*), count(*) FILTER (WHERE result = '"ok"') FROM rvbbit.map('$echo',
+  \$\$SELECT n, 'row ' || n AS text FROM generate_series(1, $n) n\$\$, $parallel, '{"cache": false}')
+  AS t(n int, text text, result jsonb)};
+}
+
+sub log_lines
+{
+	open(my $l, '<', "$dir/access.log") or return ();
+	my @lines = <$l>;
+	close($l);
+	truncate("$dir/access.log", 0);
+	return @lines;
+}
+
+ok(wait_until(sub { -s "$dir/nginx.pid" }, 30), 'nginx started');
+
+# TLS + HTTP/2, PARALLEL 2000
+log_lines();
+my ($out, $err);
+$node->psql('postgres', map_n("https://127.0.0.1:$tls_port/v1", 2000, 2000),
+	stdout => \$out, stderr => \$err);
+is($out, '2000|2000', 'PARALLEL 2000 over HTTP/2: every row answered') or diag $err;
+is($err, '', 'no warnings or errors');
+my @lines = log_lines();
+# a stream reset when nginx closes a connection (GOAWAY) is retried, so
+# nginx may have seen a request twice
+cmp_ok(scalar(@lines), '>=', 2000, 'nginx answered every request (' . scalar(@lines) . ')');
+is(scalar(grep { / HTTP\/2\.0 200 / } @lines), scalar(@lines), 'all over HTTP/2');
+my %conns = map { (split / /)[0] => 1 } @lines;
+my $nconn = scalar(keys %conns);
+note "HTTP/2: 2000 requests over $nconn connections";
+cmp_ok($nconn, '<=', 40, "few connections for 2000 streams ($nconn; nginx closes one after 500 requests)");
+# TLS session resumption is configured (curl share handle) but not
+# asserted: with TLS 1.3 it was not observed here (see the README)
+my $reused = grep { / r$/ } @lines;
+note "requests on resumed TLS sessions: $reused";
+
+# plain http:// stays HTTP/1.1
+$node->psql('postgres', map_n("http://127.0.0.1:$plain_port/v1", 300, 50),
+	stdout => \$out, stderr => \$err);
+is($out, '300|300', 'HTTP/1.1: every row answered') or diag $err;
+@lines = log_lines();
+is(scalar(grep { / HTTP\/1\.1 200 / } @lines), 300, 'all over HTTP/1.1');
+%conns = map { (split / /)[0] => 1 } @lines;
+cmp_ok(scalar(keys %conns), '<=', 50, 'at most PARALLEL connections over HTTP/1.1');
+
+# without the CA the certificate is refused
+$node->append_conf('postgresql.conf', "rvbbit.ca_file = ''\n");
+$node->restart;
+$node->psql('postgres', map_n("https://127.0.0.1:$tls_port/v1", 1, 1) =~ s/"cache": false/"cache": false, "on_error": "fail", "max_retries": 0/r,
+	stdout => \$out, stderr => \$err);
+like($err, qr/certificate|SSL/i, 'without rvbbit.ca_file the self-signed certificate is refused');
+
+done_testing();
