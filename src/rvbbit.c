@@ -243,6 +243,8 @@ _PG_init(void)
 							 0.0, 0.0, 1e12,
 							 PGC_SUSET, 0, NULL, NULL, NULL);
 
+	rv_gateway_init();
+
 	MarkGUCPrefixReserved("rvbbit");
 
 	prev_emit_log_hook = emit_log_hook;
