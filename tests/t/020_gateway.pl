@@ -36,6 +36,7 @@ shared_preload_libraries = 'rvbbit'
 rvbbit.api_base = 'http://127.0.0.1:$mock->{port}/v1'
 rvbbit.default_model = 'mock/tap'
 max_worker_processes = 32
+max_connections = 260
 listen_addresses = '127.0.0.1'
 password_encryption = 'scram-sha-256'
 ssl = on
@@ -172,6 +173,52 @@ is($out, 'Sony WH-1000XM5|Sony', 'a literal RVBBIT statement over TLS');
 		return (split / /, $o)[0];
 	};
 	is($md5->("$tmp/big.out"), $md5->($in), 'what came back is what went in (md5)');
+}
+
+###########################################################################
+# Ctrl-C: psql sends a CancelRequest to the gateway, which forwards it
+###########################################################################
+{
+	my $slow = q{RVBBIT MAP 'cells: [{name: say, instructions: "{{ input.text }}"}]' USING (SELECT '[[latency:5000]] row ' || g AS text FROM generate_series(1, 40) g)};
+	my $before = mock_get($mock, '/stats')->{requests};
+	local $ENV{PGPASSWORD} = 'secret';
+	my ($o, $e) = ('', '');
+	my $h = IPC::Run::start(
+		[ 'psql', '-X', '-d', "host=127.0.0.1 port=$gwport dbname=postgres user=alice sslmode=disable", '-c', $slow ],
+		'>', \$o, '2>', \$e);
+	ok(wait_until(sub { mock_get($mock, '/stats')->{requests} > $before }, 60),
+		'the slow MAP through the gateway is calling the provider');
+	$h->signal('INT');
+	$h->finish;
+	like($e, qr/canceling statement due to user request/, 'Ctrl-C cancelled it through the gateway');
+	my $after = mock_get($mock, '/stats')->{requests};
+	cmp_ok($after - $before, '<', 40, 'the provider saw fewer requests than rows');
+	ok(wait_until(sub {
+				$node->safe_psql('postgres', q{SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%latency:5000%' AND state = 'active' AND pid <> pg_backend_pid()}) eq '0';
+			}, 60),
+		'the statement is no longer running');
+	is(mock_get($mock, '/stats')->{requests}, $after, 'no request reached the provider after the cancel');
+}
+
+###########################################################################
+# 200 concurrent sessions, each running a MAP
+###########################################################################
+{
+	local $ENV{PGPASSWORD} = 'secret';
+	my @h;
+	my @out;
+	for my $i (0 .. 199)
+	{
+		$out[$i] = '';
+		push @h, IPC::Run::start(
+			[ 'psql', '-X', '-A', '-t', '-d', "host=127.0.0.1 port=$gwport dbname=postgres user=alice sslmode=disable",
+			  '-c', "RVBBIT MAP 'extract_brand' AS (brand text) USING (SELECT $i AS i, 'Apple iPhone 15' AS product_name)" ],
+			'>', \$out[$i], '2>&1');
+	}
+	$_->finish for @h;
+	my $good = grep { $out[$_] eq "$_|Apple iPhone 15|Apple\n" } 0 .. 199;
+	is($good, 200, '200 concurrent sessions through the gateway each got their MAP row')
+	  or diag(join('', grep { !/Apple$/ } @out[0 .. 199]));
 }
 
 ###########################################################################
