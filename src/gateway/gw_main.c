@@ -253,6 +253,14 @@ conn_close(Conn *c)
 	}
 	if (c->ep.fd >= 0)
 	{
+		int			i;
+
+		/*
+		 * Read what the peer already sent (bounded): closing a socket with
+		 * unread bytes resets the connection instead of closing it.
+		 */
+		for (i = 0; i < 4 && recv(c->ep.fd, scratch, sizeof(scratch), MSG_DONTWAIT) > 0; i++)
+			;
 		epoll_ctl(epfd, EPOLL_CTL_DEL, c->ep.fd, NULL);
 		close(c->ep.fd);
 		c->ep.fd = -1;
