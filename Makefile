@@ -14,7 +14,8 @@ EXTENSION = rvbbit
 MODULE_big = rvbbit
 OBJS = src/rvbbit.o src/pool.o src/channel.o src/worker.o src/http.o \
        src/map.o src/mapscan.o src/rewrite.o src/jobs.o src/request.o src/estimate.o src/ratelimit.o src/budget.o src/rverror.o src/template.o \
-       src/jsonschema.o src/cascade.o src/llm.o src/syntax.o
+       src/jsonschema.o src/cascade.o src/llm.o src/syntax.o \
+       src/gateway_sup.o
 DATA = sql/rvbbit--0.1.sql sql/rvbbit--0.1--0.2.sql
 PGFILEDESC = "rvbbit - LLM workflows from SQL"
 
@@ -28,7 +29,7 @@ RVBBIT_TEST_CONF ?= tests/rvbbit_test.conf
 PKG_DEPS = libcurl json-c yaml-0.1
 PG_CPPFLAGS = -I$(srcdir)/src $(shell pkg-config --cflags $(PKG_DEPS) 2>/dev/null)
 SHLIB_LINK = $(shell pkg-config --libs $(PKG_DEPS) 2>/dev/null) -lm
-EXTRA_CLEAN = tmp_check results regression.diffs regression.out log \
+EXTRA_CLEAN = src/gateway/rvbbit-gateway tmp_check results regression.diffs regression.out log \
               tests/unit/*.log
 
 PG_CONFIG ?= $(firstword $(wildcard /usr/lib/postgresql/15/bin/pg_config) pg_config)
@@ -43,6 +44,22 @@ $(OBJS): $(wildcard $(srcdir)/src/*.h)
 # the example cascades go to $(sharedir)/extension/rvbbit_cascades; the
 # RVBBIT examples' names ('traits/extract_brand.yaml', ...) are there too
 RVBBIT_TRAITS = extract_brand classify_sentiment
+# rvbbit-gateway: a separate program (no server headers), installed next to
+# the server's binaries; the supervisor worker (src/gateway_sup.c) runs it
+GW_SRCS = src/gateway/gw_main.c src/gateway/gw_buf.c src/gateway/gw_rewrite.c
+src/gateway/rvbbit-gateway: $(GW_SRCS) src/gateway/gw.h
+	$(CC) -std=gnu99 -O2 -g -Wall -Wextra $(COPT) -o $@ $(GW_SRCS) -lssl -lcrypto
+all: src/gateway/rvbbit-gateway
+install: install-gateway
+install-gateway: src/gateway/rvbbit-gateway
+	$(MKDIR_P) '$(DESTDIR)$(bindir)'
+	$(INSTALL_PROGRAM) src/gateway/rvbbit-gateway '$(DESTDIR)$(bindir)/rvbbit-gateway'
+uninstall: uninstall-gateway
+uninstall-gateway:
+	rm -f '$(DESTDIR)$(bindir)/rvbbit-gateway'
+.PHONY: install-gateway uninstall-gateway
+
+# the example cascades go to $(sharedir)/extension/rvbbit_cascades
 install: install-cascades
 install-cascades:
 	$(MKDIR_P) '$(DESTDIR)$(datadir)/extension/rvbbit_cascades/traits'

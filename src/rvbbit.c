@@ -433,6 +433,7 @@ _PG_init(void)
 							1024, 1, 1000000,
 							PGC_USERSET, 0, NULL, NULL, NULL);
 	rv_budget_define_gucs();
+	rv_gateway_init();
 
 	MarkGUCPrefixReserved("rvbbit");
 

@@ -140,6 +140,9 @@ extern int64 rv_submit_job(const char *statement, const char *target);
 /* jobs.c: shared memory and the jobs launcher (from _PG_init, preloaded) */
 extern void rv_jobs_init(void);
 
+/* gateway_sup.c: the rvbbit.gateway_* GUCs and the gateway's supervisor */
+extern void rv_gateway_init(void);
+
 /*
  * Channel protocol.  Each statement has a DSM segment with two shm_mq rings:
  * requests (backend -> worker) and results (worker -> backend).  Every

@@ -268,7 +268,13 @@ chmod 755 "$work"
 
 mock_start "$work/mock" --latency-ms "$BENCH_LATENCY_MS" || die "the mock did not start"
 PG_PORT=$(free_port)
+GW_PORT=$(free_port)
+# the gateway step measures the relay alone: this throwaway cluster trusts
+# loopback, so the gateway is told to let trust sessions through
 pg_init "$work/pg" "$PG_PORT" "rvbbit.api_base = 'http://127.0.0.1:$MOCK_PORT/v1'
+rvbbit.gateway_port = $GW_PORT
+rvbbit.gateway_listen_addresses = '127.0.0.1'
+rvbbit.gateway_allow_trust = on
 rvbbit.default_model = 'mock/bench'
 rvbbit.max_concurrency = 1000
 rvbbit.max_connections_per_worker = 1000" || die "initdb failed"
@@ -459,6 +465,25 @@ if [ "$BENCH_SKIP_MEM" != 1 ]; then
   small=$((BENCH_MEM_N / 10))
   [ "$small" -ge 1 ] && mem_run "$small"
   mem_run "$BENCH_MEM_N"
+fi
+
+# the gateway's overhead on plain queries: pgbench select-only, direct and
+# through the gateway, alternating, in the same run
+echo
+echo "== gateway overhead: pgbench -S, ${BENCH_PGBENCH_S:=10} s each, 4 clients, direct vs gateway"
+if "$PG_BINDIR/pgbench" -i -q -h 127.0.0.1 -p "$PG_PORT" -U postgres postgres >/dev/null 2>&1; then
+  printf '%-8s %12s %14s\n' "path" "tps" "latency ms"
+  for path in direct gateway direct gateway; do
+    port=$PG_PORT; [ "$path" = gateway ] && port=$GW_PORT
+    out=$("$PG_BINDIR/pgbench" -S -n -T "$BENCH_PGBENCH_S" -c 4 -j 2 -h 127.0.0.1 -p "$port" -U postgres postgres 2>&1)
+    tps=$(echo "$out" | sed -n 's/^tps = \([0-9.]*\).*/\1/p')
+    lat=$(echo "$out" | sed -n 's/^latency average = \([0-9.]*\) ms/\1/p')
+    [ -n "$tps" ] || { echo "bench: pgbench ($path) failed: $out" >&2; PROBLEMS=$((PROBLEMS + 1)); continue; }
+    printf '%-8s %12s %14s\n' "$path" "$tps" "$lat"
+  done
+else
+  echo "bench: pgbench -i failed" >&2
+  PROBLEMS=$((PROBLEMS + 1))
 fi
 
 if [ "$PROBLEMS" -gt 0 ]; then

@@ -38,7 +38,15 @@ chmod 755 "$DEMO"
 if ! "$PYTHON" -c "import socket,sys; s=socket.socket(); s.bind(('127.0.0.1', int(sys.argv[1])))" "$PORT" 2>/dev/null; then
   PORT=$(free_port)
 fi
-conf="rvbbit.worker_idle_timeout = 300"
+# the gateway: literal RVBBIT statements from any client, on RVBBIT's port
+GWPORT=15432
+if ! "$PYTHON" -c "import socket,sys; s=socket.socket(); s.bind(('127.0.0.1', int(sys.argv[1])))" "$GWPORT" 2>/dev/null; then
+  GWPORT=$(free_port)
+fi
+conf="rvbbit.worker_idle_timeout = 300
+password_encryption = 'scram-sha-256'
+rvbbit.gateway_port = $GWPORT
+rvbbit.gateway_listen_addresses = 'localhost'"
 keyvar=""
 if [ -n "${RVBBIT_API_KEY:-}${OPENROUTER_API_KEY:-}" ]; then
   provider="OpenRouter (real LLM calls)"
@@ -72,8 +80,11 @@ rvbbit.api_base = 'http://127.0.0.1:$MOCK_PORT/v1'
 rvbbit.default_model = 'mock/demo'"
 fi
 
-echo "== starting PostgreSQL 15 in $DEMO/pg (port $PORT) with $provider"
+echo "== starting PostgreSQL 15 in $DEMO/pg (port $PORT, gateway $GWPORT) with $provider"
 pg_init "$DEMO/pg" "$PORT" "$conf"
+# the gateway refuses trust: ask for a password on host connections
+printf 'local all all trust\nhost all all 127.0.0.1/32 scram-sha-256\nhost all all ::1/128 scram-sha-256\n' \
+  >"$DEMO/pg/data/pg_hba.conf"
 if [ -n "$keyvar" ]; then
   # the key reaches the server through its environment, never a file or a log
   as_pg env "RVBBIT_API_KEY=${!keyvar}" "$PG_BINDIR/pg_ctl" -D "$DEMO/pg/data" \
@@ -84,6 +95,11 @@ fi
 
 PSQL=("$PG_BINDIR/psql" -X -h "$DEMO/pg" -p "$PORT" -U postgres -d postgres -v ON_ERROR_STOP=1)
 "${PSQL[@]}" -q -c "CREATE EXTENSION rvbbit"
+"${PSQL[@]}" -q -c "ALTER ROLE postgres PASSWORD 'rvbbit'"
+
+# the literal statements go through the gateway
+GW_PSQL=(env PGPASSWORD=rvbbit "$PG_BINDIR/psql" -X -h 127.0.0.1 -p "$GWPORT" -U postgres -d postgres -v ON_ERROR_STOP=1)
+for i in $(seq 1 100); do "${GW_PSQL[@]}" -qAt -c "SELECT 1" >/dev/null 2>&1 && break; sleep 0.1; done
 
 run() {
   echo
@@ -91,34 +107,47 @@ run() {
   "${PSQL[@]}" -c "$1"
 }
 
-run "SELECT * FROM rvbbit.sql(\$\$
-  RVBBIT MAP 'extract_brand' AS brand
-  USING (SELECT * FROM (VALUES ('Apple iPhone 15'), ('Samsung Galaxy S24'),
-                               ('Sony WH-1000XM5 headphones')) AS t(product_name))
-\$\$);"
+gw_run() {
+  echo
+  echo "rvbbit (gateway :$GWPORT)=# $1"
+  "${GW_PSQL[@]}" -c "$1"
+}
 
-run "SELECT * FROM rvbbit.sql(\$\$
-  RVBBIT MAP PARALLEL 5 'extract_brand' AS (brand text)
-  USING (SELECT * FROM (VALUES (1, 'Apple iPhone 15'), (2, 'Samsung Galaxy S24'),
-                               (3, 'Sony WH-1000XM5 headphones'), (4, 'Nike Air Max 90'),
-                               (5, 'Dyson V15 Detect vacuum'), (6, 'LEGO Star Wars Millennium Falcon'))
-         AS t(id, product_name))
-\$\$);"
+gw_run "RVBBIT MAP PARALLEL 5 'traits/extract_brand.yaml' AS brand
+USING (
+  SELECT * FROM (VALUES
+    ('Apple iPhone 15'), ('Samsung Galaxy S24'), ('Sony WH-1000XM5'),
+    ('Google Pixel 8'), ('OnePlus 12')
+  ) AS t(product_name)
+);"
 
-run "SELECT rvbbit.run('classify_sentiment', '{\"review_text\": \"I love it, works great\"}');"
+gw_run "RVBBIT MAP PARALLEL 5 'traits/extract_brand.yaml' AS (brand text)
+USING (SELECT * FROM (VALUES (1, 'Apple iPhone 15'), (2, 'Samsung Galaxy S24'),
+                             (3, 'Sony WH-1000XM5 headphones'), (4, 'Nike Air Max 90'),
+                             (5, 'Dyson V15 Detect vacuum'), (6, 'LEGO Star Wars Millennium Falcon'))
+       AS t(id, product_name));"
+
+run "SELECT rvbbit.run('traits/classify_sentiment.yaml', '{\"review_text\": \"I love it, works great\"}');"
 
 run "SELECT cascade, model, calls, cache_hits, input_tokens, output_tokens, avg_latency_ms FROM rvbbit.stats;"
 
 cat <<MSG
 
-The server keeps running. Connect with:
+The server keeps running.  Literal RVBBIT statements work through the gateway
+(user postgres, password rvbbit):
 
-    psql -h $DEMO/pg -p $PORT -U postgres
+    psql "host=localhost port=$GWPORT user=postgres dbname=postgres"
+    DBeaver / JDBC:  jdbc:postgresql://localhost:$GWPORT/postgres  (user postgres, password rvbbit)
 
 and try, for example:
 
-    SELECT * FROM rvbbit.sql(\$\$ MAP PARALLEL 10 'extract_brand' AS (brand text)
-                              USING (SELECT 'Levi''s 501 jeans' AS product_name) \$\$);
+    RVBBIT MAP PARALLEL 10 'traits/extract_brand.yaml' AS (brand text)
+    USING (SELECT 'Levi''s 501 jeans' AS product_name);
+
+Directly (no gateway), wrap the statement in rvbbit.sql():
+
+    psql -h $DEMO/pg -p $PORT -U postgres
+    SELECT * FROM rvbbit.sql(\$\$ MAP 'extract_brand' USING (SELECT 'Levi''s 501 jeans' AS product_name) \$\$);
     SELECT * FROM rvbbit.calls ORDER BY id DESC LIMIT 5;
 
 Stop it with:  make demo-stop

@@ -55,7 +55,7 @@ echo "== unit tests and fuzz targets"
 make -C "$RV_ROOT/tests/unit" -s clean >/dev/null
 if make -C "$RV_ROOT/tests/unit" -s all >"$work/unit-build.log" 2>&1; then
   UNIT_PASS=0; UNIT_FAIL=0
-  for t in test_template test_jsonschema test_cascade test_llm test_syntax; do
+  for t in test_template test_jsonschema test_cascade test_llm test_syntax test_gateway; do
     (cd "$RV_ROOT/tests/unit" && ./$t >"$work/$t.log" 2>&1)
     line=$(tail -n 1 "$work/$t.log")
     p=$(echo "$line" | sed -n 's/.*: \([0-9]*\) passed, \([0-9]*\) failed.*/\1/p')

@@ -1,0 +1,760 @@
+/*-------------------------------------------------------------------------
+ *
+ * gw_rewrite.c
+ *	  The RVBBIT statement rewriter of rvbbit-gateway: a tokenizer over the
+ *	  client's SQL text that splits it into statements the way the server's
+ *	  lexer does, and wraps only the statements that start with the keyword
+ *	  RVBBIT into SELECT * FROM rvbbit.sql($tag$...$tag$).
+ *
+ * Forms rewritten (keywords case-insensitive, whitespace and comments
+ * anywhere between them):
+ *	  RVBBIT ...                           -> SELECT * FROM rvbbit.sql($t$RVBBIT ...$t$)
+ *	  EXPLAIN [ANALYZE] [VERBOSE] RVBBIT ... and EXPLAIN (options) RVBBIT ...
+ *	  CREATE [TEMP|TEMPORARY|UNLOGGED] TABLE [IF NOT EXISTS] name [(cols)]
+ *		  AS RVBBIT ...
+ * In the last two only the RVBBIT part is wrapped.  Every byte outside the
+ * wrapped statements, and every statement of another form, is left as it
+ * was: a text with no RVBBIT statement comes back unchanged.
+ *
+ * The tokenizer knows what the server's lexer knows about where a
+ * statement ends: single-quoted strings (with backslash escapes in E''
+ * strings, and in plain strings when standard_conforming_strings is off),
+ * U&'' and B''/X''/N'' strings, dollar quotes, quoted identifiers,
+ * -- comments and nested block comments, and the BEGIN ... END bodies of
+ * CREATE FUNCTION/PROCEDURE (as psql tracks them), whose semicolons do not
+ * end the statement.  It assumes an encoding in which an ASCII byte is
+ * always an ASCII character; the caller does not rewrite under the client
+ * encodings where that is false (gw_encoding_is_unsafe).
+ *
+ * Pure code: no sockets, no globals; memory is malloc'd.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include "gw.h"
+
+typedef enum
+{
+	TK_EOF,
+	TK_IDENT,					/* unquoted identifier or keyword */
+	TK_QIDENT,					/* "quoted" identifier */
+	TK_STRING,					/* any string constant, dollar quotes too */
+	TK_NUMBER,
+	TK_PARAM,					/* $n */
+	TK_SEMI,
+	TK_LPAREN,
+	TK_RPAREN,
+	TK_DOT,
+	TK_OTHER					/* operators, commas, anything else */
+} TokKind;
+
+typedef struct Tok
+{
+	TokKind		kind;
+	size_t		start;
+	size_t		end;
+} Tok;
+
+typedef struct Lexer
+{
+	const char *s;
+	size_t		n;
+	size_t		pos;
+	bool		std_strings;
+} Lexer;
+
+static bool
+is_ident_start(unsigned char c)
+{
+	return (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || c == '_' ||
+		c >= 0x80;
+}
+
+static bool
+is_ident_cont(unsigned char c)
+{
+	return is_ident_start(c) || (c >= '0' && c <= '9') || c == '$';
+}
+
+static bool
+is_space(unsigned char c)
+{
+	return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\f' ||
+		c == '\v';
+}
+
+static bool
+is_digit(unsigned char c)
+{
+	return c >= '0' && c <= '9';
+}
+
+/* Skip whitespace and comments (nested block comments; unterminated: to the end). */
+static void
+lex_skip(Lexer *lx)
+{
+	const char *s = lx->s;
+	size_t		n = lx->n;
+	size_t		i = lx->pos;
+
+	for (;;)
+	{
+		if (i < n && is_space((unsigned char) s[i]))
+			i++;
+		else if (i + 1 < n && s[i] == '-' && s[i + 1] == '-')
+		{
+			while (i < n && s[i] != '\n' && s[i] != '\r')
+				i++;
+		}
+		else if (i + 1 < n && s[i] == '/' && s[i + 1] == '*')
+		{
+			int			depth = 1;
+
+			i += 2;
+			while (i < n && depth > 0)
+			{
+				if (i + 1 < n && s[i] == '/' && s[i + 1] == '*')
+				{
+					depth++;
+					i += 2;
+				}
+				else if (i + 1 < n && s[i] == '*' && s[i + 1] == '/')
+				{
+					depth--;
+					i += 2;
+				}
+				else
+					i++;
+			}
+		}
+		else
+			break;
+	}
+	lx->pos = i;
+}
+
+/*
+ * Scan a quoted run starting at i (the opening quote): the quote char is
+ * doubled to escape it; with backslashes, a backslash escapes the next
+ * byte.  Returns the position after the closing quote (n when unterminated).
+ */
+static size_t
+scan_quoted(const char *s, size_t n, size_t i, char q, bool backslashes)
+{
+	i++;
+	while (i < n)
+	{
+		if (backslashes && s[i] == '\\')
+		{
+			i += 2;
+			continue;
+		}
+		if (s[i] == q)
+		{
+			if (i + 1 < n && s[i + 1] == q)
+			{
+				i += 2;
+				continue;
+			}
+			return i + 1;
+		}
+		i++;
+	}
+	return n;
+}
+
+/*
+ * Length of a dollar-quote delimiter ($tag$ or $$) at i, or 0 when the '$'
+ * at i does not start one.
+ */
+static size_t
+dollar_tag_len(const char *s, size_t n, size_t i)
+{
+	size_t		j = i + 1;
+
+	if (j < n && s[j] == '$')
+		return 2;
+	if (j >= n || !is_ident_start((unsigned char) s[j]))
+		return 0;
+	while (j < n && is_ident_cont((unsigned char) s[j]) && s[j] != '$')
+		j++;
+	if (j < n && s[j] == '$')
+		return j - i + 1;
+	return 0;
+}
+
+/* The next token after whitespace and comments. */
+static Tok
+lex_next(Lexer *lx)
+{
+	const char *s = lx->s;
+	size_t		n = lx->n;
+	size_t		i;
+	unsigned char c;
+	Tok			t;
+
+	lex_skip(lx);
+	i = lx->pos;
+	t.start = i;
+	t.kind = TK_OTHER;
+	if (i >= n)
+	{
+		t.kind = TK_EOF;
+		t.end = n;
+		return t;
+	}
+	c = (unsigned char) s[i];
+
+	/* string prefixes: E'', U&'', U&"", B'', X'', N'' */
+	if ((c == 'e' || c == 'E') && i + 1 < n && s[i + 1] == '\'')
+	{
+		t.kind = TK_STRING;
+		t.end = scan_quoted(s, n, i + 1, '\'', true);
+	}
+	else if ((c == 'u' || c == 'U') && i + 2 < n && s[i + 1] == '&' &&
+			 (s[i + 2] == '\'' || s[i + 2] == '"'))
+	{
+		t.kind = s[i + 2] == '\'' ? TK_STRING : TK_QIDENT;
+		t.end = scan_quoted(s, n, i + 2, s[i + 2], false);
+	}
+	else if ((c == 'b' || c == 'B' || c == 'x' || c == 'X') &&
+			 i + 1 < n && s[i + 1] == '\'')
+	{
+		t.kind = TK_STRING;
+		t.end = scan_quoted(s, n, i + 1, '\'', false);
+	}
+	else if ((c == 'n' || c == 'N') && i + 1 < n && s[i + 1] == '\'')
+	{
+		t.kind = TK_STRING;
+		t.end = scan_quoted(s, n, i + 1, '\'', !lx->std_strings);
+	}
+	else if (c == '\'')
+	{
+		t.kind = TK_STRING;
+		t.end = scan_quoted(s, n, i, '\'', !lx->std_strings);
+	}
+	else if (c == '"')
+	{
+		t.kind = TK_QIDENT;
+		t.end = scan_quoted(s, n, i, '"', false);
+	}
+	else if (c == '$')
+	{
+		size_t		tl = dollar_tag_len(s, n, i);
+
+		if (tl > 0)
+		{
+			size_t		j = i + tl;
+
+			t.kind = TK_STRING;
+			t.end = n;
+			for (; j + tl <= n; j++)
+			{
+				if (s[j] == '$' && memcmp(s + j, s + i, tl) == 0)
+				{
+					t.end = j + tl;
+					break;
+				}
+			}
+		}
+		else if (i + 1 < n && is_digit((unsigned char) s[i + 1]))
+		{
+			size_t		j = i + 1;
+
+			while (j < n && is_digit((unsigned char) s[j]))
+				j++;
+			t.kind = TK_PARAM;
+			t.end = j;
+		}
+		else
+			t.end = i + 1;
+	}
+	else if (is_ident_start(c))
+	{
+		size_t		j = i + 1;
+
+		while (j < n && is_ident_cont((unsigned char) s[j]))
+			j++;
+		t.kind = TK_IDENT;
+		t.end = j;
+	}
+	else if (is_digit(c) || (c == '.' && i + 1 < n && is_digit((unsigned char) s[i + 1])))
+	{
+		size_t		j = i;
+
+		while (j < n && is_digit((unsigned char) s[j]))
+			j++;
+		if (j < n && s[j] == '.')
+		{
+			j++;
+			while (j < n && is_digit((unsigned char) s[j]))
+				j++;
+		}
+		if (j < n && (s[j] == 'e' || s[j] == 'E'))
+		{
+			size_t		k = j + 1;
+
+			if (k < n && (s[k] == '+' || s[k] == '-'))
+				k++;
+			if (k < n && is_digit((unsigned char) s[k]))
+			{
+				j = k;
+				while (j < n && is_digit((unsigned char) s[j]))
+					j++;
+			}
+		}
+		t.kind = TK_NUMBER;
+		t.end = j;
+	}
+	else
+	{
+		t.end = i + 1;
+		if (c == ';')
+			t.kind = TK_SEMI;
+		else if (c == '(')
+			t.kind = TK_LPAREN;
+		else if (c == ')')
+			t.kind = TK_RPAREN;
+		else if (c == '.')
+			t.kind = TK_DOT;
+	}
+	lx->pos = t.end;
+	return t;
+}
+
+/* Is the token the (unquoted, case-insensitive) keyword kw? */
+static bool
+tok_is(const Lexer *lx, const Tok *t, const char *kw)
+{
+	size_t		l = strlen(kw);
+
+	return t->kind == TK_IDENT && t->end - t->start == l &&
+		strncasecmp(lx->s + t->start, kw, l) == 0;
+}
+
+/*
+ * Skip a balanced parenthesized group whose '(' was just read; false when
+ * the text ends (or a ';' comes) first.
+ */
+static bool
+skip_parens(Lexer *lx)
+{
+	int			depth = 1;
+
+	for (;;)
+	{
+		Tok			t = lex_next(lx);
+
+		if (t.kind == TK_EOF || t.kind == TK_SEMI)
+			return false;
+		if (t.kind == TK_LPAREN)
+			depth++;
+		else if (t.kind == TK_RPAREN && --depth == 0)
+			return true;
+	}
+}
+
+/*
+ * Given the first token of a statement, return the start of the RVBBIT
+ * keyword when the statement is one of the rewritten forms, else
+ * (size_t) -1.  Reads tokens from a copy of the lexer.
+ */
+static size_t
+rvbbit_start(const Lexer *lx0, Tok first)
+{
+	Lexer		lx = *lx0;
+	Tok			t = first;
+
+	if (tok_is(&lx, &t, "rvbbit"))
+		return t.start;
+
+	if (tok_is(&lx, &t, "explain"))
+	{
+		t = lex_next(&lx);
+		if (t.kind == TK_LPAREN)
+		{
+			if (!skip_parens(&lx))
+				return (size_t) -1;
+			t = lex_next(&lx);
+		}
+		else
+		{
+			if (tok_is(&lx, &t, "analyze") || tok_is(&lx, &t, "analyse"))
+				t = lex_next(&lx);
+			if (tok_is(&lx, &t, "verbose"))
+				t = lex_next(&lx);
+		}
+		return tok_is(&lx, &t, "rvbbit") ? t.start : (size_t) -1;
+	}
+
+	if (tok_is(&lx, &t, "create"))
+	{
+		int			parts;
+
+		t = lex_next(&lx);
+		if (tok_is(&lx, &t, "local") || tok_is(&lx, &t, "global"))
+		{
+			t = lex_next(&lx);
+			if (!tok_is(&lx, &t, "temp") && !tok_is(&lx, &t, "temporary"))
+				return (size_t) -1;
+			t = lex_next(&lx);
+		}
+		else if (tok_is(&lx, &t, "temp") || tok_is(&lx, &t, "temporary") ||
+				 tok_is(&lx, &t, "unlogged"))
+			t = lex_next(&lx);
+		if (!tok_is(&lx, &t, "table"))
+			return (size_t) -1;
+		t = lex_next(&lx);
+		if (tok_is(&lx, &t, "if"))
+		{
+			t = lex_next(&lx);
+			if (!tok_is(&lx, &t, "not"))
+				return (size_t) -1;
+			t = lex_next(&lx);
+			if (!tok_is(&lx, &t, "exists"))
+				return (size_t) -1;
+			t = lex_next(&lx);
+		}
+		/* name, qualified at most twice */
+		for (parts = 0;; parts++)
+		{
+			if (t.kind != TK_IDENT && t.kind != TK_QIDENT)
+				return (size_t) -1;
+			t = lex_next(&lx);
+			if (t.kind != TK_DOT || parts == 2)
+				break;
+			t = lex_next(&lx);
+		}
+		if (t.kind == TK_LPAREN)
+		{
+			if (!skip_parens(&lx))
+				return (size_t) -1;
+			t = lex_next(&lx);
+		}
+		if (!tok_is(&lx, &t, "as"))
+			return (size_t) -1;
+		t = lex_next(&lx);
+		return tok_is(&lx, &t, "rvbbit") ? t.start : (size_t) -1;
+	}
+	return (size_t) -1;
+}
+
+/* Does needle (nlen bytes) occur in hay (hlen bytes)? */
+static bool
+contains(const char *hay, size_t hlen, const char *needle, size_t nlen)
+{
+	size_t		i;
+
+	if (nlen > hlen)
+		return false;
+	for (i = 0; i + nlen <= hlen; i++)
+		if (hay[i] == needle[0] && memcmp(hay + i, needle, nlen) == 0)
+			return true;
+	return false;
+}
+
+/*
+ * Pick a dollar-quote tag for body: "$rvbbit$", "$rvbbit1$", ... such that
+ * the first occurrence of the tag in body + tag is the closing one.
+ */
+static void
+pick_tag(const char *body, size_t len, char *tag, size_t tagsize)
+{
+	unsigned	k;
+
+	for (k = 0;; k++)
+	{
+		size_t		tl;
+		size_t		tail;
+		bool		clash;
+
+		if (k == 0)
+			snprintf(tag, tagsize, "$rvbbit$");
+		else
+			snprintf(tag, tagsize, "$rvbbit%u$", k);
+		tl = strlen(tag);
+		clash = contains(body, len, tag, tl);
+		/* an occurrence straddling the end of body and the closing tag */
+		for (tail = 1; !clash && tail < tl && tail <= len; tail++)
+			if (memcmp(body + len - tail, tag, tail) == 0 &&
+				memcmp(tag + tail, tag, tl - tail) == 0)
+				clash = true;
+		if (!clash)
+			return;
+	}
+}
+
+/* Append helper that remembers a failure. */
+static void
+app(GwBuf *b, bool *ok, const void *p, size_t n)
+{
+	if (*ok && !gw_buf_append(b, p, n))
+		*ok = false;
+}
+
+/*
+ * Does the statement [first.start, end) possibly change client_encoding or
+ * standard_conforming_strings?  Such a statement makes the caller stop
+ * rewriting until the server has answered it (its ParameterStatus).
+ */
+static bool
+stmt_is_risky(const Lexer *lx0, Tok first, size_t end)
+{
+	const char *s = lx0->s + first.start;
+	size_t		len = end - first.start;
+	static const char *const names[] = {"client_encoding",
+	"standard_conforming_strings"};
+	size_t		i;
+	size_t		k;
+
+	if (tok_is(lx0, &first, "reset") || tok_is(lx0, &first, "discard"))
+		return true;
+	if (tok_is(lx0, &first, "set"))
+	{
+		Lexer		lx = *lx0;
+		Tok			t = lex_next(&lx);
+
+		if (tok_is(&lx, &t, "session") || tok_is(&lx, &t, "local"))
+			t = lex_next(&lx);
+		if (tok_is(&lx, &t, "names"))
+			return true;
+	}
+	for (k = 0; k < 2; k++)
+	{
+		size_t		nl = strlen(names[k]);
+
+		for (i = 0; i + nl <= len; i++)
+			if (strncasecmp(s + i, names[k], nl) == 0)
+				return true;
+	}
+	return false;
+}
+
+/*
+ * Rewrite the RVBBIT statements of a SQL text (len bytes, no NUL needed).
+ * With do_rewrite false nothing is rewritten, only the flags computed.
+ * Returns a malloc'd NUL-terminated copy with the statements wrapped and
+ * sets *out_len, or NULL when nothing was rewritten (or out of memory:
+ * then *out_len is (size_t) -1).  *flags gets GW_RW_REWROTE and
+ * GW_RW_RISKY (a statement that may change the lexer's settings).
+ */
+char *
+gw_rewrite_text(const char *text, size_t len, bool std_strings,
+				bool do_rewrite, size_t *out_len, int *flags)
+{
+	Lexer		lx;
+	GwBuf		out = {0};
+	bool		ok = true;
+	size_t		copied = 0;		/* text[0, copied) is in out */
+
+	*flags = 0;
+	*out_len = 0;
+	lx.s = text;
+	lx.n = len;
+	lx.pos = 0;
+	lx.std_strings = std_strings;
+
+	for (;;)
+	{
+		Tok			first = lex_next(&lx);
+		Tok			t;
+		size_t		last_end;
+		size_t		rv;
+		int			begin_depth = 0;
+		int			nident = 0;
+		char		idents[4] = {0, 0, 0, 0};
+		Lexer		at_first;
+
+		if (first.kind == TK_EOF)
+			break;
+		if (first.kind == TK_SEMI)
+			continue;
+		at_first = lx;
+
+		/* find the end of the statement, as the server's lexer and psql do */
+		last_end = first.end;
+		t = first;
+		for (;;)
+		{
+			if (t.kind == TK_IDENT)
+			{
+				char		c0 = lx.s[t.start] | 0x20;
+
+				if (tok_is(&lx, &t, "begin") || tok_is(&lx, &t, "case"))
+				{
+					if (idents[0] == 'c' &&
+						(idents[1] == 'f' || idents[1] == 'p' ||
+						 (idents[1] == 'o' && idents[2] == 'r' &&
+						  (idents[3] == 'f' || idents[3] == 'p'))))
+						begin_depth++;
+				}
+				else if (tok_is(&lx, &t, "end"))
+				{
+					if (begin_depth > 0)
+						begin_depth--;
+				}
+				if (nident < 4)
+					idents[nident] = c0;
+				nident++;
+			}
+			last_end = t.end;
+			t = lex_next(&lx);
+			if (t.kind == TK_EOF)
+				break;
+			if (t.kind == TK_SEMI && begin_depth == 0)
+				break;
+		}
+
+		if (stmt_is_risky(&at_first, first, last_end))
+			*flags |= GW_RW_RISKY;
+
+		rv = (size_t) -1;
+		if (do_rewrite)
+			rv = rvbbit_start(&at_first, first);
+		if (rv != (size_t) -1)
+		{
+			char		tag[32];
+			static const char head[] = "SELECT * FROM rvbbit.sql(";
+
+			pick_tag(text + rv, last_end - rv, tag, sizeof(tag));
+			app(&out, &ok, text + copied, rv - copied);
+			app(&out, &ok, head, sizeof(head) - 1);
+			app(&out, &ok, tag, strlen(tag));
+			app(&out, &ok, text + rv, last_end - rv);
+			app(&out, &ok, tag, strlen(tag));
+			app(&out, &ok, ")", 1);
+			copied = last_end;
+			*flags |= GW_RW_REWROTE;
+		}
+		if (t.kind == TK_EOF)
+			break;
+	}
+
+	if (!(*flags & GW_RW_REWROTE))
+	{
+		gw_buf_free(&out);
+		return NULL;
+	}
+	app(&out, &ok, text + copied, len - copied);
+	app(&out, &ok, "", 1);
+	if (!ok)
+	{
+		gw_buf_free(&out);
+		*out_len = (size_t) -1;
+		return NULL;
+	}
+	*out_len = out.len - 1;
+	return out.data;
+}
+
+/*
+ * Append a client message to out, rewritten when it is a Query ('Q') or
+ * Parse ('P') holding RVBBIT statements and do_rewrite is set; any other
+ * message, a malformed one (the server will report it), or one with
+ * nothing to rewrite is appended byte for byte.  Returns the flags of
+ * gw_rewrite_text, or -1 when out of memory.
+ */
+int
+gw_rewrite_message(char type, const char *body, uint32_t len,
+				   bool std_strings, bool do_rewrite, GwBuf *out)
+{
+	const char *query;
+	size_t		qlen;
+	const char *rest = NULL;	/* what follows the query's NUL */
+	size_t		rest_len = 0;
+	const char *name = NULL;
+	size_t		name_len = 0;
+	char	   *nq;
+	size_t		nlen;
+	int			flags = 0;
+	bool		ok = true;
+	const char *nul;
+
+	if (type == 'Q')
+	{
+		nul = len > 0 ? memchr(body, '\0', len) : NULL;
+		if (nul == NULL || (size_t) (nul - body) != len - 1)
+			goto verbatim;
+		query = body;
+		qlen = len - 1;
+	}
+	else if (type == 'P')
+	{
+		const char *q;
+		uint32_t	nparams;
+
+		nul = len > 0 ? memchr(body, '\0', len) : NULL;
+		if (nul == NULL)
+			goto verbatim;
+		name = body;
+		name_len = nul - body + 1;
+		q = nul + 1;
+		nul = memchr(q, '\0', len - name_len);
+		if (nul == NULL)
+			goto verbatim;
+		query = q;
+		qlen = nul - q;
+		rest = nul + 1;
+		rest_len = len - name_len - qlen - 1;
+		if (rest_len < 2)
+			goto verbatim;
+		nparams = ((unsigned char) rest[0] << 8) | (unsigned char) rest[1];
+		if (rest_len != 2 + 4 * (size_t) nparams)
+			goto verbatim;
+	}
+	else
+		goto verbatim;
+
+	nq = gw_rewrite_text(query, qlen, std_strings, do_rewrite, &nlen, &flags);
+	if (nq == NULL)
+	{
+		if (nlen == (size_t) -1)
+			return -1;
+		goto verbatim;
+	}
+	if (nlen + 1 + name_len + rest_len > GW_MAX_MESSAGE - 4)
+	{
+		/* too long for the server: let it see the original */
+		free(nq);
+		flags &= ~GW_RW_REWROTE;
+		goto verbatim;
+	}
+	if (!gw_frame_append_header(out, type, (uint32_t) (name_len + nlen + 1 + rest_len)))
+		ok = false;
+	app(out, &ok, name, name_len);
+	app(out, &ok, nq, nlen + 1);
+	app(out, &ok, rest, rest_len);
+	free(nq);
+	return ok ? flags : -1;
+
+verbatim:
+	if (!gw_frame_append_header(out, type, len))
+		return -1;
+	app(out, &ok, body, len);
+	return ok ? flags : -1;
+}
+
+/*
+ * Client encodings in which the second byte of a character can be an
+ * ASCII quote or backslash: the tokenizer cannot split their text, so the
+ * gateway rewrites nothing under them.  Names as the server reports them.
+ */
+bool
+gw_encoding_is_unsafe(const char *name)
+{
+	static const char *const unsafe[] = {
+		"SJIS", "SHIFT_JIS_2004", "BIG5", "GBK", "GB18030", "UHC", "JOHAB",
+		"WIN932", "WIN936", "WIN949", "WIN950", "MSKANJI", "SHIFTJIS",
+		NULL
+	};
+	int			i;
+
+	for (i = 0; unsafe[i]; i++)
+		if (strcasecmp(name, unsafe[i]) == 0)
+			return true;
+	return false;
+}
