@@ -432,8 +432,18 @@ _PG_init(void)
 							&rv_default_max_tokens,
 							1024, 1, 1000000,
 							PGC_USERSET, 0, NULL, NULL, NULL);
-	rv_budget_define_gucs();
-	rv_gateway_init();
+
+	/*
+	 * Settings that size shared memory or start processes are
+	 * PGC_POSTMASTER, which PostgreSQL lets a library define only while it
+	 * is preloaded (otherwise the backend exits with FATAL).  A library
+	 * loaded late raises the preload error at every entry point anyway.
+	 */
+	if (process_shared_preload_libraries_in_progress)
+	{
+		rv_budget_define_gucs();
+		rv_gateway_init();
+	}
 
 	MarkGUCPrefixReserved("rvbbit");
 
