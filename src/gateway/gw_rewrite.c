@@ -7,12 +7,12 @@
  *	  RVBBIT into SELECT * FROM rvbbit.sql($tag$...$tag$).
  *
  * Forms rewritten (keywords case-insensitive, whitespace and comments
- * anywhere between them):
+ * anywhere between them; the full list at rvbbit_start):
  *	  RVBBIT ...                           -> SELECT * FROM rvbbit.sql($t$RVBBIT ...$t$)
- *	  EXPLAIN [ANALYZE] [VERBOSE] RVBBIT ... and EXPLAIN (options) RVBBIT ...
- *	  CREATE [TEMP|TEMPORARY|UNLOGGED] TABLE [IF NOT EXISTS] name [(cols)]
- *		  AS RVBBIT ...
- * In the last two only the RVBBIT part is wrapped.  Every byte outside the
+ *	  EXPLAIN ... RVBBIT, CREATE TABLE/VIEW/MATERIALIZED VIEW ... AS RVBBIT,
+ *	  DECLARE ... CURSOR ... FOR RVBBIT, PREPARE name AS RVBBIT and
+ *	  COPY (RVBBIT ...) TO ...
+ * In all but the first only the RVBBIT part is wrapped.  Every byte outside the
  * wrapped statements, and every statement of another form, is left as it
  * was: a text with no RVBBIT statement comes back unchanged.
  *
@@ -359,12 +359,60 @@ skip_parens(Lexer *lx)
 }
 
 /*
- * Given the first token of a statement, return the start of the RVBBIT
- * keyword when the statement is one of the rewritten forms, else
- * (size_t) -1.  Reads tokens from a copy of the lexer.
+ * After the '(' of COPY ( ... ): when the next token is the keyword RVBBIT,
+ * return its start and set *end to the end of the last token before the
+ * matching ')' (comments before that ')' stay outside the wrapper); else
+ * (size_t) -1.  A text that ends, or a ';' outside parentheses, before the
+ * matching ')' is not rewritten (the server reports the syntax error).
  */
 static size_t
-rvbbit_start(const Lexer *lx0, Tok first)
+rvbbit_in_parens(Lexer *lx, size_t *end)
+{
+	Tok			t = lex_next(lx);
+	size_t		start;
+	size_t		last;
+	int			depth = 1;
+
+	if (!tok_is(lx, &t, "rvbbit"))
+		return (size_t) -1;
+	start = t.start;
+	last = t.end;
+	for (;;)
+	{
+		t = lex_next(lx);
+		if (t.kind == TK_EOF || (t.kind == TK_SEMI && depth == 1))
+			return (size_t) -1;
+		if (t.kind == TK_LPAREN)
+			depth++;
+		else if (t.kind == TK_RPAREN && --depth == 0)
+			break;
+		last = t.end;
+	}
+	*end = last;
+	return start;
+}
+
+/*
+ * Given the first token of a statement, return the start of the RVBBIT
+ * keyword when the statement is one of the rewritten forms, else
+ * (size_t) -1.  *end is left alone when the RVBBIT part runs to the end of
+ * the statement and set when it ends earlier (inside COPY's parentheses).
+ * Reads tokens from a copy of the lexer.  nested: inside EXPLAIN, where
+ * only RVBBIT, CREATE ... AS and DECLARE may follow.
+ *
+ * The forms are the server's (gram.y), with every option it accepts
+ * before the query:
+ *	  RVBBIT ...
+ *	  EXPLAIN [ANALYZE] [VERBOSE] | EXPLAIN (options)   followed by a form
+ *	  CREATE [OR REPLACE] [TEMP|TEMPORARY|LOCAL TEMP|GLOBAL TEMP|UNLOGGED]
+ *		  {TABLE | VIEW | MATERIALIZED VIEW} ... AS RVBBIT ...
+ *	  DECLARE name [BINARY|ASENSITIVE|INSENSITIVE|[NO] SCROLL]... CURSOR
+ *		  [{WITH|WITHOUT} HOLD] FOR RVBBIT ...
+ *	  PREPARE name [(types)] AS RVBBIT ...
+ *	  COPY (RVBBIT ...) TO ...
+ */
+static size_t
+rvbbit_start(const Lexer *lx0, Tok first, size_t *end, bool nested)
 {
 	Lexer		lx = *lx0;
 	Tok			t = first;
@@ -372,7 +420,7 @@ rvbbit_start(const Lexer *lx0, Tok first)
 	if (tok_is(&lx, &t, "rvbbit"))
 		return t.start;
 
-	if (tok_is(&lx, &t, "explain"))
+	if (tok_is(&lx, &t, "explain") && !nested)
 	{
 		t = lex_next(&lx);
 		if (t.kind == TK_LPAREN)
@@ -388,14 +436,21 @@ rvbbit_start(const Lexer *lx0, Tok first)
 			if (tok_is(&lx, &t, "verbose"))
 				t = lex_next(&lx);
 		}
-		return tok_is(&lx, &t, "rvbbit") ? t.start : (size_t) -1;
+		return rvbbit_start(&lx, t, end, true);
 	}
 
 	if (tok_is(&lx, &t, "create"))
 	{
-		int			parts;
+		int			depth = 0;
 
 		t = lex_next(&lx);
+		if (tok_is(&lx, &t, "or"))
+		{
+			t = lex_next(&lx);
+			if (!tok_is(&lx, &t, "replace"))
+				return (size_t) -1;
+			t = lex_next(&lx);
+		}
 		if (tok_is(&lx, &t, "local") || tok_is(&lx, &t, "global"))
 		{
 			t = lex_next(&lx);
@@ -406,29 +461,79 @@ rvbbit_start(const Lexer *lx0, Tok first)
 		else if (tok_is(&lx, &t, "temp") || tok_is(&lx, &t, "temporary") ||
 				 tok_is(&lx, &t, "unlogged"))
 			t = lex_next(&lx);
-		if (!tok_is(&lx, &t, "table"))
+		if (tok_is(&lx, &t, "materialized"))
+		{
+			t = lex_next(&lx);
+			if (!tok_is(&lx, &t, "view"))
+				return (size_t) -1;
+		}
+		else if (!tok_is(&lx, &t, "table") && !tok_is(&lx, &t, "view"))
+			return (size_t) -1;
+
+		/*
+		 * Then the name, a column list, WITH (...), USING, TABLESPACE, ON
+		 * COMMIT ...: the first AS outside parentheses starts the query.
+		 */
+		for (;;)
+		{
+			t = lex_next(&lx);
+			if (t.kind == TK_EOF || t.kind == TK_SEMI)
+				return (size_t) -1;
+			if (t.kind == TK_LPAREN)
+				depth++;
+			else if (t.kind == TK_RPAREN)
+				depth--;
+			else if (depth == 0 && tok_is(&lx, &t, "as"))
+				break;
+		}
+		t = lex_next(&lx);
+		return tok_is(&lx, &t, "rvbbit") ? t.start : (size_t) -1;
+	}
+
+	if (tok_is(&lx, &t, "declare"))
+	{
+		t = lex_next(&lx);
+		if (t.kind != TK_IDENT && t.kind != TK_QIDENT)
+			return (size_t) -1;
+		for (;;)
+		{
+			t = lex_next(&lx);
+			if (tok_is(&lx, &t, "no"))
+			{
+				t = lex_next(&lx);
+				if (!tok_is(&lx, &t, "scroll"))
+					return (size_t) -1;
+			}
+			else if (!tok_is(&lx, &t, "binary") && !tok_is(&lx, &t, "scroll") &&
+					 !tok_is(&lx, &t, "insensitive") &&
+					 !tok_is(&lx, &t, "asensitive"))
+				break;
+		}
+		if (!tok_is(&lx, &t, "cursor"))
 			return (size_t) -1;
 		t = lex_next(&lx);
-		if (tok_is(&lx, &t, "if"))
+		if (tok_is(&lx, &t, "with") || tok_is(&lx, &t, "without"))
 		{
 			t = lex_next(&lx);
-			if (!tok_is(&lx, &t, "not"))
-				return (size_t) -1;
-			t = lex_next(&lx);
-			if (!tok_is(&lx, &t, "exists"))
+			if (!tok_is(&lx, &t, "hold"))
 				return (size_t) -1;
 			t = lex_next(&lx);
 		}
-		/* name, qualified at most twice */
-		for (parts = 0;; parts++)
-		{
-			if (t.kind != TK_IDENT && t.kind != TK_QIDENT)
-				return (size_t) -1;
-			t = lex_next(&lx);
-			if (t.kind != TK_DOT || parts == 2)
-				break;
-			t = lex_next(&lx);
-		}
+		if (!tok_is(&lx, &t, "for"))
+			return (size_t) -1;
+		t = lex_next(&lx);
+		return tok_is(&lx, &t, "rvbbit") ? t.start : (size_t) -1;
+	}
+
+	if (nested)
+		return (size_t) -1;
+
+	if (tok_is(&lx, &t, "prepare"))
+	{
+		t = lex_next(&lx);
+		if (t.kind != TK_IDENT && t.kind != TK_QIDENT)
+			return (size_t) -1;
+		t = lex_next(&lx);
 		if (t.kind == TK_LPAREN)
 		{
 			if (!skip_parens(&lx))
@@ -439,6 +544,14 @@ rvbbit_start(const Lexer *lx0, Tok first)
 			return (size_t) -1;
 		t = lex_next(&lx);
 		return tok_is(&lx, &t, "rvbbit") ? t.start : (size_t) -1;
+	}
+
+	if (tok_is(&lx, &t, "copy"))
+	{
+		t = lex_next(&lx);
+		if (t.kind != TK_LPAREN)
+			return (size_t) -1;
+		return rvbbit_in_parens(&lx, end);
 	}
 	return (size_t) -1;
 }
@@ -564,6 +677,7 @@ gw_rewrite_text(const char *text, size_t len, bool std_strings,
 		Tok			t;
 		size_t		last_end;
 		size_t		rv;
+		size_t		rv_end;
 		int			begin_depth = 0;
 		int			nident = 0;
 		char		idents[4] = {0, 0, 0, 0};
@@ -613,21 +727,22 @@ gw_rewrite_text(const char *text, size_t len, bool std_strings,
 			*flags |= GW_RW_RISKY;
 
 		rv = (size_t) -1;
+		rv_end = last_end;
 		if (do_rewrite)
-			rv = rvbbit_start(&at_first, first);
+			rv = rvbbit_start(&at_first, first, &rv_end, false);
 		if (rv != (size_t) -1)
 		{
 			char		tag[32];
 			static const char head[] = "SELECT * FROM rvbbit.sql(";
 
-			pick_tag(text + rv, last_end - rv, tag, sizeof(tag));
+			pick_tag(text + rv, rv_end - rv, tag, sizeof(tag));
 			app(&out, &ok, text + copied, rv - copied);
 			app(&out, &ok, head, sizeof(head) - 1);
 			app(&out, &ok, tag, strlen(tag));
-			app(&out, &ok, text + rv, last_end - rv);
+			app(&out, &ok, text + rv, rv_end - rv);
 			app(&out, &ok, tag, strlen(tag));
 			app(&out, &ok, ")", 1);
-			copied = last_end;
+			copied = rv_end;
 			*flags |= GW_RW_REWROTE;
 		}
 		if (t.kind == TK_EOF)

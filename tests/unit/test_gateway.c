@@ -76,6 +76,61 @@ test_rewrite(void)
 			  "CREATE TABLE IF NOT EXISTS s.t (a, b) AS SELECT * FROM rvbbit.sql($rvbbit$RVBBIT RUN 'x' USING (SELECT 1)$rvbbit$)",
 			  "CREATE TABLE IF NOT EXISTS qualified name with columns AS RVBBIT");
 
+	/* COPY, DECLARE CURSOR, PREPARE, views, EXPLAIN of those */
+	CHECK_STR(rw("COPY (RVBBIT MAP 'x' USING (SELECT ')' AS p, (1))) TO STDOUT", true),
+			  "COPY (SELECT * FROM rvbbit.sql($rvbbit$RVBBIT MAP 'x' USING (SELECT ')' AS p, (1))$rvbbit$)) TO STDOUT",
+			  "COPY (RVBBIT ...) TO: the wrapper ends at the matching parenthesis");
+	CHECK_STR(rw("copy /* c */ ( -- x\n rvbbit map 'x' USING (SELECT 1) /* in */ ) TO STDOUT WITH (FORMAT csv); SELECT 1", true),
+			  "copy /* c */ ( -- x\n SELECT * FROM rvbbit.sql($rvbbit$rvbbit map 'x' USING (SELECT 1)$rvbbit$) /* in */ ) TO STDOUT WITH (FORMAT csv); SELECT 1",
+			  "COPY with comments: they stay outside the wrapper");
+	CHECK_STR(rw("COPY (RVBBIT MAP 'x' USING (SELECT 1) TO STDOUT", true),
+			  "COPY (RVBBIT MAP 'x' USING (SELECT 1) TO STDOUT",
+			  "COPY with an unbalanced parenthesis is left to the server");
+	CHECK_STR(rw("COPY t FROM STDIN; COPY (SELECT 'RVBBIT') TO STDOUT", true),
+			  "COPY t FROM STDIN; COPY (SELECT 'RVBBIT') TO STDOUT",
+			  "plain COPY is left alone");
+	CHECK_STR(rw("DECLARE c CURSOR FOR RVBBIT MAP 'x' USING (SELECT 1)", true),
+			  "DECLARE c CURSOR FOR SELECT * FROM rvbbit.sql($rvbbit$RVBBIT MAP 'x' USING (SELECT 1)$rvbbit$)",
+			  "DECLARE CURSOR FOR RVBBIT");
+	CHECK_STR(rw("declare \"C\" binary no scroll /* x */ cursor with hold for rvbbit map 'x' USING (SELECT 1);", true),
+			  "declare \"C\" binary no scroll /* x */ cursor with hold for SELECT * FROM rvbbit.sql($rvbbit$rvbbit map 'x' USING (SELECT 1)$rvbbit$);",
+			  "DECLARE BINARY NO SCROLL CURSOR WITH HOLD, with a comment");
+	CHECK_STR(rw("DECLARE c INSENSITIVE SCROLL CURSOR WITHOUT HOLD FOR RVBBIT RUN 'x' USING (SELECT 1)", true),
+			  "DECLARE c INSENSITIVE SCROLL CURSOR WITHOUT HOLD FOR SELECT * FROM rvbbit.sql($rvbbit$RVBBIT RUN 'x' USING (SELECT 1)$rvbbit$)",
+			  "DECLARE INSENSITIVE SCROLL CURSOR WITHOUT HOLD");
+	CHECK_STR(rw("DECLARE c NO CURSOR FOR RVBBIT MAP 'x'", true), "DECLARE c NO CURSOR FOR RVBBIT MAP 'x'",
+			  "NO without SCROLL is not the grammar: left alone");
+	CHECK_STR(rw("PREPARE p (int, text) AS RVBBIT MAP 'x' USING (SELECT 1)", true),
+			  "PREPARE p (int, text) AS SELECT * FROM rvbbit.sql($rvbbit$RVBBIT MAP 'x' USING (SELECT 1)$rvbbit$)",
+			  "PREPARE name (types) AS RVBBIT");
+	CHECK_STR(rw("prepare p as rvbbit map 'x' USING (SELECT 1)", true),
+			  "prepare p as SELECT * FROM rvbbit.sql($rvbbit$rvbbit map 'x' USING (SELECT 1)$rvbbit$)",
+			  "PREPARE name AS RVBBIT");
+	CHECK_STR(rw("CREATE OR REPLACE TEMP VIEW v WITH (security_barrier) AS RVBBIT MAP 'x' USING (SELECT 1)", true),
+			  "CREATE OR REPLACE TEMP VIEW v WITH (security_barrier) AS SELECT * FROM rvbbit.sql($rvbbit$RVBBIT MAP 'x' USING (SELECT 1)$rvbbit$)",
+			  "CREATE OR REPLACE TEMP VIEW ... AS RVBBIT");
+	CHECK_STR(rw("CREATE MATERIALIZED VIEW IF NOT EXISTS m (a) AS RVBBIT MAP 'x' USING (SELECT 1)", true),
+			  "CREATE MATERIALIZED VIEW IF NOT EXISTS m (a) AS SELECT * FROM rvbbit.sql($rvbbit$RVBBIT MAP 'x' USING (SELECT 1)$rvbbit$)",
+			  "CREATE MATERIALIZED VIEW ... AS RVBBIT");
+	CHECK_STR(rw("CREATE UNLOGGED TABLE t (a, b GENERATED ALWAYS AS (1)) WITH (fillfactor = 70) TABLESPACE x AS RVBBIT MAP 'x' USING (SELECT 1)", true),
+			  "CREATE UNLOGGED TABLE t (a, b GENERATED ALWAYS AS (1)) WITH (fillfactor = 70) TABLESPACE x AS SELECT * FROM rvbbit.sql($rvbbit$RVBBIT MAP 'x' USING (SELECT 1)$rvbbit$)",
+			  "CREATE TABLE with options: the AS outside parentheses");
+	CHECK_STR(rw("EXPLAIN ANALYZE CREATE TABLE t AS RVBBIT MAP 'x' USING (SELECT 1)", true),
+			  "EXPLAIN ANALYZE CREATE TABLE t AS SELECT * FROM rvbbit.sql($rvbbit$RVBBIT MAP 'x' USING (SELECT 1)$rvbbit$)",
+			  "EXPLAIN ANALYZE CREATE TABLE AS RVBBIT");
+	CHECK_STR(rw("EXPLAIN (COSTS OFF) DECLARE c CURSOR FOR RVBBIT MAP 'x' USING (SELECT 1)", true),
+			  "EXPLAIN (COSTS OFF) DECLARE c CURSOR FOR SELECT * FROM rvbbit.sql($rvbbit$RVBBIT MAP 'x' USING (SELECT 1)$rvbbit$)",
+			  "EXPLAIN DECLARE ... FOR RVBBIT");
+	CHECK_STR(rw("EXPLAIN EXPLAIN RVBBIT MAP 'x'; EXPLAIN COPY (RVBBIT MAP 'x') TO STDOUT", true),
+			  "EXPLAIN EXPLAIN RVBBIT MAP 'x'; EXPLAIN COPY (RVBBIT MAP 'x') TO STDOUT",
+			  "EXPLAIN EXPLAIN and EXPLAIN COPY are not statements: left alone");
+	CHECK_STR(rw("CREATE FUNCTION f() RETURNS int AS 'RVBBIT' LANGUAGE sql; CREATE TABLE t (a int)", true),
+			  "CREATE FUNCTION f() RETURNS int AS 'RVBBIT' LANGUAGE sql; CREATE TABLE t (a int)",
+			  "CREATE FUNCTION and CREATE TABLE without AS are left alone");
+	CHECK_STR(rw("COPY (RVBBIT MAP $$)$$ USING (SELECT $t$ ) $rvbbit$ $t$)) TO STDOUT", true),
+			  "COPY (SELECT * FROM rvbbit.sql($rvbbit1$RVBBIT MAP $$)$$ USING (SELECT $t$ ) $rvbbit$ $t$)$rvbbit1$)) TO STDOUT",
+			  "COPY: parentheses and tags inside dollar quotes");
+
 	/* never rewritten */
 	CHECK_STR(rw("SELECT 'RVBBIT MAP'", true), "SELECT 'RVBBIT MAP'", "RVBBIT inside a string");
 	CHECK_STR(rw("SELECT $$; RVBBIT MAP$$", true), "SELECT $$; RVBBIT MAP$$", "RVBBIT inside a dollar quote");
