@@ -181,6 +181,9 @@ sup_start(void)
 	}
 	if (gw_allow_trust)
 		sup_arg(argv, &argc, lengthof(argv), "--allow-trust");
+	/* a client has as long for its first packets as the server gives it */
+	sup_arg(argv, &argc, lengthof(argv), "--startup-timeout");
+	sup_arg(argv, &argc, lengthof(argv), psprintf("%d", AuthenticationTimeout));
 	sup_arg(argv, &argc, lengthof(argv), "--parent-fd");
 	sup_arg(argv, &argc, lengthof(argv), "3");
 	argv[argc] = NULL;

@@ -20,7 +20,11 @@
  * is forwarded verbatim (the server itself answers newer minor versions
  * with NegotiateProtocolVersion, which passes through); a direct TLS start
  * (first byte 0x16) is closed.  Exactly the bytes of the first packet are
- * read, so no plaintext can be buffered across the start of TLS.
+ * read, so no plaintext can be buffered across the start of TLS.  A client
+ * has --startup-timeout seconds (the server's authentication_timeout under
+ * the supervisor) to get its StartupMessage or CancelRequest through;
+ * after that the server's own timeout covers authentication, and a
+ * session never times out once it is relaying.
  *
  * Authentication is relayed byte for byte (SCRAM runs end to end between
  * the client and the server).  A server that sends AuthenticationOk with
@@ -128,6 +132,11 @@ typedef struct Session
 	bool		closing;		/* flush the client, then close */
 	bool		dead;
 	struct Session *next_dead;
+	/* on the startup list (no StartupMessage or CancelRequest yet) */
+	bool		in_startup;
+	int64_t		startup_deadline;	/* CLOCK_MONOTONIC, ms */
+	struct Session *st_prev;
+	struct Session *st_next;
 } Session;
 
 /* configuration */
@@ -141,6 +150,7 @@ static char *ssl_cert = NULL;
 static char *ssl_key = NULL;
 static int	parent_fd = -1;
 static SSL_CTX *ssl_ctx = NULL;
+static int	startup_timeout = 60;	/* seconds; 0: none */
 
 /* state */
 static int	epfd = -1;
@@ -149,6 +159,16 @@ static int	nlisteners;
 static EpItem parent_item;
 static int	spare_fd = -1;
 static Session *dead_list = NULL;
+
+/*
+ * Sessions that have not sent their StartupMessage (or CancelRequest) yet,
+ * oldest first: every deadline is its accept time plus the same timeout,
+ * so the list is in deadline order.  A client that sends its first packets
+ * slowly, or never, is closed at its deadline, as the server does with
+ * authentication_timeout; afterwards the server's own timeout applies.
+ */
+static Session *startup_head = NULL;
+static Session *startup_tail = NULL;
 static long nsessions = 0;
 static volatile sig_atomic_t got_term = 0;
 static volatile sig_atomic_t got_trust = -1;
@@ -422,12 +442,57 @@ fail:
  * ----------------------------------------------------------------
  */
 
+static int64_t
+now_ms(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (int64_t) ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* Put a new session at the end of the startup list. */
+static void
+startup_list_add(Session *s)
+{
+	if (startup_timeout <= 0)
+		return;
+	s->in_startup = true;
+	s->startup_deadline = now_ms() + (int64_t) startup_timeout * 1000;
+	s->st_prev = startup_tail;
+	s->st_next = NULL;
+	if (startup_tail)
+		startup_tail->st_next = s;
+	else
+		startup_head = s;
+	startup_tail = s;
+}
+
+/* Take a session off the startup list (its first packets are done). */
+static void
+startup_list_remove(Session *s)
+{
+	if (!s->in_startup)
+		return;
+	if (s->st_prev)
+		s->st_prev->st_next = s->st_next;
+	else
+		startup_head = s->st_next;
+	if (s->st_next)
+		s->st_next->st_prev = s->st_prev;
+	else
+		startup_tail = s->st_prev;
+	s->in_startup = false;
+	s->st_prev = s->st_next = NULL;
+}
+
 /* Close both connections; the memory is freed after the event batch. */
 static void
 session_kill(Session *s)
 {
 	if (s->dead)
 		return;
+	startup_list_remove(s);
 	conn_close(&s->cli);
 	conn_close(&s->up);
 	gw_frame_reset(&s->from_cli);
@@ -654,6 +719,7 @@ first_packet(Session *s)
 		if (len != 16)
 			goto bad;
 		s->state = S_CANCEL;
+		startup_list_remove(s);
 		conn_close(&s->cli);
 		if (!gw_buf_append(&s->up.out, s->first, 16) || !upstream_connect(s))
 		{
@@ -665,6 +731,7 @@ first_packet(Session *s)
 	if ((code >> 16) == 3)
 	{
 		s->state = S_RELAY;
+		startup_list_remove(s);
 		if (!gw_buf_append(&s->up.out, s->first, len))
 			goto bad;
 		if (!upstream_connect(s))
@@ -1051,9 +1118,33 @@ accept_clients(int lfd)
 		s->std_strings = true;
 		s->state = S_FIRST;
 		nsessions++;
+		startup_list_add(s);
 		conn_set_mask(&s->cli, EPOLLIN);
 		session_pump(s);
 	}
+}
+
+/*
+ * Close the sessions whose first packets did not arrive in time; returns
+ * the epoll timeout until the next deadline (-1: none).
+ */
+static int
+expire_startups(void)
+{
+	int64_t		now = now_ms();
+	long		n = 0;
+
+	while (startup_head && startup_head->startup_deadline <= now)
+	{
+		session_kill(startup_head);
+		n++;
+	}
+	if (n > 0)
+		gw_log("LOG", "closed %ld connection%s that sent no startup packet within %d s",
+			   n, n == 1 ? "" : "s", startup_timeout);
+	if (startup_head == NULL)
+		return -1;
+	return (int) (startup_head->startup_deadline - now) + 1;
 }
 
 /* Free the sessions ended during the last event batch. */
@@ -1256,6 +1347,8 @@ usage(FILE *f)
 			"  --ssl-cert FILE        terminate TLS with this certificate (PEM chain)\n"
 			"  --ssl-key FILE         ... and this key\n"
 			"  --allow-trust          let through sessions the server accepts without authentication\n"
+			"  --startup-timeout S    close a client whose startup packet has not arrived in S seconds\n"
+			"                         (default 60, 0: never)\n"
 			"  --parent-fd N          exit when this pipe reports EOF (used by the supervisor)\n"
 			"  --version, --help\n");
 }
@@ -1295,6 +1388,8 @@ main(int argc, char **argv)
 			ssl_cert = argv[++i];
 		else if (v != NULL && strcmp(a, "--ssl-key") == 0)
 			ssl_key = argv[++i];
+		else if (v != NULL && strcmp(a, "--startup-timeout") == 0)
+			startup_timeout = atoi(argv[++i]);
 		else if (v != NULL && strcmp(a, "--parent-fd") == 0)
 			parent_fd = atoi(argv[++i]);
 		else
@@ -1390,7 +1485,7 @@ main(int argc, char **argv)
 
 	while (!got_term)
 	{
-		int			n = epoll_pwait(epfd, events, 256, -1, &orig);
+		int			n = epoll_pwait(epfd, events, 256, expire_startups(), &orig);
 		int			k;
 
 		if (got_trust >= 0)
