@@ -300,6 +300,8 @@ echo "warm-up: MAP over 100 rows at parallel 50 took $(printf '%.3f' "$MAP_SQL_S
   "(latency $BENCH_LATENCY_MS ms)"
 echo "rvbbit workers after the warm-up: $(worker_count)"
 
+# BENCH_GATEWAY_ONLY=1: only the gateway overhead step below
+if [ "${BENCH_GATEWAY_ONLY:-0}" != 1 ]; then
 echo
 echo "== MAP against curl --parallel (mock latency $BENCH_LATENCY_MS ms, then 0 ms)"
 print_header
@@ -467,20 +469,52 @@ if [ "$BENCH_SKIP_MEM" != 1 ]; then
   mem_run "$BENCH_MEM_N"
 fi
 
-# the gateway's overhead on plain queries: pgbench select-only, direct and
-# through the gateway, alternating, in the same run
-echo
-echo "== gateway overhead: pgbench -S, ${BENCH_PGBENCH_S:=10} s each, 4 clients, direct vs gateway"
-if "$PG_BINDIR/pgbench" -i -q -h 127.0.0.1 -p "$PG_PORT" -U postgres postgres >/dev/null 2>&1; then
-  printf '%-8s %12s %14s\n' "path" "tps" "latency ms"
+fi # BENCH_GATEWAY_ONLY
+
+# the gateway's overhead on plain queries: pgbench, direct and through the
+# gateway, alternating, in the same run (same server, same data)
+pgb() {
+  "$PG_BINDIR/pgbench" -n -T "$BENCH_PGBENCH_S" -c "$BENCH_PGBENCH_C" -j 2 -h 127.0.0.1 -U postgres "$@" postgres 2>&1
+}
+
+# gw_run LABEL PGBENCH-ARGS...: direct, gateway, direct, gateway; prints each
+# run and the ratio of the means (gateway tps / direct tps)
+gw_run() {
+  local label="$1" path port out tps lat sum_d=0 sum_g=0 n_d=0 n_g=0
+  shift
   for path in direct gateway direct gateway; do
     port=$PG_PORT; [ "$path" = gateway ] && port=$GW_PORT
-    out=$("$PG_BINDIR/pgbench" -S -n -T "$BENCH_PGBENCH_S" -c 4 -j 2 -h 127.0.0.1 -p "$port" -U postgres postgres 2>&1)
+    out=$(pgb -p "$port" "$@")
     tps=$(echo "$out" | sed -n 's/^tps = \([0-9.]*\).*/\1/p')
     lat=$(echo "$out" | sed -n 's/^latency average = \([0-9.]*\) ms/\1/p')
-    [ -n "$tps" ] || { echo "bench: pgbench ($path) failed: $out" >&2; PROBLEMS=$((PROBLEMS + 1)); continue; }
-    printf '%-8s %12s %14s\n' "$path" "$tps" "$lat"
+    [ -n "$tps" ] || {
+      echo "bench: pgbench $label ($path) failed: $out" >&2
+      PROBLEMS=$((PROBLEMS + 1))
+      continue
+    }
+    printf '%-26s %-8s %12.0f %12s\n' "$label" "$path" "$tps" "$lat"
+    if [ "$path" = direct ]; then
+      sum_d=$(calc "$sum_d + $tps"); n_d=$((n_d + 1))
+    else
+      sum_g=$(calc "$sum_g + $tps"); n_g=$((n_g + 1))
+    fi
   done
+  if [ "$n_d" -gt 0 ] && [ "$n_g" -gt 0 ]; then
+    printf '%-26s %-8s %12s %12s   gateway/direct tps = %.3f\n' "$label" "ratio" "" "" \
+      "$(calc "($sum_g / $n_g) / ($sum_d / $n_d)")"
+  fi
+}
+
+echo
+echo "== gateway overhead: pgbench, ${BENCH_PGBENCH_S:=5} s a run, ${BENCH_PGBENCH_C:=4} clients, direct vs gateway"
+echo "$(nproc) CPUs, load average $(cut -d' ' -f1-3 /proc/loadavg) (other work on the machine changes these figures)"
+if "$PG_BINDIR/pgbench" -i -q -h 127.0.0.1 -p "$PG_PORT" -U postgres postgres >/dev/null 2>&1; then
+  echo 'SELECT 1;' >"$work/select1.sql"
+  printf '%-26s %-8s %12s %12s\n' "workload" "path" "tps" "latency ms"
+  gw_run "-S, simple protocol" -S -M simple
+  gw_run "-S, prepared (extended)" -S -M prepared
+  gw_run "SELECT 1, simple protocol" -M simple -f "$work/select1.sql"
+  gw_run "SELECT 1, connect each" -M simple -C -f "$work/select1.sql"
 else
   echo "bench: pgbench -i failed" >&2
   PROBLEMS=$((PROBLEMS + 1))

@@ -4,7 +4,7 @@
 set -euo pipefail
 pkgs=(build-essential pkg-config postgresql-15 postgresql-server-dev-15
       postgresql-15-cron libcurl4-openssl-dev libjson-c-dev libyaml-dev
-      libipc-run-perl libdbd-pg-perl python3 python3-psycopg2 curl ca-certificates util-linux
+      libipc-run-perl libdbd-pg-perl libio-socket-ssl-perl python3 python3-psycopg2 curl ca-certificates util-linux
       nginx openssl libssl-dev libpostgresql-jdbc-java default-jdk-headless)
 missing=()
 for p in "${pkgs[@]}"; do
