@@ -65,19 +65,26 @@ typedef struct GwFramer
 
 /*
  * want: should the message of this type and body length be collected?
+ * GW_WANT_STREAM copies it through, GW_WANT_COLLECT collects it,
+ * GW_WANT_ABORT ends the feed with GW_FRAME_ABORT.
  * on_message: a collected message; append what goes on (the message itself
  * or a replacement) to out; return false to end the session.
  */
+#define GW_WANT_STREAM		0
+#define GW_WANT_COLLECT		1
+#define GW_WANT_ABORT		(-1)
+
 typedef struct GwFrameOps
 {
-	bool		(*want) (void *arg, char type, uint32_t body_len);
+	int			(*want) (void *arg, char type, uint32_t body_len);
 	bool		(*on_message) (void *arg, char type, const char *body,
 							   uint32_t body_len, GwBuf *out);
 } GwFrameOps;
 
 #define GW_FRAME_OK			0
 #define GW_FRAME_BADLEN		(-1)	/* a length below 4 or over the limit */
-#define GW_FRAME_ABORT		(-2)	/* on_message returned false */
+#define GW_FRAME_ABORT		(-2)	/* on_message returned false, or want
+									 * GW_WANT_ABORT */
 #define GW_FRAME_NOMEM		(-3)
 
 extern int	gw_frame_feed(GwFramer *f, const char *data, size_t len,

@@ -166,6 +166,7 @@ gw_frame_feed(GwFramer *f, const char *data, size_t len, GwBuf *out,
 		else
 		{
 			uint32_t	l;
+			int			w;
 
 			f->hdr[f->hdr_len++] = (unsigned char) *data;
 			data++;
@@ -179,7 +180,10 @@ gw_frame_feed(GwFramer *f, const char *data, size_t len, GwBuf *out,
 				return GW_FRAME_BADLEN;
 			f->type = (char) f->hdr[0];
 			f->body_len = l - 4;
-			if (ops->want(arg, f->type, f->body_len))
+			w = ops->want(arg, f->type, f->body_len);
+			if (w == GW_WANT_ABORT)
+				return GW_FRAME_ABORT;
+			if (w == GW_WANT_COLLECT)
 			{
 				f->collecting = true;
 				if (f->body_len == 0)

@@ -119,10 +119,15 @@ typedef struct Session
 	unsigned char first[GW_MAX_STARTUP];
 	uint32_t	first_have;
 	bool		tls_done;
+	bool		ssl_asked;		/* an SSLRequest was answered */
+	bool		gss_asked;		/* a GSSENCRequest was answered */
 	GwFramer	from_cli;
 	GwFramer	from_up;
 	bool		challenge_seen; /* an authentication request before Ok */
 	bool		auth_ok;
+	GwBuf		held;			/* client messages held until auth_ok */
+	bool		holding;		/* held has (or is collecting) a message */
+	bool		held_overflow;	/* over GW_MAX_HELD: the session ends */
 	bool		std_strings;
 	bool		unsafe_encoding;
 	bool		copy_in;		/* the server is in COPY FROM STDIN */
@@ -495,6 +500,7 @@ session_kill(Session *s)
 	startup_list_remove(s);
 	conn_close(&s->cli);
 	conn_close(&s->up);
+	gw_buf_free(&s->held);
 	gw_frame_reset(&s->from_cli);
 	gw_frame_reset(&s->from_up);
 	s->dead = true;
@@ -516,9 +522,11 @@ session_finish(Session *s)
 
 /* ---- upstream -> client ---- */
 
-static bool
+static int
 up_want(void *arg, char type, uint32_t len)
 {
+	bool		collect;
+
 	(void) arg;
 	switch (type)
 	{
@@ -526,12 +534,43 @@ up_want(void *arg, char type, uint32_t len)
 		case 'S':				/* ParameterStatus */
 		case 'G':				/* CopyInResponse */
 		case 'W':				/* CopyBothResponse */
-			return len <= 65536;
+			collect = len <= 65536;
+			break;
 		case 'Z':				/* ReadyForQuery */
-			return len == 1;
+			collect = len == 1;
+			break;
 		default:
-			return false;
+			collect = false;
 	}
+	return collect ? GW_WANT_COLLECT : GW_WANT_STREAM;
+}
+
+static bool cli_message(void *arg, char type, const char *body, uint32_t len,
+						GwBuf *out);
+
+/*
+ * The server let the session in and the gateway accepts it: send on the
+ * client messages held back until now (rewritten as usual).
+ */
+static bool
+release_held(Session *s)
+{
+	size_t		off = s->held.off;
+	bool		ok = true;
+
+	s->holding = false;
+	while (ok && off + 5 <= s->held.len)
+	{
+		const char *m = s->held.data + off;
+		uint32_t	l = ((uint32_t) (unsigned char) m[1] << 24) |
+		((uint32_t) (unsigned char) m[2] << 16) |
+		((uint32_t) (unsigned char) m[3] << 8) | (uint32_t) (unsigned char) m[4];
+
+		ok = cli_message(s, m[0], m + 5, l - 4, &s->up.out);
+		off += 1 + l;
+	}
+	gw_buf_free(&s->held);
+	return ok;
 }
 
 static bool
@@ -550,7 +589,12 @@ up_message(void *arg, char type, const char *body, uint32_t len, GwBuf *out)
 				(uint32_t) (unsigned char) body[3];
 
 				if (code != 0)
+				{
+					/* real authentication: the server judges what follows */
 					s->challenge_seen = true;
+					if (s->holding && !release_held(s))
+						return false;
+				}
 				else if (!s->challenge_seen && !allow_trust)
 				{
 					send_fatal(out, "28000",
@@ -561,7 +605,11 @@ up_message(void *arg, char type, const char *body, uint32_t len, GwBuf *out)
 					return false;
 				}
 				else
+				{
 					s->auth_ok = true;
+					if (s->holding && !release_held(s))
+						return false;
+				}
 			}
 			break;
 		case 'S':
@@ -600,7 +648,20 @@ static const GwFrameOps up_ops = {up_want, up_message};
 
 /* ---- client -> upstream ---- */
 
-static bool
+/*
+ * Until the server has either asked for authentication or let the session
+ * in (and the gateway has accepted that: no trust unless allowed), only
+ * authentication messages ('p') go on to the server.  Anything else a
+ * client pipelines after its StartupMessage is held back, up to
+ * GW_MAX_HELD bytes, and sent, in order, once the server asks for a
+ * password (it then rejects them itself, as when connected directly) or
+ * the session is accepted.  A refused session never reaches the server
+ * with them, so a trust server cannot be made to run a statement for a
+ * client the gateway turns away.
+ */
+#define GW_MAX_HELD		65536
+
+static int
 cli_want(void *arg, char type, uint32_t len)
 {
 	Session    *s = arg;
@@ -609,7 +670,18 @@ cli_want(void *arg, char type, uint32_t len)
 		s->client_syncs++;
 	if (type == 'c' || type == 'f')
 		s->copy_in = false;
-	return s->auth_ok && (type == 'Q' || type == 'P') && len <= GW_MAX_INSPECT;
+	if (!s->auth_ok && !s->challenge_seen && (s->holding || type != 'p'))
+	{
+		if (gw_buf_pending(&s->held) + 5 + (size_t) len > GW_MAX_HELD)
+		{
+			s->held_overflow = true;
+			return GW_WANT_ABORT;
+		}
+		s->holding = true;
+		return GW_WANT_COLLECT;
+	}
+	return s->auth_ok && (type == 'Q' || type == 'P') && len <= GW_MAX_INSPECT ?
+		GW_WANT_COLLECT : GW_WANT_STREAM;
 }
 
 static bool
@@ -618,6 +690,10 @@ cli_message(void *arg, char type, const char *body, uint32_t len, GwBuf *out)
 	Session    *s = arg;
 	bool		do_rewrite;
 	int			flags;
+
+	if (s->holding)
+		return gw_frame_append_header(&s->held, type, len) &&
+			gw_buf_append(&s->held, body, len);
 
 	do_rewrite = !s->unsafe_encoding && s->server_syncs >= s->unsure_until;
 	flags = gw_rewrite_message(type, body, len, s->std_strings, do_rewrite, out);
@@ -643,6 +719,15 @@ from_client(Session *s, const char *data, size_t n)
 	{
 		send_fatal(&s->cli.out, "08P01", "invalid message length from the client",
 				   NULL, NULL);
+		session_finish(s);
+		return false;
+	}
+	if (r == GW_FRAME_ABORT && s->held_overflow)
+	{
+		send_fatal(&s->cli.out, "08P01",
+				   "too much data from the client before authentication completed",
+				   "The gateway holds back up to 64 kB of messages other than authentication until the server has let the session in.",
+				   NULL);
 		session_finish(s);
 		return false;
 	}
@@ -695,8 +780,10 @@ first_packet(Session *s)
 	s->first_have = 0;
 	if (code == GW_SSL_CODE)
 	{
-		if (len != 8 || s->tls_done)
+		/* one SSLRequest and one GSSENCRequest at most, as the server */
+		if (len != 8 || s->tls_done || s->ssl_asked)
 			goto bad;
+		s->ssl_asked = true;
 		if (ssl_ctx == NULL)
 			return gw_buf_append(&s->cli.out, "N", 1);
 		/* 'S' goes out in plaintext before the handshake starts */
@@ -710,8 +797,9 @@ first_packet(Session *s)
 	}
 	if (code == GW_GSSENC_CODE)
 	{
-		if (len != 8 || s->tls_done)
+		if (len != 8 || s->tls_done || s->gss_asked)
 			goto bad;
+		s->gss_asked = true;
 		return gw_buf_append(&s->cli.out, "N", 1);
 	}
 	if (code == GW_CANCEL_CODE)

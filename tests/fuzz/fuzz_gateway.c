@@ -26,11 +26,11 @@ extern int	LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
 static bool fz_scs;
 
-static bool
+static int
 fz_want(void *arg, char type, uint32_t len)
 {
 	(void) arg;
-	return (type == 'Q' || type == 'P') && len <= 65536;
+	return (type == 'Q' || type == 'P') && len <= 65536 ? GW_WANT_COLLECT : GW_WANT_STREAM;
 }
 
 static bool

@@ -73,6 +73,11 @@ my $gw2 = IPC::Run::start(
 	[ $gwbin, '--listen', "127.0.0.1:$gw2port", '--upstream', '127.0.0.1:' . $node->port,
 	  '--allow-trust' ],
 	'>', "$tmp/gw2.log", '2>&1');
+# and one that refuses the trust server
+my $gw3port = PostgreSQL::Test::Cluster::get_free_port();
+my $gw3 = IPC::Run::start(
+	[ $gwbin, '--listen', "127.0.0.1:$gw3port", '--upstream', '127.0.0.1:' . $node->port ],
+	'>', "$tmp/gw3.log", '2>&1');
 
 # psql through a gateway; returns (exit code, stdout, stderr)
 sub gw_psql
@@ -92,6 +97,8 @@ my ($rc, $out, $err);
 ok(wait_until(sub { ($rc) = gw_psql('SELECT 1'); $rc == 0 }), 'the supervised gateway is up');
 ok(wait_until(sub { ($rc) = gw_psql('SELECT 1', port => $gw2port); $rc == 0 }),
 	'the standalone gateway is up');
+ok(wait_until(sub { ($rc, $out, $err) = gw_psql('SELECT 1', port => $gw3port); $err =~ /refuses a server/ }),
+	'the standalone gateway without --allow-trust is up and refuses the trust server');
 
 # the gateways still serve a normal session
 sub still_serving
@@ -325,6 +332,46 @@ sub raw_session
 	close($s);
 }
 
+# one SSLRequest and one GSSENCRequest at most
+for my $code (80877103, 80877104)
+{
+	my $s = connect_gw($gw2port);
+	send_all($s, pack('N N', 8, $code));
+	is(read_n($s, 1), 'N', "request $code answered N");
+	send_all($s, pack('N N', 8, $code) x 1000);
+	ok(closes($s), '... the same request again: closed without another answer');
+	close($s);
+}
+
+# messages pipelined after the StartupMessage wait for the session to be accepted
+{
+	my $s = connect_gw($gw3port);
+	send_all($s, startup_packet(196608) . query_msg('CREATE TABLE pipelined_past_refusal ()'));
+	my $r = until_ready($s);
+	like($r->{errors}[0] // '', qr/^28000: the rvbbit gateway refuses a server that lets the session in without authentication/,
+		'a Query pipelined after the StartupMessage to a refused trust session: the refusal');
+	ok($r->{eof}, '... the connection closed');
+	close($s);
+	is($node->safe_psql('postgres', q{SELECT count(*) FROM pg_class WHERE relname = 'pipelined_past_refusal'}),
+		'0', '... and the server never ran the pipelined statement');
+
+	$s = connect_gw();
+	send_all($s, startup_packet(196608) . query_msg(q{RVBBIT MAP 'extract_brand' AS (brand text) USING (SELECT 'Sony WH-1000XM5' AS product_name)}));
+	$r = until_ready($s);
+	is_deeply($r->{errors}, [], 'an accepted session: the pipelined Query goes on after the login');
+	$r = until_ready($s);
+	is_deeply($r->{rows}, [ [ 'Sony WH-1000XM5', 'Sony' ] ], '... rewritten as usual');
+	close($s);
+
+	$s = connect_gw($gw3port);
+	send_all($s, startup_packet(196608) . query_msg('SELECT ' . ('1' x 70000)));
+	$r = until_ready($s);
+	is_deeply($r->{errors}, [ '08P01: too much data from the client before authentication completed' ],
+		'over 64 kB pipelined before the login: the gateway\'s error');
+	close($s);
+	still_serving('pipelined messages');
+}
+
 ###########################################################################
 # malformed first packets
 ###########################################################################
@@ -529,6 +576,7 @@ still_serving('everything above');
 ($rc, $out, $err) = gw_psql('SELECT 5', port => $gw2port);
 is($out, '5', 'the standalone gateway too') or diag($err);
 $gw2->kill_kill;
+$gw3->kill_kill;
 $node->stop;
 unlike(slurp_file($node->logfile), qr/terminated by signal|rvbbit gateway \(pid \d+\) exited with/,
 	'no server process and no gateway crashed');

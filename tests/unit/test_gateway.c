@@ -176,13 +176,15 @@ test_rewrite(void)
 /* framer callbacks: collect 'Q' and 'P', count messages */
 static int	nmsgs;
 
-static bool
+static int
 t_want(void *arg, char type, uint32_t len)
 {
 	(void) arg;
 	(void) len;
 	nmsgs++;
-	return type == 'Q' || type == 'P';
+	if (type == 'X')
+		return GW_WANT_ABORT;
+	return type == 'Q' || type == 'P' ? GW_WANT_COLLECT : GW_WANT_STREAM;
 }
 
 static bool
@@ -281,6 +283,15 @@ test_framer(void)
 	r = gw_frame_feed(&f, in.data, in.len, &out, &t_ops, NULL);
 	CHECK(r == 0 && out.len == in.len && memcmp(out.data, in.data, in.len) == 0,
 		  "framer: a Query without its NUL passes unchanged");
+	gw_buf_free(&out);
+	gw_buf_free(&in);
+	gw_frame_reset(&f);
+	add_msg(&in, 'S', "", 0);
+	add_msg(&in, 'X', "", 0);
+	add_msg(&in, 'S', "", 0);
+	r = gw_frame_feed(&f, in.data, in.len, &out, &t_ops, NULL);
+	CHECK(r == GW_FRAME_ABORT && out.len == 5,
+		  "framer: want says abort: the feed stops there, what came before went on");
 	gw_buf_free(&out);
 	gw_buf_free(&in);
 	gw_buf_free(&want);
