@@ -569,32 +569,58 @@ contains(const char *hay, size_t hlen, const char *needle, size_t nlen)
 }
 
 /*
- * Pick a dollar-quote tag for body: "$rvbbit$", "$rvbbit1$", ... such that
- * the first occurrence of the tag in body + tag is the closing one.
+ * Pick a dollar-quote tag for body: "$rvbbit$", else "$rvbbit<n>$" with n
+ * above every such number in body, such that the first occurrence of the
+ * tag in body + tag is the closing one.
  */
+static bool
+tag_clashes(const char *body, size_t len, const char *tag)
+{
+	size_t		tl = strlen(tag);
+	size_t		tail;
+
+	if (contains(body, len, tag, tl))
+		return true;
+	/* an occurrence straddling the end of body and the closing tag */
+	for (tail = 1; tail < tl && tail <= len; tail++)
+		if (memcmp(body + len - tail, tag, tail) == 0 &&
+			memcmp(tag + tail, tag, tl - tail) == 0)
+			return true;
+	return false;
+}
+
 static void
 pick_tag(const char *body, size_t len, char *tag, size_t tagsize)
 {
-	unsigned	k;
+	unsigned long next = 1;
+	unsigned long k;
+	size_t		i;
 
-	for (k = 0;; k++)
+	snprintf(tag, tagsize, "$rvbbit$");
+	if (!tag_clashes(body, len, tag))
+		return;
+
+	/*
+	 * In one pass, the smallest number above every $rvbbit<digits> in the
+	 * text, so that a text full of tags costs two passes, not one per tag.
+	 */
+	for (i = 0; i + 7 <= len; i++)
 	{
-		size_t		tl;
-		size_t		tail;
-		bool		clash;
+		if (body[i] == '$' && memcmp(body + i, "$rvbbit", 7) == 0)
+		{
+			size_t		j = i + 7;
 
-		if (k == 0)
-			snprintf(tag, tagsize, "$rvbbit$");
-		else
-			snprintf(tag, tagsize, "$rvbbit%u$", k);
-		tl = strlen(tag);
-		clash = contains(body, len, tag, tl);
-		/* an occurrence straddling the end of body and the closing tag */
-		for (tail = 1; !clash && tail < tl && tail <= len; tail++)
-			if (memcmp(body + len - tail, tag, tail) == 0 &&
-				memcmp(tag + tail, tag, tl - tail) == 0)
-				clash = true;
-		if (!clash)
+			k = 0;
+			while (j < len && is_digit((unsigned char) body[j]) && k < 100000000UL)
+				k = k * 10 + (unsigned long) (body[j++] - '0');
+			if (k < 100000000UL && k + 1 > next)
+				next = k + 1;
+		}
+	}
+	for (k = next;; k++)
+	{
+		snprintf(tag, tagsize, "$rvbbit%lu$", k);
+		if (!tag_clashes(body, len, tag))
 			return;
 	}
 }

@@ -131,6 +131,30 @@ test_rewrite(void)
 			  "COPY (SELECT * FROM rvbbit.sql($rvbbit1$RVBBIT MAP $$)$$ USING (SELECT $t$ ) $rvbbit$ $t$)$rvbbit1$)) TO STDOUT",
 			  "COPY: parentheses and tags inside dollar quotes");
 
+	{
+		/* 20,000 tags in the text: picking one stays linear */
+		GwBuf		b = {0};
+		char		num[32];
+		int			i;
+		size_t		n;
+		int			fl;
+		char	   *o;
+
+		gw_buf_append(&b, "RVBBIT MAP 'x' USING (SELECT $rvbbit$", 37);
+		for (i = 1; i <= 20000; i++)
+		{
+			snprintf(num, sizeof(num), " $rvbbit%d$", i);
+			gw_buf_append(&b, num, strlen(num));
+		}
+		gw_buf_append(&b, "$rvbbit$)", 9);
+		o = gw_rewrite_text(b.data, b.len, true, true, &n, &fl);
+		CHECK(o != NULL && strncmp(o, "SELECT * FROM rvbbit.sql($rvbbit20001$", 38) == 0 &&
+			  strcmp(o + n - 14, "$rvbbit20001$)") == 0,
+			  "a text holding $rvbbit$ to $rvbbit20000$ gets $rvbbit20001$");
+		free(o);
+		gw_buf_free(&b);
+	}
+
 	/* never rewritten */
 	CHECK_STR(rw("SELECT 'RVBBIT MAP'", true), "SELECT 'RVBBIT MAP'", "RVBBIT inside a string");
 	CHECK_STR(rw("SELECT $$; RVBBIT MAP$$", true), "SELECT $$; RVBBIT MAP$$", "RVBBIT inside a dollar quote");
