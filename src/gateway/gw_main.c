@@ -116,7 +116,8 @@ typedef struct Session
 	Conn		cli;
 	Conn		up;
 	SessState	state;
-	unsigned char first[GW_MAX_STARTUP];
+	unsigned char *first;		/* the first packet (GW_MAX_STARTUP bytes),
+								 * freed once the startup is forwarded */
 	uint32_t	first_have;
 	bool		tls_done;
 	bool		ssl_asked;		/* an SSLRequest was answered */
@@ -501,6 +502,8 @@ session_kill(Session *s)
 	conn_close(&s->cli);
 	conn_close(&s->up);
 	gw_buf_free(&s->held);
+	free(s->first);
+	s->first = NULL;
 	gw_frame_reset(&s->from_cli);
 	gw_frame_reset(&s->from_up);
 	s->dead = true;
@@ -776,6 +779,7 @@ first_packet(Session *s)
 {
 	uint32_t	len = be32(s->first);
 	uint32_t	code = be32(s->first + 4);
+	bool		ok;
 
 	s->first_have = 0;
 	if (code == GW_SSL_CODE)
@@ -809,7 +813,10 @@ first_packet(Session *s)
 		s->state = S_CANCEL;
 		startup_list_remove(s);
 		conn_close(&s->cli);
-		if (!gw_buf_append(&s->up.out, s->first, 16) || !upstream_connect(s))
+		ok = gw_buf_append(&s->up.out, s->first, 16);
+		free(s->first);
+		s->first = NULL;
+		if (!ok || !upstream_connect(s))
 		{
 			session_kill(s);
 			return false;
@@ -820,7 +827,10 @@ first_packet(Session *s)
 	{
 		s->state = S_RELAY;
 		startup_list_remove(s);
-		if (!gw_buf_append(&s->up.out, s->first, len))
+		ok = gw_buf_append(&s->up.out, s->first, len);
+		free(s->first);
+		s->first = NULL;
+		if (!ok)
 			goto bad;
 		if (!upstream_connect(s))
 		{
@@ -1189,8 +1199,11 @@ accept_clients(int lfd)
 			return;
 		}
 		s = calloc(1, sizeof(Session));
-		if (s == NULL)
+		if (s != NULL)
+			s->first = malloc(GW_MAX_STARTUP);
+		if (s == NULL || s->first == NULL)
 		{
+			free(s);
 			close(fd);
 			continue;
 		}
