@@ -7,10 +7,11 @@ the LLaMA SentencePiece tokenizer file models/ggml-vocab-llama-spm.gguf
 (a tokenizer without weights).  The weights are constructed, not trained:
 one transformer block whose attention and feed-forward outputs are zero,
 so the hidden state is the (shared) token embedding, and an output matrix
-that ranks a few tokens: end of text > '"' > "a" > "}" > everything else.
-Greedy decoding under a JSON-schema grammar therefore produces the
-shortest valid object, e.g. {"brand":"a"}; without a grammar it ends at
-once.  It exercises the server, not answer quality.
+that ranks a few tokens: end of text > '"' > "a" > "}" > "0" > everything
+else.  Greedy decoding under a JSON-schema grammar therefore produces the
+shortest valid object, e.g. {"brand":"a"}, and 0 for a number (so
+{"sentiment":"mixed","confidence":0} or another enum value); without a
+grammar it ends at once.  It exercises the server, not answer quality.
 
 Usage: make_tiny_gguf.py LLAMA_CPP_SOURCE_DIR OUT.gguf
 """
@@ -73,7 +74,7 @@ w.add_tensor("token_embd.weight", np.ones((n_vocab, n_embd), dtype=f32))
 w.add_tensor("output_norm.weight", np.ones((n_embd,), dtype=f32))
 out_w = np.zeros((n_vocab, n_embd), dtype=f32)
 for tok, score in ((eos, 10.0), (tokens.index('"'), 9.0), (tokens.index("a"), 8.0),
-                   (tokens.index("}"), 7.0)):
+                   (tokens.index("}"), 7.0), (tokens.index("0"), 6.0)):
     out_w[tok, :] = score / n_embd
 w.add_tensor("output.weight", out_w)
 w.add_tensor("blk.0.attn_norm.weight", np.ones((n_embd,), dtype=f32))

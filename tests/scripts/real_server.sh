@@ -13,9 +13,12 @@
 #    weights), so by default tests/real/make_tiny_gguf.py constructs a tiny
 #    one from the same source (gguf-py and the LLaMA tokenizer; needs
 #    python3-numpy): it answers the shortest JSON a schema allows.
-# 3. llama-server listens on a free loopback port; a few raw replies are
-#    recorded as fixtures (build/real-server/recorded/); then
+# 3. llama-server listens on a free loopback port, as the postgres user
+#    when run as root (the TAP test, which runs as that user, freezes it
+#    with SIGSTOP and wakes it with SIGCONT); a few raw replies are recorded
+#    as fixtures (build/real-server/recorded/); then
 #    tests/real/010_llama_server.pl runs through tests/scripts/test.sh.
+# Prints how long each step took (build, model, run).
 set -u
 . "$(dirname "$0")/common.sh"
 
@@ -24,6 +27,7 @@ cache="$RV_ROOT/build/real-server"
 src="$cache/llama.cpp"
 bin="$src/build/bin/llama-server"
 mkdir -p "$cache"
+t0=$(date +%s)
 
 if [ ! -x "$bin" ]; then
   echo "== building llama-server from node-llama-cpp@$NLC_VERSION's llama.cpp source"
@@ -38,11 +42,18 @@ if [ ! -x "$bin" ]; then
     nice cmake --build build --target llama-server -j2 >"$cache/build.log" 2>&1) ||
     { tail -30 "$cache/build.log" 2>/dev/null || tail -30 "$cache/cmake.log"; exit 1; }
 fi
-echo "llama-server: $bin"
+t_build=$(( $(date +%s) - t0 ))
+echo "llama-server: $bin (${t_build}s)"
+t0=$(date +%s)
 
 model="${RVBBIT_GGUF:-}"
 if [ -z "$model" ]; then
-  model=$(find "$cache/models" /usr/share -name '*.gguf' ! -name 'ggml-vocab-*' -size +1M 2>/dev/null | head -1)
+  model=$(find "$cache/models" /usr/share -name '*.gguf' ! -name 'ggml-vocab-*' \
+    ! -name 'rvbbit-tiny-test.gguf' -size +1M 2>/dev/null | head -1)
+fi
+tiny="$cache/models/rvbbit-tiny-test.gguf"
+if [ -z "$model" ] && [ -f "$tiny" ] && [ "$tiny" -nt "$RV_ROOT/tests/real/make_tiny_gguf.py" ]; then
+  model="$tiny"   # constructed by an earlier run, from the same script
 fi
 if [ -z "$model" ]; then
   # no package ships trained weights: construct a tiny model from llama.cpp's
@@ -50,7 +61,7 @@ if [ -z "$model" ]; then
   echo "no GGUF model given or packaged; writing the constructed test model"
   /usr/bin/python3 -c 'import numpy' 2>/dev/null || apt-get install -y -qq python3-numpy >/dev/null
   mkdir -p "$cache/models"
-  model="$cache/models/rvbbit-tiny-test.gguf"
+  model="$tiny"
   /usr/bin/python3 "$RV_ROOT/tests/real/make_tiny_gguf.py" "$src" "$model" >/dev/null ||
     { echo "cannot write $model"; exit 1; }
 fi
@@ -58,12 +69,20 @@ if [ ! -f "$model" ]; then
   echo "no GGUF model at $model"
   exit 2
 fi
-echo "model: $model"
+t_model=$(( $(date +%s) - t0 ))
+echo "model: $model (${t_model}s)"
+t0=$(date +%s)
 
 port=$("$PYTHON" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-"$bin" -m "$model" --host 127.0.0.1 --port "$port" -c 4096 -np 4 -t 2 >"$cache/llama-server.log" 2>&1 &
+# as postgres (setpriv execs, so $! is the server's own pid), so that the
+# test can signal it; the log is opened by this shell
+as_server=()
+[ "$(id -u)" -eq 0 ] && as_server=(setpriv --reuid=postgres --regid=postgres --init-groups)
+"${as_server[@]}" "$bin" -m "$model" --host 127.0.0.1 --port "$port" -c 4096 -np 4 -t 2 \
+  >"$cache/llama-server.log" 2>&1 &
 server_pid=$!
-trap 'kill "$server_pid" 2>/dev/null; wait "$server_pid" 2>/dev/null' EXIT
+# SIGCONT first: a server the test left frozen would not act on SIGTERM
+trap 'kill -CONT "$server_pid" 2>/dev/null; kill "$server_pid" 2>/dev/null; wait "$server_pid" 2>/dev/null' EXIT
 url="http://127.0.0.1:$port"
 for _ in $(seq 1 600); do
   curl -sf "$url/health" >/dev/null 2>&1 && break
@@ -93,7 +112,14 @@ PY
 record chat '{"model": "any-name", "messages": [{"role": "user", "content": "Say hello."}], "max_tokens": 32, "temperature": 0}'
 record schema '{"model": "any-name", "messages": [{"role": "user", "content": "Brand of: Nike Air Max 90"}], "max_tokens": 100, "temperature": 0, "response_format": {"type": "json_schema", "json_schema": {"name": "extract", "schema": {"type": "object", "properties": {"brand": {"type": "string", "minLength": 1}}, "required": ["brand"], "additionalProperties": false}, "strict": false}}}'
 record length '{"model": "any-name", "messages": [{"role": "user", "content": "Brand of: Nike Air Max 90"}], "max_tokens": 3, "temperature": 0, "response_format": {"type": "json_schema", "json_schema": {"name": "extract", "schema": {"type": "object", "properties": {"brand": {"type": "string"}}, "required": ["brand"]}, "strict": false}}}'
+record sentiment '{"model": "any-name", "messages": [{"role": "system", "content": "You are a careful sentiment analyst. Answer only with JSON."}, {"role": "user", "content": "Classify the sentiment of this text.\n\nText: I love it, works great"}], "max_tokens": 100, "temperature": 0, "response_format": {"type": "json_schema", "json_schema": {"name": "classify", "schema": {"type": "object", "properties": {"sentiment": {"type": "string", "enum": ["positive", "negative", "neutral", "mixed"]}, "confidence": {"type": "number", "minimum": 0, "maximum": 1}}, "required": ["sentiment", "confidence"], "additionalProperties": false}, "strict": false}}}'
 echo "recorded replies: $(ls "$cache/recorded"/*.json | tr '\n' ' ')"
+t_start=$(( $(date +%s) - t0 ))
+t0=$(date +%s)
 
-RVBBIT_REAL_SERVER_URL="$url" RVBBIT_SUITES=tap RVBBIT_TAP=tests/real/010_llama_server.pl \
-  bash "$RV_ROOT/tests/scripts/test.sh"
+RVBBIT_REAL_SERVER_URL="$url" RVBBIT_REAL_SERVER_PID="$server_pid" RVBBIT_SUITES=tap \
+  RVBBIT_TAP=tests/real/010_llama_server.pl bash "$RV_ROOT/tests/scripts/test.sh"
+rc=$?
+echo "timings: llama-server build ${t_build}s (0: cached), model ${t_model}s," \
+  "server start and recording ${t_start}s, test run $(( $(date +%s) - t0 ))s"
+exit $rc
