@@ -128,6 +128,7 @@ typedef struct WkStmt
 	uint64		stmt_spent;		/* its calls' actual cost so far, micros */
 	uint64		stmt_reserved;	/* expected cost of its calls in flight, micros */
 	int			batch;			/* MAP BATCH n, 0 when not batching */
+	uint64		fair_tag;		/* fair-queuing tag of its last ready task */
 } WkStmt;
 
 /* A message waiting in a statement's outbox. */
@@ -172,6 +173,7 @@ typedef struct WkTask
 	char	   *model_ref;		/* malloc'd model as written (with prefix) */
 	WkProvider *provider;
 	TimestampTz retry_at;
+	uint64		fair_tag;		/* its place in wk_ready (wk_ready_push) */
 	RvHttpReq	req;
 	bool		in_http;
 	bool		counted;		/* holds a cluster-wide concurrency slot */
@@ -216,6 +218,7 @@ static dlist_head wk_stmts = DLIST_STATIC_INIT(wk_stmts);
 static dlist_head wk_prepare = DLIST_STATIC_INIT(wk_prepare);
 static dlist_head wk_lookup = DLIST_STATIC_INIT(wk_lookup);
 static dlist_head wk_ready = DLIST_STATIC_INIT(wk_ready);
+static uint64 wk_fair_clock = 0;	/* fair_tag of the task sent last */
 static dlist_head wk_retry = DLIST_STATIC_INIT(wk_retry);
 static dlist_head wk_inflight = DLIST_STATIC_INIT(wk_inflight);
 static long wk_ratelimit_wait_ms = -1;
@@ -253,6 +256,7 @@ static void wk_task_fail(WkTask *t, int sqlstate, const char *msg,
 static void wk_task_fail_flags(WkTask *t, int flags, int sqlstate, const char *msg,
 							   const char *detail, const char *hint);
 static void wk_task_prepare(WkTask *t);
+static void wk_ready_push(WkTask *t);
 static void wk_batch_task(WkStmt *s, const int64 *seqs, int k, json_object *rows, int from);
 static void wk_task_response(WkTask *t, const char *content,
 							 const RvLlmResponse *resp, long tin, long tout,
@@ -618,8 +622,7 @@ wk_cache_lookup(void)
 		}
 		else
 		{
-			t->state = WT_READY;
-			dlist_push_tail(&wk_ready, &t->node);
+			wk_ready_push(t);
 		}
 	}
 	if (hits)
@@ -1029,10 +1032,7 @@ wk_task_prepare(WkTask *t)
 		dlist_push_tail(&wk_lookup, &t->node);
 	}
 	else
-	{
-		t->state = WT_READY;
-		dlist_push_tail(&wk_ready, &t->node);
-	}
+		wk_ready_push(t);
 }
 
 /* Text of a non-schema cell's reply as a JSON value: parsed if JSON. */
@@ -1676,6 +1676,39 @@ wk_free_headers(char **headers, int n)
 }
 
 /*
+ * Queue a task to be sent.  wk_ready is kept in start-time fair queuing
+ * order, so that statements sharing this worker get equal shares of its
+ * connections when the caps hold requests back: a task's tag is one more
+ * than the larger of its statement's last tag and the tag of the request
+ * sent last, and the queue is sorted by tag (ties in arrival order).  A
+ * statement's tasks keep their order; a statement that arrives behind
+ * another's backlog alternates with it instead of waiting for all of it;
+ * an idle statement earns no credit.  Inserting scans from the tail over
+ * the tasks with a larger tag: one step per other backlogged statement.
+ */
+static void
+wk_ready_push(WkTask *t)
+{
+	WkStmt	   *s = t->stmt;
+	dlist_iter	it;
+
+	t->fair_tag = Max(wk_fair_clock, s->fair_tag) + 1;
+	s->fair_tag = t->fair_tag;
+	t->state = WT_READY;
+	dlist_reverse_foreach(it, &wk_ready)
+	{
+		WkTask	   *o = dlist_container(WkTask, node, it.cur);
+
+		if (o->fair_tag <= t->fair_tag)
+		{
+			dlist_insert_after(it.cur, &t->node);
+			return;
+		}
+	}
+	dlist_push_head(&wk_ready, &t->node);
+}
+
+/*
  * Start requests from the ready queue while the caps allow: this worker's
  * connections, the cluster-wide rvbbit.max_concurrency, and the rate
  * limits.  Sets wk_ratelimit_wait_ms when a rate limit holds requests back.
@@ -1746,6 +1779,7 @@ wk_dispatch(void)
 		rv_progress_in_flight(s->progress, s->seghdr->statement_id, 1);
 
 		dlist_delete(&t->node);
+		wk_fair_clock = Max(wk_fair_clock, t->fair_tag);
 		url = psprintf("%s%s", t->provider->api_base, rv_llm_path(t->provider->flavor));
 		headers[nh++] = pstrdup("Content-Type: application/json");
 		if (t->provider->flavor == RV_FLAVOR_ANTHROPIC)
@@ -2342,8 +2376,7 @@ rv_worker_main(Datum main_arg)
 			if (tk->retry_at <= now)
 			{
 				dlist_delete(&tk->node);
-				tk->state = WT_READY;
-				dlist_push_tail(&wk_ready, &tk->node);
+				wk_ready_push(tk);
 			}
 		}
 
