@@ -584,6 +584,29 @@ http_collect(RvHttp *http)
 			curl_easy_getinfo(msg->easy_handle, CURLINFO_CONNECT_TIME_T, &conn);
 			req->connected = (conn > 0 || req->status > 0);
 		}
+		/*
+		 * A server may send its whole response before it has read the
+		 * request body, then reset the stream with NO_ERROR to stop the
+		 * upload; the client must not discard that response (RFC 9113,
+		 * 8.1).  nginx does so when it answers without reading the body.
+		 * libcurl 7.88 reports it as CURLE_HTTP2_STREAM, and the worker
+		 * retried a good answer after a backoff, stalling the reorder
+		 * window.  A final status whose body arrived whole, as long as its
+		 * Content-Length says, is such a response.
+		 */
+		if (req->code == CURLE_HTTP2_STREAM && req->status >= 200 && !req->too_big)
+		{
+			curl_off_t	clen = -1;
+			curl_off_t	got = -1;
+
+			curl_easy_getinfo(msg->easy_handle, CURLINFO_CONTENT_LENGTH_DOWNLOAD_T, &clen);
+			curl_easy_getinfo(msg->easy_handle, CURLINFO_SIZE_DOWNLOAD_T, &got);
+			if (clen >= 0 && got == clen)
+			{
+				req->code = CURLE_OK;
+				req->errbuf[0] = '\0';
+			}
+		}
 		/* curl reports the low-speed limit as a timeout: "Operation too slow" */
 		if (req->code == CURLE_OPERATION_TIMEDOUT && req->stall_ms > 0 &&
 			strstr(req->errbuf, "too slow") != NULL)

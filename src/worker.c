@@ -128,6 +128,7 @@ typedef struct WkStmt
 	uint64		stmt_spent;		/* its calls' actual cost so far, micros */
 	uint64		stmt_reserved;	/* expected cost of its calls in flight, micros */
 	int			batch;			/* MAP BATCH n, 0 when not batching */
+	uint64		fair_tag;		/* fair-queuing tag of its last ready task */
 } WkStmt;
 
 /* A message waiting in a statement's outbox. */
@@ -172,6 +173,7 @@ typedef struct WkTask
 	char	   *model_ref;		/* malloc'd model as written (with prefix) */
 	WkProvider *provider;
 	TimestampTz retry_at;
+	uint64		fair_tag;		/* its place in wk_ready (wk_ready_push) */
 	RvHttpReq	req;
 	bool		in_http;
 	bool		counted;		/* holds a cluster-wide concurrency slot */
@@ -216,6 +218,7 @@ static dlist_head wk_stmts = DLIST_STATIC_INIT(wk_stmts);
 static dlist_head wk_prepare = DLIST_STATIC_INIT(wk_prepare);
 static dlist_head wk_lookup = DLIST_STATIC_INIT(wk_lookup);
 static dlist_head wk_ready = DLIST_STATIC_INIT(wk_ready);
+static uint64 wk_fair_clock = 0;	/* fair_tag of the task sent last */
 static dlist_head wk_retry = DLIST_STATIC_INIT(wk_retry);
 static dlist_head wk_inflight = DLIST_STATIC_INIT(wk_inflight);
 static long wk_ratelimit_wait_ms = -1;
@@ -253,6 +256,7 @@ static void wk_task_fail(WkTask *t, int sqlstate, const char *msg,
 static void wk_task_fail_flags(WkTask *t, int flags, int sqlstate, const char *msg,
 							   const char *detail, const char *hint);
 static void wk_task_prepare(WkTask *t);
+static void wk_ready_push(WkTask *t);
 static void wk_batch_task(WkStmt *s, const int64 *seqs, int k, json_object *rows, int from);
 static void wk_task_response(WkTask *t, const char *content,
 							 const RvLlmResponse *resp, long tin, long tout,
@@ -535,6 +539,35 @@ wk_load_config(WkStmt *s, json_object *hdr)
 }
 
 /*
+ * The cache lookup and the INSERTs of wk_flush_writes(), prepared once per
+ * worker with a generic plan and kept (SPI_keepplan): parsing and planning
+ * them for every lookup and flush was a tenth of the worker's CPU at 0 ms
+ * latency.  The plan cache revalidates them after DDL; a call_log plan for
+ * each shape of the table (with and without 0.2's columns).
+ */
+static SPIPlanPtr wk_lookup_plan = NULL;
+static SPIPlanPtr wk_cache_plan = NULL;
+static SPIPlanPtr wk_call_plan[2] = {NULL, NULL};
+
+static SPIPlanPtr
+wk_kept_plan(SPIPlanPtr *slot, const char *sql)
+{
+	if (*slot == NULL)
+	{
+		Oid			argtypes[1] = {TEXTOID};
+		SPIPlanPtr	plan = SPI_prepare_cursor(sql, 1, argtypes, CURSOR_OPT_GENERIC_PLAN);
+
+		if (plan == NULL)
+			elog(ERROR, "could not prepare an rvbbit worker query: %s",
+				 SPI_result_code_string(SPI_result));
+		if (SPI_keepplan(plan) != 0)
+			elog(ERROR, "could not keep an rvbbit worker query");
+		*slot = plan;
+	}
+	return *slot;
+}
+
+/*
  * Look up every task in the lookup queue in rvbbit.cache, in one
  * transaction.  Hits are answered at once; misses move to the ready
  * queue.  A failed lookup sends everything to the ready queue.
@@ -559,17 +592,17 @@ wk_cache_lookup(void)
 
 	PG_TRY();
 	{
-		Oid			argtypes[1] = {TEXTOID};
 		Datum		args[1];
 		uint64		i;
 
 		rv_bgxact_begin("rvbbit: cache lookup");
 		args[0] = CStringGetTextDatum(json_object_to_json_string_ext(keys, JSON_C_TO_STRING_PLAIN));
-		if (SPI_execute_with_args("SELECT key, response, input_tokens, output_tokens, "
-								  "extract(epoch FROM now() - created_at)::float8 "
-								  "FROM rvbbit.cache WHERE key = ANY (ARRAY("
-								  "SELECT jsonb_array_elements_text($1::jsonb)))",
-								  1, argtypes, args, NULL, true, 0) != SPI_OK_SELECT)
+		if (SPI_execute_plan(wk_kept_plan(&wk_lookup_plan,
+										  "SELECT key, response, input_tokens, output_tokens, "
+										  "extract(epoch FROM now() - created_at)::float8 "
+										  "FROM rvbbit.cache WHERE key = ANY (ARRAY("
+										  "SELECT jsonb_array_elements_text($1::jsonb)))"),
+							 args, NULL, true, 0) != SPI_OK_SELECT)
 			elog(ERROR, "could not read rvbbit.cache");
 		hits = json_object_new_object();
 		for (i = 0; i < SPI_processed; i++)
@@ -618,8 +651,7 @@ wk_cache_lookup(void)
 		}
 		else
 		{
-			t->state = WT_READY;
-			dlist_push_tail(&wk_ready, &t->node);
+			wk_ready_push(t);
 		}
 	}
 	if (hits)
@@ -642,21 +674,21 @@ wk_flush_writes(void)
 
 	PG_TRY();
 	{
-		Oid			argtypes[1] = {TEXTOID};
 		Datum		args[1];
 
 		rv_bgxact_begin("rvbbit: recording calls");
 		if (have_cache)
 		{
 			args[0] = CStringGetTextDatum(json_object_to_json_string_ext(wk_cache_rows, JSON_C_TO_STRING_PLAIN));
-			if (SPI_execute_with_args("INSERT INTO rvbbit.cache (key, model, cascade, cell, response, "
-									  "input_tokens, output_tokens, role_oid) "
-									  "SELECT key, model, cascade, cell, response, input_tokens, "
-									  "output_tokens, role_oid FROM jsonb_to_recordset($1::jsonb) AS x("
-									  "key text, model text, cascade text, cell text, response text, "
-									  "input_tokens int, output_tokens int, role_oid oid) "
-									  "ON CONFLICT (key) DO NOTHING",
-									  1, argtypes, args, NULL, false, 0) != SPI_OK_INSERT)
+			if (SPI_execute_plan(wk_kept_plan(&wk_cache_plan,
+											  "INSERT INTO rvbbit.cache (key, model, cascade, cell, response, "
+											  "input_tokens, output_tokens, role_oid) "
+											  "SELECT key, model, cascade, cell, response, input_tokens, "
+											  "output_tokens, role_oid FROM jsonb_to_recordset($1::jsonb) AS x("
+											  "key text, model text, cascade text, cell text, response text, "
+											  "input_tokens int, output_tokens int, role_oid oid) "
+											  "ON CONFLICT (key) DO NOTHING"),
+								 args, NULL, false, 0) != SPI_OK_INSERT)
 				elog(ERROR, "could not write rvbbit.cache");
 		}
 		if (have_calls)
@@ -670,7 +702,9 @@ wk_flush_writes(void)
 			const char *v02 = has_br ? ", response_model, response_id, finish_reason, cached_tokens" : "";
 
 			args[0] = CStringGetTextDatum(json_object_to_json_string_ext(wk_call_rows, JSON_C_TO_STRING_PLAIN));
-			if (SPI_execute_with_args(psprintf("INSERT INTO rvbbit.call_log (statement_id, backend_pid, role_oid, "
+			if (wk_call_plan[has_br] == NULL)
+				wk_kept_plan(&wk_call_plan[has_br],
+							 psprintf("INSERT INTO rvbbit.call_log (statement_id, backend_pid, role_oid, "
 									  "%s"
 									  "cascade, cell, model, attempt, status, http_status, input_tokens, "
 									  "output_tokens, cost, latency_ms, error, cache_key%s) "
@@ -684,8 +718,8 @@ wk_flush_writes(void)
 									  "error text, cache_key text, response_model text, response_id text, "
 									  "finish_reason text, cached_tokens int)",
 									  has_br ? "budget_role_oid, " : "", v02,
-									  has_br ? "budget_role_oid, " : "", v02),
-									  1, argtypes, args, NULL, false, 0) != SPI_OK_INSERT)
+									  has_br ? "budget_role_oid, " : "", v02));
+			if (SPI_execute_plan(wk_call_plan[has_br], args, NULL, false, 0) != SPI_OK_INSERT)
 				elog(ERROR, "could not write rvbbit.call_log");
 		}
 		rv_bgxact_end(false);
@@ -1029,10 +1063,7 @@ wk_task_prepare(WkTask *t)
 		dlist_push_tail(&wk_lookup, &t->node);
 	}
 	else
-	{
-		t->state = WT_READY;
-		dlist_push_tail(&wk_ready, &t->node);
-	}
+		wk_ready_push(t);
 }
 
 /* Text of a non-schema cell's reply as a JSON value: parsed if JSON. */
@@ -1676,6 +1707,39 @@ wk_free_headers(char **headers, int n)
 }
 
 /*
+ * Queue a task to be sent.  wk_ready is kept in start-time fair queuing
+ * order, so that statements sharing this worker get equal shares of its
+ * connections when the caps hold requests back: a task's tag is one more
+ * than the larger of its statement's last tag and the tag of the request
+ * sent last, and the queue is sorted by tag (ties in arrival order).  A
+ * statement's tasks keep their order; a statement that arrives behind
+ * another's backlog alternates with it instead of waiting for all of it;
+ * an idle statement earns no credit.  Inserting scans from the tail over
+ * the tasks with a larger tag: one step per other backlogged statement.
+ */
+static void
+wk_ready_push(WkTask *t)
+{
+	WkStmt	   *s = t->stmt;
+	dlist_iter	it;
+
+	t->fair_tag = Max(wk_fair_clock, s->fair_tag) + 1;
+	s->fair_tag = t->fair_tag;
+	t->state = WT_READY;
+	dlist_reverse_foreach(it, &wk_ready)
+	{
+		WkTask	   *o = dlist_container(WkTask, node, it.cur);
+
+		if (o->fair_tag <= t->fair_tag)
+		{
+			dlist_insert_after(it.cur, &t->node);
+			return;
+		}
+	}
+	dlist_push_head(&wk_ready, &t->node);
+}
+
+/*
  * Start requests from the ready queue while the caps allow: this worker's
  * connections, the cluster-wide rvbbit.max_concurrency, and the rate
  * limits.  Sets wk_ratelimit_wait_ms when a rate limit holds requests back.
@@ -1746,6 +1810,7 @@ wk_dispatch(void)
 		rv_progress_in_flight(s->progress, s->seghdr->statement_id, 1);
 
 		dlist_delete(&t->node);
+		wk_fair_clock = Max(wk_fair_clock, t->fair_tag);
 		url = psprintf("%s%s", t->provider->api_base, rv_llm_path(t->provider->flavor));
 		headers[nh++] = pstrdup("Content-Type: application/json");
 		if (t->provider->flavor == RV_FLAVOR_ANTHROPIC)
@@ -2342,8 +2407,7 @@ rv_worker_main(Datum main_arg)
 			if (tk->retry_at <= now)
 			{
 				dlist_delete(&tk->node);
-				tk->state = WT_READY;
-				dlist_push_tail(&wk_ready, &tk->node);
+				wk_ready_push(tk);
 			}
 		}
 

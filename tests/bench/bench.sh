@@ -126,15 +126,25 @@ run_map() {
   MAP_PSQL_S=$(calc "$t1 - $t0")
 }
 
-# curl_config N: a curl config file with N chat requests, one per "next"
+# curl_config N [URL TAG EXTRA]: a curl config file with N chat requests, one
+# per "next".  EXTRA (options such as --http2 --cacert FILE) is written into
+# every block: "next" resets the options of the command line, so given there
+# they would apply to the first request only (and over TLS the others then
+# fail certificate verification, slowly: that was the "hanging" h2 row).
 curl_config() {
-  local n="$1" url="${2:-$(mock_url /v1/chat/completions)}" tag="${3:-mock}"
+  local n="$1" url="${2:-$(mock_url /v1/chat/completions)}" tag="${3:-mock}" extra="${4:-}"
   local file="$work/curl-$tag-$1.cfg"
   if [ ! -s "$file" ]; then
-    awk -v n="$n" -v url="$url" 'BEGIN {
+    awk -v n="$n" -v url="$url" -v extra="$extra" 'BEGIN {
+      ne = split(extra, ex, " ")
       for (i = 1; i <= n; i++) {
         if (i > 1) print "next"
         printf "url = \"%s\"\n", url
+        for (j = 1; j <= ne; j++) {
+          # an option and its argument go on one line
+          if (j < ne && ex[j + 1] !~ /^-/) { printf "%s \"%s\"\n", ex[j], ex[j + 1]; j++ }
+          else print ex[j]
+        }
         print "-X POST"
         print "-H \"Content-Type: application/json\""
         printf "data = \"{\\\"model\\\":\\\"mock/bench\\\",\\\"messages\\\":[{\\\"role\\\":\\\"user\\\",\\\"content\\\":\\\"x%d\\\"}]}\"\n", i
@@ -150,11 +160,10 @@ curl_config() {
 # run_curl N PARALLEL: sets CURL_S, CURL_OK (responses with status 200)
 run_curl() {
   local n="$1" par="$2" cfg t0 t1
-  cfg=$(curl_config "$n" "${CURL_URL:-}" "${CURL_TAG:-mock}")
+  cfg=$(curl_config "$n" "${CURL_URL:-}" "${CURL_TAG:-mock}" "${CURL_EXTRA:-}")
   t0=$(now)
-  # shellcheck disable=SC2086
   curl --no-progress-meter --parallel --parallel-immediate --parallel-max "$par" \
-    ${CURL_EXTRA:-} -K "$cfg" >"$work/curl.codes" 2>"$work/curl.err"
+    -K "$cfg" >"$work/curl.codes" 2>"$work/curl.err"
   t1=$(now)
   CURL_S=$(calc "$t1 - $t0")
   CURL_OK=$(grep -c '^200$' "$work/curl.codes")
@@ -203,6 +212,29 @@ bench_row() {
   printf "$ROW_FMT" "$mode" "$n" "$par" "$MAP_SQL_S" "$MAP_PSQL_S" \
     "$(calc "$n / $MAP_SQL_S")" "$ideal" "$eff" "$map_mif" \
     "$CURL_S" "$(calc "$n / $CURL_S")" "$curl_mif" "$(calc "$MAP_SQL_S / $CURL_S")"
+  if [ "$lat" -gt 0 ]; then
+    summary "MAP wall s, $n rows, ${lat} ms, parallel $par" "$(printf '%.3f' "$MAP_SQL_S")" \
+      "$(printf '%.3f' "$CURL_S")" "$(printf '%.3f' "$(calc "$MAP_SQL_S / $CURL_S")")" "curl on the mock / x curl's time"
+  else
+    summary "MAP rows/s, $n rows, 0 ms mock, parallel $par" "$(calc "int($n / $MAP_SQL_S)")" \
+      "$(calc "int($n / $CURL_S)")" "$(printf '%.3f' "$(calc "$CURL_S / $MAP_SQL_S")")" "curl on the mock / x curl's rate"
+  fi
+}
+
+# The summary table printed last: one line per figure, beside the ceiling
+# it is compared with in this same run and their ratio, so that two runs
+# (before and after a change) can be compared line by line even on a
+# machine whose load differs between runs.
+SUMMARY=()
+summary() {
+  SUMMARY+=("$(printf '%-46s %11s %11s %7s  %s' "$1" "$2" "$3" "$4" "$5")")
+}
+print_summary() {
+  echo
+  echo "== summary: each figure against its ceiling in this run"
+  printf '%-46s %11s %11s %7s  %s\n' "figure" "rvbbit" "ceiling" "ratio" "ceiling is / ratio means"
+  printf '%s\n' "$(printf '%.0s-' $(seq 1 110))"
+  printf '%s\n' "${SUMMARY[@]}"
 }
 
 worker_count() {
@@ -256,15 +288,19 @@ SQL
     "$n" "$BENCH_MEM_PARALLEL" "$secs" "$(calc "$after / 1024")" \
     "$(calc "$before / 1024")" "$(calc "$rss / 1024")"
   printf '%8s %s\n' "" "${workers:-no rvbbit worker running}"
+  MEM_AFTER_KB=$after
 }
 
 # ---------------------------------------------------------------------------
 
-echo "== build and install"
-build_install || die "build failed (run make -C $RV_ROOT to see why)"
-
 work=$(mktemp -d /tmp/rvbbit-bench.XXXXXX)
 chmod 755 "$work"
+
+# a private copy of the server with this build in it (common.sh), as the
+# tests do: nothing is installed into the system's directories
+echo "== build, installed into a private copy of the server"
+build_only || die "build failed (run make -C $RV_ROOT to see why)"
+private_install "$work/inst" || die "private install failed"
 
 mock_start "$work/mock" --latency-ms "$BENCH_LATENCY_MS" || die "the mock did not start"
 PG_PORT=$(free_port)
@@ -362,6 +398,8 @@ SQL
 read -r reqs _ _ <<<"$(mock_stats)"
 printf 'first row after %.3f s (one call is %.3f s); requests sent by the end: %s of %s\n' \
   "$ttfr" "$(calc "$BENCH_TTFR_MS / 1000")" "$reqs" "$BENCH_TTFR_N"
+summary "first row s, $BENCH_TTFR_N rows, ${BENCH_TTFR_MS} ms, parallel 10" "$(printf '%.3f' "$ttfr")" \
+  "$(printf '%.3f' "$(calc "$BENCH_TTFR_MS / 1000")")" "$(printf '%.3f' "$(calc "$ttfr * 1000 / $BENCH_TTFR_MS")")" "one call's latency / x it"
 
 # fair sharing: BENCH_FAIR_SESSIONS sessions at once, each PARALLEL 10
 # over BENCH_FAIR_N rows, against one session at PARALLEL sessions x 10
@@ -393,6 +431,10 @@ printf 'sessions: fastest %.3f s, slowest %.3f s (slowest/fastest %.2f); all tog
 printf 'one session, parallel %s over %s rows: %.3f s (together/one session %.2f)\n' \
   "$((BENCH_FAIR_SESSIONS * 10))" "$((BENCH_FAIR_SESSIONS * BENCH_FAIR_N))" "$MAP_SQL_S" \
   "$(calc "$fair_wall / $MAP_SQL_S")"
+summary "fair: slowest session s ($BENCH_FAIR_SESSIONS x parallel 10)" "$(printf '%.3f' "$fmax")" \
+  "$(printf '%.3f' "$fmin")" "$(printf '%.3f' "$(calc "$fmax / $fmin")")" "the fastest session / x it"
+summary "fair: all sessions together, wall s" "$(printf '%.3f' "$fair_wall")" \
+  "$(printf '%.3f' "$MAP_SQL_S")" "$(printf '%.3f' "$(calc "$fair_wall / $MAP_SQL_S")")" "one session at parallel $((BENCH_FAIR_SESSIONS * 10)) / x it"
 mock_latency 0
 # == end stream ==
 
@@ -454,6 +496,8 @@ NGINX
     printf '%-6s %6s %4s | %7.3f %8.0f | %7.3f %8.0f | %8.2f\n' "$proto" "$BENCH_NGINX_N" "$BENCH_NGINX_PAR" \
       "$MAP_SQL_S" "$(calc "$BENCH_NGINX_N / $MAP_SQL_S")" "$CURL_S" "$(calc "$BENCH_NGINX_N / $CURL_S")" \
       "$(calc "$MAP_SQL_S / $CURL_S")"
+    summary "nginx $proto rows/s, $BENCH_NGINX_N rows, parallel $BENCH_NGINX_PAR" "$(calc "int($BENCH_NGINX_N / $MAP_SQL_S)")" \
+      "$(calc "int($BENCH_NGINX_N / $CURL_S)")" "$(printf '%.3f' "$(calc "$CURL_S / $MAP_SQL_S")")" "curl on nginx / x curl's rate"
   done
   kill "$ng_pid" 2>/dev/null
   wait "$ng_pid" 2>/dev/null
@@ -465,8 +509,12 @@ if [ "$BENCH_SKIP_MEM" != 1 ]; then
   echo
   echo "== backend memory (mock latency 0 ms; a fresh session for each run)"
   small=$((BENCH_MEM_N / 10))
+  MEM_AFTER_KB=""
   [ "$small" -ge 1 ] && mem_run "$small"
+  small_kb=$MEM_AFTER_KB
   mem_run "$BENCH_MEM_N"
+  [ -n "$small_kb" ] && summary "backend VmHWM MB, $BENCH_MEM_N rows" "$(printf '%.1f' "$(calc "$MEM_AFTER_KB / 1024")")" \
+    "$(printf '%.1f' "$(calc "$small_kb / 1024")")" "$(printf '%.3f' "$(calc "$MEM_AFTER_KB / $small_kb")")" "$small rows / 1.0 is flat"
 fi
 
 fi # BENCH_GATEWAY_ONLY
@@ -519,6 +567,8 @@ else
   echo "bench: pgbench -i failed" >&2
   PROBLEMS=$((PROBLEMS + 1))
 fi
+
+print_summary
 
 if [ "$PROBLEMS" -gt 0 ]; then
   echo

@@ -135,6 +135,21 @@ cmp_ok($nconn, '<=', 40, "few connections for 2000 streams ($nconn; nginx closes
 my $reused = grep { / r$/ } @lines;
 note "requests on resumed TLS sessions: $reused";
 
+# nginx's `return 200` answers before it has read the request body, then
+# resets the stream with NO_ERROR (RFC 9113 8.1); libcurl 7.88 calls that
+# a stream error.  The complete answer is kept, not retried after a backoff
+# (which stalled the reorder window: 2,000 rows at PARALLEL 10 took 24 s
+# instead of 2 s).  A few streams do not complete on a connection nginx
+# ends: those (no status) are still retried.
+$node->safe_psql('postgres', 'TRUNCATE rvbbit.call_log');
+$node->psql('postgres', map_n("https://127.0.0.1:$tls_port/v1", 500, 10),
+	stdout => \$out, stderr => \$err);
+is($out, '500|500', 'PARALLEL 10 over HTTP/2: every row answered') or diag $err;
+is($node->safe_psql('postgres', q{SELECT count(*) FILTER (WHERE status = 'ok') || '|' ||
+	  count(*) FILTER (WHERE status = 'retry' AND http_status = 200) FROM rvbbit.calls}),
+	'500|0', 'every row answered once, and no complete 200 reply was thrown away and retried');
+log_lines();
+
 # plain http:// stays HTTP/1.1
 $node->psql('postgres', map_n("http://127.0.0.1:$plain_port/v1", 300, 50),
 	stdout => \$out, stderr => \$err);
