@@ -276,3 +276,33 @@ rv_budget_settle(RvBudgetHold *hold, uint64 actual)
 	LWLockRelease(bg_shared->lock);
 	memset(hold, 0, sizeof(RvBudgetHold));
 }
+
+/*
+ * Count the cost (micros) of a call made without a daily budget in the
+ * role's entry of today, if the table already has a loaded one: spend made
+ * while the role had no budget counts once a budget is set later that day
+ * (an entry not yet loaded will read it from rvbbit.call_log).  Never
+ * claims an entry, never raises an error.
+ */
+void
+rv_budget_add_unbudgeted(Oid roleid, uint64 actual)
+{
+	int32		day = rv_budget_today();
+	int			i;
+
+	if (bg_shared == NULL || actual == 0 || roleid == InvalidOid)
+		return;
+	LWLockAcquire(bg_shared->lock, LW_EXCLUSIVE);
+	for (i = 0; i < bg_shared->nentries; i++)
+	{
+		BgEntry    *e = &bg_shared->entries[i];
+
+		if (e->roleid == roleid && e->day == day)
+		{
+			if (e->loaded)
+				e->spent += actual;
+			break;
+		}
+	}
+	LWLockRelease(bg_shared->lock);
+}
