@@ -11,8 +11,10 @@
  * concurrent workers and sessions cannot overshoot together.  When the
  * call ends the worker settles the reservation to the actual cost
  * (rv_budget_settle); a call that is not sent after all (deferred by
- * rvbbit.max_concurrency or a rate limit, failed to start, cancelled,
- * retried, or its worker exits) settles with cost 0, which releases it.
+ * rvbbit.max_concurrency or a rate limit, failed to start), answered with
+ * an HTTP error, or whose worker exits settles with cost 0, which releases
+ * it; a call sent but never answered (timed out, stalled, abandoned by its
+ * statement) settles at its expected cost (the provider may bill it).
  *
  * The table has rvbbit.max_budget_roles entries.  An entry of an earlier
  * day with nothing reserved is reused; when none is free the call is

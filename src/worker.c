@@ -222,8 +222,9 @@ static long wk_ratelimit_wait_ms = -1;
 
 /*
  * The circuit breaker: per provider base URL and role, shared by the role's
- * statements in this worker (per role, so that one role's failures --
- * with its own rvbbit.stall_timeout, say -- cannot fail other roles' rows).  A request that could not reach the server (connection
+ * statements in this worker (per role, so that one role's failures -- with
+ * its own rvbbit.stall_timeout, say -- cannot fail other roles' rows).  A
+ * request that could not reach the server (connection
  * refused, no route, connect timeout) or that stalled (nothing received
  * for rvbbit.stall_timeout) counts as a failure; any HTTP reply resets the
  * count.  A request that only ran out of rvbbit.request_timeout does not
