@@ -98,6 +98,24 @@ RESET ROLE;
 SELECT rvbbit.create_cascade('extract_brand', $$cells: [{name: x, instructions: "admin {{ input.product_name }}"}]$$);
 SELECT rvbbit.drop_cascade('extract_brand');
 
+-- the SQL the C code runs in the caller's backend (the USING query's wrapper,
+-- rvbbit.estimate's cache probe) names pg_catalog's functions: eve's exact
+-- matches for to_jsonb(record) and unnest(text[]) in a schema on a
+-- superuser's search_path would otherwise run as the superuser
+SET ROLE "rv_sec_e'v.e";
+CREATE FUNCTION evil.to_jsonb(r record) RETURNS jsonb LANGUAGE plpgsql
+    AS $f$BEGIN RAISE EXCEPTION 'to_jsonb hijacked as %', current_user; END$f$;
+CREATE FUNCTION evil.unnest(a text[]) RETURNS SETOF text LANGUAGE plpgsql
+    AS $f$BEGIN RAISE EXCEPTION 'unnest hijacked as %', current_user; END$f$;
+RESET ROLE;
+SET search_path = evil;
+-- the hijack works on a plain query (pg_catalog is searched first, but an
+-- exact match wins over its polymorphic to_jsonb(anyelement))
+SELECT to_jsonb(t) FROM (SELECT 1 AS a) t;
+SELECT * FROM rvbbit.sql($$MAP 'echo' USING (SELECT 'hijack?' AS text)$$);
+SELECT input_rows, est_calls FROM rvbbit.estimate($$MAP 'echo' USING (SELECT 'hijack?' AS text)$$);
+RESET search_path;
+
 -- clean up
 DROP SCHEMA evil CASCADE;
 REVOKE CREATE ON DATABASE regression FROM "rv_sec_e'v.e";

@@ -11,8 +11,10 @@
  * concurrent workers and sessions cannot overshoot together.  When the
  * call ends the worker settles the reservation to the actual cost
  * (rv_budget_settle); a call that is not sent after all (deferred by
- * rvbbit.max_concurrency or a rate limit, failed to start, cancelled,
- * retried, or its worker exits) settles with cost 0, which releases it.
+ * rvbbit.max_concurrency or a rate limit, failed to start), answered with
+ * an HTTP error, or whose worker exits settles with cost 0, which releases
+ * it; a call sent but never answered (timed out, stalled, abandoned by its
+ * statement) settles at its expected cost (the provider may bill it).
  *
  * The table has rvbbit.max_budget_roles entries.  An entry of an earlier
  * day with nothing reserved is reused; when none is free the call is
@@ -275,4 +277,34 @@ rv_budget_settle(RvBudgetHold *hold, uint64 actual)
 	}
 	LWLockRelease(bg_shared->lock);
 	memset(hold, 0, sizeof(RvBudgetHold));
+}
+
+/*
+ * Count the cost (micros) of a call made without a daily budget in the
+ * role's entry of today, if the table already has a loaded one: spend made
+ * while the role had no budget counts once a budget is set later that day
+ * (an entry not yet loaded will read it from rvbbit.call_log).  Never
+ * claims an entry, never raises an error.
+ */
+void
+rv_budget_add_unbudgeted(Oid roleid, uint64 actual)
+{
+	int32		day = rv_budget_today();
+	int			i;
+
+	if (bg_shared == NULL || actual == 0 || roleid == InvalidOid)
+		return;
+	LWLockAcquire(bg_shared->lock, LW_EXCLUSIVE);
+	for (i = 0; i < bg_shared->nentries; i++)
+	{
+		BgEntry    *e = &bg_shared->entries[i];
+
+		if (e->roleid == roleid && e->day == day)
+		{
+			if (e->loaded)
+				e->spent += actual;
+			break;
+		}
+	}
+	LWLockRelease(bg_shared->lock);
 }

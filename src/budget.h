@@ -44,5 +44,6 @@ extern void rv_budget_loaded(Oid roleid, int32 day, uint64 micros);
 extern RvBudgetResult rv_budget_reserve(Oid roleid, double limit, uint64 est,
 										RvBudgetHold *hold, uint64 *used);
 extern void rv_budget_settle(RvBudgetHold *hold, uint64 actual);
+extern void rv_budget_add_unbudgeted(Oid roleid, uint64 actual);
 
 #endif							/* RV_BUDGET_H */

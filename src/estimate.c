@@ -338,7 +338,7 @@ rvbbit_estimate(PG_FUNCTION_ARGS)
 								HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
 		}
 
-		sql = psprintf("SELECT to_jsonb(_rvbbit_q.*) FROM (%s\n) AS _rvbbit_q%s",
+		sql = psprintf("SELECT pg_catalog.to_jsonb(_rvbbit_q.*) FROM (%s\n) AS _rvbbit_q%s",
 					   ps.query, ps.opts.limit > 0 ? psprintf(" LIMIT %lld", (long long) ps.opts.limit) : "");
 		portal = SPI_cursor_open_with_args(NULL, sql, 0, NULL, NULL, NULL, true, 0);
 		for (;;)
@@ -401,7 +401,7 @@ rvbbit_estimate(PG_FUNCTION_ARGS)
 			foreach(lc, est.units)
 				kd[n++] = CStringGetTextDatum(((EstUnit *) lfirst(lc))->key);
 			args[0] = PointerGetDatum(construct_array(kd, n, TEXTOID, -1, false, TYPALIGN_INT));
-			if (SPI_execute_with_args("SELECT i::int FROM unnest($1) WITH ORDINALITY AS u(k, i) "
+			if (SPI_execute_with_args("SELECT i::pg_catalog.int4 FROM pg_catalog.unnest($1) WITH ORDINALITY AS u(k, i) "
 									  "WHERE rvbbit._cache_has(k) ORDER BY i",
 									  1, argtypes, args, NULL, true, 0) != SPI_OK_SELECT)
 				elog(ERROR, "could not read the cache");

@@ -310,6 +310,7 @@ rv_http_start(RvHttp *http, RvHttpReq *req, const char *url,
 	req->too_big = false;
 	req->stalled = false;
 	req->connected = false;
+	req->sent = false;
 	req->resp_len = 0;
 	req->resp_limit = resp_limit;
 	req->next_done = NULL;
@@ -581,8 +582,13 @@ http_collect(RvHttp *http)
 		{
 			curl_off_t	conn = 0;
 
+			long		reqsize = 0;
+
 			curl_easy_getinfo(msg->easy_handle, CURLINFO_CONNECT_TIME_T, &conn);
 			req->connected = (conn > 0 || req->status > 0);
+			/* the request went out (also over a reused connection) */
+			curl_easy_getinfo(msg->easy_handle, CURLINFO_REQUEST_SIZE, &reqsize);
+			req->sent = (reqsize > 0 || req->status > 0);
 		}
 		/*
 		 * A server may send its whole response before it has read the

@@ -41,6 +41,7 @@ typedef struct RvHttpReq
 	bool		stalled;		/* code is CURLE_OPERATION_TIMEDOUT because
 								 * of stall_ms, not the total timeout */
 	bool		connected;		/* a connection to the server was made */
+	bool		sent;			/* the request was written to the server */
 	char		errbuf[CURL_ERROR_SIZE];
 	double		latency_ms;		/* from curl's total time */
 	bool		held;			/* waiting for the first TLS handshake (http.c) */

@@ -1933,7 +1933,7 @@ map_stream_begin(const char *ref, const char *query, int parallel,
 	st->batch_cxt = AllocSetContextCreate(fn_cxt, "rvbbit map input batch", ALLOCSET_DEFAULT_SIZES);
 
 	SPI_connect();
-	sql = psprintf("SELECT _rvbbit_q.*, to_jsonb(_rvbbit_q.*) FROM (%s\n) AS _rvbbit_q", query);
+	sql = psprintf("SELECT _rvbbit_q.*, pg_catalog.to_jsonb(_rvbbit_q.*) FROM (%s\n) AS _rvbbit_q", query);
 	/*
 	 * A holdable cursor: a CURSOR WITH HOLD over the custom scan is
 	 * persisted at commit, after which this one must still be readable

@@ -224,8 +224,10 @@ static dlist_head wk_inflight = DLIST_STATIC_INIT(wk_inflight);
 static long wk_ratelimit_wait_ms = -1;
 
 /*
- * The circuit breaker: per provider base URL, shared by all statements of
- * this worker.  A request that could not reach the server (connection
+ * The circuit breaker: per provider base URL and role, shared by the role's
+ * statements in this worker (per role, so that one role's failures -- with
+ * its own rvbbit.stall_timeout, say -- cannot fail other roles' rows).  A
+ * request that could not reach the server (connection
  * refused, no route, connect timeout) or that stalled (nothing received
  * for rvbbit.stall_timeout) counts as a failure; any HTTP reply resets the
  * count.  A request that only ran out of rvbbit.request_timeout does not
@@ -242,6 +244,7 @@ static long wk_ratelimit_wait_ms = -1;
 typedef struct WkBreaker
 {
 	char		api_base[256];
+	Oid			role;			/* the role the calls are made for */
 	int			failures;		/* unreachable in a row */
 	TimestampTz open_until;		/* 0: closed */
 	char		last_error[256];
@@ -813,6 +816,8 @@ wk_task_settle(WkTask *t, uint64 actual)
 {
 	WkStmt	   *s = t->stmt;
 
+	if (t->hold.roleid == InvalidOid)
+		rv_budget_add_unbudgeted(s->budget_role, actual);
 	rv_budget_settle(&t->hold, actual);
 	s->stmt_reserved -= Min(s->stmt_reserved, t->stmt_reserved);
 	t->stmt_reserved = 0;
@@ -824,6 +829,24 @@ static void
 wk_task_unreserve(WkTask *t)
 {
 	wk_task_settle(t, 0);
+}
+
+/*
+ * A request that was sent but got no reply (it timed out, stalled, lost its
+ * connection, or its statement ended while it was in flight) may still be
+ * billed by the provider, which usually finishes the answer: settle its
+ * reservation at the expected cost instead of giving it back, so that
+ * cancelling or timing out calls cannot spend past a budget.  Returns the
+ * dollars charged (0 when no budget asked for an estimate).
+ */
+static double
+wk_task_charge_unanswered(WkTask *t)
+{
+	uint64		est = Max(t->hold.micros, t->stmt_reserved);
+
+	wk_task_settle(t, est);
+	t->cost += est / 1e6;
+	return est / 1e6;
 }
 
 /* Free a task's request state (not the task). */
@@ -1345,15 +1368,16 @@ wk_task_retry_later(WkTask *t, long retry_after_ms)
 	dlist_push_tail(&wk_retry, &t->node);
 }
 
-/* The circuit breaker of a provider base URL (created closed). */
+/* The circuit breaker of a provider base URL for a role (created closed). */
 static WkBreaker *
-wk_breaker(const char *api_base)
+wk_breaker(const char *api_base, Oid role)
 {
 	int			i;
 	WkBreaker  *b;
 
 	for (i = 0; i < wk_nbreakers; i++)
-		if (strncmp(wk_breakers[i].api_base, api_base, sizeof(wk_breakers[i].api_base) - 1) == 0)
+		if (wk_breakers[i].role == role &&
+			strncmp(wk_breakers[i].api_base, api_base, sizeof(wk_breakers[i].api_base) - 1) == 0)
 			return &wk_breakers[i];
 	if (wk_nbreakers < WK_BREAKER_MAX)
 		b = &wk_breakers[wk_nbreakers++];
@@ -1370,6 +1394,7 @@ wk_breaker(const char *api_base)
 	}
 	memset(b, 0, sizeof(WkBreaker));
 	strlcpy(b->api_base, api_base, sizeof(b->api_base));
+	b->role = role;
 	return b;
 }
 
@@ -1424,7 +1449,8 @@ wk_breaker_failure(WkBreaker *b, const char *error)
 		{
 			WkTask	   *tk = dlist_container(WkTask, node, it.cur);
 
-			if (strcmp(tk->provider->api_base, b->api_base) == 0)
+			if (tk->stmt->seghdr->roleid == b->role &&
+				strcmp(tk->provider->api_base, b->api_base) == 0)
 			{
 				dlist_delete(&tk->node);
 				wk_task_fail_breaker(tk, b);
@@ -1446,12 +1472,18 @@ wk_http_done(RvHttpReq *req)
 	int			sqlstate = ERRCODE_EXTERNAL_ROUTINE_EXCEPTION;
 	char	   *msg = NULL;
 	char	   *hint = NULL;
-	WkBreaker  *b = wk_breaker(t->provider->api_base);
+	WkBreaker  *b = wk_breaker(t->provider->api_base, s->seghdr->roleid);
+	double		charged = 0;
 
 	dlist_delete(&t->node);
 	t->in_http = false;
-	/* a reply settles the reservation to its cost; anything else releases it */
-	if (req->code != CURLE_OK || status < 200 || status >= 300)
+	/*
+	 * A reply settles the reservation to its cost; an HTTP error or a server
+	 * never reached releases it; a request sent but not answered is charged.
+	 */
+	if (req->code != CURLE_OK && req->sent)
+		charged = wk_task_charge_unanswered(t);
+	else if (req->code != CURLE_OK || status < 200 || status >= 300)
 		wk_task_unreserve(t);
 	if (t->counted)
 	{
@@ -1499,13 +1531,13 @@ wk_http_done(RvHttpReq *req)
 		}
 		if (unreachable && wk_breaker_failure(b, errmsg))
 		{
-			wk_record_call(t, "error", status, -1, -1, 0, req->latency_ms, errmsg);
+			wk_record_call(t, "error", status, -1, -1, charged, req->latency_ms, errmsg);
 			rv_http_req_release(req);
 			wk_task_fail_breaker(t, b);
 			return;
 		}
 		wk_record_call(t, retry && t->tries <= s->max_retries ? "retry" : "error",
-					   status, -1, -1, 0, req->latency_ms, errmsg);
+					   status, -1, -1, charged, req->latency_ms, errmsg);
 		if (retry && t->tries <= s->max_retries)
 		{
 			rv_http_req_release(req);
@@ -1765,7 +1797,7 @@ wk_dispatch(void)
 
 		/* the provider's circuit breaker is open: fail the row, send nothing */
 		{
-			WkBreaker  *b = wk_breaker(t->provider->api_base);
+			WkBreaker  *b = wk_breaker(t->provider->api_base, t->stmt->seghdr->roleid);
 
 			if (wk_breaker_open(b, GetCurrentTimestamp()))
 			{
@@ -2131,8 +2163,15 @@ wk_stmt_abort_tasks(WkStmt *s)
 			dlist_delete(&t->node);
 			if (t->in_http)
 			{
+				double		charged;
+
 				rv_http_cancel(wk_http, &t->req);
 				t->in_http = false;
+				/* abandoned in flight: charged (and recorded) when budgeted */
+				charged = wk_task_charge_unanswered(t);
+				if (charged > 0)
+					wk_record_call(t, "error", 0, -1, -1, charged, 0,
+								   "the statement ended while the request was in flight");
 			}
 			wk_task_free(t);
 		}
