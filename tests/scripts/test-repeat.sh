@@ -64,7 +64,7 @@ for i in $(seq 1 "$runs"); do
     /^tests\/t\/[^ ]+\.pl \.+/ { file = $1; next }
     /^not ok / && !/# TODO/ { print "run " run ": " file ": " $0 }' "$log")
   # files that failed without a "not ok" (died, bad plan, bail out)
-  for f in $(sed -n 's/^\(tests\/t\/[^ ]*\.pl\) *(Wstat: [0-9]* Tests: [0-9]* Failed: \([0-9]*\)).*/\1 \2/p' "$log" \
+  for f in $(sed -n 's/^\(tests\/t\/[^ ]*\.pl\) *(Wstat: .* Tests: [0-9]* Failed: \([0-9]*\)).*/\1 \2/p' "$log" \
              | awk '$2 == 0 {print $1}'); do
     run_fail+="${run_fail:+$'\n'}run $i: $f: exited with failure"
   done
