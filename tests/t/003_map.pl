@@ -170,8 +170,7 @@ my $burst = floor($rpm / 60);
 my $refill = ($rpm - $burst) / 60;
 my $win_max = floor($burst + $win * $refill) + 1;
 my $min_span = ($nreq - $burst - 2) / $refill;
-$node->safe_psql('postgres', "ALTER SYSTEM SET rvbbit.requests_per_minute = $rpm");
-$node->reload;
+ok(set_server_conf($node, 'rvbbit.requests_per_minute', $rpm), "rvbbit.requests_per_minute = $rpm is in effect");
 mock_post($mock, '/reset');
 is($node->safe_psql('postgres', map_sql($nreq, 'limited', $nreq, '{"cache": false}')),
 	map_expected($nreq, 'limited'), 'rate-limited MAP returns every row in order');
@@ -187,8 +186,7 @@ diag(sprintf('at most %d requests in any %d s window (bound %d); %d requests ove
 	$most, $win, $win_max, $nreq, $t[-1] - $t[0], $min_span));
 ok($most <= $win_max, "no $win-second window had more than the limit allows");
 ok($t[-1] - $t[0] >= $min_span, 'the requests were spread as the limit demands');
-$node->safe_psql('postgres', 'ALTER SYSTEM RESET rvbbit.requests_per_minute');
-$node->reload;
+ok(set_server_conf($node, 'rvbbit.requests_per_minute', undef), 'rvbbit.requests_per_minute reset');
 
 $node->stop;
 stop_mock($mock);

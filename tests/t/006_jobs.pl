@@ -43,7 +43,7 @@ sub wait_status
 			my ($r, $o) = $node->psql('postgres', "SELECT status FROM rvbbit.jobs WHERE job_id = $id");
 			return $r == 0 && $o =~ /^(?:$re)$/;
 		},
-		$secs // 60);
+		$secs // $wait_secs);
 }
 
 # ---- RUN ASYNC: a job id at once, running, then done with its result

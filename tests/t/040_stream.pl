@@ -28,7 +28,7 @@ sub map_call
 
 sub stats { mock_get($mock, '/stats') }
 sub requests { stats()->{requests} }
-sub quiet { wait_until(sub { stats()->{in_flight} == 0 }, 60) }
+sub quiet { wait_until(sub { stats()->{in_flight} == 0 }) }
 
 # the plan
 like($node->safe_psql('postgres', 'EXPLAIN (COSTS OFF) SELECT * FROM ' . map_call(3, '', 'plan', 2)),
