@@ -74,7 +74,8 @@ Control endpoints: ``GET /health``, ``GET /stats``, ``POST /reset``,
 ``POST /release`` (``{"name": NAME}`` releases the requests held under
 NAME, now and later; no body releases every name) and ``POST /hold``
 (``{"name": NAME}`` holds NAME again; no body: every name).  ``/stats``
-counts the requests waiting on a hold in ``held``; ``/reset`` re-arms
+counts the requests waiting on a hold in ``held`` and gives the mock's
+clock in ``now`` (the clock of the records' ``t``); ``/reset`` re-arms
 every hold.  Each record of ``/requests`` carries ``t`` (monotonic start,
 when the request head was read), ``end`` (when it finished or was
 abandoned), the ``prompt`` (last user message) and ``held`` (the hold name,
@@ -889,6 +890,7 @@ class State:
             "max_per_minute": self.max_per_minute,
             "tokens": {"prompt": self.tok_prompt, "completion": self.tok_completion},
             "aborted": self.aborted,
+            "now": time.monotonic(),
         }
 
     def log_request(self, rec: dict, started: float):

@@ -843,6 +843,9 @@ class MockTest(unittest.TestCase):
         self.assertEqual(len(json.loads(request(self.port, "GET", "/requests")[2])), 3)
         reset(self.port)
         st = stats(self.port)
+        now = st.pop("now")
+        self.assertIsInstance(now, float)
+        self.assertGreaterEqual(now, recs[-1]["t"])
         self.assertEqual(st, {"requests": 0, "in_flight": 0, "held": 0, "max_in_flight": 0,
                               "by_status": {}, "max_per_minute": 0,
                               "tokens": {"prompt": 0, "completion": 0}, "aborted": 0})

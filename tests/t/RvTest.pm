@@ -198,12 +198,14 @@ sub set_server_conf
 # Reload the configuration and wait until the server has reloaded it: a
 # marker setting changed in the same ALTER SYSTEM file is shown by a new
 # session (see set_server_conf), so every change made before is in effect.
+# The marker is commit_siblings, which does nothing while commit_delay is 0
+# (ALTER SYSTEM refuses a placeholder such as tap.x in PostgreSQL 15).
 my $reload_seq = 0;
 sub reload_and_wait
 {
 	my ($node) = @_;
 	$reload_seq++;
-	return set_server_conf($node, 'rvbbit_tap.reload', "$$-$reload_seq");
+	return set_server_conf($node, 'commit_siblings', 100 + $reload_seq % 900);
 }
 
 sub log_position
