@@ -41,10 +41,10 @@ SELECT count(*) AS cached_without_success FROM rvbbit.cache c
  WHERE NOT EXISTS (SELECT FROM rvbbit.call_log l WHERE l.cache_key = c.key AND l.status = 'ok');
 SELECT count(*) AS failed_calls FROM rvbbit.call_log WHERE status = 'error';
 
--- a request that takes longer than the timeout
-SELECT rvbbit.run('echo', '{"text": "[[latency:5000]] slow"}', '{"timeout": 300}');
+-- a request that takes longer than the timeout (the mock never answers it)
+SELECT rvbbit.run('echo', '{"text": "[[fault:timeout]] slow"}', '{"timeout": 300}');
 SET rvbbit.request_timeout = '200ms';
-SELECT rvbbit.run('echo', '{"text": "[[latency:5000]] slow again"}');
+SELECT rvbbit.run('echo', '{"text": "[[fault:timeout]] slow again"}');
 RESET rvbbit.request_timeout;
 -- statement_timeout (and Ctrl-C) interrupt a call, and the worker drops it
 SET statement_timeout = '500ms';

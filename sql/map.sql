@@ -16,14 +16,14 @@ INSERT INTO products VALUES
 SELECT id, product_name, price, result->>'brand' AS brand
   FROM rvbbit.map('extract_brand', 'SELECT id, product_name, price FROM products ORDER BY id', 1)
        AS t(id int, product_name text, price numeric, result jsonb);
--- parallel: results in input order even when later rows finish first
+-- parallel: results in input order even when later rows finish first.  The
+-- mock holds each request until all ten wait together (a barrier), then
+-- answers later rows sooner.
 SELECT n, result
   FROM rvbbit.map('echo',
-         $$SELECT n, format('[[latency:%s]] row %s', 3000 + (11 - n) * 30, n) AS text
+         $$SELECT n, format('[[hold:order:10]] [[latency:%s]] row %s', (11 - n) * 30, n) AS text
              FROM generate_series(1, 10) n ORDER BY n$$, 10)
        AS t(n int, text text, result jsonb);
--- every reply takes over 3 s, far longer than sending ten requests takes,
--- so all ten are in flight together: exactly PARALLEL
 SELECT (mock('/stats')->>'max_in_flight')::int AS max_in_flight;
 -- descending input order is kept too
 SELECT n FROM rvbbit.map('echo', 'SELECT n, n::text AS text FROM generate_series(1, 5) n ORDER BY n DESC', 3)

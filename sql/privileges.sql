@@ -51,6 +51,7 @@ RESET ROLE;
 -- an admin sees everybody's rows and may manage any cascade
 SET ROLE rv_boss;
 SELECT DISTINCT role FROM rvbbit.calls WHERE role::text LIKE 'rv_%' ORDER BY 1;
+SELECT DISTINCT role FROM rvbbit.cache_entries WHERE role::text LIKE 'rv_%' ORDER BY 1;
 SELECT rvbbit.drop_cascade('alices');
 RESET ROLE;
 

@@ -30,6 +30,9 @@
 
 #include "channel.h"
 
+/* see rv_channel_worker_exited() */
+bool		rv_worker_exited = false;
+
 /* on_dsm_detach callback: give back the progress entry and worker count. */
 static void
 ch_on_detach(dsm_segment *seg, Datum arg)
@@ -154,11 +157,25 @@ rv_channel_wait(RvChannel *ch)
 	ResetLatch(MyLatch);
 	CHECK_FOR_INTERRUPTS();
 	if ((rc & WL_TIMEOUT) && !rv_pool_worker_alive(ch->worker, ch->generation))
-		ereport(ERROR,
-				(errcode(ERRCODE_CONNECTION_FAILURE),
-				 errmsg("rvbbit worker exited while the statement was running"),
-				 errhint("Check the server log for the reason, then run the statement again; "
-						 "completed calls are answered from the cache.")));
+		rv_channel_worker_exited();
+}
+
+/*
+ * The worker serving the statement went away before it was done: raise
+ * the error, and note in rv_worker_exited that this error is the worker's
+ * exit (a job runner treats it as an interruption, not as the job's
+ * failure; the error code alone is shared with provider connection
+ * failures).
+ */
+void
+rv_channel_worker_exited(void)
+{
+	rv_worker_exited = true;
+	ereport(ERROR,
+			(errcode(ERRCODE_CONNECTION_FAILURE),
+			 errmsg("rvbbit worker exited while the statement was running"),
+			 errhint("Check the server log for the reason, then run the statement again; "
+					 "completed calls are answered from the cache.")));
 }
 
 void

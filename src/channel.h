@@ -54,6 +54,12 @@ extern bool rv_channel_try_receive(RvChannel *ch, char **data, Size *len);
 /* Sleep until the latch is set or a second passes; checks for interrupts. */
 extern void rv_channel_wait(RvChannel *ch);
 
+/*
+ * Raise "rvbbit worker exited while the statement was running" and set
+ * rv_worker_exited (rvbbit.h).
+ */
+extern void rv_channel_worker_exited(void) pg_attribute_noreturn();
+
 /* Raise the error carried by an 'X' or 'F' message. */
 extern void rv_channel_raise(const char *data, Size len, int elevel);
 

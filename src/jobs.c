@@ -49,8 +49,15 @@
  * shutdown, pg_terminate_backend) puts the job back to 'queued' in an
  * exit callback and registers a new runner; during a shutdown the
  * postmaster never starts it and the recovery worker resumes the job after
- * the restart.  Any other exit of a runner marks its job 'failed'.  So no
- * job stays 'running' after its runner is gone.
+ * the restart.  The same holds when the rvbbit worker serving the job's
+ * statement exits first ("rvbbit worker exited while the statement was
+ * running"): that is an interruption, not the job's failure.  In a fast
+ * shutdown the postmaster sends SIGTERM to the worker and to the runner
+ * in turn, and the runner may see the worker gone before its own SIGTERM
+ * arrives; outside a shutdown (the worker terminated or failed) the new
+ * runner resumes the job at once.  Either way the job is started at most
+ * JOBS_MAX_ATTEMPTS times.  Any other exit of a runner marks its job
+ * 'failed'.  So no job stays 'running' after its runner is gone.
  *
  * Privileges: rvbbit.job_log and rvbbit.job_result_log are not readable by
  * users; rvbbit.jobs and rvbbit.job_results show a user their own jobs
@@ -189,6 +196,8 @@ static shmem_startup_hook_type prev_shmem_startup_hook = NULL;
 
 /* runner state, for the exit callback */
 static volatile sig_atomic_t jobs_got_sigterm = false;
+/* the job's statement failed because the rvbbit worker serving it exited */
+static bool jobs_worker_lost = false;
 static int64 jobs_runner_job = 0;
 static JobsRunnerArgs jobs_runner_args;
 static bool jobs_runner_connected = false;
@@ -757,13 +766,15 @@ jobs_sigterm(SIGNAL_ARGS)
 
 /*
  * Exit callback of a runner (before_shmem_exit, so it runs before the
- * backend's own shutdown): if its job is still 'running' under this
- * runner, the runner is going away without having recorded an outcome.
- * After SIGTERM the job goes back to 'queued' with a new runner (which
- * never starts during a shutdown; the recovery after the restart resumes
- * it), unless it was started JOBS_MAX_ATTEMPTS times; after anything else
- * (but the postmaster's death) it fails.  A job that was cancelled, or whose outcome was recorded, does
- * not match the UPDATE and is left alone.
+ * backend's own shutdown, with interrupts held off: a SIGTERM arriving now
+ * does not stop it): if its job is still 'running' under this runner, the
+ * runner is going away without having recorded an outcome.  After SIGTERM
+ * or the exit of the rvbbit worker serving the statement, the job goes
+ * back to 'queued' with a new runner (which never starts during a
+ * shutdown; the recovery after the restart resumes it), unless it was
+ * started JOBS_MAX_ATTEMPTS times; after anything else (but the
+ * postmaster's death) it fails.  A job that was cancelled, or whose
+ * outcome was recorded, does not match the UPDATE and is left alone.
  */
 static void
 jobs_runner_exit(int code, Datum arg)
@@ -801,20 +812,27 @@ jobs_runner_exit(int code, Datum arg)
 
 	rv_bgxact_begin("rvbbit: job runner exiting");
 	jobs_priv_begin(&priv);
-	if (jobs_got_sigterm)
+	if (jobs_got_sigterm || jobs_worker_lost)
 	{
 		bool		requeued;
+		Oid			rtypes[4] = {INT8OID, INT4OID, INT4OID, TEXTOID};
+		Datum		rvals[4];
 
+		rvals[0] = vals[0];
+		rvals[1] = vals[1];
+		rvals[2] = vals[2];
+		rvals[3] = CStringGetTextDatum(jobs_got_sigterm ? "the job runner was terminated" :
+									   "the rvbbit worker exited while the job was running");
 		if (SPI_execute_with_args("UPDATE rvbbit.job_log AS j SET "
 								  "status = CASE WHEN j.attempts >= $3 THEN 'failed' ELSE 'queued' END, "
 								  "finished_at = CASE WHEN j.attempts >= $3 THEN now() END, "
-								  "error = CASE WHEN j.attempts >= $3 THEN 'the job runner was terminated' "
-								  "ELSE 'the job runner was terminated; the job resumes' END, "
+								  "error = CASE WHEN j.attempts >= $3 THEN $4 || '; not resumed after ' || $3 || ' attempts' "
+								  "ELSE $4 || '; the job resumes' END, "
 								  "spent = coalesce(j.spent, 0) + " JOBS_RUN_SPENT ", "
 								  "runner_pid = CASE WHEN j.attempts >= $3 THEN j.runner_pid END "
 								  "WHERE j.id = $1 AND j.status = 'running' AND j.runner_pid = $2 "
 								  "RETURNING j.status",
-								  3, types, vals, NULL, false, 0) != SPI_OK_UPDATE_RETURNING)
+								  4, rtypes, rvals, NULL, false, 0) != SPI_OK_UPDATE_RETURNING)
 			elog(ERROR, "could not update rvbbit.job_log");
 		requeued = (SPI_processed == 1 &&
 					strcmp(SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1), "queued") == 0);
@@ -1197,6 +1215,20 @@ rv_jobs_runner_main(Datum main_arg)
 		FlushErrorState();
 		AbortOutOfAnyTransaction();
 		debug_query_string = NULL;
+
+		/*
+		 * An interruption, not the job's failure: the worker serving the
+		 * statement exited (in a fast shutdown it may go before this
+		 * runner's own SIGTERM arrives), or this runner got SIGTERM while
+		 * the error was raised.  The exit callback puts the job back to
+		 * 'queued' and registers a new runner.
+		 */
+		if (jobs_got_sigterm ||
+			(rv_worker_exited && edata->sqlerrcode == ERRCODE_CONNECTION_FAILURE))
+		{
+			jobs_worker_lost = true;
+			proc_exit(1);
+		}
 		message = edata->detail ?
 			psprintf("%s\nDETAIL: %s", edata->message, edata->detail) :
 			pstrdup(edata->message);

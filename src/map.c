@@ -1227,11 +1227,7 @@ map_step(MapExec *ex)
 		if (progress)
 			continue;
 		if (ex->ch->worker_done)
-			ereport(ERROR,
-					(errcode(ERRCODE_CONNECTION_FAILURE),
-					 errmsg("rvbbit worker exited while the statement was running"),
-					 errhint("Check the server log for the reason, then run the statement again; "
-							 "completed calls are answered from the cache.")));
+			rv_channel_worker_exited();
 		rv_channel_wait(ex->ch);
 	}
 }

@@ -135,6 +135,11 @@ extern char *rv_redact_secrets(const char *text);
  * job (RUN ASYNC, MAP ... WITH (async = true)) synchronously.
  */
 extern bool rv_in_job_runner;
+/*
+ * channel.c: set when "rvbbit worker exited while the statement was
+ * running" is raised (a job runner resumes its job instead of failing it)
+ */
+extern bool rv_worker_exited;
 /* jobs.c: submit an async statement; returns the job id */
 extern int64 rv_submit_job(const char *statement, const char *target);
 /* jobs.c: shared memory and the jobs launcher (from _PG_init, preloaded) */

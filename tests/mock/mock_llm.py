@@ -62,6 +62,8 @@ Directives embedded in the prompt steer the answer:
     [[hold]], [[hold:NAME]]  answer only once NAME (default "") is released
                            (POST /release); the client going away still
                            ends the request at once
+    [[hold:NAME:K]]        a barrier: NAME is released by itself once K
+                           requests wait on it (then [[latency:N]] applies)
 
 Without a directive the reply comes from the fixtures file (first matching
 rule), else from the requested JSON Schema (a deterministic conforming
@@ -72,7 +74,8 @@ Control endpoints: ``GET /health``, ``GET /stats``, ``POST /reset``,
 ``POST /release`` (``{"name": NAME}`` releases the requests held under
 NAME, now and later; no body releases every name) and ``POST /hold``
 (``{"name": NAME}`` holds NAME again; no body: every name).  ``/stats``
-counts the requests waiting on a hold in ``held``; ``/reset`` re-arms
+counts the requests waiting on a hold in ``held`` and gives the mock's
+clock in ``now`` (the clock of the records' ``t``); ``/reset`` re-arms
 every hold.  Each record of ``/requests`` carries ``t`` (monotonic start,
 when the request head was read), ``end`` (when it finished or was
 abandoned), the ``prompt`` (last user message) and ``held`` (the hold name,
@@ -246,7 +249,7 @@ class Directives:
         self.needs = None        # int
         self.cached = None       # int
         self.fixture = None      # str
-        self.hold = None         # str: the hold name ("" for [[hold]])
+        self.hold = None         # (name, barrier count or None)
 
 
 NO_DIRECTIVES = Directives()
@@ -293,7 +296,11 @@ def parse_directives(prompt: str) -> Directives:
                 if re.fullmatch(r"[A-Za-z0-9_.-]+", arg) and ".." not in arg:
                     d.fixture = arg
             elif name == "hold" and d.hold is None:
-                d.hold = (arg or "").strip()
+                hname, sep, k = (arg or "").strip().rpartition(":")
+                if sep and k.isdigit():
+                    d.hold = (hname, int(k))
+                else:
+                    d.hold = ((arg or "").strip(), None)
         except ValueError:
             continue
     return d
@@ -841,11 +848,14 @@ class State:
         """Whether a request held under name may be answered."""
         return name in self.released or (self.release_all and name not in self.rearmed)
 
-    async def wait_released(self, name: str, conn) -> bool:
+    async def wait_released(self, name: str, conn, barrier=None) -> bool:
         """Wait until name is released or the client goes away; return
-        True if the client went away."""
+        True if the client went away.  With barrier K, name is released
+        once K requests wait on it."""
         waiters = self.hold_waiters[name]
         fut = None
+        if barrier is not None and not self.is_released(name) and len(waiters) + 1 >= barrier:
+            self.release(name)
 
         def wake(_=None):
             if fut is not None and not fut.done():
@@ -880,6 +890,7 @@ class State:
             "max_per_minute": self.max_per_minute,
             "tokens": {"prompt": self.tok_prompt, "completion": self.tok_completion},
             "aborted": self.aborted,
+            "now": time.monotonic(),
         }
 
     def log_request(self, rec: dict, started: float):
@@ -932,7 +943,7 @@ class State:
         rec["prompt"] = prompt
         d = parse_directives(prompt)
         if d.hold is not None:
-            rec["held"] = d.hold
+            rec["held"], rec["barrier"] = d.hold
         delay = default_delay if d.latency_ms is None else d.latency_ms / 1000.0
 
         if d.fail is not None:
@@ -1430,11 +1441,12 @@ class Server:
             except Exception as e:  # a bug in the mock: say so, keep serving
                 traceback.print_exc()
                 plan = Plan(500, error_body(flavour, 500, message="mock internal error: %r" % e))
-            if plan.delay > 0 and await conn.sleep(plan.delay):
+            if rec.get("held") is not None and await st.wait_released(
+                    rec["held"], conn, rec.get("barrier")):
                 st.aborted += 1
                 rec["aborted"] = True
                 return False
-            if rec.get("held") is not None and await st.wait_released(rec["held"], conn):
+            if plan.delay > 0 and await conn.sleep(plan.delay):
                 st.aborted += 1
                 rec["aborted"] = True
                 return False

@@ -843,6 +843,9 @@ class MockTest(unittest.TestCase):
         self.assertEqual(len(json.loads(request(self.port, "GET", "/requests")[2])), 3)
         reset(self.port)
         st = stats(self.port)
+        now = st.pop("now")
+        self.assertIsInstance(now, float)
+        self.assertGreaterEqual(now, recs[-1]["t"])
         self.assertEqual(st, {"requests": 0, "in_flight": 0, "held": 0, "max_in_flight": 0,
                               "by_status": {}, "max_per_minute": 0,
                               "tokens": {"prompt": 0, "completion": 0}, "aborted": 0})
@@ -927,6 +930,20 @@ class MockTest(unittest.TestCase):
         self.assertEqual(content_of(json.loads(r3[0][2])), "re: unnamed")
         self.assertEqual(request(self.port, "POST", "/release", {"name": 5})[0], 400)
         self.assertEqual(request(self.port, "GET", "/release")[0], 405)
+
+    def test_hold_barrier(self):
+        """[[hold:NAME:K]] holds until K requests wait, then answers them
+        all; the barrier then stays released until /reset."""
+        threads, results = self.start_chats(["[[hold:bar:3]] b%d" % i for i in range(2)])
+        wait_for(lambda: stats(self.port)["held"] == 2, what="2 held")
+        self.assertEqual(results, [None, None])
+        t2, r2 = self.start_chats(["[[hold:bar:3]] b2"])
+        for t in threads + t2:
+            t.join(60)
+        self.assertEqual([content_of(json.loads(r[2])) for r in results + r2],
+                         ["re: b0", "re: b1", "re: b2"])
+        self.assertEqual(stats(self.port)["max_in_flight"], 3)
+        self.assertEqual(content_of(chat_json(self.port, "[[hold:bar:3]] after")), "re: after")
 
     def test_hold_disconnect(self):
         """A client leaving while held is aborted and no longer held."""

@@ -55,6 +55,9 @@ passed=0
 failures=()
 for i in $(seq 1 "$runs"); do
   log="$work/run-$i.log"
+  # each run starts without the nodes (and logs) of the last one: a failed
+  # TAP file keeps its data directory, which the next run would trip over
+  rm -rf "$work/tree/tmp_check"
   (cd "$work/tree" && as_pg env PATH="$PG_BINDIR:$PATH" PG_REGRESS="$PG_REGRESS" \
       RV_ROOT="$work/tree" PYTHON="$PYTHON" \
       prove -v -I "$PG_PERL" -I "$work/tree/tests/t" ${RVBBIT_TAP:-tests/t/*.pl} >"$log" 2>&1)
@@ -64,7 +67,7 @@ for i in $(seq 1 "$runs"); do
     /^tests\/t\/[^ ]+\.pl \.+/ { file = $1; next }
     /^not ok / && !/# TODO/ { print "run " run ": " file ": " $0 }' "$log")
   # files that failed without a "not ok" (died, bad plan, bail out)
-  for f in $(sed -n 's/^\(tests\/t\/[^ ]*\.pl\) *(Wstat: [0-9]* Tests: [0-9]* Failed: \([0-9]*\)).*/\1 \2/p' "$log" \
+  for f in $(sed -n 's/^\(tests\/t\/[^ ]*\.pl\) *(Wstat: .* Tests: [0-9]* Failed: \([0-9]*\)).*/\1 \2/p' "$log" \
              | awk '$2 == 0 {print $1}'); do
     run_fail+="${run_fail:+$'\n'}run $i: $f: exited with failure"
   done
@@ -81,6 +84,9 @@ for i in $(seq 1 "$runs"); do
     echo "$run_fail" | sed 's/^/  /'
     failures+=("$run_fail")
     cp "$log" "/tmp/rvbbit-repeat-run-$i.log" 2>/dev/null && echo "  log: /tmp/rvbbit-repeat-run-$i.log"
+    rm -rf "/tmp/rvbbit-repeat-run-$i-server-logs"
+    cp -r "$work/tree/tmp_check/log" "/tmp/rvbbit-repeat-run-$i-server-logs" 2>/dev/null &&
+      echo "  server logs: /tmp/rvbbit-repeat-run-$i-server-logs"
   fi
 done
 

@@ -130,15 +130,19 @@ if want tap && ls "$RV_ROOT"/tests/t/*.pl >/dev/null 2>&1; then
   rc=$?
   grep -E '^tests/t|^Files=|^Result' "$work/tap.log"
   n=$(sed -n 's/^Files=.*Tests=\([0-9]*\),.*/\1/p' "$work/tap.log")
-  nf=$(grep -oE 'Failed [0-9]+/' "$work/tap.log" | grep -oE '[0-9]+' | awk '{s+=$1} END {print s+0}')
+  # failed tests from prove's summary; a file that died after its last
+  # passing test (Failed: 0) is one failed check more
+  nf=$(sed -n 's/^tests\/t\/[^ ]*\.pl *(Wstat: .* Failed: \([0-9]*\)).*/\1/p' "$work/tap.log" | awk '{s+=$1} END {print s+0}')
+  nd=$(grep -cE '^tests/t/[^ ]+\.pl +\(Wstat: .* Failed: 0\)' "$work/tap.log")
   [ -z "$n" ] && n=0
-  [ -z "$nf" ] && nf=0
+  np=$((n > nf ? n - nf : 0))
+  nf=$((nf + nd))
   [ $rc -ne 0 ] && [ "$nf" -eq 0 ] && nf=1
   if [ $rc -ne 0 ]; then
     tail -60 "$work/tap.log"
     for l in "$work"/tree/tmp_check/log/*.log; do [ -f "$l" ] && { echo "--- $l"; tail -40 "$l"; }; done
   fi
-  record tap $((n > nf ? n - nf : 0)) "$nf"
+  record tap "$np" "$nf"
 fi
 
 if [ ${#FAILED_SUITES[@]} -gt 0 ]; then

@@ -36,7 +36,7 @@ like($err, qr/HINT:  Check rvbbit.api_key/, 'hint points at the key');
 unlike($err, qr/sk-wrong/, 'the key is not in the error');
 is($node->safe_psql('postgres', 'SHOW rvbbit.api_key'), '(set)', 'SHOW hides the key');
 $node->safe_psql('postgres', q{ALTER SYSTEM SET rvbbit.api_key = 'sk-right-key'});
-$node->reload;
+ok(reload_and_wait($node), 'the server reloaded its configuration');
 is($node->safe_psql('postgres', qq{SELECT rvbbit.run('$echo', '{"text": "hi"}')}), '"re: hi"',
 	'the right key works');
 # a key from the server's environment (used when rvbbit.api_key is empty)
@@ -51,10 +51,10 @@ is($node->safe_psql('postgres', q{SELECT count(*) FROM rvbbit.call_log WHERE row
 	'0', 'no key in the call records');
 # even with every statement logged, SET and ALTER SYSTEM of the key are hidden
 $node->safe_psql('postgres', q{ALTER SYSTEM SET log_statement = 'all'});
-$node->reload;
+ok(reload_and_wait($node), 'the server reloaded its configuration');
 $node->safe_psql('postgres', q{SET rvbbit.api_key = 'sk-set-in-session'; SELECT 1});
 $node->safe_psql('postgres', q{ALTER SYSTEM SET rvbbit.api_key = 'sk-set-by-alter-system'});
-$node->reload;
+ok(reload_and_wait($node), 'the server reloaded its configuration');
 $node->safe_psql('postgres', q{SELECT 1});
 $node->stop;
 my $log = slurp_file($node->logfile);

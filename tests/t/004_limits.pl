@@ -13,7 +13,7 @@ my $mock = start_mock();
 # files; prlimit comes with util-linux (tests/scripts/deps.sh installs it)
 my $rc = system('prlimit', '--pid', $$, '--nofile=1024:1024');
 is($rc, 0, 'prlimit set the open-file limit of 1,024 for the server')
-  or BAIL_OUT('prlimit (util-linux) is missing or failed: these limits cannot be tested');
+  or die 'prlimit (util-linux) is missing or failed: the limits cannot be tested';
 my $node = new_rv_node('limits', $mock,
 	"rvbbit.max_concurrency = 5000\nrvbbit.max_connections_per_worker = 5000\n");
 my $echo = inline_echo();

@@ -11,6 +11,7 @@ use warnings;
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
+use IPC::Run;
 use lib $ENV{RV_ROOT} . '/tests/t';
 use RvTest;
 
@@ -42,7 +43,7 @@ sub wait_status
 			my ($r, $o) = $node->psql('postgres', "SELECT status FROM rvbbit.jobs WHERE job_id = $id");
 			return $r == 0 && $o =~ /^(?:$re)$/;
 		},
-		$secs // 60);
+		$secs // $wait_secs);
 }
 
 # ---- RUN ASYNC: a job id at once, running, then done with its result
@@ -149,17 +150,20 @@ is($node->safe_psql('postgres', "SELECT rvbbit.cancel_job($id)"), 'f',
 ($ret, $out, $err) = $node->psql('postgres', 'SELECT rvbbit.cancel_job(999999)');
 like($err, qr/job 999999 does not exist/, 'cancelling an unknown job is an error');
 
-# ---- restarts: fast restart, immediate stop, crash restart.  Five fast
-# rows complete before the interruption; the three slow ones are held in
-# flight.  Once the interruption has ended those three requests, the hold
-# is released; the resumed job gets the fast rows from the cache and asks
-# only for the slow ones again.
+# ---- interruptions: fast restart, immediate stop, crash restart, the
+# rvbbit worker exiting, the worker exiting before the runner in a fast
+# shutdown.  Five fast rows complete before the interruption; the three
+# slow ones are held in flight.  Once the interruption has ended those
+# three requests, the hold is released; the resumed job gets the fast rows
+# from the cache and asks only for the slow ones again, so each of the 8
+# calls is paid exactly once.
 my $n_restart = 0;
 sub interrupted_job
 {
 	my ($how, $interrupt) = @_;
 	$n_restart++;
 	my $tab = "resumed_$n_restart";
+	my $calls_before = $node->safe_psql('postgres', 'SELECT coalesce(max(id), 0) FROM rvbbit.call_log');
 	my $jid = $node->safe_psql('postgres', qq{SELECT * FROM rvbbit.sql(\$\$MAP PARALLEL 8 '$echo'
   USING (SELECT n, CASE WHEN n <= 5 THEN '' ELSE '[[hold:$tab]] ' END || '$how ' || n AS text
          FROM generate_series(1, 8) n)
@@ -178,6 +182,33 @@ sub interrupted_job
 	is($node->safe_psql('postgres', qq{SELECT string_agg(n || '=' || (result #>> '{}'), '|' ORDER BY n) FROM $tab}),
 		join('|', map { "$_=re: $how $_" } 1 .. 8), "$how: all rows written with their replies");
 	is(mock_get($mock, '/stats')->{requests}, 3, "$how: only the 3 unfinished calls were sent again");
+	is($node->safe_psql('postgres', qq{SELECT count(*), count(DISTINCT cache_key) FROM rvbbit.call_log
+	   WHERE id > $calls_before AND status = 'ok'}), '8|8', "$how: each of the 8 calls was paid once");
+	return $jid;
+}
+
+sub worker_pids
+{
+	return split /\n/, $node->safe_psql('postgres',
+		q{SELECT pid FROM pg_stat_activity WHERE backend_type = 'rvbbit worker'});
+}
+
+# the state letter of a process (R, S, T for stopped, ...) from /proc
+sub proc_state
+{
+	my ($pid) = @_;
+	my $stat = eval { slurp_file("/proc/$pid/stat") } // '';
+	return $stat =~ /^\d+ \(.*\) (\S)/s ? $1 : '';
+}
+
+# whether a SIGTERM is pending (sent, not yet handled) for the process
+sub sigterm_pending
+{
+	my ($pid) = @_;
+	my $status = eval { slurp_file("/proc/$pid/status") } // '';
+	my $pending = 0;
+	$pending |= hex($1) while $status =~ /^(?:SigPnd|ShdPnd):\s*([0-9a-f]+)$/mg;
+	return ($pending >> 14) & 1;    # bit 15 - 1
 }
 
 interrupted_job('fast restart', sub { $node->restart });
@@ -190,6 +221,45 @@ interrupted_job('crash restart', sub {
 });
 like(slurp_file($node->logfile), qr/resuming rvbbit job \d+ after a server restart/,
 	'the server log says the job was resumed');
+
+# The rvbbit worker serving the job exits (pg_terminate_backend) while the
+# runner gets no signal: the runner sees "rvbbit worker exited while the
+# statement was running" with no SIGTERM of its own, which is what a fast
+# shutdown does to a runner when the postmaster's SIGTERM reaches the
+# worker first.  That is an interruption, not the job's failure: the job
+# goes back to queued and a new runner resumes it at once.
+my $log_pos = log_position($node);
+my $wjob = interrupted_job('worker exit', sub {
+	my @w = worker_pids();
+	$node->safe_psql('postgres', "SELECT pg_terminate_backend($_)") for @w;
+});
+ok(wait_for_log($node, qr/rvbbit job $wjob was interrupted and will resume/, $log_pos),
+	'worker exit: the server log says the job resumes');
+
+# The same in a fast shutdown, with the order forced: the runner is
+# stopped (SIGSTOP), the worker terminated and gone, then the fast stop
+# sends the runner its SIGTERM, and only then does the runner continue.
+# The job must be left queued, and the recovery after the restart resumes
+# it.
+$log_pos = log_position($node);
+my $sjob = interrupted_job('worker gone before the runner in a fast stop', sub {
+	my ($jid) = @_;
+	my $rpid = $node->safe_psql('postgres', "SELECT runner_pid FROM rvbbit.job_log WHERE id = $jid");
+	kill 'STOP', $rpid;
+	ok(wait_until(sub { proc_state($rpid) eq 'T' }), 'the runner is stopped');
+	$node->safe_psql('postgres', "SELECT pg_terminate_backend($_)") for worker_pids();
+	ok(wait_until(sub { worker_pids() == 0 }), 'the rvbbit worker is gone');
+	my ($out, $err) = ('', '');
+	my $stop = IPC::Run::start([ 'pg_ctl', '-D', $node->data_dir, '-m', 'fast', 'stop' ],
+		'>', \$out, '2>', \$err);
+	ok(wait_until(sub { sigterm_pending($rpid) }), "the fast stop sent the runner SIGTERM");
+	kill 'CONT', $rpid;
+	ok($stop->finish, 'the fast stop completes') or diag("pg_ctl: $out $err");
+	$node->_update_pid(0);
+	$node->start;
+});
+ok(wait_for_log($node, qr/resuming rvbbit job $sjob after a server restart/, $log_pos),
+	'worker gone before the runner: the restart resumed the job');
 
 # ---- a job interrupted more often than it may be resumed fails with the reason
 $node->safe_psql('postgres', q{INSERT INTO rvbbit.job_log (role_oid, dboid, statement, status,

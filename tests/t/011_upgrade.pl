@@ -44,7 +44,7 @@ is($node->safe_psql('postgres', q{SELECT rvbbit.run('old_reg', '{"text": "before
 $node->safe_psql('postgres', qq{SET ROLE up_user; SELECT rvbbit.run('$echo', '{"text": "by up_user"}')});
 my $job = $node->safe_psql('postgres',
 	qq{SELECT * FROM rvbbit.sql(\$\$RUN ASYNC '$summ' USING (SELECT 'job before' AS text)\$\$)});
-ok(wait_until(sub { $node->safe_psql('postgres', "SELECT status FROM rvbbit.jobs WHERE job_id = $job") eq 'done' }, 60),
+ok(wait_until(sub { $node->safe_psql('postgres', "SELECT status FROM rvbbit.jobs WHERE job_id = $job") eq 'done' }),
 	'an async job completes under 0.1');
 
 # Every old row, compared on the columns it had under 0.1 (0.2 may add
@@ -82,7 +82,7 @@ is($node->safe_psql('postgres', qq{SELECT result FROM rvbbit.job_results WHERE j
 	'the old job result is still there');
 my $job2 = $node->safe_psql('postgres',
 	qq{SET ROLE up_user; SELECT * FROM rvbbit.sql(\$\$RUN ASYNC '$summ' USING (SELECT 'job after' AS text)\$\$)});
-ok(wait_until(sub { $node->safe_psql('postgres', "SELECT status FROM rvbbit.jobs WHERE job_id = $job2") eq 'done' }, 60),
+ok(wait_until(sub { $node->safe_psql('postgres', "SELECT status FROM rvbbit.jobs WHERE job_id = $job2") eq 'done' }),
 	'a new job completes after the update');
 
 # a fresh install in another database has the same objects

@@ -119,24 +119,22 @@ is($node->safe_psql('postgres', q{SELECT setconfig::text FROM pg_db_role_setting
 	'{rvbbit.budget_dollars_per_day=3}', 'alice\'s setting is unchanged');
 
 # --- deferred by max_concurrency: no reservation is held while waiting
-$node->safe_psql('postgres', 'ALTER SYSTEM SET rvbbit.max_concurrency = 1; SELECT pg_reload_conf()');
-sleep 1;
+ok(set_server_conf($node, 'rvbbit.max_concurrency', '1'), 'rvbbit.max_concurrency = 1 is in effect');
 mock_post($mock, '/reset');
 ($rc, $o, $e) = as_role('bob', map_sql(20, 1, 40, '[[latency:50]]'));
 is($o, '40', 'bob: 40 calls deferred by max_concurrency = 1 all ran within $20') or diag($e);
 ok(mock_get($mock, '/stats')->{max_in_flight} <= 1, 'max_concurrency held');
 ($rc, $o, $e) = as_role('bob', qq{SELECT rvbbit.run('$cascade', '{"text": "still fits"}', '{"model": "day/model", "cache": false}')});
 is($o, '"re: still fits"', 'a call that fits still runs after the deferred ones') or diag($e);
-$node->safe_psql('postgres', 'ALTER SYSTEM RESET rvbbit.max_concurrency; SELECT pg_reload_conf()');
+ok(set_server_conf($node, 'rvbbit.max_concurrency', undef), 'rvbbit.max_concurrency reset');
 
 # --- deferred by a rate limit: the same
-$node->safe_psql('postgres', 'ALTER SYSTEM SET rvbbit.requests_per_minute = 600; SELECT pg_reload_conf()');
-sleep 1;
+ok(set_server_conf($node, 'rvbbit.requests_per_minute', '600'), 'rvbbit.requests_per_minute = 600 is in effect');
 ($rc, $o, $e) = as_role('carol', map_sql(20, 1, 30));
 is($o, '30', 'carol: 30 calls held back by the rate limit all ran within $20') or diag($e);
 ($rc, $o, $e) = as_role('carol', qq{SELECT rvbbit.run('$cascade', '{"text": "fits too"}', '{"model": "day/model", "cache": false}')});
 is($o, '"re: fits too"', 'a call that fits still runs after the rate-limited ones') or diag($e);
-$node->safe_psql('postgres', 'ALTER SYSTEM RESET rvbbit.requests_per_minute; SELECT pg_reload_conf()');
+ok(set_server_conf($node, 'rvbbit.requests_per_minute', undef), 'rvbbit.requests_per_minute reset');
 
 # --- a worker that exits with calls in flight releases their reservations
 mock_post($mock, '/reset');
@@ -181,7 +179,7 @@ if ($wpid eq '')
 	$wpid = $node->safe_psql('postgres', q{SELECT pid FROM pg_stat_activity WHERE backend_type = 'rvbbit worker' LIMIT 1});
 }
 kill 'KILL', $wpid;
-ok(wait_until(sub { my ($r) = as_role('erin', 'SELECT 1'); $r == 0 }, 60), 'the server restarted after the crash');
+ok(wait_until(sub { my ($r) = as_role('erin', 'SELECT 1'); $r == 0 }), 'the server restarted after the crash');
 ($rc, $o, $e) = as_role('alice', 'SET ROLE team; ' . map_sql(20, 7000, 7039));
 like($e, qr/daily budget of \$3\.0000 for role "alice" reached/, 'after a crash alice is still held to her budget');
 $total = $node->safe_psql('postgres',

@@ -52,7 +52,7 @@ sub wait_final
 	my ($id) = @_;
 	return wait_until(sub {
 		$node->safe_psql('postgres', "SELECT status FROM rvbbit.job_log WHERE id = $id") =~ /^(done|failed|cancelled)$/;
-	}, 120);
+	});
 }
 
 sub job

@@ -51,11 +51,11 @@ is($node->safe_psql('postgres', qq{SELECT rvbbit.run('$echo', '{"text": "a worke
 
 # --- dedupe_by: rows answered from the memo count in rows_done
 # 40 rows with the key 'same' (the first is sent, the others are answered
-# from the memo once it is done), then one slow row that keeps the
-# statement running while rvbbit.progress is read
+# from the memo once it is done), then one slow row, held by the mock, that
+# keeps the statement running while rvbbit.progress is read
 my $bg = $node->background_psql('postgres', on_error_stop => 0);
 $bg->query_until(qr/^$/, qq{SELECT count(*) FROM rvbbit.map('$echo',
-  \$q\$SELECT n, CASE WHEN n <= 40 THEN 'same' ELSE '[[latency:60000]] slow' END AS text
+  \$q\$SELECT n, CASE WHEN n <= 40 THEN 'same' ELSE '[[hold:slow]] slow' END AS text
      FROM generate_series(1, 41) n ORDER BY n\$q\$, 1, '{"dedupe_by": "text", "cache": false}')
   AS t(n int, text text, result jsonb);\n});
 ok($node->poll_query_until('postgres',
@@ -79,7 +79,7 @@ $bg = $node->background_psql('postgres', on_error_stop => 0);
 $pid = $bg->query_safe('SELECT pg_backend_pid()');
 $bg->query_until(qr/^$/, qq{SELECT count(*) FROM rvbbit.sql(\$\$MAP PARALLEL 5 '$echo'
   USING (SELECT '[[hold]] old ' || n AS text FROM generate_series(1, 5) n) WITH (cache = false)\$\$);\n});
-ok(wait_until(sub { mock_get($mock, '/stats')->{in_flight} == 5 }, 60), 'old statement: 5 requests in flight');
+ok(wait_until(sub { mock_get($mock, '/stats')->{in_flight} == 5 }), 'old statement: 5 requests in flight');
 my $bg2 = $node->background_psql('postgres', on_error_stop => 0);
 $node->safe_psql('postgres', "SELECT pg_cancel_backend($pid)");
 $bg2->query_until(qr/^$/, qq{SELECT count(*) FROM rvbbit.sql(\$\$MAP PARALLEL 3 '$echo'
@@ -87,7 +87,7 @@ $bg2->query_until(qr/^$/, qq{SELECT count(*) FROM rvbbit.sql(\$\$MAP PARALLEL 3 
 ok($node->poll_query_until('postgres',
 		"SELECT count(*) FROM rvbbit.progress WHERE in_flight = 3", '1'),
 	'new statement: 3 in flight');
-ok(wait_until(sub { mock_get($mock, '/stats')->{in_flight} == 3 }, 60),
+ok(wait_until(sub { mock_get($mock, '/stats')->{in_flight} == 3 }),
 	'the old statement\'s requests are aborted');
 is($node->safe_psql('postgres', 'SELECT count(*), sum(in_flight) FROM rvbbit.progress'), '1|3',
 	'in_flight of the new statement is its own');

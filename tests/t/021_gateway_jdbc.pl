@@ -50,7 +50,7 @@ ok( wait_until(sub {
 			IPC::Run::run([ 'psql', '-X', '-d', "host=127.0.0.1 port=$gwport dbname=postgres user=alice", '-c', 'SELECT 1' ],
 				'>', \my $o, '2>', \my $e);
 			$? == 0;
-		}, 60),
+		}),
 	'the gateway is up');
 
 my $offset = -s $node->logfile;

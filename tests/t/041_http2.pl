@@ -112,7 +112,7 @@ sub log_lines
 	return @lines;
 }
 
-ok(wait_until(sub { -s "$dir/nginx.pid" }, 30), 'nginx started');
+ok(wait_until(sub { -s "$dir/nginx.pid" }), 'nginx started');
 
 # TLS + HTTP/2, PARALLEL 2000
 log_lines();

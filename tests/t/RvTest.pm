@@ -16,7 +16,7 @@ use Time::HiRes qw(usleep time);
 
 our @EXPORT = qw(start_mock stop_mock mock_get mock_post new_rv_node wait_until
   inline_echo mock_release mock_hold mock_requests wait_for_log log_position
-  $wait_secs);
+  set_server_conf reload_and_wait $wait_secs);
 
 # the deadline of every condition wait: generous, so that a slow or loaded
 # machine only makes a test slower (PG_TEST_TIMEOUT_DEFAULT, 180 s default)
@@ -151,6 +151,9 @@ rvbbit.worker_idle_timeout = 3
 # tests hold requests in the mock for as long as they need; a stall is
 # only what a test asks for (030 sets its own)
 rvbbit.stall_timeout = '10min'
+# and a held request must not hit the per-request timeout however slow the
+# run (a test that needs a timeout sets its own)
+rvbbit.request_timeout = '1h'
 max_worker_processes = 32
 restart_after_crash = on
 } . ($extra // ''));
@@ -174,6 +177,37 @@ sub wait_until
 }
 
 # The current end of a node's server log, for wait_for_log.
+# ALTER SYSTEM SET $name = $value (RESET with $value undef), reload, and
+# wait until the server has the new value: until a new session shows it,
+# which happens once the postmaster has reloaded and so has signalled every
+# process (an rvbbit worker reloads before it takes its next statement).
+# A sleep instead would depend on how fast the machine is.
+sub set_server_conf
+{
+	my ($node, $name, $value) = @_;
+	$node->{rv_conf_orig}{$name} //=
+	  $node->safe_psql('postgres', "SELECT coalesce(current_setting('$name', true), '')");
+	$node->safe_psql('postgres',
+		defined $value ? "ALTER SYSTEM SET $name = '$value'" : "ALTER SYSTEM RESET $name");
+	$node->safe_psql('postgres', 'SELECT pg_reload_conf()');
+	my $want = $value // $node->{rv_conf_orig}{$name};
+	return wait_until(
+		sub { $node->safe_psql('postgres', "SELECT coalesce(current_setting('$name', true), '')") eq $want });
+}
+
+# Reload the configuration and wait until the server has reloaded it: a
+# marker setting changed in the same ALTER SYSTEM file is shown by a new
+# session (see set_server_conf), so every change made before is in effect.
+# The marker is commit_siblings, which does nothing while commit_delay is 0
+# (ALTER SYSTEM refuses a placeholder such as tap.x in PostgreSQL 15).
+my $reload_seq = 0;
+sub reload_and_wait
+{
+	my ($node) = @_;
+	$reload_seq++;
+	return set_server_conf($node, 'commit_siblings', 100 + $reload_seq % 900);
+}
+
 sub log_position
 {
 	my ($node) = @_;
