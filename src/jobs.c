@@ -471,11 +471,7 @@ rv_submit_job(const char *statement, const char *target)
 	{
 		RangeVar   *rv;
 
-#if PG_VERSION_NUM >= 160000
-		rv = makeRangeVarFromNameList(stringToQualifiedNameList(target, NULL));
-#else
-		rv = makeRangeVarFromNameList(stringToQualifiedNameList(target));
-#endif
+		rv = makeRangeVarFromNameList(rv_stringToQualifiedNameList(target));
 		if (OidIsValid(get_relname_relid(rv->relname, RangeVarGetCreationNamespace(rv))))
 			ereport(ERROR,
 					(errcode(ERRCODE_DUPLICATE_TABLE),
@@ -545,13 +541,7 @@ rvbbit_submit_job(PG_FUNCTION_ARGS)
 		statement = text_to_cstring(PG_GETARG_TEXT_PP(0));
 		rv_plan_statement(statement, -1, NULL, &ps);
 		if (ps.opts.as_table != NULL)
-		{
-#if PG_VERSION_NUM >= 160000
-			target = NameListToQuotedString(stringToQualifiedNameList(ps.opts.as_table, NULL));
-#else
-			target = NameListToQuotedString(stringToQualifiedNameList(ps.opts.as_table));
-#endif
-		}
+			target = NameListToQuotedString(rv_stringToQualifiedNameList(ps.opts.as_table));
 		else if (!ps.is_run)
 			ereport(ERROR,
 					(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
@@ -1348,10 +1338,8 @@ jobs_database_list(void)
 
 		if (!db->datallowconn || db->datistemplate)
 			continue;
-#ifdef DATCONNLIMIT_INVALID_DB
-		if (db->datconnlimit == DATCONNLIMIT_INVALID_DB)
+		if (rv_database_is_invalid(db))
 			continue;
-#endif
 		old = MemoryContextSwitchTo(caller);
 		dbs = lappend_oid(dbs, db->oid);
 		MemoryContextSwitchTo(old);

@@ -216,6 +216,30 @@ rw_infer_columns(const char *ref, RvPlannedStatement *out)
 }
 
 /*
+ * The statement's WITH options over the defaults into *opts, or an error.
+ * The json-c object is freed either way.  (A function of its own rather
+ * than a PG_TRY nested in rv_plan_statement's: nested PG_TRY blocks need
+ * distinct names from 16 on, and 15's PG_TRY takes none.)
+ */
+static void
+rw_parse_statement_options(const RvStatement *stmt, RvOptions *opts, RvOptWhere where)
+{
+	json_object *obj;
+
+	rv_default_options(opts);
+	obj = rw_options_object(stmt);
+	PG_TRY();
+	{
+		rv_parse_options_json(obj, opts, where);
+	}
+	PG_FINALLY();
+	{
+		json_object_put(obj);
+	}
+	PG_END_TRY();
+}
+
+/*
  * Parse and check an RVBBIT statement.  location is the byte offset of the
  * statement literal in pstate's query text (-1 when unknown), for error
  * positions.  Fills *out, or raises an error.
@@ -226,7 +250,6 @@ rv_plan_statement(const char *text, int location, ParseState *pstate,
 {
 	RvError		err;
 	RvStatement *stmt;
-	json_object *obj;
 	json_object *mapopts;
 	int			i;
 
@@ -245,18 +268,8 @@ rv_plan_statement(const char *text, int location, ParseState *pstate,
 		out->parallel = stmt->parallel == 0 ? 1 :
 			stmt->parallel < 0 ? rv_default_parallel : stmt->parallel;
 
-		rv_default_options(&out->opts);
-		obj = rw_options_object(stmt);
-		PG_TRY();
-		{
-			rv_parse_options_json(obj, &out->opts,
-								  out->is_run ? RV_OPTS_RUN_STATEMENT : RV_OPTS_MAP_STATEMENT);
-		}
-		PG_FINALLY();
-		{
-			json_object_put(obj);
-		}
-		PG_END_TRY();
+		rw_parse_statement_options(stmt, &out->opts,
+								   out->is_run ? RV_OPTS_RUN_STATEMENT : RV_OPTS_MAP_STATEMENT);
 		if (out->opts.parallel > 0)
 			out->parallel = out->opts.parallel;
 		if (stmt->batch > 0 && (out->opts.given & (1u << RV_OPT_BATCH)))
@@ -532,7 +545,7 @@ rv_map_sql(RvPlannedStatement *ps, ParseState *pstate)
 		Oid			typid;
 		int32		typmod;
 
-		typenameTypeIdAndMod(pstate, typeStringToTypeName(ps->coltypes[i]), &typid, &typmod);
+		typenameTypeIdAndMod(pstate, rv_typeStringToTypeName(ps->coltypes[i]), &typid, &typmod);
 		appendStringInfo(&sql, ", %s %s", quote_identifier(ps->colnames[i]),
 						 format_type_with_typemod(typid, typmod));
 	}
@@ -624,11 +637,7 @@ rv_as_table(const char *stmt_text, char **table)
 	rv_plan_statement(stmt_text, -1, NULL, &ps);
 	if (ps.opts.as_table == NULL)
 		elog(ERROR, "statement has no as_table option");
-#if PG_VERSION_NUM >= 160000
-	names = stringToQualifiedNameList(ps.opts.as_table, NULL);
-#else
-	names = stringToQualifiedNameList(ps.opts.as_table);
-#endif
+	names = rv_stringToQualifiedNameList(ps.opts.as_table);
 	*table = NameListToQuotedString(names);
 	if (ps.is_run)
 		sql = psprintf("CREATE TABLE %s AS %s", *table, rw_run_table_sql(&ps));
@@ -752,9 +761,7 @@ rw_rewrite(ParseState *pstate, Query *q)
 			rte->rellockmode = AccessShareLock;
 			rte->inh = false;
 			rte->inFromCl = false;
-#if PG_VERSION_NUM < 160000
-			rte->requiredPerms = 0; /* 16+: no RTEPermissionInfo, no check */
-#endif
+			rv_rte_no_permission_check(rte);
 			rte->eref = makeAlias(get_rel_name(rte->relid), NIL);
 			nq->rtable = lappend(nq->rtable, rte);
 		}

@@ -22,6 +22,8 @@
 #include "storage/lwlock.h"
 #include "storage/shm_mq.h"
 
+#include "compat.h"
+
 /* Limits of the shared-memory arrays. */
 #define RV_MAX_WORKERS		32	/* worker slots, all databases */
 #define RV_MAX_PENDING		64	/* statements waiting for a worker to attach */

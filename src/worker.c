@@ -2298,7 +2298,7 @@ rv_worker_main(Datum main_arg)
 	wk_cache_rows = json_object_new_array();
 	wk_call_rows = json_object_new_array();
 
-	wes = CreateWaitEventSet(TopMemoryContext, 3);
+	wes = rv_CreateWaitEventSet(3);
 	AddWaitEventToSet(wes, WL_LATCH_SET, PGINVALID_SOCKET, MyLatch, NULL);
 	AddWaitEventToSet(wes, WL_EXIT_ON_PM_DEATH, PGINVALID_SOCKET, NULL, NULL);
 	AddWaitEventToSet(wes, WL_SOCKET_READABLE, rv_http_fd(wk_http), NULL, NULL);
