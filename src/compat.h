@@ -41,16 +41,18 @@
 #endif
 
 /*
- * A relation range table entry added only to record a dependency (a
- * prepared statement's plan is invalidated when the relation changes),
- * never to check permissions.  Up to 15 the permissions to check are in
- * the entry (requiredPerms); 16 moved them to RTEPermissionInfo, which
- * such an entry simply does not get.
+ * A relation range table entry of query added only to record a dependency
+ * (a prepared statement's plan is invalidated when the relation changes),
+ * never to check permissions (parser/parse_relation.h).  Up to 15 the
+ * permissions to check are in the entry (requiredPerms); from 16 on every
+ * relation entry needs an RTEPermissionInfo in query->rteperminfos, and
+ * addRTEPermissionInfo makes one that requires nothing.
  */
 #if PG_VERSION_NUM >= 160000
-#define rv_rte_no_permission_check(rte)	((void) (rte))
+#define rv_rte_no_permission_check(query, rte) \
+	((void) addRTEPermissionInfo(&(query)->rteperminfos, (rte)))
 #else
-#define rv_rte_no_permission_check(rte)	((rte)->requiredPerms = 0)
+#define rv_rte_no_permission_check(query, rte)	((rte)->requiredPerms = 0)
 #endif
 
 /*

@@ -41,6 +41,7 @@
 #include "nodes/makefuncs.h"
 #include "nodes/nodeFuncs.h"
 #include "parser/analyze.h"
+#include "parser/parse_relation.h"
 #include "parser/parse_type.h"
 #include "tcop/tcopprot.h"
 #include "utils/lsyscache.h"
@@ -761,7 +762,7 @@ rw_rewrite(ParseState *pstate, Query *q)
 			rte->rellockmode = AccessShareLock;
 			rte->inh = false;
 			rte->inFromCl = false;
-			rv_rte_no_permission_check(rte);
+			rv_rte_no_permission_check(nq, rte);
 			rte->eref = makeAlias(get_rel_name(rte->relid), NIL);
 			nq->rtable = lappend(nq->rtable, rte);
 		}

@@ -2,6 +2,7 @@
 # Run rvbbit's tests (or build its Debian package) against a PostgreSQL major
 # version the host does not have, in a Debian chroot that carries it.
 #
+#   chroot.sh MAJOR base       make (once) the release's base system only
 #   chroot.sh MAJOR prepare    make (once) and update the cached chroot
 #   chroot.sh MAJOR test       every suite (tests/scripts/test.sh) in it
 #   chroot.sh MAJOR build      only compile (make -k, warnings are errors)
@@ -125,23 +126,27 @@ CONF
   chmod 755 "$1/usr/sbin/policy-rc.d"
 }
 
-# prepare: debootstrap once (also saving the untouched base system for
-# deb-test), then install what MAJOR needs (a no-op when it is there)
-prepare() {
-  if [ ! -f "$root/.rvbbit-base" ]; then
-    echo "== debootstrap $suite into $root (once; cached)"
-    rm -rf --one-file-system "$root" "$root.tmp"
-    if ! debootstrap --variant=minbase "$suite" "$root.tmp" "$mirror" >"$build/debootstrap-$suite.log" 2>&1; then
-      tail -20 "$build/debootstrap-$suite.log"
-      echo "debootstrap of $suite failed"
-      return 1
-    fi
-    apt_conf "$root.tmp"
-    rm -rf "$root.tmp/var/cache/apt/archives/"*.deb
-    tar -C "$root.tmp" -cf "$base.tmp" . && mv "$base.tmp" "$base"
-    touch "$root.tmp/.rvbbit-base"
-    mv "$root.tmp" "$root"
+# make_base: debootstrap the release once, saving the untouched base
+# system (for deb-test) next to it
+make_base() {
+  [ -f "$root/.rvbbit-base" ] && return 0
+  echo "== debootstrap $suite into $root (once; cached)"
+  rm -rf --one-file-system "$root" "$root.tmp"
+  if ! debootstrap --variant=minbase "$suite" "$root.tmp" "$mirror" >"$build/debootstrap-$suite.log" 2>&1; then
+    tail -n 20 "$build/debootstrap-$suite.log"
+    echo "debootstrap of $suite failed"
+    return 1
   fi
+  apt_conf "$root.tmp"
+  rm -rf "$root.tmp/var/cache/apt/archives/"*.deb
+  tar -C "$root.tmp" -cf "$base.tmp" . && mv "$base.tmp" "$base"
+  touch "$root.tmp/.rvbbit-base"
+  mv "$root.tmp" "$root"
+}
+
+# prepare: the base system, then what MAJOR needs (a no-op when it is there)
+prepare() {
+  make_base || return 1
   mount_in "$root" || return 1
   echo "== PostgreSQL $major and the build/test dependencies in the $suite chroot"
   in_chroot "$root" "bash /rvbbit/tests/scripts/deps.sh && bash /rvbbit/tests/scripts/deb.sh deps" \
@@ -166,6 +171,9 @@ exec {lockfd}>"$build/chroot-$suite.lock"
 flock "$lockfd"
 
 case "$action" in
+  base)
+    make_base
+    ;;
   prepare)
     prepare
     ;;
@@ -185,6 +193,7 @@ case "$action" in
     copy_tree "$root"
     in_chroot "$root" "cd /tmp/rvbbit-src && bash tests/scripts/deb.sh build $major /tmp/rvbbit-deb" || exit 1
     mkdir -p "$build/deb"
+    rm -f "$build/deb/postgresql-$major-rvbbit_"*.deb
     cp "$root"/tmp/rvbbit-deb/postgresql-"$major"-rvbbit_*.deb "$build/deb/" || exit 1
     ls "$build/deb/"postgresql-"$major"-rvbbit_*.deb
     ;;
@@ -192,17 +201,14 @@ case "$action" in
     # a clean copy of the base system: only the package and what it depends on
     debs=("$build/deb/"postgresql-"$major"-rvbbit_*.deb)
     [ -f "${debs[0]}" ] || { echo "no package: run 'make deb PG=$major' first"; exit 1; }
-    [ -f "$base" ] || prepare || exit 1
+    make_base || exit 1
     clean_root=$(mktemp -d "$build/clean-$suite.XXXXXX")
     tar -C "$clean_root" -xf "$base"
-    root_saved="$root"; root="$clean_root"
     mount_in "$clean_root" || exit 1
     cp "${debs[@]}" "$clean_root/tmp/"
     copy_tree "$clean_root"
     in_chroot "$clean_root" "bash /tmp/rvbbit-src/tests/scripts/deb.sh test $major /tmp/$(basename "${debs[0]}")"
-    rc=$?
-    root="$root_saved"
-    exit $rc
+    exit $?
     ;;
   shell)
     prepare || exit 1
