@@ -43,6 +43,12 @@ PGXS := $(shell $(PG_CONFIG) --pgxs 2>/dev/null)
 ifneq ($(wildcard $(PGXS)),)
 include $(PGXS)
 
+# out-of-tree (VPATH) builds, as Debian's pg_buildext makes them, need the
+# object directory
+ifdef VPATH
+$(shell mkdir -p src)
+endif
+
 # PGXS does not track header dependencies: rebuild everything when one changes
 $(OBJS): $(wildcard $(srcdir)/src/*.h)
 
