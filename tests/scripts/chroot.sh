@@ -131,6 +131,8 @@ CONF
 make_base() {
   [ -f "$root/.rvbbit-base" ] && return 0
   echo "== debootstrap $suite into $root (once; cached)"
+  # an interrupted debootstrap may have left its /proc mounted
+  mountpoint -q "$root.tmp/proc" && umount -l "$root.tmp/proc"
   rm -rf --one-file-system "$root" "$root.tmp"
   if ! debootstrap --variant=minbase "$suite" "$root.tmp" "$mirror" >"$build/debootstrap-$suite.log" 2>&1; then
     tail -n 20 "$build/debootstrap-$suite.log"
