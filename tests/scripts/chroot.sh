@@ -121,6 +121,17 @@ Acquire::Check-Valid-Until "false";
 APT::Install-Recommends "false";
 Dpkg::Use-Pty "false";
 CONF
+  # a stable release's point updates and security fixes (the host's own
+  # packages, and the server a package built there depends on, come from them)
+  case "$suite" in
+    sid|unstable|testing) ;;
+    *) cat >"$1/etc/apt/sources.list" <<LIST
+deb $mirror $suite main
+deb $mirror $suite-updates main
+deb ${mirror%/debian}/debian-security $suite-security main
+LIST
+       ;;
+  esac
   # no service starts inside the chroot (a package's postinst would try)
   printf '#!/bin/sh\nexit 101\n' >"$1/usr/sbin/policy-rc.d"
   chmod 755 "$1/usr/sbin/policy-rc.d"
@@ -149,6 +160,7 @@ make_base() {
 # prepare: the base system, then what MAJOR needs (a no-op when it is there)
 prepare() {
   make_base || return 1
+  apt_conf "$root"
   mount_in "$root" || return 1
   echo "== PostgreSQL $major and the build/test dependencies in the $suite chroot"
   in_chroot "$root" "bash /rvbbit/tests/scripts/deps.sh && bash /rvbbit/tests/scripts/deb.sh deps" \
@@ -206,6 +218,7 @@ case "$action" in
     make_base || exit 1
     clean_root=$(mktemp -d "$build/clean-$suite.XXXXXX")
     tar -C "$clean_root" -xf "$base"
+    apt_conf "$clean_root"
     mount_in "$clean_root" || exit 1
     cp "${debs[@]}" "$clean_root/tmp/"
     copy_tree "$clean_root"
