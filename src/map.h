@@ -12,6 +12,7 @@
 #include "parser/parse_node.h"
 #include "access/tupdesc.h"
 #include "utils/jsonb.h"
+#include "nodes/execnodes.h"
 #include "cascade.h"
 
 /* json-c, after pgjsonc.h in the including file */
@@ -143,5 +144,25 @@ extern int64 rv_as_table(const char *stmt_text, char **table);
 extern char *rv_resolve_cascade(const char *ref, char **display);
 extern char *rv_cascade_name(const char *name);
 extern RvCascade *rv_check_cascade(const char *display, const char *def);
+
+/* == between the files that were map.c == */
+
+/* What rvbbit.map() returns (map.c) */
+typedef enum MapOutput
+{
+	MAP_OUT_RESULT,				/* query columns, then the result (jsonb) */
+	MAP_OUT_UNPACK,				/* query columns, then typed columns from result keys */
+	MAP_OUT_JSON				/* one jsonb object per row */
+} MapOutput;
+
+extern void map_run(ReturnSetInfo *rsinfo, const char *ref, const char *query,
+					int parallel, RvOptions *opts, MapOutput output, const char *result_name);
+/* catalog.c */
+extern char *map_read_cascade_file(const char *dir, const char *name, bool *refused);
+extern char *map_examples_dir(void);
+/* options.c */
+extern char *map_header_json(const char *display, const char *def, const RvOptions *o);
+/* providers.c */
+extern const char *map_api_key(void);
 
 #endif							/* RV_MAP_H */
