@@ -570,7 +570,7 @@ void
 map_exec_init(MapExec *ex, const char *kind, const char *display,
 			  const char *def, const RvOptions *opts, int parallel)
 {
-	char	   *hdr = map_header_json(display, def, opts);
+	char	   *hdr = rv_header_json(display, def, opts);
 
 	memset(ex, 0, sizeof(MapExec));
 	ex->opts = opts;

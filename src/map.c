@@ -128,7 +128,7 @@ rvbbit_run(PG_FUNCTION_ARGS)
 	ref = text_to_cstring(PG_GETARG_TEXT_PP(0));
 	input = PG_ARGISNULL(1) ? NULL : PG_GETARG_JSONB_P(1);
 	rv_parse_options(PG_ARGISNULL(2) ? NULL : PG_GETARG_JSONB_P(2), &opts, RV_OPTS_RUN_FUNCTION);
-	if (!opts.on_error_given)
+	if (!(opts.given & RV_OPT_BIT(RV_OPT_ON_ERROR)))
 		opts.on_error = RV_ON_ERROR_FAIL;
 
 	def = rv_resolve_cascade(ref, &display);

@@ -273,7 +273,7 @@ rv_plan_statement(const char *text, int location, ParseState *pstate,
 								   out->is_run ? RV_OPTS_RUN_STATEMENT : RV_OPTS_MAP_STATEMENT);
 		if (out->opts.parallel > 0)
 			out->parallel = out->opts.parallel;
-		if (stmt->batch > 0 && (out->opts.given & (1u << RV_OPT_BATCH)))
+		if (stmt->batch > 0 && (out->opts.given & RV_OPT_BIT(RV_OPT_BATCH)))
 			ereport(ERROR,
 					(errcode(ERRCODE_SYNTAX_ERROR),
 					 errmsg("BATCH is given twice"),
@@ -320,27 +320,7 @@ rv_plan_statement(const char *text, int location, ParseState *pstate,
 
 	/* the options rvbbit.map() gets */
 	mapopts = json_object_new_object();
-	if (out->opts.model)
-		json_object_object_add(mapopts, "model", json_object_new_string(out->opts.model));
-	if (!out->opts.cache_read)
-		json_object_object_add(mapopts, "cache", json_object_new_boolean(false));
-	else if (out->opts.cache_max_age_s >= 0)
-		json_object_object_add(mapopts, "cache", json_object_new_int64(out->opts.cache_max_age_s));
-	json_object_object_add(mapopts, "timeout", json_object_new_int64(out->opts.timeout_ms));
-	json_object_object_add(mapopts, "max_retries", json_object_new_int(out->opts.max_retries));
-	json_object_object_add(mapopts, "on_error",
-						   json_object_new_string(out->opts.on_error == RV_ON_ERROR_FAIL ? "fail" :
-												  out->opts.on_error == RV_ON_ERROR_VALUE ? "value" : "null"));
-	json_object_object_add(mapopts, "limit", json_object_new_int64(out->opts.limit));
-	if (out->opts.unpack)
-		json_object_object_add(mapopts, "unpack", json_object_new_boolean(true));
-	if (out->opts.budget_dollars >= 0)
-		json_object_object_add(mapopts, "budget_dollars",
-							   json_object_new_double(out->opts.budget_dollars));
-	if (out->opts.dedupe_by)
-		json_object_object_add(mapopts, "dedupe_by", json_object_new_string(out->opts.dedupe_by));
-	if (out->opts.batch > 0)
-		json_object_object_add(mapopts, "batch", json_object_new_int(out->opts.batch));
+	rv_options_pass_json(&out->opts, mapopts);
 	out->options_json = pstrdup(json_object_to_json_string_ext(mapopts, JSON_C_TO_STRING_PLAIN));
 	json_object_put(mapopts);
 }

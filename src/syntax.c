@@ -83,19 +83,24 @@ typedef struct SynBuf
 	size_t		cap;
 } SynBuf;
 
-/* Option names accepted in WITH ( ... ), in the order the hint lists them. */
-static const char *const syn_option_names[] = {
-	"parallel", "limit", "batch", "cache", "budget_dollars", "on_error", "model",
-	"as_table", "result_column", "dedupe_by", "infer_schema", "timeout",
-	"max_retries", "async"
+/*
+ * Option names accepted in WITH ( ... ) (optlist.h: the rows with a
+ * place in the hint), and that place.
+ */
+typedef struct SynOptionName
+{
+	const char *name;
+	int			with;
+} SynOptionName;
+
+#define RV_OPTION(id, name, type, field, lo, hi, dflt, with, places, pass, header) \
+	{name, with},
+static const SynOptionName syn_option_names[] = {
+#include "optlist.h"
 };
+#undef RV_OPTION
 
 #define SYN_NOPTIONS ((int) (sizeof(syn_option_names) / sizeof(syn_option_names[0])))
-
-#define SYN_OPTIONS_HINT \
-	"Valid options are: parallel, limit, batch, cache, budget_dollars, " \
-	"on_error, model, as_table, result_column, dedupe_by, infer_schema, " \
-	"timeout, max_retries, async."
 
 /* ----------------------------------------------------------------
  * Character classes and small helpers
@@ -1451,16 +1456,42 @@ syn_parse_using(SynParser *p, const char *expected)
 	return syn_next(p);
 }
 
-/* Index of a known option name in syn_option_names, or -1. */
+/* Index of an option name a statement may give in syn_option_names, or -1. */
 static int
 syn_option_index(const char *name)
 {
 	int			k;
 
 	for (k = 0; k < SYN_NOPTIONS; k++)
-		if (strcmp(syn_option_names[k], name) == 0)
+		if (syn_option_names[k].with > 0 && strcmp(syn_option_names[k].name, name) == 0)
 			return k;
 	return -1;
+}
+
+/*
+ * "Valid options are: a, b, c." in the order of the with column, built
+ * once (the list is constant).
+ */
+static const char *
+syn_options_hint(void)
+{
+	static char hint[512];
+	size_t		len;
+	size_t		start;
+	int			place;
+	int			k;
+
+	if (hint[0] != '\0')
+		return hint;
+	len = start = (size_t) snprintf(hint, sizeof(hint), "Valid options are: ");
+	for (place = 1; place <= SYN_NOPTIONS; place++)
+		for (k = 0; k < SYN_NOPTIONS; k++)
+			if (syn_option_names[k].with == place && len < sizeof(hint))
+				len += (size_t) snprintf(hint + len, sizeof(hint) - len, "%s%s",
+										 len > start ? ", " : "", syn_option_names[k].name);
+	if (len < sizeof(hint))
+		snprintf(hint + len, sizeof(hint) - len, ".");
+	return hint;
 }
 
 /*
@@ -1576,7 +1607,7 @@ syn_parse_options(SynParser *p)
 		if (syn_option_index(name) < 0)
 		{
 			syn_error_at(p, name_start, "unknown option \"%s\"", name);
-			rv_error_hint(p->err, SYN_OPTIONS_HINT);
+			rv_error_hint(p->err, "%s", syn_options_hint());
 			free(name);
 			return false;
 		}
