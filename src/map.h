@@ -69,6 +69,7 @@ extern const RvMapCounters *rv_map_stream_counters(RvMapStream *ms);
 extern void rv_plan_statement(const char *text, int location, ParseState *pstate,
 							  RvPlannedStatement *out);
 extern char *rv_map_sql(RvPlannedStatement *ps, ParseState *pstate);
+extern void rw_query_columns_rels(const char *query, StringInfo buf, List **names, List **rels);
 extern int64 rv_as_table(const char *stmt_text, char **table);
 extern char *rv_resolve_cascade(const char *ref, char **display);
 extern char *rv_cascade_name(const char *name);
