@@ -125,10 +125,15 @@ typedef struct RvShared
 
 extern RvShared *rv_shared;
 
-/* rvbbit.c */
-extern void rv_check_preloaded(void);
+/* guc.c */
+extern void rv_define_gucs(void);
+/* shmem.c */
+extern void rv_shmem_init(void);
 extern void rv_require_shared(void);
+/* registry.c */
 extern bool rv_sees_all(Oid role);
+/* providers.c */
+extern void rv_log_hook_init(void);
 extern void rv_secret_register(const char *key);
 extern char *rv_redact_secrets(const char *text);
 
