@@ -80,6 +80,28 @@ map_may_manage(Oid owner)
 		(OidIsValid(admin) && has_privs_of_role(me, admin));
 }
 
+/*
+ * Lock the registry row of name (SPI connected) and set *owner; false when
+ * there is none.
+ */
+static bool
+reg_lock_owner(const char *name, Oid *owner)
+{
+	Oid			argtypes[1] = {TEXTOID};
+	Datum		args[1];
+	bool		isnull;
+
+	args[0] = CStringGetTextDatum(name);
+	if (SPI_execute_with_args("SELECT owner::pg_catalog.oid FROM rvbbit.cascades WHERE name OPERATOR(pg_catalog.=) $1 FOR UPDATE",
+							  1, argtypes, args, NULL, false, 1) != SPI_OK_SELECT)
+		elog(ERROR, "could not read rvbbit.cascades");
+	if (SPI_processed != 1)
+		return false;
+	*owner = DatumGetObjectId(SPI_getbinval(SPI_tuptable->vals[0],
+											SPI_tuptable->tupdesc, 1, &isnull));
+	return true;
+}
+
 /* rvbbit._validate_cascade(definition text) returns void */
 Datum
 rvbbit_validate_cascade(PG_FUNCTION_ARGS)
@@ -116,6 +138,7 @@ rvbbit_create_cascade(PG_FUNCTION_ARGS)
 	Oid			me = GetOuterUserId();
 	Oid			argtypes[3] = {TEXTOID, TEXTOID, OIDOID};
 	Datum		args[3];
+	Oid			owner;
 
 	rv_require_shared();
 	if (PG_ARGISNULL(0) || PG_ARGISNULL(1))
@@ -130,15 +153,8 @@ rvbbit_create_cascade(PG_FUNCTION_ARGS)
 	args[0] = CStringGetTextDatum(name);
 	args[1] = CStringGetTextDatum(def);
 	args[2] = ObjectIdGetDatum(me);
-	if (SPI_execute_with_args("SELECT owner::pg_catalog.oid FROM rvbbit.cascades WHERE name OPERATOR(pg_catalog.=) $1 FOR UPDATE",
-							  1, argtypes, args, NULL, false, 1) != SPI_OK_SELECT)
-		elog(ERROR, "could not read rvbbit.cascades");
-	if (SPI_processed == 1)
+	if (reg_lock_owner(name, &owner))
 	{
-		bool		isnull;
-		Oid			owner = DatumGetObjectId(SPI_getbinval(SPI_tuptable->vals[0],
-														   SPI_tuptable->tupdesc, 1, &isnull));
-
 		if (!map_may_manage(owner))
 			ereport(ERROR,
 					(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
@@ -178,6 +194,7 @@ rvbbit_drop_cascade(PG_FUNCTION_ARGS)
 	bool		if_exists = PG_ARGISNULL(1) ? false : PG_GETARG_BOOL(1);
 	Oid			argtypes[1] = {TEXTOID};
 	Datum		args[1];
+	Oid			owner;
 
 	rv_require_shared();
 	if (PG_ARGISNULL(0))
@@ -188,10 +205,7 @@ rvbbit_drop_cascade(PG_FUNCTION_ARGS)
 	name = rv_cascade_name(given);
 	SPI_connect();
 	args[0] = CStringGetTextDatum(name);
-	if (SPI_execute_with_args("SELECT owner::pg_catalog.oid FROM rvbbit.cascades WHERE name OPERATOR(pg_catalog.=) $1 FOR UPDATE",
-							  1, argtypes, args, NULL, false, 1) != SPI_OK_SELECT)
-		elog(ERROR, "could not read rvbbit.cascades");
-	if (SPI_processed == 0)
+	if (!reg_lock_owner(name, &owner))
 	{
 		SPI_finish();
 		if (if_exists)
@@ -204,16 +218,10 @@ rvbbit_drop_cascade(PG_FUNCTION_ARGS)
 				(errcode(ERRCODE_UNDEFINED_OBJECT),
 				 errmsg("cascade \"%s\" does not exist", given)));
 	}
-	{
-		bool		isnull;
-		Oid			owner = DatumGetObjectId(SPI_getbinval(SPI_tuptable->vals[0],
-														   SPI_tuptable->tupdesc, 1, &isnull));
-
-		if (!map_may_manage(owner))
-			ereport(ERROR,
-					(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
-					 errmsg("must be owner of cascade \"%s\" to drop it", name)));
-	}
+	if (!map_may_manage(owner))
+		ereport(ERROR,
+				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+				 errmsg("must be owner of cascade \"%s\" to drop it", name)));
 	if (SPI_execute_with_args("DELETE FROM rvbbit.cascades WHERE name OPERATOR(pg_catalog.=) $1",
 							  1, argtypes, args, NULL, false, 0) != SPI_OK_DELETE)
 		elog(ERROR, "could not delete from rvbbit.cascades");

@@ -315,6 +315,38 @@ syn_strndup(SynParser *p, const char *s, size_t n)
  */
 
 /*
+ * Skip a quoted string or identifier opening at text[*i] (quote is its
+ * quote character, doubled inside): *i moves past the closing quote.
+ * False with err set to what (located at start) when it does not close.
+ */
+static bool
+syn_skip_quoted(const char *text, size_t len, size_t *i, char quote,
+				const char *what, size_t start, RvError *err)
+{
+	size_t		j = *i + 1;
+
+	for (;;)
+	{
+		if (j >= len)
+		{
+			rv_error_set(err, "%s", what);
+			rv_error_locate(err, text, start);
+			return false;
+		}
+		if (text[j] == quote)
+		{
+			if (text[j + 1] != quote)
+				break;
+			j += 2;
+		}
+		else
+			j++;
+	}
+	*i = j + 1;
+	return true;
+}
+
+/*
  * Scan the next token starting at *pos, skipping whitespace and comments,
  * into *tok, and advance *pos past it.  On an unterminated comment, string,
  * quoted identifier or dollar quote, records the error in err (which may
@@ -410,53 +442,13 @@ syn_lex(const char *text, size_t len, size_t *pos, SynToken *tok, RvError *err)
 			break;
 		case '\'':
 			tok->kind = SYN_STRING;
-			i++;
-			for (;;)
-			{
-				if (i >= len)
-				{
-					rv_error_set(err, "unterminated quoted string");
-					rv_error_locate(err, text, start);
-					return false;
-				}
-				if (text[i] == '\'')
-				{
-					if (text[i + 1] == '\'')
-						i += 2;
-					else
-					{
-						i++;
-						break;
-					}
-				}
-				else
-					i++;
-			}
+			if (!syn_skip_quoted(text, len, &i, '\'', "unterminated quoted string", start, err))
+				return false;
 			break;
 		case '"':
 			tok->kind = SYN_QIDENT;
-			i++;
-			for (;;)
-			{
-				if (i >= len)
-				{
-					rv_error_set(err, "unterminated quoted identifier");
-					rv_error_locate(err, text, start);
-					return false;
-				}
-				if (text[i] == '"')
-				{
-					if (text[i + 1] == '"')
-						i += 2;
-					else
-					{
-						i++;
-						break;
-					}
-				}
-				else
-					i++;
-			}
+			if (!syn_skip_quoted(text, len, &i, '"', "unterminated quoted identifier", start, err))
+				return false;
 			break;
 		case '$':
 			{

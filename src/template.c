@@ -1554,50 +1554,45 @@ tpl_parse_not(TplParser *p)
 	return tpl_parse_compare(p);
 }
 
-/* and_expr: not_expr { "and" not_expr } */
+/*
+ * One level of left-associative boolean operators: operand { word operand },
+ * each occurrence of word joining the two sides into an expression of kind.
+ */
 static TplExpr *
-tpl_parse_and(TplParser *p)
+tpl_parse_left_assoc(TplParser *p, const char *word, TplExprKind kind,
+					 TplExpr *(*operand) (TplParser *p))
 {
-	TplExpr    *left = tpl_parse_not(p);
+	TplExpr    *left = operand(p);
 
-	while (left != NULL && tpl_tok_is_name(p, tpl_peek(p), "and"))
+	while (left != NULL && tpl_tok_is_name(p, tpl_peek(p), word))
 	{
 		size_t		pos = tpl_peek(p)->pos;
 		TplExpr    *right;
 
 		tpl_advance(p);
-		right = tpl_parse_not(p);
+		right = operand(p);
 		if (right == NULL)
 		{
 			tpl_expr_free(left);
 			return NULL;
 		}
-		left = tpl_new_expr(p, TPL_E_AND, pos, left, right, NULL);
+		left = tpl_new_expr(p, kind, pos, left, right, NULL);
 	}
 	return left;
+}
+
+/* and_expr: not_expr { "and" not_expr } */
+static TplExpr *
+tpl_parse_and(TplParser *p)
+{
+	return tpl_parse_left_assoc(p, "and", TPL_E_AND, tpl_parse_not);
 }
 
 /* or_expr: and_expr { "or" and_expr } */
 static TplExpr *
 tpl_parse_or(TplParser *p)
 {
-	TplExpr    *left = tpl_parse_and(p);
-
-	while (left != NULL && tpl_tok_is_name(p, tpl_peek(p), "or"))
-	{
-		size_t		pos = tpl_peek(p)->pos;
-		TplExpr    *right;
-
-		tpl_advance(p);
-		right = tpl_parse_and(p);
-		if (right == NULL)
-		{
-			tpl_expr_free(left);
-			return NULL;
-		}
-		left = tpl_new_expr(p, TPL_E_OR, pos, left, right, NULL);
-	}
-	return left;
+	return tpl_parse_left_assoc(p, "or", TPL_E_OR, tpl_parse_and);
 }
 
 /*
