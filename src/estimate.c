@@ -297,7 +297,7 @@ rvbbit_estimate(PG_FUNCTION_ARGS)
 
 			prov[nprov].prefix = MemoryContextStrdup(fn_cxt, SPI_getvalue(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1));
 			prov[nprov].api_base = MemoryContextStrdup(fn_cxt, SPI_getvalue(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 2));
-			prov[nprov].flavor = (fl && strcmp(fl, "anthropic") == 0) ? RV_FLAVOR_ANTHROPIC : RV_FLAVOR_OPENAI;
+			prov[nprov].flavor = rv_llm_flavor(fl);
 			nprov++;
 		}
 

@@ -22,6 +22,7 @@
 #include "utils/memutils.h"
 #include "lib/stringinfo.h"
 
+#include "llm.h"
 #include "rvbbit.h"
 #include "budget.h"
 #include "ratelimit.h"
@@ -52,11 +53,12 @@ int			rv_default_max_tokens = 1024;
 /* set by a job runner (jobs.c) while it runs an async statement */
 bool		rv_in_job_runner = false;
 
+#define RV_FLAVOR_ENTRY(id, name) {name, RV_FLAVOR_##id, false},
 static const struct config_enum_entry rv_flavor_options[] = {
-	{"openai", 0, false},
-	{"anthropic", 1, false},
+	RV_FLAVOR_LIST(RV_FLAVOR_ENTRY)
 	{NULL, 0, false}
 };
+#undef RV_FLAVOR_ENTRY
 
 static const char *rv_show_api_key(void);
 

@@ -551,10 +551,60 @@ llm_concat_parts(json_object *arr, const char *const *types,
 	return r;
 }
 
+/* What differs per flavour besides the body and the response. */
+typedef struct LlmFlavor
+{
+	const char *name;
+	const char *path;			/* appended to the provider's api_base */
+	const char *key_env[3];		/* after RVBBIT_API_KEY, NULL-terminated */
+	RvLlmHeader headers[3];		/* ending with a NULL name */
+} LlmFlavor;
+
+static const LlmFlavor llm_flavors[RV_NFLAVORS] = {
+	[RV_FLAVOR_OPENAI] = {
+		"openai", "/chat/completions", {"OPENROUTER_API_KEY", "OPENAI_API_KEY", NULL},
+		{{"Authorization", NULL, "Bearer ", true}, {NULL, NULL, NULL, false}}
+	},
+	[RV_FLAVOR_ANTHROPIC] = {
+		"anthropic", "/messages", {"ANTHROPIC_API_KEY", NULL},
+		{{"x-api-key", NULL, "", false}, {"anthropic-version", "2023-06-01", NULL, false},
+		 {NULL, NULL, NULL, false}}
+	},
+};
+
+static const LlmFlavor *
+llm_flavor(RvFlavor flavor)
+{
+	return &llm_flavors[(int) flavor >= 0 && flavor < RV_NFLAVORS ? flavor : RV_FLAVOR_OPENAI];
+}
+
+RvFlavor
+rv_llm_flavor(const char *name)
+{
+	int			i;
+
+	for (i = 0; name != NULL && i < RV_NFLAVORS; i++)
+		if (strcmp(llm_flavors[i].name, name) == 0)
+			return (RvFlavor) i;
+	return RV_FLAVOR_OPENAI;
+}
+
 const char *
 rv_llm_path(RvFlavor flavor)
 {
-	return flavor == RV_FLAVOR_ANTHROPIC ? "/messages" : "/chat/completions";
+	return llm_flavor(flavor)->path;
+}
+
+const char *const *
+rv_llm_key_env(RvFlavor flavor)
+{
+	return llm_flavor(flavor)->key_env;
+}
+
+const RvLlmHeader *
+rv_llm_auth_headers(RvFlavor flavor)
+{
+	return llm_flavor(flavor)->headers;
 }
 
 /*

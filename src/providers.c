@@ -38,6 +38,7 @@
 
 #include "cascade.h"
 #include "channel.h"
+#include "llm.h"
 #include "map.h"
 #include "rvbbit.h"
 
@@ -50,18 +51,16 @@ const char *
 map_api_key(void)
 {
 	const char *k;
+	const char *const *env;
 
 	if (rv_api_key && rv_api_key[0])
 		return rv_api_key;
 	k = getenv("RVBBIT_API_KEY");
 	if (k && k[0])
 		return k;
-	k = getenv(rv_api_flavor == 1 ? "ANTHROPIC_API_KEY" : "OPENROUTER_API_KEY");
-	if (k && k[0])
-		return k;
-	if (rv_api_flavor == 0)
+	for (env = rv_llm_key_env((RvFlavor) rv_api_flavor); *env != NULL; env++)
 	{
-		k = getenv("OPENAI_API_KEY");
+		k = getenv(*env);
 		if (k && k[0])
 			return k;
 	}
