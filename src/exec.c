@@ -241,43 +241,161 @@ map_exec_start(MapExec *ex, MapNextRow next_row, void *arg)
 	}
 }
 
+/* Send the row read last; false when the channel is full. */
+static bool
+map_send_row(MapExec *ex, bool *progress)
+{
+	MapSlot    *s = &ex->slots[(ex->next_seq - 1) % ex->window];
+
+	if (!rv_channel_try_send(ex->ch, RV_MSG_ROW, ex->next_seq - 1,
+							 s->scope, strlen(s->scope) + 1))
+		return false;
+	pfree(s->scope);
+	s->scope = NULL;
+	ex->need_send = false;
+	ex->inflight++;
+	*progress = true;
+	return true;
+}
+
+/* Send the batch being filled (its row count first); false when full. */
+static bool
+map_send_batch(MapExec *ex, bool *progress)
+{
+	memcpy(ex->bbuf.data, &ex->bk, sizeof(uint32));
+	if (!rv_channel_try_send(ex->ch, RV_MSG_BATCH, 0, ex->bbuf.data, ex->bbuf.len))
+		return false;
+	ex->inflight += ex->bk;
+	ex->bk = 0;
+	ex->batch_ready = false;
+	*progress = true;
+	return true;
+}
+
+/*
+ * Read the next input row into its slot of the window (the row's scope
+ * and the key identical rows are recognised by); NULL at the end of the
+ * input.
+ */
+static MapSlot *
+map_read_row(MapExec *ex)
+{
+	HeapTuple	tup = NULL;
+	MemoryContext old;
+	MapSlot    *s;
+
+	resetStringInfo(&ex->scope);
+	if (!ex->next_row(ex->next_arg, &ex->scope, &tup))
+	{
+		ex->input_eof = true;
+		return NULL;
+	}
+	s = &ex->slots[ex->next_seq % ex->window];
+	old = MemoryContextSwitchTo(ex->cxt);
+	s->used = true;
+	s->leader = -1;
+	s->input = tup ? heap_copytuple(tup) : NULL;
+	s->scope = pstrdup(ex->scope.data);
+	s->dkey = pstrdup(ex->memo ? (ex->next_key ? ex->next_key : "") : ex->scope.data);
+	MemoryContextSwitchTo(old);
+	s->hash = hash_bytes_extended((const unsigned char *) s->dkey, strlen(s->dkey), 0);
+	ex->nrows++;
+	if (ex->ch->progress)
+		pg_atomic_fetch_add_u64(&ex->ch->progress->rows_read, 1);
+	return s;
+}
+
+/*
+ * Is row s (number ex->next_seq) answered without a request of its own:
+ * by the dedupe_by memo of a key that already finished (done now), or by
+ * an identical row in flight (s follows it)?  Otherwise s becomes the row
+ * in flight for its key.
+ */
+static bool
+map_answered(MapExec *ex, MapSlot *s)
+{
+	bool		found;
+	DedupEntry *e;
+
+	if (ex->memo)
+	{
+		MemoEntry  *m = hash_search(ex->memo, &s->hash, HASH_FIND, &found);
+
+		if (found && strcmp(m->dkey, s->dkey) == 0)
+		{
+			s->done = true;
+			map_outcome_copy(ex->cxt, &m->oc, &s->oc);
+			if (ex->ch->progress)
+			{
+				pg_atomic_fetch_add_u64(&ex->ch->progress->rows_done, 1);
+				if (s->oc.failed)
+					pg_atomic_fetch_add_u64(&ex->ch->progress->rows_failed, 1);
+			}
+			return true;
+		}
+	}
+
+	e = hash_search(ex->dedup, &s->hash, HASH_ENTER, &found);
+	if (found)
+	{
+		MapSlot    *l = &ex->slots[e->seq % ex->window];
+
+		if (e->seq >= ex->emitted && !l->done && l->dkey &&
+			strcmp(l->dkey, s->dkey) == 0)
+		{
+			s->leader = e->seq;
+			l->nfollowers++;
+			return true;
+		}
+	}
+	e->seq = ex->next_seq;
+	return false;
+}
+
+/* MAP BATCH: append row s (number seq) to the batch being filled. */
+static void
+map_batch_add(MapExec *ex, MapSlot *s, int64 seq)
+{
+	uint32		n = (uint32) strlen(s->scope);
+
+	if (ex->bk == 0)
+	{
+		resetStringInfo(&ex->bbuf);
+		appendBinaryStringInfo(&ex->bbuf, (char *) &ex->bk, sizeof(uint32));
+	}
+	appendBinaryStringInfo(&ex->bbuf, (char *) &seq, sizeof(int64));
+	appendBinaryStringInfo(&ex->bbuf, (char *) &n, sizeof(uint32));
+	appendBinaryStringInfo(&ex->bbuf, s->scope, n);
+	pfree(s->scope);
+	s->scope = NULL;
+	if (++ex->bk >= (uint32) ex->batch)
+		ex->batch_ready = true;
+}
+
 /*
  * Read input rows and send them while the window and PARALLEL allow.
- * Sets *progress when something moved.
+ * Sets *progress when something moved.  Each turn does one thing: send
+ * what waits to be sent, or stop, or read one row (answered at once,
+ * added to the batch, or left to be sent next turn).
  */
 static void
 map_fill(MapExec *ex, bool *progress)
 {
-	MapNextRow	next_row = ex->next_row;
-	void	   *arg = ex->next_arg;
-	int			batch = ex->batch;
-
 	while (!ex->input_eof)
 	{
 		MapSlot    *s;
+		int64		seq = ex->next_seq;
 
 		if (ex->need_send)
 		{
-			s = &ex->slots[(ex->next_seq - 1) % ex->window];
-			if (!rv_channel_try_send(ex->ch, RV_MSG_ROW, ex->next_seq - 1,
-									 s->scope, strlen(s->scope) + 1))
+			if (!map_send_row(ex, progress))
 				break;
-			pfree(s->scope);
-			s->scope = NULL;
-			ex->need_send = false;
-			ex->inflight++;
-			*progress = true;
 			continue;
 		}
 		if (ex->batch_ready)
 		{
-			memcpy(ex->bbuf.data, &ex->bk, sizeof(uint32));
-			if (!rv_channel_try_send(ex->ch, RV_MSG_BATCH, 0, ex->bbuf.data, ex->bbuf.len))
+			if (!map_send_batch(ex, progress))
 				break;
-			ex->inflight += ex->bk;
-			ex->bk = 0;
-			ex->batch_ready = false;
-			*progress = true;
 			continue;
 		}
 		if (ex->next_seq - ex->emitted >= ex->window)
@@ -291,7 +409,7 @@ map_fill(MapExec *ex, bool *progress)
 			break;
 		}
 		/* a new request only when it fits: a whole batch, or one row */
-		if (ex->bk == 0 && ex->inflight + Max(batch, 1) > ex->max_inflight)
+		if (ex->bk == 0 && ex->inflight + Max(ex->batch, 1) > ex->max_inflight)
 			break;
 		/* budget_dollars: schedule nothing more once the spend reached it */
 		if (ex->over_budget)
@@ -299,115 +417,31 @@ map_fill(MapExec *ex, bool *progress)
 			HeapTuple	dummy = NULL;
 
 			resetStringInfo(&ex->scope);
-			ex->stopped_early = next_row(arg, &ex->scope, &dummy);
+			ex->stopped_early = ex->next_row(ex->next_arg, &ex->scope, &dummy);
 			ex->input_eof = true;
 			break;
 		}
 
+		s = map_read_row(ex);
+		if (s == NULL)
+			break;
+		if (map_answered(ex, s))
 		{
-			HeapTuple	tup = NULL;
-			MemoryContext old;
-			bool		found;
-			DedupEntry *e;
-			int64		next_seq = ex->next_seq;
-
-			resetStringInfo(&ex->scope);
-			if (!next_row(arg, &ex->scope, &tup))
-			{
-				ex->input_eof = true;
-				break;
-			}
-			s = &ex->slots[next_seq % ex->window];
-			old = MemoryContextSwitchTo(ex->cxt);
-			s->used = true;
-			s->leader = -1;
-			s->input = tup ? heap_copytuple(tup) : NULL;
-			s->scope = pstrdup(ex->scope.data);
-			s->dkey = pstrdup(ex->memo ? (ex->next_key ? ex->next_key : "") : ex->scope.data);
-			MemoryContextSwitchTo(old);
-			s->hash = hash_bytes_extended((const unsigned char *) s->dkey, strlen(s->dkey), 0);
-			ex->nrows++;
-			if (ex->ch->progress)
-				pg_atomic_fetch_add_u64(&ex->ch->progress->rows_read, 1);
-
-			/* dedupe_by: a key that already finished */
-			if (ex->memo)
-			{
-				MemoEntry  *m = hash_search(ex->memo, &s->hash, HASH_FIND, &found);
-
-				if (found && strcmp(m->dkey, s->dkey) == 0)
-				{
-					s->done = true;
-					map_outcome_copy(ex->cxt, &m->oc, &s->oc);
-					/* answered from the memo: done (or failed) now */
-					if (ex->ch->progress)
-					{
-						pg_atomic_fetch_add_u64(&ex->ch->progress->rows_done, 1);
-						if (s->oc.failed)
-							pg_atomic_fetch_add_u64(&ex->ch->progress->rows_failed, 1);
-					}
-					pfree(s->scope);
-					s->scope = NULL;
-					ex->next_seq++;
-					*progress = true;
-					continue;
-				}
-			}
-
-			/* the same input already in flight */
-			e = hash_search(ex->dedup, &s->hash, HASH_ENTER, &found);
-			if (found)
-			{
-				MapSlot    *l = &ex->slots[e->seq % ex->window];
-
-				if (e->seq >= ex->emitted && !l->done && l->dkey &&
-					strcmp(l->dkey, s->dkey) == 0)
-				{
-					s->leader = e->seq;
-					l->nfollowers++;
-					pfree(s->scope);
-					s->scope = NULL;
-					ex->next_seq++;
-					*progress = true;
-					continue;
-				}
-			}
-			e->seq = next_seq;
-			if (batch > 0)
-			{
-				uint32		n = (uint32) strlen(s->scope);
-
-				if (ex->bk == 0)
-				{
-					resetStringInfo(&ex->bbuf);
-					appendBinaryStringInfo(&ex->bbuf, (char *) &ex->bk, sizeof(uint32));
-				}
-				appendBinaryStringInfo(&ex->bbuf, (char *) &next_seq, sizeof(int64));
-				appendBinaryStringInfo(&ex->bbuf, (char *) &n, sizeof(uint32));
-				appendBinaryStringInfo(&ex->bbuf, s->scope, n);
-				pfree(s->scope);
-				s->scope = NULL;
-				ex->next_seq++;
-				if (++ex->bk >= (uint32) batch)
-					ex->batch_ready = true;
-				continue;
-			}
+			pfree(s->scope);
+			s->scope = NULL;
 			ex->next_seq++;
-			ex->need_send = true;
+			*progress = true;
+			continue;
 		}
+		ex->next_seq++;
+		if (ex->batch > 0)
+			map_batch_add(ex, s, seq);
+		else
+			ex->need_send = true;
 	}
 	/* the last, partly filled batch */
 	if (ex->input_eof && ex->bk > 0)
-	{
-		memcpy(ex->bbuf.data, &ex->bk, sizeof(uint32));
-		if (rv_channel_try_send(ex->ch, RV_MSG_BATCH, 0, ex->bbuf.data, ex->bbuf.len))
-		{
-			ex->inflight += ex->bk;
-			ex->bk = 0;
-			ex->batch_ready = false;
-			*progress = true;
-		}
-	}
+		(void) map_send_batch(ex, progress);
 	if (ex->input_eof && !ex->need_send && ex->bk == 0 && !ex->end_sent)
 	{
 		if (rv_channel_try_send(ex->ch, RV_MSG_END, 0, NULL, 0))

@@ -40,6 +40,9 @@
 
 PG_FUNCTION_INFO_V1(rvbbit_progress);
 
+/* the columns of rvbbit._progress() */
+#define RV_PROGRESS_COLS 16
+
 /* ----------------------------------------------------------------
  * rvbbit._progress(): the rows of rvbbit.progress
  * ----------------------------------------------------------------
@@ -65,8 +68,9 @@ rvbbit_progress(PG_FUNCTION_ARGS)
 	for (i = 0; i < RV_MAX_PROGRESS; i++)
 	{
 		RvProgress *p = &rv_shared->progress[i];
-		Datum		v[16];
-		bool		n[16];
+		Datum		v[RV_PROGRESS_COLS];
+		bool		n[RV_PROGRESS_COLS];
+		int			c = 0;
 
 		if (pg_atomic_read_u32(&p->used) != 1)
 			continue;
@@ -74,22 +78,23 @@ rvbbit_progress(PG_FUNCTION_ARGS)
 		if (!all && p->roleid != me)
 			continue;
 		memset(n, 0, sizeof(n));
-		v[0] = Int32GetDatum(p->pid);
-		v[1] = Int64GetDatum(p->statement_id);
-		v[2] = ObjectIdGetDatum(p->dboid);
-		v[3] = ObjectIdGetDatum(p->roleid);
-		v[4] = TimestampTzGetDatum(p->started_at);
-		v[5] = CStringGetTextDatum(p->kind);
-		v[6] = CStringGetTextDatum(p->cascade);
-		v[7] = Int32GetDatum(p->parallel);
-		v[8] = Int64GetDatum((int64) pg_atomic_read_u64(&p->rows_read));
-		v[9] = Int64GetDatum((int64) pg_atomic_read_u64(&p->rows_done));
-		v[10] = Int64GetDatum((int64) RV_PROGRESS_COUNT(pg_atomic_read_u64(&p->in_flight)));
-		v[11] = Int64GetDatum((int64) pg_atomic_read_u64(&p->rows_failed));
-		v[12] = Int64GetDatum((int64) pg_atomic_read_u64(&p->cache_hits));
-		v[13] = Int64GetDatum((int64) pg_atomic_read_u64(&p->llm_calls));
-		v[14] = Int64GetDatum((int64) (pg_atomic_read_u64(&p->tokens_in) + pg_atomic_read_u64(&p->tokens_out)));
-		v[15] = Float8GetDatum((double) pg_atomic_read_u64(&p->cost_micros) / 1e6);
+		v[c++] = Int32GetDatum(p->pid);
+		v[c++] = Int64GetDatum(p->statement_id);
+		v[c++] = ObjectIdGetDatum(p->dboid);
+		v[c++] = ObjectIdGetDatum(p->roleid);
+		v[c++] = TimestampTzGetDatum(p->started_at);
+		v[c++] = CStringGetTextDatum(p->kind);
+		v[c++] = CStringGetTextDatum(p->cascade);
+		v[c++] = Int32GetDatum(p->parallel);
+		v[c++] = Int64GetDatum((int64) pg_atomic_read_u64(&p->rows_read));
+		v[c++] = Int64GetDatum((int64) pg_atomic_read_u64(&p->rows_done));
+		v[c++] = Int64GetDatum((int64) RV_PROGRESS_COUNT(pg_atomic_read_u64(&p->in_flight)));
+		v[c++] = Int64GetDatum((int64) pg_atomic_read_u64(&p->rows_failed));
+		v[c++] = Int64GetDatum((int64) pg_atomic_read_u64(&p->cache_hits));
+		v[c++] = Int64GetDatum((int64) pg_atomic_read_u64(&p->llm_calls));
+		v[c++] = Int64GetDatum((int64) (pg_atomic_read_u64(&p->tokens_in) + pg_atomic_read_u64(&p->tokens_out)));
+		v[c++] = Float8GetDatum((double) pg_atomic_read_u64(&p->cost_micros) / 1e6);
+		Assert(c == RV_PROGRESS_COLS);
 		if (pg_atomic_read_u32(&p->used) != 1)
 			continue;
 		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, v, n);
