@@ -184,8 +184,6 @@ typedef struct JobsPriv
 } JobsPriv;
 
 static JobsShared *jobs_shared = NULL;
-static shmem_request_hook_type prev_shmem_request_hook = NULL;
-static shmem_startup_hook_type prev_shmem_startup_hook = NULL;
 
 /* runner state, for the exit callback */
 static volatile sig_atomic_t jobs_got_sigterm = false;
@@ -216,48 +214,37 @@ PG_FUNCTION_INFO_V1(rvbbit_cancel_job);
  * ----------------------------------------------------------------
  */
 
-/* shmem_request_hook: reserve JobsShared. */
-static void
-jobs_shmem_request(void)
+/* The shared memory jobs need (shmem.c requests it). */
+Size
+rv_jobs_shmem_size(void)
 {
-	if (prev_shmem_request_hook)
-		prev_shmem_request_hook();
-	RequestAddinShmemSpace(MAXALIGN(sizeof(JobsShared)));
+	return MAXALIGN(sizeof(JobsShared));
 }
 
 /*
- * shmem_startup_hook: create JobsShared with a new incarnation.  Runs in
- * the postmaster at start and after every crash restart (shared memory is
- * created anew then, so found is false).
+ * Create JobsShared with a new incarnation (shmem.c, holding
+ * AddinShmemInitLock).  Runs in the postmaster at start and after every
+ * crash restart (shared memory is created anew then, so found is false).
  */
-static void
-jobs_shmem_startup(void)
+void
+rv_jobs_shmem_init(void)
 {
 	bool		found;
 
-	if (prev_shmem_startup_hook)
-		prev_shmem_startup_hook();
-	LWLockAcquire(AddinShmemInitLock, LW_EXCLUSIVE);
 	jobs_shared = ShmemInitStruct("rvbbit jobs", sizeof(JobsShared), &found);
 	if (!found)
 		jobs_shared->incarnation = GetCurrentTimestamp();
-	LWLockRelease(AddinShmemInitLock);
 }
 
 /*
- * Called from _PG_init when the library is preloaded: chain the shared
- * memory hooks and register the static jobs launcher, which resumes
- * interrupted jobs once per server start and crash restart.
+ * Called from _PG_init when the library is preloaded: register the static
+ * jobs launcher, which resumes interrupted jobs once per server start and
+ * crash restart.
  */
 void
 rv_jobs_init(void)
 {
 	BackgroundWorker worker;
-
-	prev_shmem_request_hook = shmem_request_hook;
-	shmem_request_hook = jobs_shmem_request;
-	prev_shmem_startup_hook = shmem_startup_hook;
-	shmem_startup_hook = jobs_shmem_startup;
 
 	/* restarted after a crash restart (and 10 s after an error exit) */
 	rv_bgworker_prepare(&worker, BgWorkerStart_RecoveryFinished, 10,

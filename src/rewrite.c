@@ -255,6 +255,11 @@ rw_rewrite(ParseState *pstate, Query *q)
 static void
 rv_post_parse_analyze(ParseState *pstate, Query *query, JumbleState *jstate)
 {
+	/*
+	 * Not the previous hook first, as pg_stat_statements does: the rewrite
+	 * replaces the query, and the hooks after it (pg_stat_statements among
+	 * them) are to see the query that runs.
+	 */
 	if (rv_shared != NULL && query != NULL)
 		rw_rewrite(pstate, query);
 	if (prev_post_parse_analyze_hook)

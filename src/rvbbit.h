@@ -146,6 +146,8 @@ extern bool rv_in_job_runner;
 extern int64 rv_submit_job(const char *statement, const char *target);
 /* jobs.c: shared memory and the jobs launcher (from _PG_init, preloaded) */
 extern void rv_jobs_init(void);
+extern Size rv_jobs_shmem_size(void);
+extern void rv_jobs_shmem_init(void);
 
 /* gateway_sup.c: the rvbbit.gateway_* GUCs and the gateway's supervisor */
 extern void rv_gateway_init(void);
@@ -224,7 +226,7 @@ extern int	rv_pool_submit(dsm_handle handle, uint64 *generation);
 extern bool rv_pool_worker_alive(int worker, uint64 generation);
 extern void rv_pool_release(int worker, uint64 generation);
 
-/* progress.c */
+/* pool.c: the progress entries (rvbbit._progress() in progress.c reads them) */
 extern int	rv_progress_acquire(const char *kind, const char *cascade, int parallel,
 								int64 statement_id);
 extern void rv_progress_release(int index, int64 statement_id);
@@ -233,8 +235,8 @@ extern void rv_progress_add(RvProgress *p, int64 statement_id,
 							pg_atomic_uint64 *counter, uint64 delta);
 extern void rv_progress_in_flight(RvProgress *p, int64 statement_id, int delta);
 
-#endif							/* RVBBIT_H */
-
-/* rewrite.c: post_parse_analyze / ProcessUtility hooks */
+/* rewrite.c: the post_parse_analyze hook */
 extern void rv_hooks_init(void);
 extern void rv_mapscan_init(void);	/* mapscan.c */
+
+#endif							/* RVBBIT_H */

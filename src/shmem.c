@@ -54,6 +54,7 @@ rv_shmem_request(void)
 	RequestAddinShmemSpace(rv_ratelimit_shmem_size());
 	RequestNamedLWLockTranche("rvbbit", 2);
 	rv_budget_shmem_request();
+	RequestAddinShmemSpace(rv_jobs_shmem_size());
 }
 
 /*
@@ -97,6 +98,7 @@ rv_shmem_startup(void)
 	}
 	rv_ratelimit_shmem_init(&(GetNamedLWLockTranche("rvbbit"))[1].lock);
 	rv_budget_shmem_startup();
+	rv_jobs_shmem_init();
 	LWLockRelease(AddinShmemInitLock);
 }
 
