@@ -75,9 +75,9 @@ rv_show_api_key(void)
 	return "";
 }
 
-/* Define the GUCs (from _PG_init). */
-void
-rv_define_gucs(void)
+/* The default provider: where calls go, with which key, flavour and model. */
+static void
+guc_define_provider(void)
 {
 	DefineCustomStringVariable("rvbbit.api_base",
 							   "Sets the base URL of the default LLM provider.",
@@ -112,6 +112,12 @@ rv_define_gucs(void)
 							&rv_request_timeout_ms,
 							60000, 100, 3600 * 1000,
 							PGC_USERSET, GUC_UNIT_MS, NULL, NULL, NULL);
+}
+
+/* Cascades and the workers: where cascades are found, how many workers and connections. */
+static void
+guc_define_workers(void)
+{
 	DefineCustomStringVariable("rvbbit.cascade_path",
 							   "Sets the directory cascade files are read from.",
 							   "Cascade names are resolved relative to it and may not escape it.",
@@ -148,6 +154,12 @@ rv_define_gucs(void)
 							   &rv_ca_file,
 							   "",
 							   PGC_SIGHUP, 0, NULL, NULL, NULL);
+}
+
+/* Calls: retries, defaults of statements, rate limits, budgets, timeouts. */
+static void
+guc_define_calls(void)
+{
 	DefineCustomIntVariable("rvbbit.max_retries",
 							"Sets how often a request failing with 429, 5xx or a network error is retried.",
 							NULL,
@@ -203,4 +215,13 @@ rv_define_gucs(void)
 							&rv_default_max_tokens,
 							1024, 1, 1000000,
 							PGC_USERSET, 0, NULL, NULL, NULL);
+}
+
+/* Define the GUCs (from _PG_init). */
+void
+rv_define_gucs(void)
+{
+	guc_define_provider();
+	guc_define_workers();
+	guc_define_calls();
 }
