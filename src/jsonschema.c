@@ -902,6 +902,122 @@ js_check_satisfiable(json_object *schema, JsPath *path, RvError *err)
  * Check one schema node at path (depth levels deep) and, recursively, the
  * schemas below it.  Returns false with err set on the first problem.
  */
+static bool js_check_node(json_object *schema, JsPath *path, int depth, RvError *err);
+
+/* type: a known type name, or a non-empty list of them. */
+static bool
+js_check_type(const char *key, json_object *val, JsPath *path, RvError *err)
+{
+	char		kw[JS_PATH_LEN + 32];
+	bool		ok = false;
+
+	if (json_object_is_type(val, json_type_string))
+		ok = js_known_type(json_object_get_string(val));
+	else if (json_object_is_type(val, json_type_array) &&
+			 json_object_array_length(val) > 0)
+	{
+		size_t		n = json_object_array_length(val);
+		size_t		j;
+
+		ok = true;
+		for (j = 0; j < n && ok; j++)
+		{
+			json_object *t = json_object_array_get_idx(val, j);
+
+			ok = json_object_is_type(t, json_type_string) &&
+				js_known_type(json_object_get_string(t));
+		}
+	}
+	if (!ok)
+	{
+		char		shown[JS_SHOW_LEN + 8];
+
+		js_show(shown, sizeof(shown), val, true);
+		rv_error_set(err, "\"%s\" must be one of " JS_TYPE_LIST " or a list of them",
+					 js_kw(kw, sizeof(kw), path, key));
+		rv_error_detail(err, "The value given was %s.", shown);
+		return false;
+	}
+	return true;
+}
+
+/* pattern: a regular expression of the supported kind. */
+static bool
+js_check_pattern(const char *key, json_object *val, JsPath *path, RvError *err)
+{
+	char		kw[JS_PATH_LEN + 32];
+	regex_t		re;
+	char		whybuf[128];
+	const char *why = NULL;
+
+	if (!json_object_is_type(val, json_type_string))
+	{
+		rv_error_set(err, "\"%s\" must be a string",
+					 js_kw(kw, sizeof(kw), path, key));
+		return false;
+	}
+	if (!js_pattern_compile(json_object_get_string(val), &re, whybuf,
+							sizeof(whybuf), &why))
+	{
+		rv_error_set(err, "\"%s\" is not a supported regular expression: %s",
+					 js_kw(kw, sizeof(kw), path, key), why);
+		rv_error_hint(err, "Patterns are POSIX extended regular expressions, plus \\d, \\w and \\s.");
+		return false;
+	}
+	regfree(&re);
+	return true;
+}
+
+/* format: one of the supported formats. */
+static bool
+js_check_format(const char *key, json_object *val, JsPath *path, RvError *err)
+{
+	char		kw[JS_PATH_LEN + 32];
+	int			i;
+	bool		known = false;
+
+	for (i = 0; json_object_is_type(val, json_type_string) && i < JS_NFORMATS; i++)
+		known = known || strcmp(json_object_get_string(val), js_formats[i]) == 0;
+	if (!known)
+	{
+		char		shown[JS_SHOW_LEN + 8];
+
+		js_show(shown, sizeof(shown), val, true);
+		rv_error_set(err, "\"%s\" %s is not supported",
+					 js_kw(kw, sizeof(kw), path, key), shown);
+		rv_error_hint(err, "The supported formats are " JS_FORMAT_LIST ".");
+		return false;
+	}
+	return true;
+}
+
+/* properties: an object of subschemas, each checked. */
+static bool
+js_check_properties(const char *key, json_object *val, JsPath *path, int depth,
+					RvError *err)
+{
+	char		kw[JS_PATH_LEN + 32];
+
+	struct json_object_iter pit;
+
+	if (!json_object_is_type(val, json_type_object))
+	{
+		rv_error_set(err, "\"%s\" must be an object mapping property names to schemas",
+					 js_kw(kw, sizeof(kw), path, key));
+		return false;
+	}
+	json_object_object_foreachC(val, pit)
+	{
+		size_t		old;
+
+		old = js_path_push(path, path->len ? ".properties.%s" : "properties.%s", pit.key);
+		if (!js_check_node(pit.val, path, depth + 1, err))
+			return false;
+		js_path_pop(path, old);
+	}
+	return true;
+}
+
 static bool
 js_check_node(json_object *schema, JsPath *path, int depth, RvError *err)
 {
@@ -943,55 +1059,13 @@ js_check_node(json_object *schema, JsPath *path, int depth, RvError *err)
 
 		if (strcmp(key, "type") == 0)
 		{
-			bool		ok = false;
-
-			if (json_object_is_type(val, json_type_string))
-				ok = js_known_type(json_object_get_string(val));
-			else if (json_object_is_type(val, json_type_array) &&
-					 json_object_array_length(val) > 0)
-			{
-				size_t		n = json_object_array_length(val);
-				size_t		j;
-
-				ok = true;
-				for (j = 0; j < n && ok; j++)
-				{
-					json_object *t = json_object_array_get_idx(val, j);
-
-					ok = json_object_is_type(t, json_type_string) &&
-						js_known_type(json_object_get_string(t));
-				}
-			}
-			if (!ok)
-			{
-				char		shown[JS_SHOW_LEN + 8];
-
-				js_show(shown, sizeof(shown), val, true);
-				rv_error_set(err, "\"%s\" must be one of " JS_TYPE_LIST " or a list of them",
-							 js_kw(kw, sizeof(kw), path, key));
-				rv_error_detail(err, "The value given was %s.", shown);
+			if (!js_check_type(key, val, path, err))
 				return false;
-			}
 		}
 		else if (strcmp(key, "properties") == 0)
 		{
-			struct json_object_iter pit;
-
-			if (!json_object_is_type(val, json_type_object))
-			{
-				rv_error_set(err, "\"%s\" must be an object mapping property names to schemas",
-							 js_kw(kw, sizeof(kw), path, key));
+			if (!js_check_properties(key, val, path, depth, err))
 				return false;
-			}
-			json_object_object_foreachC(val, pit)
-			{
-				size_t		old;
-
-				old = js_path_push(path, path->len ? ".properties.%s" : "properties.%s", pit.key);
-				if (!js_check_node(pit.val, path, depth + 1, err))
-					return false;
-				js_path_pop(path, old);
-			}
 		}
 		else if (strcmp(key, "required") == 0)
 		{
@@ -1067,42 +1141,13 @@ js_check_node(json_object *schema, JsPath *path, int depth, RvError *err)
 		}
 		else if (strcmp(key, "pattern") == 0)
 		{
-			regex_t		re;
-			char		whybuf[128];
-			const char *why = NULL;
-
-			if (!json_object_is_type(val, json_type_string))
-			{
-				rv_error_set(err, "\"%s\" must be a string",
-							 js_kw(kw, sizeof(kw), path, key));
+			if (!js_check_pattern(key, val, path, err))
 				return false;
-			}
-			if (!js_pattern_compile(json_object_get_string(val), &re, whybuf,
-									sizeof(whybuf), &why))
-			{
-				rv_error_set(err, "\"%s\" is not a supported regular expression: %s",
-							 js_kw(kw, sizeof(kw), path, key), why);
-				rv_error_hint(err, "Patterns are POSIX extended regular expressions, plus \\d, \\w and \\s.");
-				return false;
-			}
-			regfree(&re);
 		}
 		else if (strcmp(key, "format") == 0)
 		{
-			bool		known = false;
-
-			for (i = 0; json_object_is_type(val, json_type_string) && i < JS_NFORMATS; i++)
-				known = known || strcmp(json_object_get_string(val), js_formats[i]) == 0;
-			if (!known)
-			{
-				char		shown[JS_SHOW_LEN + 8];
-
-				js_show(shown, sizeof(shown), val, true);
-				rv_error_set(err, "\"%s\" %s is not supported",
-							 js_kw(kw, sizeof(kw), path, key), shown);
-				rv_error_hint(err, "The supported formats are " JS_FORMAT_LIST ".");
+			if (!js_check_format(key, val, path, err))
 				return false;
-			}
 		}
 		/* const takes any value; other keywords are annotations */
 	}
