@@ -1018,12 +1018,127 @@ js_check_properties(const char *key, json_object *val, JsPath *path, int depth,
 	return true;
 }
 
+/*
+ * One keyword of a schema object: supported, and its value of the right
+ * kind (subschemas checked in turn).
+ */
+static bool
+js_check_keyword(const char *key, json_object *val, JsPath *path, int depth,
+				 RvError *err)
+{
+	char		kw[JS_PATH_LEN + 32];
+	int			i;
+
+	for (i = 0; i < JS_NUNSUPPORTED; i++)
+	{
+		if (strcmp(key, js_unsupported[i]) == 0)
+		{
+			rv_error_set(err, "\"%s\" is not supported", js_kw(kw, sizeof(kw), path, key));
+			rv_error_hint(err, "The supported keywords are type, properties, required, additionalProperties, enum, const, items, minItems, maxItems, minProperties, maxProperties, minimum, maximum, exclusiveMinimum, exclusiveMaximum, minLength, maxLength, pattern and format.");
+			return false;
+		}
+	}
+
+	if (strcmp(key, "type") == 0)
+	{
+		if (!js_check_type(key, val, path, err))
+			return false;
+	}
+	else if (strcmp(key, "properties") == 0)
+	{
+		if (!js_check_properties(key, val, path, depth, err))
+			return false;
+	}
+	else if (strcmp(key, "required") == 0)
+	{
+		bool		ok = json_object_is_type(val, json_type_array);
+		size_t		j;
+
+		for (j = 0; ok && j < json_object_array_length(val); j++)
+			ok = json_object_is_type(json_object_array_get_idx(val, j), json_type_string);
+		if (!ok)
+		{
+			rv_error_set(err, "\"%s\" must be an array of property names",
+						 js_kw(kw, sizeof(kw), path, key));
+			return false;
+		}
+	}
+	else if (strcmp(key, "additionalProperties") == 0 ||
+			 strcmp(key, "items") == 0)
+	{
+		size_t		old;
+
+		if (!json_object_is_type(val, json_type_object) &&
+			!json_object_is_type(val, json_type_boolean))
+		{
+			rv_error_set(err, "\"%s\" must be a schema object or a boolean",
+						 js_kw(kw, sizeof(kw), path, key));
+			return false;
+		}
+		old = js_path_push(path, path->len ? ".%s" : "%s", key);
+		if (!js_check_node(val, path, depth + 1, err))
+			return false;
+		js_path_pop(path, old);
+	}
+	else if (strcmp(key, "enum") == 0)
+	{
+		if (!json_object_is_type(val, json_type_array) ||
+			json_object_array_length(val) == 0)
+		{
+			rv_error_set(err, "\"%s\" must be a non-empty array",
+						 js_kw(kw, sizeof(kw), path, key));
+			return false;
+		}
+	}
+	else if (strcmp(key, "minItems") == 0 || strcmp(key, "maxItems") == 0 ||
+			 strcmp(key, "minLength") == 0 || strcmp(key, "maxLength") == 0 ||
+			 strcmp(key, "minProperties") == 0 || strcmp(key, "maxProperties") == 0)
+	{
+		if (!js_is_count(val))
+		{
+			rv_error_set(err, "\"%s\" must be a non-negative integer",
+						 js_kw(kw, sizeof(kw), path, key));
+			return false;
+		}
+	}
+	else if (strcmp(key, "minimum") == 0 || strcmp(key, "maximum") == 0)
+	{
+		if (!js_is_number(val))
+		{
+			rv_error_set(err, "\"%s\" must be a number",
+						 js_kw(kw, sizeof(kw), path, key));
+			return false;
+		}
+	}
+	else if (strcmp(key, "exclusiveMinimum") == 0 ||
+			 strcmp(key, "exclusiveMaximum") == 0)
+	{
+		/* a number (draft 6 and later) or a boolean (draft 4) */
+		if (!js_is_number(val) && !json_object_is_type(val, json_type_boolean))
+		{
+			rv_error_set(err, "\"%s\" must be a number",
+						 js_kw(kw, sizeof(kw), path, key));
+			return false;
+		}
+	}
+	else if (strcmp(key, "pattern") == 0)
+	{
+		if (!js_check_pattern(key, val, path, err))
+			return false;
+	}
+	else if (strcmp(key, "format") == 0)
+	{
+		if (!js_check_format(key, val, path, err))
+			return false;
+	}
+	/* const takes any value; other keywords are annotations */
+	return true;
+}
+
 static bool
 js_check_node(json_object *schema, JsPath *path, int depth, RvError *err)
 {
 	struct json_object_iter it;
-	char		kw[JS_PATH_LEN + 32];
-	int			i;
 
 	if (depth > JS_MAX_DEPTH)
 	{
@@ -1044,112 +1159,8 @@ js_check_node(json_object *schema, JsPath *path, int depth, RvError *err)
 
 	json_object_object_foreachC(schema, it)
 	{
-		const char *key = it.key;
-		json_object *val = it.val;
-
-		for (i = 0; i < JS_NUNSUPPORTED; i++)
-		{
-			if (strcmp(key, js_unsupported[i]) == 0)
-			{
-				rv_error_set(err, "\"%s\" is not supported", js_kw(kw, sizeof(kw), path, key));
-				rv_error_hint(err, "The supported keywords are type, properties, required, additionalProperties, enum, const, items, minItems, maxItems, minProperties, maxProperties, minimum, maximum, exclusiveMinimum, exclusiveMaximum, minLength, maxLength, pattern and format.");
-				return false;
-			}
-		}
-
-		if (strcmp(key, "type") == 0)
-		{
-			if (!js_check_type(key, val, path, err))
-				return false;
-		}
-		else if (strcmp(key, "properties") == 0)
-		{
-			if (!js_check_properties(key, val, path, depth, err))
-				return false;
-		}
-		else if (strcmp(key, "required") == 0)
-		{
-			bool		ok = json_object_is_type(val, json_type_array);
-			size_t		j;
-
-			for (j = 0; ok && j < json_object_array_length(val); j++)
-				ok = json_object_is_type(json_object_array_get_idx(val, j), json_type_string);
-			if (!ok)
-			{
-				rv_error_set(err, "\"%s\" must be an array of property names",
-							 js_kw(kw, sizeof(kw), path, key));
-				return false;
-			}
-		}
-		else if (strcmp(key, "additionalProperties") == 0 ||
-				 strcmp(key, "items") == 0)
-		{
-			size_t		old;
-
-			if (!json_object_is_type(val, json_type_object) &&
-				!json_object_is_type(val, json_type_boolean))
-			{
-				rv_error_set(err, "\"%s\" must be a schema object or a boolean",
-							 js_kw(kw, sizeof(kw), path, key));
-				return false;
-			}
-			old = js_path_push(path, path->len ? ".%s" : "%s", key);
-			if (!js_check_node(val, path, depth + 1, err))
-				return false;
-			js_path_pop(path, old);
-		}
-		else if (strcmp(key, "enum") == 0)
-		{
-			if (!json_object_is_type(val, json_type_array) ||
-				json_object_array_length(val) == 0)
-			{
-				rv_error_set(err, "\"%s\" must be a non-empty array",
-							 js_kw(kw, sizeof(kw), path, key));
-				return false;
-			}
-		}
-		else if (strcmp(key, "minItems") == 0 || strcmp(key, "maxItems") == 0 ||
-				 strcmp(key, "minLength") == 0 || strcmp(key, "maxLength") == 0 ||
-				 strcmp(key, "minProperties") == 0 || strcmp(key, "maxProperties") == 0)
-		{
-			if (!js_is_count(val))
-			{
-				rv_error_set(err, "\"%s\" must be a non-negative integer",
-							 js_kw(kw, sizeof(kw), path, key));
-				return false;
-			}
-		}
-		else if (strcmp(key, "minimum") == 0 || strcmp(key, "maximum") == 0)
-		{
-			if (!js_is_number(val))
-			{
-				rv_error_set(err, "\"%s\" must be a number",
-							 js_kw(kw, sizeof(kw), path, key));
-				return false;
-			}
-		}
-		else if (strcmp(key, "exclusiveMinimum") == 0 ||
-				 strcmp(key, "exclusiveMaximum") == 0)
-		{
-			/* a number (draft 6 and later) or a boolean (draft 4) */
-			if (!js_is_number(val) && !json_object_is_type(val, json_type_boolean))
-			{
-				rv_error_set(err, "\"%s\" must be a number",
-							 js_kw(kw, sizeof(kw), path, key));
-				return false;
-			}
-		}
-		else if (strcmp(key, "pattern") == 0)
-		{
-			if (!js_check_pattern(key, val, path, err))
-				return false;
-		}
-		else if (strcmp(key, "format") == 0)
-		{
-			if (!js_check_format(key, val, path, err))
-				return false;
-		}
-		/* const takes any value; other keywords are annotations */
+		if (!js_check_keyword(it.key, it.val, path, depth, err))
+			return false;
 	}
 	return js_check_satisfiable(schema, path, err);
 }
