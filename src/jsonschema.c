@@ -27,6 +27,7 @@
 #include <string.h>
 
 #include "jsonschema.h"
+#include "rvtext.h"
 
 /* nesting limit for schemas and for values compared by enum/const */
 #define JS_MAX_DEPTH 64
@@ -382,21 +383,6 @@ js_equal(json_object *a, json_object *b, int depth)
 		default:
 			return false;
 	}
-}
-
-/* Number of characters in a UTF-8 string of len bytes. */
-static int64_t
-js_utf8_chars(const char *s, size_t len)
-{
-	int64_t		n = 0;
-	size_t		i;
-
-	for (i = 0; i < len; i++)
-	{
-		if (((unsigned char) s[i] & 0xC0) != 0x80)
-			n++;
-	}
-	return n;
 }
 
 /* ----------------------------------------------------------------
@@ -1720,7 +1706,7 @@ js_validate_node(json_object *schema, json_object *value, JsPath *path,
 			return js_validate_array(schema, value, path, depth, err);
 		case json_type_string:
 			if (!js_validate_count(schema,
-								   js_utf8_chars(json_object_get_string(value),
+								   (int64_t) rv_utf8_count(json_object_get_string(value),
 												 (size_t) json_object_get_string_len(value)),
 								   "minLength", "maxLength", "character", path, err))
 				return false;

@@ -27,6 +27,7 @@
 #include <strings.h>
 
 #include "llm.h"
+#include "rvtext.h"
 
 /* maximum nesting accepted in any JSON text */
 #define LLM_JSON_DEPTH 64
@@ -67,44 +68,6 @@ llm_strndup(const char *s, size_t n)
 }
 
 /*
- * Length of the well-formed UTF-8 sequence at s (at most avail bytes), or 0
- * when the bytes there are not one (overlong forms, surrogates and code
- * points above U+10FFFF are rejected).
- */
-static size_t
-llm_utf8_len(const unsigned char *s, size_t avail)
-{
-	unsigned char c = s[0];
-	size_t		n;
-	size_t		i;
-
-	if (c < 0x80)
-		return 1;
-	if (c >= 0xC2 && c <= 0xDF)
-		n = 2;
-	else if (c >= 0xE0 && c <= 0xEF)
-		n = 3;
-	else if (c >= 0xF0 && c <= 0xF4)
-		n = 4;
-	else
-		return 0;
-	if (avail < n)
-		return 0;
-	for (i = 1; i < n; i++)
-		if ((s[i] & 0xC0) != 0x80)
-			return 0;
-	if (c == 0xE0 && s[1] < 0xA0)
-		return 0;
-	if (c == 0xED && s[1] > 0x9F)
-		return 0;
-	if (c == 0xF0 && s[1] < 0x90)
-		return 0;
-	if (c == 0xF4 && s[1] > 0x8F)
-		return 0;
-	return n;
-}
-
-/*
  * Make provider text fit for an error message: runs of whitespace and
  * control characters become one space, bytes that are not valid UTF-8
  * become '?', leading and trailing space is dropped, and the result is cut
@@ -140,7 +103,7 @@ llm_sanitize(const char *s, size_t len, size_t max)
 			i++;
 			continue;
 		}
-		n = llm_utf8_len(p + i, len - i);
+		n = rv_utf8_valid_len(p + i, len - i);
 		if (o + (pending_space ? 1 : 0) + (n ? n : 1) > limit)
 		{
 			cut = true;

@@ -25,6 +25,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "rvtext.h"
 #include "syntax.h"
 
 /* PARALLEL n and BATCH n must lie in 1 .. SYN_MAX_COUNT */
@@ -647,35 +648,8 @@ static bool
 syn_buf_utf8(SynBuf *buf, uint32_t cp)
 {
 	char		b[4];
-	size_t		n;
 
-	if (cp < 0x80)
-	{
-		b[0] = (char) cp;
-		n = 1;
-	}
-	else if (cp < 0x800)
-	{
-		b[0] = (char) (0xC0 | (cp >> 6));
-		b[1] = (char) (0x80 | (cp & 0x3F));
-		n = 2;
-	}
-	else if (cp < 0x10000)
-	{
-		b[0] = (char) (0xE0 | (cp >> 12));
-		b[1] = (char) (0x80 | ((cp >> 6) & 0x3F));
-		b[2] = (char) (0x80 | (cp & 0x3F));
-		n = 3;
-	}
-	else
-	{
-		b[0] = (char) (0xF0 | (cp >> 18));
-		b[1] = (char) (0x80 | ((cp >> 12) & 0x3F));
-		b[2] = (char) (0x80 | ((cp >> 6) & 0x3F));
-		b[3] = (char) (0x80 | (cp & 0x3F));
-		n = 4;
-	}
-	return syn_buf_append(buf, b, n);
+	return syn_buf_append(buf, b, rv_utf8_encode(cp, b));
 }
 
 /*
