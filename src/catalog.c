@@ -249,3 +249,25 @@ rv_check_cascade(const char *display, const char *def)
 		}
 	return c;
 }
+
+/* ----------------------------------------------------------------
+ * Roles
+ * ----------------------------------------------------------------
+ */
+
+/*
+ * May role see every role's calls, cache entries, progress and jobs?
+ * Superusers and members of rvbbit_admin may (the rule of
+ * rvbbit._sees_all(), evaluated here without SQL, so no search_path is
+ * involved).
+ */
+bool
+rv_sees_all(Oid role)
+{
+	Oid			admin;
+
+	if (superuser_arg(role))
+		return true;
+	admin = get_role_oid("rvbbit_admin", true);
+	return OidIsValid(admin) && is_member_of_role(role, admin);
+}

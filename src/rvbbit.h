@@ -130,7 +130,7 @@ extern void rv_define_gucs(void);
 /* shmem.c */
 extern void rv_shmem_init(void);
 extern void rv_require_shared(void);
-/* registry.c */
+/* catalog.c */
 extern bool rv_sees_all(Oid role);
 /* providers.c */
 extern void rv_log_hook_init(void);
