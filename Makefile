@@ -3,6 +3,11 @@
 #   make demo    install what is missing, build, start a throwaway server
 #                and run the examples (mock provider unless an API key is set)
 #   make test    install what is missing, build, run every test suite
+#                against the host's PostgreSQL 15
+#   make test PG=17 (or 18, 15)  the same against that major version, in a
+#                cached Debian chroot (.build/) that carries it
+#   make test PG=all  15, 17 and 18, and the Debian package of each (CI)
+#   make deb PG=N  build .build/deb/postgresql-N-rvbbit_<version>_amd64.deb
 #   make bench   the benchmark harness (prints figures, asserts nothing)
 #   make test-repeat N=5   the TAP suites N times in a row under a CPU hog,
 #                reporting every test that failed in any run
@@ -12,8 +17,8 @@
 
 EXTENSION = rvbbit
 MODULE_big = rvbbit
-OBJS = src/rvbbit.o src/pool.o src/channel.o src/worker.o src/http.o \
-       src/map.o src/mapscan.o src/rewrite.o src/jobs.o src/request.o src/estimate.o src/ratelimit.o src/budget.o src/rverror.o src/template.o \
+OBJS = src/rvbbit.o src/guc.o src/shmem.o src/pool.o src/channel.o src/worker.o src/http.o \
+       src/map.o src/catalog.o src/options.o src/providers.o src/exec.o src/stmt.o src/registry.o src/progress.o src/mapscan.o src/rewrite.o src/jobs.o src/request.o src/estimate.o src/ratelimit.o src/budget.o src/rverror.o src/rvtext.o src/template.o \
        src/jsonschema.o src/cascade.o src/llm.o src/syntax.o \
        src/gateway_sup.o
 DATA = sql/rvbbit--0.1.sql sql/rvbbit--0.1--0.2.sql
@@ -37,6 +42,12 @@ PGXS := $(shell $(PG_CONFIG) --pgxs 2>/dev/null)
 
 ifneq ($(wildcard $(PGXS)),)
 include $(PGXS)
+
+# out-of-tree (VPATH) builds, as Debian's pg_buildext makes them, need the
+# object directory
+ifdef VPATH
+$(shell mkdir -p src)
+endif
 
 # PGXS does not track header dependencies: rebuild everything when one changes
 $(OBJS): $(wildcard $(srcdir)/src/*.h)
@@ -84,8 +95,25 @@ demo:
 demo-stop:
 	bash tests/scripts/demo.sh stop
 
+# PG selects the PostgreSQL major version(s) of make test and make deb
+PG ?=
+
 test:
+ifeq ($(PG),)
 	bash tests/scripts/test.sh
+else
+	bash tests/scripts/test_all.sh $(PG)
+endif
+
+deb:
+ifeq ($(PG),15)
+	bash tests/scripts/deb.sh build 15 .build/deb
+	@ls .build/deb/postgresql-15-rvbbit_*.deb
+else ifneq ($(PG),)
+	bash tests/scripts/chroot.sh $(PG) deb
+else
+	@echo "usage: make deb PG=N (15, 17 or 18)"; exit 2
+endif
 
 bench:
 	bash tests/bench/bench.sh
@@ -103,4 +131,4 @@ test-repeat:
 unit:
 	$(MAKE) -C tests/unit check
 
-.PHONY: demo demo-stop test test-repeat bench unit test-real-server
+.PHONY: demo demo-stop test test-repeat deb bench unit test-real-server

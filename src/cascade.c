@@ -1347,36 +1347,18 @@ cas_build_candidates(CasBuild *b, RvCell *cell, const char *label,
 	return true;
 }
 
-/*
- * Read the i-th cell (0-based) from its JSON jcell and node ncell into
- * cascade->cells[i], checking types and ranges and compiling templates.
- */
+/* The name of cell i, unique in the cascade; label becomes "cell \"name\"". */
 static bool
-cas_build_cell(CasBuild *b, int i, json_object *jcell, const CasNode *ncell)
+cas_cell_name(CasBuild *b, int i, json_object *jcell, const CasNode *ncell,
+			  char *label, size_t labelsize)
 {
 	RvCell	   *cell = &b->cascade->cells[i];
 	RvError    *err = b->err;
-	char		label[300];
 	CasVal		v;
-	CasVal		prompt;
-	CasVal		rules;
-	const char *instr_key = "instructions";
-	bool		found_candidates = false;
 	int			bucket;
 	int			k;
-	static const char *const cand_keys[] = {"candidates", "takes", "soundings"};
-
-	cell->max_attempts = 1;
-	cell->max_turns = 1;
-
-	if (!json_object_is_type(jcell, json_type_object))
-	{
-		cas_error(err, ncell, "cell %d must be a mapping with \"name\" and \"instructions\"", i + 1);
-		return false;
-	}
 
 	/* name */
-	snprintf(label, sizeof(label), "cell %d", i + 1);
 	cas_get(jcell, ncell, "name", &v);
 	if (!v.present)
 	{
@@ -1389,7 +1371,7 @@ cas_build_cell(CasBuild *b, int i, json_object *jcell, const CasNode *ncell)
 		cas_error(err, cas_where(&v, ncell), "%s: \"name\" must be a non-empty string", label);
 		return false;
 	}
-	snprintf(label, sizeof(label), "cell \"%.200s%s\"", cell->name,
+	snprintf(label, labelsize, "cell \"%.200s%s\"", cell->name,
 			 strlen(cell->name) > 200 ? "..." : "");
 	bucket = cas_name_bucket(b, cell->name);
 	for (k = b->name_head[bucket]; k >= 0; k = b->name_next[k])
@@ -1404,6 +1386,19 @@ cas_build_cell(CasBuild *b, int i, json_object *jcell, const CasNode *ncell)
 	}
 	b->name_next[i] = b->name_head[bucket];
 	b->name_head[bucket] = i;
+
+	return true;
+}
+
+/* instructions (or its alias prompt) and system, compiled as templates; model. */
+static bool
+cas_cell_prompts(CasBuild *b, RvCell *cell, json_object *jcell, const CasNode *ncell,
+			  const char *label)
+{
+	RvError    *err = b->err;
+	CasVal		v;
+	CasVal		prompt;
+	const char *instr_key = "instructions";
 
 	/* instructions, or its alias prompt */
 	cas_get(jcell, ncell, "instructions", &v);
@@ -1454,6 +1449,17 @@ cas_build_cell(CasBuild *b, int i, json_object *jcell, const CasNode *ncell)
 		return false;
 	}
 
+	return true;
+}
+
+/* output_schema: a JSON Schema the reply must match (three attempts by default). */
+static bool
+cas_cell_schema(CasBuild *b, RvCell *cell, json_object *jcell, const CasNode *ncell,
+			  const char *label)
+{
+	RvError    *err = b->err;
+	CasVal		v;
+
 	/* output_schema */
 	cas_get(jcell, ncell, "output_schema", &v);
 	if (v.present)
@@ -1481,6 +1487,18 @@ cas_build_cell(CasBuild *b, int i, json_object *jcell, const CasNode *ncell)
 		cell->output_schema = v.json;
 		cell->max_attempts = 3;
 	}
+
+	return true;
+}
+
+/* rules: max_attempts, max_turns, grow_max_tokens. */
+static bool
+cas_cell_rules(CasBuild *b, RvCell *cell, json_object *jcell, const CasNode *ncell,
+			  const char *label)
+{
+	RvError    *err = b->err;
+	CasVal		v;
+	CasVal		rules;
 
 	/* rules */
 	cas_get(jcell, ncell, "rules", &rules);
@@ -1517,6 +1535,17 @@ cas_build_cell(CasBuild *b, int i, json_object *jcell, const CasNode *ncell)
 		}
 	}
 
+	return true;
+}
+
+/* temperature and max_tokens. */
+static bool
+cas_cell_sampling(CasBuild *b, RvCell *cell, json_object *jcell, const CasNode *ncell,
+			  const char *label)
+{
+	RvError    *err = b->err;
+	CasVal		v;
+
 	/* temperature */
 	cas_get(jcell, ncell, "temperature", &v);
 	if (v.present)
@@ -1537,6 +1566,20 @@ cas_build_cell(CasBuild *b, int i, json_object *jcell, const CasNode *ncell)
 		return false;
 	}
 
+	return true;
+}
+
+/* candidates, also spelled takes or soundings (one of them). */
+static bool
+cas_cell_candidates(CasBuild *b, RvCell *cell, json_object *jcell, const CasNode *ncell,
+			  const char *label)
+{
+	RvError    *err = b->err;
+	CasVal		v;
+	bool		found_candidates = false;
+	int			k;
+	static const char *const cand_keys[] = {"candidates", "takes", "soundings"};
+
 	/* candidates, also spelled takes or soundings */
 	for (k = 0; k < 3; k++)
 	{
@@ -1553,6 +1596,35 @@ cas_build_cell(CasBuild *b, int i, json_object *jcell, const CasNode *ncell)
 			return false;
 	}
 	return true;
+}
+
+/*
+ * Read the i-th cell (0-based) from its JSON jcell and node ncell into
+ * cascade->cells[i], checking types and ranges and compiling templates.
+ * The keys are read in a fixed order, so the first error reported is
+ * the same for the same definition.
+ */
+static bool
+cas_build_cell(CasBuild *b, int i, json_object *jcell, const CasNode *ncell)
+{
+	RvCell	   *cell = &b->cascade->cells[i];
+	char		label[300];
+
+	cell->max_attempts = 1;
+	cell->max_turns = 1;
+
+	if (!json_object_is_type(jcell, json_type_object))
+	{
+		cas_error(b->err, ncell, "cell %d must be a mapping with \"name\" and \"instructions\"", i + 1);
+		return false;
+	}
+	snprintf(label, sizeof(label), "cell %d", i + 1);
+	return cas_cell_name(b, i, jcell, ncell, label, sizeof(label)) &&
+		cas_cell_prompts(b, cell, jcell, ncell, label) &&
+		cas_cell_schema(b, cell, jcell, ncell, label) &&
+		cas_cell_rules(b, cell, jcell, ncell, label) &&
+		cas_cell_sampling(b, cell, jcell, ncell, label) &&
+		cas_cell_candidates(b, cell, jcell, ncell, label);
 }
 
 /*

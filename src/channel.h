@@ -46,8 +46,8 @@ extern bool rv_channel_try_send(RvChannel *ch, char type, int64 seq,
 
 /*
  * Try to receive a message.  Returns true with *data and *len (valid until the
- * next call), false when there is none now.  Raises an error when the
- * worker went away before the statement was done.
+ * next call), false when there is none now or the worker detached (then
+ * ch->worker_done is set; rv_channel_wait() reports a worker that exited).
  */
 extern bool rv_channel_try_receive(RvChannel *ch, char **data, Size *len);
 

@@ -79,6 +79,9 @@ est_price(const char *model, double *pin, double *pout)
 }
 
 /* What the estimate needs to price one request's rows. */
+/* the columns of rvbbit.estimate() (0.2) */
+#define ESTIMATE_COLS 8
+
 typedef struct EstState
 {
 	RvCascade  *c;
@@ -223,6 +226,185 @@ est_unit(EstState *est, json_object *what, bool as_rows)
 	est->units = lappend(est->units, u);
 }
 
+/* The default provider, then rvbbit.providers (SPI connected), in cxt. */
+static EstProvider *
+est_providers(MemoryContext cxt, int *nprov)
+{
+	EstProvider *prov;
+	uint64		i;
+
+	/* the key columns are not readable, and not needed */
+	if (SPI_execute("SELECT prefix, api_base, api_flavor FROM rvbbit.providers",
+					true, 0) != SPI_OK_SELECT)
+		elog(ERROR, "could not read rvbbit.providers");
+	prov = MemoryContextAllocZero(cxt, sizeof(EstProvider) * (SPI_processed + 1));
+	prov[0].api_base = rv_api_base ? rv_api_base : "";
+	prov[0].flavor = (RvFlavor) rv_api_flavor;
+	*nprov = 1;
+	for (i = 0; i < SPI_processed; i++)
+	{
+		char	   *fl = SPI_getvalue(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 3);
+
+		prov[*nprov].prefix = MemoryContextStrdup(cxt, SPI_getvalue(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1));
+		prov[*nprov].api_base = MemoryContextStrdup(cxt, SPI_getvalue(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 2));
+		prov[*nprov].flavor = rv_llm_flavor(fl);
+		(*nprov)++;
+	}
+	return prov;
+}
+
+/* Each cell's model and prices into est; the distinct models into *models. */
+static void
+est_prices(EstState *est, List **models)
+{
+	int			k;
+
+	est->pin = MemoryContextAllocZero(est->cxt, sizeof(double) * est->c->ncells);
+	est->pout = MemoryContextAllocZero(est->cxt, sizeof(double) * est->c->ncells);
+	for (k = 0; k < est->c->ncells; k++)
+	{
+		const char *m = rv_cell_model(est->c, k, est->ps->opts.model, rv_default_model);
+		MemoryContext old;
+
+		est_price(m, &est->pin[k], &est->pout[k]);
+		old = MemoryContextSwitchTo(est->cxt);
+		*models = list_append_unique(*models, makeString(pstrdup(m)));
+		MemoryContextSwitchTo(old);
+	}
+}
+
+/*
+ * Rows that share a call (the statement answers them from another row's):
+ * equal inputs when the cache is on, or equal dedupe_by keys.  NULL when
+ * every row makes its own.
+ */
+static HTAB *
+est_dedup_table(EstState *est)
+{
+	const RvPlannedStatement *ps = est->ps;
+	HASHCTL		hctl;
+
+	if (ps->is_run || (ps->opts.dedupe_by == NULL &&
+					   !(ps->opts.cache_read && ps->opts.cache_write)))
+		return NULL;
+	memset(&hctl, 0, sizeof(hctl));
+	hctl.keysize = sizeof(uint64);
+	hctl.entrysize = sizeof(EstSeen);
+	hctl.hcxt = est->cxt;
+	return hash_create("rvbbit estimate inputs", 1024, &hctl,
+					   HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
+}
+
+/*
+ * Read the rows of the USING query (SPI connected) and price them in
+ * units: one per row, one per batch of rows (batch > 0), or one for all
+ * rows (RUN).  *pending holds the rows of the unit being filled (freed by
+ * the caller).  Returns the number of rows.
+ */
+static int64
+est_scan(EstState *est, int batch, json_object *volatile *pending)
+{
+	const RvPlannedStatement *ps = est->ps;
+	HTAB	   *dedup = est_dedup_table(est);
+	int64		nrows = 0;
+	Portal		portal;
+	char	   *sql;
+	uint64		i;
+
+	sql = psprintf("SELECT pg_catalog.to_jsonb(_rvbbit_q.*) FROM (%s\n) AS _rvbbit_q%s",
+				   ps->query, ps->opts.limit > 0 ? psprintf(" LIMIT %lld", (long long) ps->opts.limit) : "");
+	portal = SPI_cursor_open_with_args(NULL, sql, 0, NULL, NULL, NULL, true, 0);
+	for (;;)
+	{
+		SPI_cursor_fetch(portal, true, 500);
+		if (SPI_processed == 0)
+			break;
+		for (i = 0; i < SPI_processed; i++)
+		{
+			bool		isnull;
+			Datum		d = SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1, &isnull);
+			char	   *row = isnull ? "{}" : JsonbToCString(NULL, &DatumGetJsonbP(d)->root, 0);
+			json_object *input = json_tokener_parse(row);
+
+			nrows++;
+			if (input == NULL)
+				input = json_object_new_object();
+			if (ps->is_run)
+			{
+				/* RUN: one request per cell over all rows */
+				json_object_array_add(*pending, input);
+				continue;
+			}
+			/* rows the statement answers from another row's call */
+			if (dedup != NULL && est_seen(dedup, est->cxt, input, ps->opts.dedupe_by))
+			{
+				json_object_put(input);
+				continue;
+			}
+			if (batch > 0)
+			{
+				/* MAP BATCH: one request per batch of rows */
+				json_object_array_add(*pending, input);
+				if ((int) json_object_array_length(*pending) >= batch)
+				{
+					est_unit(est, *pending, true);
+					json_object_put(*pending);
+					*pending = json_object_new_array();
+				}
+				continue;
+			}
+			est_unit(est, input, false);
+			json_object_put(input);
+		}
+		SPI_freetuptable(SPI_tuptable);
+	}
+	SPI_cursor_close(portal);
+	if (ps->is_run || json_object_array_length(*pending) > 0)
+		est_unit(est, *pending, ps->is_run || batch > 0);
+	return nrows;
+}
+
+/* Mark the units whose first request is cached (through a function that sees the cache). */
+static void
+est_mark_cached(EstState *est)
+{
+	Datum	   *kd = palloc(sizeof(Datum) * list_length(est->units));
+	ListCell   *lc;
+	int			n = 0;
+	Oid			argtypes[1] = {TEXTARRAYOID};
+	Datum		args[1];
+	uint64		i;
+
+	foreach(lc, est->units)
+		kd[n++] = CStringGetTextDatum(((EstUnit *) lfirst(lc))->key);
+	args[0] = PointerGetDatum(construct_array(kd, n, TEXTOID, -1, false, TYPALIGN_INT));
+	if (SPI_execute_with_args("SELECT i::pg_catalog.int4 FROM pg_catalog.unnest($1) WITH ORDINALITY AS u(k, i) "
+							  "WHERE rvbbit._cache_has(k) ORDER BY i",
+							  1, argtypes, args, NULL, true, 0) != SPI_OK_SELECT)
+		elog(ERROR, "could not read the cache");
+	for (i = 0; i < SPI_processed; i++)
+	{
+		bool		isnull;
+		int			idx = DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[i],
+													  SPI_tuptable->tupdesc, 1, &isnull));
+
+		((EstUnit *) list_nth(est->units, idx - 1))->cached = true;
+	}
+}
+
+/* A text[] of the models. */
+static Datum
+est_models_array(List *models)
+{
+	Datum	   *md = palloc(sizeof(Datum) * Max(1, list_length(models)));
+	ListCell   *lc;
+	int			n = 0;
+
+	foreach(lc, models)
+		md[n++] = CStringGetTextDatum(strVal(lfirst(lc)));
+	return PointerGetDatum(construct_array(md, n, TEXTOID, -1, false, TYPALIGN_INT));
+}
+
 /*
  * rvbbit.estimate(statement text, OUT input_rows bigint, OUT cached_rows
  * bigint, OUT calls_per_row int, OUT models text[], OUT est_input_tokens
@@ -241,12 +423,6 @@ rvbbit_estimate(PG_FUNCTION_ARGS)
 	char	   *def;
 	RvCascade  *c;
 	TupleDesc	td;
-	EstProvider *prov;
-	int			nprov = 1;
-	uint64		i;
-	int			k;
-	Portal		portal;
-	char	   *sql;
 	int64		nrows = 0;
 	int64		tin = 0;
 	int64		tout = 0;
@@ -254,15 +430,14 @@ rvbbit_estimate(PG_FUNCTION_ARGS)
 	int64		cached = 0;
 	int64		calls = 0;
 	List	   *models = NIL;
-	double	   *pin;
-	double	   *pout;
 	int			ncells;
 	int			batch;
 	EstState	est;
 	json_object *volatile pending = NULL;
-	HTAB	   *dedup = NULL;
-	Datum		values[8];
-	bool		nulls[8] = {false, false, false, false, false, false, false, false};
+	ListCell   *lc;
+	Datum		values[ESTIMATE_COLS];
+	bool		nulls[ESTIMATE_COLS] = {0};
+	int			col = 0;
 	MemoryContext fn_cxt = CurrentMemoryContext;
 
 	rv_require_shared();
@@ -283,156 +458,16 @@ rvbbit_estimate(PG_FUNCTION_ARGS)
 	PG_TRY();
 	{
 		SPI_connect();
-
-		/* providers (the key columns are not readable, and not needed) */
-		if (SPI_execute("SELECT prefix, api_base, api_flavor FROM rvbbit.providers",
-						true, 0) != SPI_OK_SELECT)
-			elog(ERROR, "could not read rvbbit.providers");
-		prov = MemoryContextAllocZero(fn_cxt, sizeof(EstProvider) * (SPI_processed + 1));
-		prov[0].api_base = rv_api_base ? rv_api_base : "";
-		prov[0].flavor = (RvFlavor) rv_api_flavor;
-		for (i = 0; i < SPI_processed; i++)
-		{
-			char	   *fl = SPI_getvalue(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 3);
-
-			prov[nprov].prefix = MemoryContextStrdup(fn_cxt, SPI_getvalue(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1));
-			prov[nprov].api_base = MemoryContextStrdup(fn_cxt, SPI_getvalue(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 2));
-			prov[nprov].flavor = (fl && strcmp(fl, "anthropic") == 0) ? RV_FLAVOR_ANTHROPIC : RV_FLAVOR_OPENAI;
-			nprov++;
-		}
-
-		/* models and prices per cell */
-		pin = MemoryContextAllocZero(fn_cxt, sizeof(double) * c->ncells);
-		pout = MemoryContextAllocZero(fn_cxt, sizeof(double) * c->ncells);
-		for (k = 0; k < c->ncells; k++)
-		{
-			const char *m = rv_cell_model(c, k, ps.opts.model, rv_default_model);
-			MemoryContext old;
-
-			est_price(m, &pin[k], &pout[k]);
-			old = MemoryContextSwitchTo(fn_cxt);
-			models = list_append_unique(models, makeString(pstrdup(m)));
-			MemoryContextSwitchTo(old);
-		}
-
 		memset(&est, 0, sizeof(est));
 		est.c = c;
 		est.ps = &ps;
-		est.prov = prov;
-		est.nprov = nprov;
-		est.pin = pin;
-		est.pout = pout;
 		est.cxt = fn_cxt;
+		est.prov = est_providers(fn_cxt, &est.nprov);
+		est_prices(&est, &models);
 		pending = json_object_new_array();
-		/* equal inputs share a call when the cache is on, or by dedupe_by */
-		if (!ps.is_run && (ps.opts.dedupe_by != NULL ||
-						   (ps.opts.cache_read && ps.opts.cache_write)))
-		{
-			HASHCTL		hctl;
-
-			memset(&hctl, 0, sizeof(hctl));
-			hctl.keysize = sizeof(uint64);
-			hctl.entrysize = sizeof(EstSeen);
-			hctl.hcxt = fn_cxt;
-			dedup = hash_create("rvbbit estimate inputs", 1024, &hctl,
-								HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
-		}
-
-		sql = psprintf("SELECT pg_catalog.to_jsonb(_rvbbit_q.*) FROM (%s\n) AS _rvbbit_q%s",
-					   ps.query, ps.opts.limit > 0 ? psprintf(" LIMIT %lld", (long long) ps.opts.limit) : "");
-		portal = SPI_cursor_open_with_args(NULL, sql, 0, NULL, NULL, NULL, true, 0);
-		for (;;)
-		{
-			SPI_cursor_fetch(portal, true, 500);
-			if (SPI_processed == 0)
-				break;
-			for (i = 0; i < SPI_processed; i++)
-			{
-				bool		isnull;
-				Datum		d = SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1, &isnull);
-				char	   *row = isnull ? "{}" : JsonbToCString(NULL, &DatumGetJsonbP(d)->root, 0);
-				json_object *input = json_tokener_parse(row);
-
-				nrows++;
-				if (input == NULL)
-					input = json_object_new_object();
-				if (ps.is_run)
-				{
-					/* RUN: one request per cell over all rows */
-					json_object_array_add(pending, input);
-					continue;
-				}
-				/* rows the statement answers from another row's call */
-				if (dedup != NULL && est_seen(dedup, fn_cxt, input, ps.opts.dedupe_by))
-				{
-					json_object_put(input);
-					continue;
-				}
-				if (batch > 0)
-				{
-					/* MAP BATCH: one request per batch of rows */
-					json_object_array_add(pending, input);
-					if ((int) json_object_array_length(pending) >= batch)
-					{
-						est_unit(&est, pending, true);
-						json_object_put(pending);
-						pending = json_object_new_array();
-					}
-					continue;
-				}
-				est_unit(&est, input, false);
-				json_object_put(input);
-			}
-			SPI_freetuptable(SPI_tuptable);
-		}
-		SPI_cursor_close(portal);
-		if (ps.is_run || json_object_array_length(pending) > 0)
-			est_unit(&est, pending, ps.is_run || batch > 0);
-
-		/* which requests are cached (through a function that sees the cache) */
+		nrows = est_scan(&est, batch, &pending);
 		if (est.units != NIL && ps.opts.cache_read)
-		{
-			Datum	   *kd = palloc(sizeof(Datum) * list_length(est.units));
-			ListCell   *lc;
-			int			n = 0;
-			Oid			argtypes[1] = {TEXTARRAYOID};
-			Datum		args[1];
-
-			foreach(lc, est.units)
-				kd[n++] = CStringGetTextDatum(((EstUnit *) lfirst(lc))->key);
-			args[0] = PointerGetDatum(construct_array(kd, n, TEXTOID, -1, false, TYPALIGN_INT));
-			if (SPI_execute_with_args("SELECT i::pg_catalog.int4 FROM pg_catalog.unnest($1) WITH ORDINALITY AS u(k, i) "
-									  "WHERE rvbbit._cache_has(k) ORDER BY i",
-									  1, argtypes, args, NULL, true, 0) != SPI_OK_SELECT)
-				elog(ERROR, "could not read the cache");
-			for (i = 0; i < SPI_processed; i++)
-			{
-				bool		isnull;
-				int			idx = DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[i],
-															  SPI_tuptable->tupdesc, 1, &isnull));
-
-				((EstUnit *) list_nth(est.units, idx - 1))->cached = true;
-			}
-		}
-		/* what would be sent: the requests not in the cache */
-		{
-			ListCell   *lc;
-
-			foreach(lc, est.units)
-			{
-				EstUnit    *u = (EstUnit *) lfirst(lc);
-
-				if (u->cached)
-				{
-					cached += u->rows;
-					continue;
-				}
-				calls += u->calls;
-				tin += u->tin;
-				tout += u->tout;
-				cost += u->cost;
-			}
-		}
+			est_mark_cached(&est);
 		SPI_finish();
 	}
 	PG_FINALLY();
@@ -443,22 +478,31 @@ rvbbit_estimate(PG_FUNCTION_ARGS)
 	}
 	PG_END_TRY();
 
-	values[0] = Int64GetDatum(nrows);
-	values[1] = Int64GetDatum(cached);
-	values[2] = Int32GetDatum(ncells);
+	/* what would be sent: the requests not in the cache */
+	foreach(lc, est.units)
 	{
-		Datum	   *md = palloc(sizeof(Datum) * Max(1, list_length(models)));
-		ListCell   *lc;
-		int			n = 0;
+		EstUnit    *u = (EstUnit *) lfirst(lc);
 
-		foreach(lc, models)
-			md[n++] = CStringGetTextDatum(strVal(lfirst(lc)));
-		values[3] = PointerGetDatum(construct_array(md, n, TEXTOID, -1, false, TYPALIGN_INT));
+		if (u->cached)
+		{
+			cached += u->rows;
+			continue;
+		}
+		calls += u->calls;
+		tin += u->tin;
+		tout += u->tout;
+		cost += u->cost;
 	}
-	values[4] = Int64GetDatum(tin);
-	values[5] = Int64GetDatum(tout);
-	values[6] = DirectFunctionCall1(float8_numeric, Float8GetDatum(Max(cost, 0)));
-	values[7] = Int64GetDatum(calls);
+
+	values[col++] = Int64GetDatum(nrows);
+	values[col++] = Int64GetDatum(cached);
+	values[col++] = Int32GetDatum(ncells);
+	values[col++] = est_models_array(models);
+	values[col++] = Int64GetDatum(tin);
+	values[col++] = Int64GetDatum(tout);
+	values[col++] = DirectFunctionCall1(float8_numeric, Float8GetDatum(Max(cost, 0)));
+	values[col++] = Int64GetDatum(calls);
+	Assert(col == ESTIMATE_COLS);
 	/* (the 0.1 definition has no est_calls column: heap_form_tuple takes natts) */
 	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(BlessTupleDesc(td), values, nulls)));
 }

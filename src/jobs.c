@@ -191,8 +191,6 @@ typedef struct JobsPriv
 } JobsPriv;
 
 static JobsShared *jobs_shared = NULL;
-static shmem_request_hook_type prev_shmem_request_hook = NULL;
-static shmem_startup_hook_type prev_shmem_startup_hook = NULL;
 
 /* runner state, for the exit callback */
 static volatile sig_atomic_t jobs_got_sigterm = false;
@@ -225,48 +223,37 @@ PG_FUNCTION_INFO_V1(rvbbit_cancel_job);
  * ----------------------------------------------------------------
  */
 
-/* shmem_request_hook: reserve JobsShared. */
-static void
-jobs_shmem_request(void)
+/* The shared memory jobs need (shmem.c requests it). */
+Size
+rv_jobs_shmem_size(void)
 {
-	if (prev_shmem_request_hook)
-		prev_shmem_request_hook();
-	RequestAddinShmemSpace(MAXALIGN(sizeof(JobsShared)));
+	return MAXALIGN(sizeof(JobsShared));
 }
 
 /*
- * shmem_startup_hook: create JobsShared with a new incarnation.  Runs in
- * the postmaster at start and after every crash restart (shared memory is
- * created anew then, so found is false).
+ * Create JobsShared with a new incarnation (shmem.c, holding
+ * AddinShmemInitLock).  Runs in the postmaster at start and after every
+ * crash restart (shared memory is created anew then, so found is false).
  */
-static void
-jobs_shmem_startup(void)
+void
+rv_jobs_shmem_init(void)
 {
 	bool		found;
 
-	if (prev_shmem_startup_hook)
-		prev_shmem_startup_hook();
-	LWLockAcquire(AddinShmemInitLock, LW_EXCLUSIVE);
 	jobs_shared = ShmemInitStruct("rvbbit jobs", sizeof(JobsShared), &found);
 	if (!found)
 		jobs_shared->incarnation = GetCurrentTimestamp();
-	LWLockRelease(AddinShmemInitLock);
 }
 
 /*
- * Called from _PG_init when the library is preloaded: chain the shared
- * memory hooks and register the static jobs launcher, which resumes
- * interrupted jobs once per server start and crash restart.
+ * Called from _PG_init when the library is preloaded: register the static
+ * jobs launcher, which resumes interrupted jobs once per server start and
+ * crash restart.
  */
 void
 rv_jobs_init(void)
 {
 	BackgroundWorker worker;
-
-	prev_shmem_request_hook = shmem_request_hook;
-	shmem_request_hook = jobs_shmem_request;
-	prev_shmem_startup_hook = shmem_startup_hook;
-	shmem_startup_hook = jobs_shmem_startup;
 
 	/* restarted after a crash restart (and 10 s after an error exit) */
 	rv_bgworker_prepare(&worker, BgWorkerStart_RecoveryFinished, 10,
@@ -480,11 +467,7 @@ rv_submit_job(const char *statement, const char *target)
 	{
 		RangeVar   *rv;
 
-#if PG_VERSION_NUM >= 160000
-		rv = makeRangeVarFromNameList(stringToQualifiedNameList(target, NULL));
-#else
-		rv = makeRangeVarFromNameList(stringToQualifiedNameList(target));
-#endif
+		rv = makeRangeVarFromNameList(rv_stringToQualifiedNameList(target));
 		if (OidIsValid(get_relname_relid(rv->relname, RangeVarGetCreationNamespace(rv))))
 			ereport(ERROR,
 					(errcode(ERRCODE_DUPLICATE_TABLE),
@@ -554,13 +537,7 @@ rvbbit_submit_job(PG_FUNCTION_ARGS)
 		statement = text_to_cstring(PG_GETARG_TEXT_PP(0));
 		rv_plan_statement(statement, -1, NULL, &ps);
 		if (ps.opts.as_table != NULL)
-		{
-#if PG_VERSION_NUM >= 160000
-			target = NameListToQuotedString(stringToQualifiedNameList(ps.opts.as_table, NULL));
-#else
-			target = NameListToQuotedString(stringToQualifiedNameList(ps.opts.as_table));
-#endif
-		}
+			target = NameListToQuotedString(rv_stringToQualifiedNameList(ps.opts.as_table));
 		else if (!ps.is_run)
 			ereport(ERROR,
 					(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
@@ -1380,10 +1357,8 @@ jobs_database_list(void)
 
 		if (!db->datallowconn || db->datistemplate)
 			continue;
-#ifdef DATCONNLIMIT_INVALID_DB
-		if (db->datconnlimit == DATCONNLIMIT_INVALID_DB)
+		if (rv_database_is_invalid(db))
 			continue;
-#endif
 		old = MemoryContextSwitchTo(caller);
 		dbs = lappend_oid(dbs, db->oid);
 		MemoryContextSwitchTo(old);

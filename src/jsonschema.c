@@ -27,6 +27,7 @@
 #include <string.h>
 
 #include "jsonschema.h"
+#include "rvtext.h"
 
 /* nesting limit for schemas and for values compared by enum/const */
 #define JS_MAX_DEPTH 64
@@ -382,21 +383,6 @@ js_equal(json_object *a, json_object *b, int depth)
 		default:
 			return false;
 	}
-}
-
-/* Number of characters in a UTF-8 string of len bytes. */
-static int64_t
-js_utf8_chars(const char *s, size_t len)
-{
-	int64_t		n = 0;
-	size_t		i;
-
-	for (i = 0; i < len; i++)
-	{
-		if (((unsigned char) s[i] & 0xC0) != 0x80)
-			n++;
-	}
-	return n;
 }
 
 /* ----------------------------------------------------------------
@@ -902,12 +888,243 @@ js_check_satisfiable(json_object *schema, JsPath *path, RvError *err)
  * Check one schema node at path (depth levels deep) and, recursively, the
  * schemas below it.  Returns false with err set on the first problem.
  */
+static bool js_check_node(json_object *schema, JsPath *path, int depth, RvError *err);
+
+/* type: a known type name, or a non-empty list of them. */
+static bool
+js_check_type(const char *key, json_object *val, JsPath *path, RvError *err)
+{
+	char		kw[JS_PATH_LEN + 32];
+	bool		ok = false;
+
+	if (json_object_is_type(val, json_type_string))
+		ok = js_known_type(json_object_get_string(val));
+	else if (json_object_is_type(val, json_type_array) &&
+			 json_object_array_length(val) > 0)
+	{
+		size_t		n = json_object_array_length(val);
+		size_t		j;
+
+		ok = true;
+		for (j = 0; j < n && ok; j++)
+		{
+			json_object *t = json_object_array_get_idx(val, j);
+
+			ok = json_object_is_type(t, json_type_string) &&
+				js_known_type(json_object_get_string(t));
+		}
+	}
+	if (!ok)
+	{
+		char		shown[JS_SHOW_LEN + 8];
+
+		js_show(shown, sizeof(shown), val, true);
+		rv_error_set(err, "\"%s\" must be one of " JS_TYPE_LIST " or a list of them",
+					 js_kw(kw, sizeof(kw), path, key));
+		rv_error_detail(err, "The value given was %s.", shown);
+		return false;
+	}
+	return true;
+}
+
+/* pattern: a regular expression of the supported kind. */
+static bool
+js_check_pattern(const char *key, json_object *val, JsPath *path, RvError *err)
+{
+	char		kw[JS_PATH_LEN + 32];
+	regex_t		re;
+	char		whybuf[128];
+	const char *why = NULL;
+
+	if (!json_object_is_type(val, json_type_string))
+	{
+		rv_error_set(err, "\"%s\" must be a string",
+					 js_kw(kw, sizeof(kw), path, key));
+		return false;
+	}
+	if (!js_pattern_compile(json_object_get_string(val), &re, whybuf,
+							sizeof(whybuf), &why))
+	{
+		rv_error_set(err, "\"%s\" is not a supported regular expression: %s",
+					 js_kw(kw, sizeof(kw), path, key), why);
+		rv_error_hint(err, "Patterns are POSIX extended regular expressions, plus \\d, \\w and \\s.");
+		return false;
+	}
+	regfree(&re);
+	return true;
+}
+
+/* format: one of the supported formats. */
+static bool
+js_check_format(const char *key, json_object *val, JsPath *path, RvError *err)
+{
+	char		kw[JS_PATH_LEN + 32];
+	int			i;
+	bool		known = false;
+
+	for (i = 0; json_object_is_type(val, json_type_string) && i < JS_NFORMATS; i++)
+		known = known || strcmp(json_object_get_string(val), js_formats[i]) == 0;
+	if (!known)
+	{
+		char		shown[JS_SHOW_LEN + 8];
+
+		js_show(shown, sizeof(shown), val, true);
+		rv_error_set(err, "\"%s\" %s is not supported",
+					 js_kw(kw, sizeof(kw), path, key), shown);
+		rv_error_hint(err, "The supported formats are " JS_FORMAT_LIST ".");
+		return false;
+	}
+	return true;
+}
+
+/* properties: an object of subschemas, each checked. */
+static bool
+js_check_properties(const char *key, json_object *val, JsPath *path, int depth,
+					RvError *err)
+{
+	char		kw[JS_PATH_LEN + 32];
+
+	struct json_object_iter pit;
+
+	if (!json_object_is_type(val, json_type_object))
+	{
+		rv_error_set(err, "\"%s\" must be an object mapping property names to schemas",
+					 js_kw(kw, sizeof(kw), path, key));
+		return false;
+	}
+	json_object_object_foreachC(val, pit)
+	{
+		size_t		old;
+
+		old = js_path_push(path, path->len ? ".properties.%s" : "properties.%s", pit.key);
+		if (!js_check_node(pit.val, path, depth + 1, err))
+			return false;
+		js_path_pop(path, old);
+	}
+	return true;
+}
+
+/*
+ * One keyword of a schema object: supported, and its value of the right
+ * kind (subschemas checked in turn).
+ */
+static bool
+js_check_keyword(const char *key, json_object *val, JsPath *path, int depth,
+				 RvError *err)
+{
+	char		kw[JS_PATH_LEN + 32];
+	int			i;
+
+	for (i = 0; i < JS_NUNSUPPORTED; i++)
+	{
+		if (strcmp(key, js_unsupported[i]) == 0)
+		{
+			rv_error_set(err, "\"%s\" is not supported", js_kw(kw, sizeof(kw), path, key));
+			rv_error_hint(err, "The supported keywords are type, properties, required, additionalProperties, enum, const, items, minItems, maxItems, minProperties, maxProperties, minimum, maximum, exclusiveMinimum, exclusiveMaximum, minLength, maxLength, pattern and format.");
+			return false;
+		}
+	}
+
+	if (strcmp(key, "type") == 0)
+	{
+		if (!js_check_type(key, val, path, err))
+			return false;
+	}
+	else if (strcmp(key, "properties") == 0)
+	{
+		if (!js_check_properties(key, val, path, depth, err))
+			return false;
+	}
+	else if (strcmp(key, "required") == 0)
+	{
+		bool		ok = json_object_is_type(val, json_type_array);
+		size_t		j;
+
+		for (j = 0; ok && j < json_object_array_length(val); j++)
+			ok = json_object_is_type(json_object_array_get_idx(val, j), json_type_string);
+		if (!ok)
+		{
+			rv_error_set(err, "\"%s\" must be an array of property names",
+						 js_kw(kw, sizeof(kw), path, key));
+			return false;
+		}
+	}
+	else if (strcmp(key, "additionalProperties") == 0 ||
+			 strcmp(key, "items") == 0)
+	{
+		size_t		old;
+
+		if (!json_object_is_type(val, json_type_object) &&
+			!json_object_is_type(val, json_type_boolean))
+		{
+			rv_error_set(err, "\"%s\" must be a schema object or a boolean",
+						 js_kw(kw, sizeof(kw), path, key));
+			return false;
+		}
+		old = js_path_push(path, path->len ? ".%s" : "%s", key);
+		if (!js_check_node(val, path, depth + 1, err))
+			return false;
+		js_path_pop(path, old);
+	}
+	else if (strcmp(key, "enum") == 0)
+	{
+		if (!json_object_is_type(val, json_type_array) ||
+			json_object_array_length(val) == 0)
+		{
+			rv_error_set(err, "\"%s\" must be a non-empty array",
+						 js_kw(kw, sizeof(kw), path, key));
+			return false;
+		}
+	}
+	else if (strcmp(key, "minItems") == 0 || strcmp(key, "maxItems") == 0 ||
+			 strcmp(key, "minLength") == 0 || strcmp(key, "maxLength") == 0 ||
+			 strcmp(key, "minProperties") == 0 || strcmp(key, "maxProperties") == 0)
+	{
+		if (!js_is_count(val))
+		{
+			rv_error_set(err, "\"%s\" must be a non-negative integer",
+						 js_kw(kw, sizeof(kw), path, key));
+			return false;
+		}
+	}
+	else if (strcmp(key, "minimum") == 0 || strcmp(key, "maximum") == 0)
+	{
+		if (!js_is_number(val))
+		{
+			rv_error_set(err, "\"%s\" must be a number",
+						 js_kw(kw, sizeof(kw), path, key));
+			return false;
+		}
+	}
+	else if (strcmp(key, "exclusiveMinimum") == 0 ||
+			 strcmp(key, "exclusiveMaximum") == 0)
+	{
+		/* a number (draft 6 and later) or a boolean (draft 4) */
+		if (!js_is_number(val) && !json_object_is_type(val, json_type_boolean))
+		{
+			rv_error_set(err, "\"%s\" must be a number",
+						 js_kw(kw, sizeof(kw), path, key));
+			return false;
+		}
+	}
+	else if (strcmp(key, "pattern") == 0)
+	{
+		if (!js_check_pattern(key, val, path, err))
+			return false;
+	}
+	else if (strcmp(key, "format") == 0)
+	{
+		if (!js_check_format(key, val, path, err))
+			return false;
+	}
+	/* const takes any value; other keywords are annotations */
+	return true;
+}
+
 static bool
 js_check_node(json_object *schema, JsPath *path, int depth, RvError *err)
 {
 	struct json_object_iter it;
-	char		kw[JS_PATH_LEN + 32];
-	int			i;
 
 	if (depth > JS_MAX_DEPTH)
 	{
@@ -928,183 +1145,8 @@ js_check_node(json_object *schema, JsPath *path, int depth, RvError *err)
 
 	json_object_object_foreachC(schema, it)
 	{
-		const char *key = it.key;
-		json_object *val = it.val;
-
-		for (i = 0; i < JS_NUNSUPPORTED; i++)
-		{
-			if (strcmp(key, js_unsupported[i]) == 0)
-			{
-				rv_error_set(err, "\"%s\" is not supported", js_kw(kw, sizeof(kw), path, key));
-				rv_error_hint(err, "The supported keywords are type, properties, required, additionalProperties, enum, const, items, minItems, maxItems, minProperties, maxProperties, minimum, maximum, exclusiveMinimum, exclusiveMaximum, minLength, maxLength, pattern and format.");
-				return false;
-			}
-		}
-
-		if (strcmp(key, "type") == 0)
-		{
-			bool		ok = false;
-
-			if (json_object_is_type(val, json_type_string))
-				ok = js_known_type(json_object_get_string(val));
-			else if (json_object_is_type(val, json_type_array) &&
-					 json_object_array_length(val) > 0)
-			{
-				size_t		n = json_object_array_length(val);
-				size_t		j;
-
-				ok = true;
-				for (j = 0; j < n && ok; j++)
-				{
-					json_object *t = json_object_array_get_idx(val, j);
-
-					ok = json_object_is_type(t, json_type_string) &&
-						js_known_type(json_object_get_string(t));
-				}
-			}
-			if (!ok)
-			{
-				char		shown[JS_SHOW_LEN + 8];
-
-				js_show(shown, sizeof(shown), val, true);
-				rv_error_set(err, "\"%s\" must be one of " JS_TYPE_LIST " or a list of them",
-							 js_kw(kw, sizeof(kw), path, key));
-				rv_error_detail(err, "The value given was %s.", shown);
-				return false;
-			}
-		}
-		else if (strcmp(key, "properties") == 0)
-		{
-			struct json_object_iter pit;
-
-			if (!json_object_is_type(val, json_type_object))
-			{
-				rv_error_set(err, "\"%s\" must be an object mapping property names to schemas",
-							 js_kw(kw, sizeof(kw), path, key));
-				return false;
-			}
-			json_object_object_foreachC(val, pit)
-			{
-				size_t		old;
-
-				old = js_path_push(path, path->len ? ".properties.%s" : "properties.%s", pit.key);
-				if (!js_check_node(pit.val, path, depth + 1, err))
-					return false;
-				js_path_pop(path, old);
-			}
-		}
-		else if (strcmp(key, "required") == 0)
-		{
-			bool		ok = json_object_is_type(val, json_type_array);
-			size_t		j;
-
-			for (j = 0; ok && j < json_object_array_length(val); j++)
-				ok = json_object_is_type(json_object_array_get_idx(val, j), json_type_string);
-			if (!ok)
-			{
-				rv_error_set(err, "\"%s\" must be an array of property names",
-							 js_kw(kw, sizeof(kw), path, key));
-				return false;
-			}
-		}
-		else if (strcmp(key, "additionalProperties") == 0 ||
-				 strcmp(key, "items") == 0)
-		{
-			size_t		old;
-
-			if (!json_object_is_type(val, json_type_object) &&
-				!json_object_is_type(val, json_type_boolean))
-			{
-				rv_error_set(err, "\"%s\" must be a schema object or a boolean",
-							 js_kw(kw, sizeof(kw), path, key));
-				return false;
-			}
-			old = js_path_push(path, path->len ? ".%s" : "%s", key);
-			if (!js_check_node(val, path, depth + 1, err))
-				return false;
-			js_path_pop(path, old);
-		}
-		else if (strcmp(key, "enum") == 0)
-		{
-			if (!json_object_is_type(val, json_type_array) ||
-				json_object_array_length(val) == 0)
-			{
-				rv_error_set(err, "\"%s\" must be a non-empty array",
-							 js_kw(kw, sizeof(kw), path, key));
-				return false;
-			}
-		}
-		else if (strcmp(key, "minItems") == 0 || strcmp(key, "maxItems") == 0 ||
-				 strcmp(key, "minLength") == 0 || strcmp(key, "maxLength") == 0 ||
-				 strcmp(key, "minProperties") == 0 || strcmp(key, "maxProperties") == 0)
-		{
-			if (!js_is_count(val))
-			{
-				rv_error_set(err, "\"%s\" must be a non-negative integer",
-							 js_kw(kw, sizeof(kw), path, key));
-				return false;
-			}
-		}
-		else if (strcmp(key, "minimum") == 0 || strcmp(key, "maximum") == 0)
-		{
-			if (!js_is_number(val))
-			{
-				rv_error_set(err, "\"%s\" must be a number",
-							 js_kw(kw, sizeof(kw), path, key));
-				return false;
-			}
-		}
-		else if (strcmp(key, "exclusiveMinimum") == 0 ||
-				 strcmp(key, "exclusiveMaximum") == 0)
-		{
-			/* a number (draft 6 and later) or a boolean (draft 4) */
-			if (!js_is_number(val) && !json_object_is_type(val, json_type_boolean))
-			{
-				rv_error_set(err, "\"%s\" must be a number",
-							 js_kw(kw, sizeof(kw), path, key));
-				return false;
-			}
-		}
-		else if (strcmp(key, "pattern") == 0)
-		{
-			regex_t		re;
-			char		whybuf[128];
-			const char *why = NULL;
-
-			if (!json_object_is_type(val, json_type_string))
-			{
-				rv_error_set(err, "\"%s\" must be a string",
-							 js_kw(kw, sizeof(kw), path, key));
-				return false;
-			}
-			if (!js_pattern_compile(json_object_get_string(val), &re, whybuf,
-									sizeof(whybuf), &why))
-			{
-				rv_error_set(err, "\"%s\" is not a supported regular expression: %s",
-							 js_kw(kw, sizeof(kw), path, key), why);
-				rv_error_hint(err, "Patterns are POSIX extended regular expressions, plus \\d, \\w and \\s.");
-				return false;
-			}
-			regfree(&re);
-		}
-		else if (strcmp(key, "format") == 0)
-		{
-			bool		known = false;
-
-			for (i = 0; json_object_is_type(val, json_type_string) && i < JS_NFORMATS; i++)
-				known = known || strcmp(json_object_get_string(val), js_formats[i]) == 0;
-			if (!known)
-			{
-				char		shown[JS_SHOW_LEN + 8];
-
-				js_show(shown, sizeof(shown), val, true);
-				rv_error_set(err, "\"%s\" %s is not supported",
-							 js_kw(kw, sizeof(kw), path, key), shown);
-				rv_error_hint(err, "The supported formats are " JS_FORMAT_LIST ".");
-				return false;
-			}
-		}
-		/* const takes any value; other keywords are annotations */
+		if (!js_check_keyword(it.key, it.val, path, depth, err))
+			return false;
 	}
 	return js_check_satisfiable(schema, path, err);
 }
@@ -1664,7 +1706,7 @@ js_validate_node(json_object *schema, json_object *value, JsPath *path,
 			return js_validate_array(schema, value, path, depth, err);
 		case json_type_string:
 			if (!js_validate_count(schema,
-								   js_utf8_chars(json_object_get_string(value),
+								   (int64_t) rv_utf8_count(json_object_get_string(value),
 												 (size_t) json_object_get_string_len(value)),
 								   "minLength", "maxLength", "character", path, err))
 				return false;

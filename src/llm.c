@@ -27,6 +27,7 @@
 #include <strings.h>
 
 #include "llm.h"
+#include "rvtext.h"
 
 /* maximum nesting accepted in any JSON text */
 #define LLM_JSON_DEPTH 64
@@ -67,44 +68,6 @@ llm_strndup(const char *s, size_t n)
 }
 
 /*
- * Length of the well-formed UTF-8 sequence at s (at most avail bytes), or 0
- * when the bytes there are not one (overlong forms, surrogates and code
- * points above U+10FFFF are rejected).
- */
-static size_t
-llm_utf8_len(const unsigned char *s, size_t avail)
-{
-	unsigned char c = s[0];
-	size_t		n;
-	size_t		i;
-
-	if (c < 0x80)
-		return 1;
-	if (c >= 0xC2 && c <= 0xDF)
-		n = 2;
-	else if (c >= 0xE0 && c <= 0xEF)
-		n = 3;
-	else if (c >= 0xF0 && c <= 0xF4)
-		n = 4;
-	else
-		return 0;
-	if (avail < n)
-		return 0;
-	for (i = 1; i < n; i++)
-		if ((s[i] & 0xC0) != 0x80)
-			return 0;
-	if (c == 0xE0 && s[1] < 0xA0)
-		return 0;
-	if (c == 0xED && s[1] > 0x9F)
-		return 0;
-	if (c == 0xF0 && s[1] < 0x90)
-		return 0;
-	if (c == 0xF4 && s[1] > 0x8F)
-		return 0;
-	return n;
-}
-
-/*
  * Make provider text fit for an error message: runs of whitespace and
  * control characters become one space, bytes that are not valid UTF-8
  * become '?', leading and trailing space is dropped, and the result is cut
@@ -140,7 +103,7 @@ llm_sanitize(const char *s, size_t len, size_t max)
 			i++;
 			continue;
 		}
-		n = llm_utf8_len(p + i, len - i);
+		n = rv_utf8_valid_len(p + i, len - i);
 		if (o + (pending_space ? 1 : 0) + (n ? n : 1) > limit)
 		{
 			cut = true;
@@ -551,10 +514,60 @@ llm_concat_parts(json_object *arr, const char *const *types,
 	return r;
 }
 
+/* What differs per flavour besides the body and the response. */
+typedef struct LlmFlavor
+{
+	const char *name;
+	const char *path;			/* appended to the provider's api_base */
+	const char *key_env[3];		/* after RVBBIT_API_KEY, NULL-terminated */
+	RvLlmHeader headers[3];		/* ending with a NULL name */
+} LlmFlavor;
+
+static const LlmFlavor llm_flavors[RV_NFLAVORS] = {
+	[RV_FLAVOR_OPENAI] = {
+		"openai", "/chat/completions", {"OPENROUTER_API_KEY", "OPENAI_API_KEY", NULL},
+		{{"Authorization", NULL, "Bearer ", true}, {NULL, NULL, NULL, false}}
+	},
+	[RV_FLAVOR_ANTHROPIC] = {
+		"anthropic", "/messages", {"ANTHROPIC_API_KEY", NULL},
+		{{"x-api-key", NULL, "", false}, {"anthropic-version", "2023-06-01", NULL, false},
+		 {NULL, NULL, NULL, false}}
+	},
+};
+
+static const LlmFlavor *
+llm_flavor(RvFlavor flavor)
+{
+	return &llm_flavors[(int) flavor >= 0 && flavor < RV_NFLAVORS ? flavor : RV_FLAVOR_OPENAI];
+}
+
+RvFlavor
+rv_llm_flavor(const char *name)
+{
+	int			i;
+
+	for (i = 0; name != NULL && i < RV_NFLAVORS; i++)
+		if (strcmp(llm_flavors[i].name, name) == 0)
+			return (RvFlavor) i;
+	return RV_FLAVOR_OPENAI;
+}
+
 const char *
 rv_llm_path(RvFlavor flavor)
 {
-	return flavor == RV_FLAVOR_ANTHROPIC ? "/messages" : "/chat/completions";
+	return llm_flavor(flavor)->path;
+}
+
+const char *const *
+rv_llm_key_env(RvFlavor flavor)
+{
+	return llm_flavor(flavor)->key_env;
+}
+
+const RvLlmHeader *
+rv_llm_auth_headers(RvFlavor flavor)
+{
+	return llm_flavor(flavor)->headers;
 }
 
 /*

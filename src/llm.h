@@ -18,11 +18,32 @@
 
 #include "rverror.h"
 
+/*
+ * The provider flavours: X(id, name), name as rvbbit.api_flavor and the
+ * flavor column of rvbbit.providers spell it.  What differs per flavour
+ * is in llm.c (rv_llm_flavors: path, key variables, headers; the body and
+ * the response).
+ */
+#define RV_FLAVOR_LIST(X) \
+	X(OPENAI, "openai") \
+	X(ANTHROPIC, "anthropic")
+
+#define RV_FLAVOR_ID(id, name) RV_FLAVOR_##id,
 typedef enum RvFlavor
 {
-	RV_FLAVOR_OPENAI = 0,
-	RV_FLAVOR_ANTHROPIC = 1
+	RV_FLAVOR_LIST(RV_FLAVOR_ID)
+	RV_NFLAVORS
 } RvFlavor;
+#undef RV_FLAVOR_ID
+
+/* One header of a request: name: prefix<API key>, or name: value. */
+typedef struct RvLlmHeader
+{
+	const char *name;
+	const char *value;			/* NULL: the API key, after prefix */
+	const char *prefix;
+	bool		needs_key;		/* only sent when there is a key */
+} RvLlmHeader;
 
 typedef struct RvLlmRequest
 {
@@ -54,6 +75,12 @@ typedef struct RvLlmResponse
 
 /* "/chat/completions" or "/messages": appended to the provider's base URL. */
 extern const char *rv_llm_path(RvFlavor flavor);
+/* The flavour named name; RV_FLAVOR_OPENAI for NULL or another name. */
+extern RvFlavor rv_llm_flavor(const char *name);
+/* The environment variables that may hold the key, NULL-terminated. */
+extern const char *const *rv_llm_key_env(RvFlavor flavor);
+/* The authentication headers, ending with a NULL name. */
+extern const RvLlmHeader *rv_llm_auth_headers(RvFlavor flavor);
 
 /*
  * Build the JSON request body (malloc'd string).  For openai, with an

@@ -101,29 +101,6 @@ static const CustomExecMethods mapscan_exec_methods = {
  * ----------------------------------------------------------------
  */
 
-/* Add one result's counters (from the worker's result header). */
-void
-rv_map_counters_add(RvMapCounters *c, const RvResultHead *head)
-{
-	c->results++;
-	c->llm_calls += head->llm_calls;
-	c->cache_hits += head->cache_hits;
-	c->retries += head->retries;
-	c->tokens_in += head->tokens_in;
-	c->tokens_out += head->tokens_out;
-	c->cost += head->cost;
-	if (head->llm_calls > 0 && head->latency_ms > 0)
-	{
-		int			i = 0;
-
-		if (head->latency_ms > RV_LAT_MIN)
-			i = (int) floor(log(head->latency_ms / RV_LAT_MIN) / log(RV_LAT_STEP));
-		i = Max(0, Min(i, RV_LAT_BUCKETS - 1));
-		c->latency[i]++;
-		c->nlatency++;
-	}
-}
-
 /*
  * The p-quantile (0 < p <= 1) of the latency histogram in ms: the middle
  * of the bucket holding the row of rank ceil(p * n); 0 when empty.

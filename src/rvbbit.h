@@ -22,6 +22,8 @@
 #include "storage/lwlock.h"
 #include "storage/shm_mq.h"
 
+#include "compat.h"
+
 /* Limits of the shared-memory arrays. */
 #define RV_MAX_WORKERS		32	/* worker slots, all databases */
 #define RV_MAX_PENDING		64	/* statements waiting for a worker to attach */
@@ -123,10 +125,15 @@ typedef struct RvShared
 
 extern RvShared *rv_shared;
 
-/* rvbbit.c */
-extern void rv_check_preloaded(void);
+/* guc.c */
+extern void rv_define_gucs(void);
+/* shmem.c */
+extern void rv_shmem_init(void);
 extern void rv_require_shared(void);
+/* catalog.c */
 extern bool rv_sees_all(Oid role);
+/* providers.c */
+extern void rv_log_hook_init(void);
 extern void rv_secret_register(const char *key);
 extern char *rv_redact_secrets(const char *text);
 
@@ -144,6 +151,8 @@ extern bool rv_worker_exited;
 extern int64 rv_submit_job(const char *statement, const char *target);
 /* jobs.c: shared memory and the jobs launcher (from _PG_init, preloaded) */
 extern void rv_jobs_init(void);
+extern Size rv_jobs_shmem_size(void);
+extern void rv_jobs_shmem_init(void);
 
 /* gateway_sup.c: the rvbbit.gateway_* GUCs and the gateway's supervisor */
 extern void rv_gateway_init(void);
@@ -222,7 +231,7 @@ extern int	rv_pool_submit(dsm_handle handle, uint64 *generation);
 extern bool rv_pool_worker_alive(int worker, uint64 generation);
 extern void rv_pool_release(int worker, uint64 generation);
 
-/* progress.c */
+/* pool.c: the progress entries (rvbbit._progress() in progress.c reads them) */
 extern int	rv_progress_acquire(const char *kind, const char *cascade, int parallel,
 								int64 statement_id);
 extern void rv_progress_release(int index, int64 statement_id);
@@ -231,8 +240,8 @@ extern void rv_progress_add(RvProgress *p, int64 statement_id,
 							pg_atomic_uint64 *counter, uint64 delta);
 extern void rv_progress_in_flight(RvProgress *p, int64 statement_id, int delta);
 
-#endif							/* RVBBIT_H */
-
-/* rewrite.c: post_parse_analyze / ProcessUtility hooks */
+/* rewrite.c: the post_parse_analyze hook */
 extern void rv_hooks_init(void);
 extern void rv_mapscan_init(void);	/* mapscan.c */
+
+#endif							/* RVBBIT_H */

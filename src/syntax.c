@@ -25,6 +25,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "rvtext.h"
 #include "syntax.h"
 
 /* PARALLEL n and BATCH n must lie in 1 .. SYN_MAX_COUNT */
@@ -83,19 +84,24 @@ typedef struct SynBuf
 	size_t		cap;
 } SynBuf;
 
-/* Option names accepted in WITH ( ... ), in the order the hint lists them. */
-static const char *const syn_option_names[] = {
-	"parallel", "limit", "batch", "cache", "budget_dollars", "on_error", "model",
-	"as_table", "result_column", "dedupe_by", "infer_schema", "timeout",
-	"max_retries", "async"
+/*
+ * Option names accepted in WITH ( ... ) (optlist.h: the rows with a
+ * place in the hint), and that place.
+ */
+typedef struct SynOptionName
+{
+	const char *name;
+	int			with;
+} SynOptionName;
+
+#define RV_OPTION(id, name, type, field, lo, hi, dflt, with, places, pass, header) \
+	{name, with},
+static const SynOptionName syn_option_names[] = {
+#include "optlist.h"
 };
+#undef RV_OPTION
 
 #define SYN_NOPTIONS ((int) (sizeof(syn_option_names) / sizeof(syn_option_names[0])))
-
-#define SYN_OPTIONS_HINT \
-	"Valid options are: parallel, limit, batch, cache, budget_dollars, " \
-	"on_error, model, as_table, result_column, dedupe_by, infer_schema, " \
-	"timeout, max_retries, async."
 
 /* ----------------------------------------------------------------
  * Character classes and small helpers
@@ -310,6 +316,38 @@ syn_strndup(SynParser *p, const char *s, size_t n)
  */
 
 /*
+ * Skip a quoted string or identifier opening at text[*i] (quote is its
+ * quote character, doubled inside): *i moves past the closing quote.
+ * False with err set to what (located at start) when it does not close.
+ */
+static bool
+syn_skip_quoted(const char *text, size_t len, size_t *i, char quote,
+				const char *what, size_t start, RvError *err)
+{
+	size_t		j = *i + 1;
+
+	for (;;)
+	{
+		if (j >= len)
+		{
+			rv_error_set(err, "%s", what);
+			rv_error_locate(err, text, start);
+			return false;
+		}
+		if (text[j] == quote)
+		{
+			if (text[j + 1] != quote)
+				break;
+			j += 2;
+		}
+		else
+			j++;
+	}
+	*i = j + 1;
+	return true;
+}
+
+/*
  * Scan the next token starting at *pos, skipping whitespace and comments,
  * into *tok, and advance *pos past it.  On an unterminated comment, string,
  * quoted identifier or dollar quote, records the error in err (which may
@@ -405,53 +443,13 @@ syn_lex(const char *text, size_t len, size_t *pos, SynToken *tok, RvError *err)
 			break;
 		case '\'':
 			tok->kind = SYN_STRING;
-			i++;
-			for (;;)
-			{
-				if (i >= len)
-				{
-					rv_error_set(err, "unterminated quoted string");
-					rv_error_locate(err, text, start);
-					return false;
-				}
-				if (text[i] == '\'')
-				{
-					if (text[i + 1] == '\'')
-						i += 2;
-					else
-					{
-						i++;
-						break;
-					}
-				}
-				else
-					i++;
-			}
+			if (!syn_skip_quoted(text, len, &i, '\'', "unterminated quoted string", start, err))
+				return false;
 			break;
 		case '"':
 			tok->kind = SYN_QIDENT;
-			i++;
-			for (;;)
-			{
-				if (i >= len)
-				{
-					rv_error_set(err, "unterminated quoted identifier");
-					rv_error_locate(err, text, start);
-					return false;
-				}
-				if (text[i] == '"')
-				{
-					if (text[i + 1] == '"')
-						i += 2;
-					else
-					{
-						i++;
-						break;
-					}
-				}
-				else
-					i++;
-			}
+			if (!syn_skip_quoted(text, len, &i, '"', "unterminated quoted identifier", start, err))
+				return false;
 			break;
 		case '$':
 			{
@@ -650,35 +648,8 @@ static bool
 syn_buf_utf8(SynBuf *buf, uint32_t cp)
 {
 	char		b[4];
-	size_t		n;
 
-	if (cp < 0x80)
-	{
-		b[0] = (char) cp;
-		n = 1;
-	}
-	else if (cp < 0x800)
-	{
-		b[0] = (char) (0xC0 | (cp >> 6));
-		b[1] = (char) (0x80 | (cp & 0x3F));
-		n = 2;
-	}
-	else if (cp < 0x10000)
-	{
-		b[0] = (char) (0xE0 | (cp >> 12));
-		b[1] = (char) (0x80 | ((cp >> 6) & 0x3F));
-		b[2] = (char) (0x80 | (cp & 0x3F));
-		n = 3;
-	}
-	else
-	{
-		b[0] = (char) (0xF0 | (cp >> 18));
-		b[1] = (char) (0x80 | ((cp >> 12) & 0x3F));
-		b[2] = (char) (0x80 | ((cp >> 6) & 0x3F));
-		b[3] = (char) (0x80 | (cp & 0x3F));
-		n = 4;
-	}
-	return syn_buf_append(buf, b, n);
+	return syn_buf_append(buf, b, rv_utf8_encode(cp, b));
 }
 
 /*
@@ -1451,16 +1422,42 @@ syn_parse_using(SynParser *p, const char *expected)
 	return syn_next(p);
 }
 
-/* Index of a known option name in syn_option_names, or -1. */
+/* Index of an option name a statement may give in syn_option_names, or -1. */
 static int
 syn_option_index(const char *name)
 {
 	int			k;
 
 	for (k = 0; k < SYN_NOPTIONS; k++)
-		if (strcmp(syn_option_names[k], name) == 0)
+		if (syn_option_names[k].with > 0 && strcmp(syn_option_names[k].name, name) == 0)
 			return k;
 	return -1;
+}
+
+/*
+ * "Valid options are: a, b, c." in the order of the with column, built
+ * once (the list is constant).
+ */
+static const char *
+syn_options_hint(void)
+{
+	static char hint[512];
+	size_t		len;
+	size_t		start;
+	int			place;
+	int			k;
+
+	if (hint[0] != '\0')
+		return hint;
+	len = start = (size_t) snprintf(hint, sizeof(hint), "Valid options are: ");
+	for (place = 1; place <= SYN_NOPTIONS; place++)
+		for (k = 0; k < SYN_NOPTIONS; k++)
+			if (syn_option_names[k].with == place && len < sizeof(hint))
+				len += (size_t) snprintf(hint + len, sizeof(hint) - len, "%s%s",
+										 len > start ? ", " : "", syn_option_names[k].name);
+	if (len < sizeof(hint))
+		snprintf(hint + len, sizeof(hint) - len, ".");
+	return hint;
 }
 
 /*
@@ -1576,7 +1573,7 @@ syn_parse_options(SynParser *p)
 		if (syn_option_index(name) < 0)
 		{
 			syn_error_at(p, name_start, "unknown option \"%s\"", name);
-			rv_error_hint(p->err, SYN_OPTIONS_HINT);
+			rv_error_hint(p->err, "%s", syn_options_hint());
 			free(name);
 			return false;
 		}

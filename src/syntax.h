@@ -83,10 +83,9 @@ typedef struct RvStatement
  * detail "Expected USING."), and err->position points at the offending
  * token (or one past the end for "unexpected end of statement").  Checks:
  * n in PARALLEL/BATCH is a positive integer (at most 100000); the USING
- * query is not empty; option names are known (parallel, limit, cache,
- * budget_dollars, on_error, model, as_table, result_column, dedupe_by,
- * infer_schema, timeout, max_retries, async) and appear once, with a hint
- * listing the valid names for an unknown one; column names in AS (...)
+ * query is not empty; option names are known (the rows of optlist.h with
+ * a place in the with column) and appear once, with a hint listing the
+ * valid names for an unknown one; column names in AS (...)
  * are unique; RUN takes no PARALLEL/BATCH/DISTINCT/column list.
  */
 extern RvStatement *rv_statement_parse(const char *text, RvError *err);

@@ -36,6 +36,7 @@
 #include <string.h>
 
 #include "template.h"
+#include "rvtext.h"
 
 /* nesting limit for blocks, and separately for expressions */
 #define TPL_MAX_DEPTH 64
@@ -470,30 +471,6 @@ tpl_is_name_char(char ch)
 	return tpl_is_name_start(ch) || tpl_is_digit(ch);
 }
 
-/* Byte length of the UTF-8 character starting at s[i] (at least 1). */
-static size_t
-tpl_utf8_charlen(const char *s, size_t n, size_t i)
-{
-	size_t		k = 1;
-
-	while (i + k < n && k < 4 && (((unsigned char) s[i + k]) & 0xC0) == 0x80)
-		k++;
-	return k;
-}
-
-/* Number of UTF-8 characters in s[0..n). */
-static size_t
-tpl_utf8_count(const char *s, size_t n)
-{
-	size_t		i;
-	size_t		count = 0;
-
-	for (i = 0; i < n; i++)
-		if ((((unsigned char) s[i]) & 0xC0) != 0x80)
-			count++;
-	return count;
-}
-
 /*
  * Length to quote of the source text s[0..n) in an error message: at most
  * TPL_SNIPPET_MAX bytes, never cutting a UTF-8 character.
@@ -689,29 +666,7 @@ tpl_utf8_encode(long cp, char *out)
 {
 	if (cp <= 0 || (cp >= 0xD800 && cp <= 0xDFFF) || cp > 0x10FFFF)
 		cp = 0xFFFD;			/* no NUL bytes, no lone surrogates */
-	if (cp < 0x80)
-	{
-		out[0] = (char) cp;
-		return 1;
-	}
-	if (cp < 0x800)
-	{
-		out[0] = (char) (0xC0 | (cp >> 6));
-		out[1] = (char) (0x80 | (cp & 0x3F));
-		return 2;
-	}
-	if (cp < 0x10000)
-	{
-		out[0] = (char) (0xE0 | (cp >> 12));
-		out[1] = (char) (0x80 | ((cp >> 6) & 0x3F));
-		out[2] = (char) (0x80 | (cp & 0x3F));
-		return 3;
-	}
-	out[0] = (char) (0xF0 | (cp >> 18));
-	out[1] = (char) (0x80 | ((cp >> 12) & 0x3F));
-	out[2] = (char) (0x80 | ((cp >> 6) & 0x3F));
-	out[3] = (char) (0x80 | (cp & 0x3F));
-	return 4;
+	return (int) rv_utf8_encode((uint32_t) cp, out);
 }
 
 /*
@@ -1094,7 +1049,7 @@ tpl_lex_tag(TplLexer *lx, size_t k, bool is_var, size_t *pp,
 		punct = tpl_lex_punct(s, n, p, &plen);
 		if (punct == TPL_P_NONE)
 		{
-			size_t		cl = tpl_utf8_charlen(s, n, p);
+			size_t		cl = rv_utf8_charlen(s, n, p);
 
 			tpl_lerror(lx, p, "syntax error in expression at \"%.*s\"",
 					   (int) cl, s + p);
@@ -1554,50 +1509,45 @@ tpl_parse_not(TplParser *p)
 	return tpl_parse_compare(p);
 }
 
-/* and_expr: not_expr { "and" not_expr } */
+/*
+ * One level of left-associative boolean operators: operand { word operand },
+ * each occurrence of word joining the two sides into an expression of kind.
+ */
 static TplExpr *
-tpl_parse_and(TplParser *p)
+tpl_parse_left_assoc(TplParser *p, const char *word, TplExprKind kind,
+					 TplExpr *(*operand) (TplParser *p))
 {
-	TplExpr    *left = tpl_parse_not(p);
+	TplExpr    *left = operand(p);
 
-	while (left != NULL && tpl_tok_is_name(p, tpl_peek(p), "and"))
+	while (left != NULL && tpl_tok_is_name(p, tpl_peek(p), word))
 	{
 		size_t		pos = tpl_peek(p)->pos;
 		TplExpr    *right;
 
 		tpl_advance(p);
-		right = tpl_parse_not(p);
+		right = operand(p);
 		if (right == NULL)
 		{
 			tpl_expr_free(left);
 			return NULL;
 		}
-		left = tpl_new_expr(p, TPL_E_AND, pos, left, right, NULL);
+		left = tpl_new_expr(p, kind, pos, left, right, NULL);
 	}
 	return left;
+}
+
+/* and_expr: not_expr { "and" not_expr } */
+static TplExpr *
+tpl_parse_and(TplParser *p)
+{
+	return tpl_parse_left_assoc(p, "and", TPL_E_AND, tpl_parse_not);
 }
 
 /* or_expr: and_expr { "or" and_expr } */
 static TplExpr *
 tpl_parse_or(TplParser *p)
 {
-	TplExpr    *left = tpl_parse_and(p);
-
-	while (left != NULL && tpl_tok_is_name(p, tpl_peek(p), "or"))
-	{
-		size_t		pos = tpl_peek(p)->pos;
-		TplExpr    *right;
-
-		tpl_advance(p);
-		right = tpl_parse_and(p);
-		if (right == NULL)
-		{
-			tpl_expr_free(left);
-			return NULL;
-		}
-		left = tpl_new_expr(p, TPL_E_OR, pos, left, right, NULL);
-	}
-	return left;
+	return tpl_parse_left_assoc(p, "or", TPL_E_OR, tpl_parse_and);
 }
 
 /*
@@ -3221,14 +3171,14 @@ tpl_get_index(TplCtx *c, const TplExpr *e, TplVal base, TplVal idx,
 
 		if (!tpl_charge(c, len / 16, e->pos))
 			return false;
-		n = (int64_t) tpl_utf8_count(s, len);
+		n = (int64_t) rv_utf8_count(s, len);
 		if (i < 0 && i >= -n)
 			i += n;
 		if (i < 0 || i >= n)
 			return true;
 		for (k = 0; k < i; k++)
-			p += tpl_utf8_charlen(s, len, p);
-		return tpl_result_str(c, e->pos, s + p, tpl_utf8_charlen(s, len, p), out);
+			p += rv_utf8_charlen(s, len, p);
+		return tpl_result_str(c, e->pos, s + p, rv_utf8_charlen(s, len, p), out);
 	}
 	return true;
 }
@@ -3411,7 +3361,7 @@ tpl_char_in_set(const char *ch, size_t cl, const char *set, size_t sn)
 
 	while (i < sn)
 	{
-		size_t		k = tpl_utf8_charlen(set, sn, i);
+		size_t		k = rv_utf8_charlen(set, sn, i);
 
 		if (k == cl && memcmp(set + i, ch, cl) == 0)
 			return true;
@@ -3467,7 +3417,7 @@ tpl_filter_text(TplCtx *c, const TplExpr *e, TplVal v, const TplVal *args,
 			ok = tpl_put(c, &set, " \t\n\r\f\v", 6, e->pos);
 		while (ok && s < end)
 		{
-			size_t		cl = tpl_utf8_charlen(b.data, end, s);
+			size_t		cl = rv_utf8_charlen(b.data, end, s);
 
 			ok = tpl_charge(c, 1 + set.len / 16, e->pos);
 			if (!ok || !tpl_char_in_set(b.data + s, cl, set.data, set.len))
@@ -3588,7 +3538,7 @@ tpl_filter_join(TplCtx *c, const TplExpr *e, TplVal v, const TplVal *args,
 
 		for (i = 0; ok && i < len;)
 		{
-			size_t		cl = tpl_utf8_charlen(s, len, i);
+			size_t		cl = rv_utf8_charlen(s, len, i);
 
 			if (i > 0)
 				ok = tpl_put(c, &b, sep.data, sep.len, e->pos);
@@ -3646,7 +3596,7 @@ tpl_filter_first_last(TplCtx *c, const TplExpr *e, TplVal v, TplVal *out)
 		if (len == 0)
 			return true;
 		if (first)
-			return tpl_result_str(c, e->pos, s, tpl_utf8_charlen(s, len, 0), out);
+			return tpl_result_str(c, e->pos, s, rv_utf8_charlen(s, len, 0), out);
 		j = len - 1;
 		while (j > 0 && (((unsigned char) s[j]) & 0xC0) == 0x80 && len - j < 4)
 			j--;
@@ -3938,7 +3888,7 @@ tpl_filter(TplCtx *c, const TplExpr *e, TplVal v, const TplVal *args,
 					if (!tpl_charge(c, n / 16, e->pos))
 						return false;
 					return tpl_result_int(c, e->pos, (int64_t)
-										  tpl_utf8_count(json_object_get_string(v.j), n), out);
+										  rv_utf8_count(json_object_get_string(v.j), n), out);
 				case json_type_array:
 					return tpl_result_int(c, e->pos,
 										  (int64_t) json_object_array_length(v.j), out);

@@ -476,8 +476,7 @@ wk_load_config(WkStmt *s, json_object *hdr)
 
 			p->prefix = SPI_getvalue(tup, td, 1);
 			p->api_base = SPI_getvalue(tup, td, 2);
-			p->flavor = (flavor && strcmp(flavor, "anthropic") == 0) ?
-				RV_FLAVOR_ANTHROPIC : RV_FLAVOR_OPENAI;
+			p->flavor = rv_llm_flavor(flavor);
 			if (key == NULL && env != NULL && getenv(env) != NULL)
 				key = pstrdup(getenv(env));
 			p->api_key = key ? key : pstrdup("");
@@ -1785,6 +1784,7 @@ wk_dispatch(void)
 		WkTask	   *t = dlist_container(WkTask, node, dlist_head_node(&wk_ready));
 		WkStmt	   *s = t->stmt;
 		char	   *headers[4];
+		const RvLlmHeader *ah;
 		int			nh = 0;
 		char	   *url;
 		long		wait_ms;
@@ -1845,13 +1845,10 @@ wk_dispatch(void)
 		wk_fair_clock = Max(wk_fair_clock, t->fair_tag);
 		url = psprintf("%s%s", t->provider->api_base, rv_llm_path(t->provider->flavor));
 		headers[nh++] = pstrdup("Content-Type: application/json");
-		if (t->provider->flavor == RV_FLAVOR_ANTHROPIC)
-		{
-			headers[nh++] = psprintf("x-api-key: %s", t->provider->api_key);
-			headers[nh++] = pstrdup("anthropic-version: 2023-06-01");
-		}
-		else if (t->provider->api_key[0] != '\0')
-			headers[nh++] = psprintf("Authorization: Bearer %s", t->provider->api_key);
+		for (ah = rv_llm_auth_headers(t->provider->flavor); ah->name != NULL; ah++)
+			if (!ah->needs_key || t->provider->api_key[0] != '\0')
+				headers[nh++] = ah->value ? psprintf("%s: %s", ah->name, ah->value) :
+					psprintf("%s: %s%s", ah->name, ah->prefix, t->provider->api_key);
 
 		memset(&t->req, 0, sizeof(t->req));
 		t->req.owner = t;
@@ -2402,7 +2399,7 @@ rv_worker_main(Datum main_arg)
 	wk_cache_rows = json_object_new_array();
 	wk_call_rows = json_object_new_array();
 
-	wes = CreateWaitEventSet(TopMemoryContext, 3);
+	wes = rv_CreateWaitEventSet(3);
 	AddWaitEventToSet(wes, WL_LATCH_SET, PGINVALID_SOCKET, MyLatch, NULL);
 	AddWaitEventToSet(wes, WL_EXIT_ON_PM_DEATH, PGINVALID_SOCKET, NULL, NULL);
 	AddWaitEventToSet(wes, WL_SOCKET_READABLE, rv_http_fd(wk_http), NULL, NULL);

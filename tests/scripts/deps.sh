@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Install the Debian packages rvbbit needs to build and test, when missing.
-# Runs as root (CI, a fresh machine) or with sudo available.
+# Runs as root (CI, a fresh machine, a test chroot) or with sudo available.
+# The PostgreSQL major version is PG_MAJOR (default 15, the host's).
 set -euo pipefail
-pkgs=(build-essential pkg-config postgresql-15 postgresql-server-dev-15
-      postgresql-15-cron libcurl4-openssl-dev libjson-c-dev libyaml-dev
+m="${PG_MAJOR:-15}"
+pkgs=(build-essential pkg-config "postgresql-$m" "postgresql-server-dev-$m"
+      "postgresql-$m-cron" libcurl4-openssl-dev libjson-c-dev libyaml-dev
       libipc-run-perl libdbd-pg-perl libio-socket-ssl-perl python3 python3-psycopg2 curl ca-certificates util-linux
       nginx openssl libssl-dev libpostgresql-jdbc-java default-jdk-headless)
 missing=()

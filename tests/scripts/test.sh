@@ -90,9 +90,10 @@ fi
 
 echo "== pg_regress (temporary instance, library preloaded)"
 # a copy of the tree the postgres user can write in
-# (without .git and build/, the cache of make test-real-server)
+# (without .git, build/ (the cache of make test-real-server) and .build/
+# (the cached chroots of make test PG=N))
 mkdir -p "$work/tree"
-tar -C "$RV_ROOT" --exclude=./.git --exclude=./build -cf - . | tar -C "$work/tree" -xf -
+tar -C "$RV_ROOT" --exclude=./.git --exclude=./build --exclude=./.build -cf - . | tar -C "$work/tree" -xf -
 chown -R postgres: "$work"
 mock_start "$work/mock" --fixtures "$RV_ROOT/tests/mock/fixtures/demo.json"
 chown -R postgres: "$work/mock"

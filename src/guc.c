@@ -1,0 +1,227 @@
+/*-------------------------------------------------------------------------
+ *
+ * guc.c
+ *	  The GUC variables of the backends and the workers, each defined once
+ *	  here (rvbbit.max_budget_roles and rvbbit.gateway_* are defined by
+ *	  budget.c and gateway_sup.c, only while preloaded).
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include <stdlib.h>
+
+#include "fmgr.h"
+#include "miscadmin.h"
+#include "storage/ipc.h"
+#include "storage/shmem.h"
+#include "tcop/tcopprot.h"
+#include "utils/acl.h"
+#include "utils/elog.h"
+#include "utils/guc.h"
+#include "utils/memutils.h"
+#include "lib/stringinfo.h"
+
+#include "llm.h"
+#include "rvbbit.h"
+#include "budget.h"
+#include "ratelimit.h"
+
+
+/* GUC variables */
+char	   *rv_api_base = NULL;
+char	   *rv_api_key = NULL;
+int			rv_api_flavor = 0;
+char	   *rv_default_model = NULL;
+int			rv_request_timeout_ms = 60000;
+char	   *rv_cascade_path = NULL;
+int			rv_max_concurrency = 200;
+int			rv_workers_per_database = 2;
+int			rv_worker_idle_timeout_s = 60;
+int			rv_max_retries = 3;
+int			rv_default_parallel = 10;
+int			rv_default_limit = 1000;
+int			rv_max_connections_per_worker = 900;
+char	   *rv_ca_file = NULL;
+int			rv_requests_per_minute = 0;
+int			rv_tokens_per_minute = 0;
+double		rv_budget_dollars_per_day = 0.0;
+int			rv_stall_timeout_ms = 30000;
+int			rv_retry_max_delay_ms = 30000;
+int			rv_default_max_tokens = 1024;
+
+/* set by a job runner (jobs.c) while it runs an async statement */
+bool		rv_in_job_runner = false;
+
+#define RV_FLAVOR_ENTRY(id, name) {name, RV_FLAVOR_##id, false},
+static const struct config_enum_entry rv_flavor_options[] = {
+	RV_FLAVOR_LIST(RV_FLAVOR_ENTRY)
+	{NULL, 0, false}
+};
+#undef RV_FLAVOR_ENTRY
+
+static const char *rv_show_api_key(void);
+
+
+/*
+ * Show hook of rvbbit.api_key: the key itself is never shown, not even to
+ * superusers; SHOW says only whether one is set.
+ */
+static const char *
+rv_show_api_key(void)
+{
+	if (rv_api_key != NULL && rv_api_key[0] != '\0')
+		return "(set)";
+	return "";
+}
+
+/* The default provider: where calls go, with which key, flavour and model. */
+static void
+guc_define_provider(void)
+{
+	DefineCustomStringVariable("rvbbit.api_base",
+							   "Sets the base URL of the default LLM provider.",
+							   "The chat completions (or messages) path is appended to it.",
+							   &rv_api_base,
+							   "https://openrouter.ai/api/v1",
+							   PGC_SUSET, 0, NULL, NULL, NULL);
+	DefineCustomStringVariable("rvbbit.api_key",
+							   "Sets the API key of the default LLM provider.",
+							   "When empty, the server's environment variable RVBBIT_API_KEY is used, "
+							   "then OPENROUTER_API_KEY, OPENAI_API_KEY or ANTHROPIC_API_KEY by flavor.",
+							   &rv_api_key,
+							   "",
+							   PGC_SUSET,
+							   GUC_SUPERUSER_ONLY | GUC_NO_SHOW_ALL | GUC_NOT_IN_SAMPLE,
+							   NULL, NULL, rv_show_api_key);
+	DefineCustomEnumVariable("rvbbit.api_flavor",
+							 "Sets the API format of the default LLM provider.",
+							 "openai (chat completions) or anthropic (messages).",
+							 &rv_api_flavor,
+							 0, rv_flavor_options,
+							 PGC_SUSET, 0, NULL, NULL, NULL);
+	DefineCustomStringVariable("rvbbit.default_model",
+							   "Sets the model used when a cascade names none.",
+							   NULL,
+							   &rv_default_model,
+							   "openai/gpt-4o-mini",
+							   PGC_USERSET, 0, NULL, NULL, NULL);
+	DefineCustomIntVariable("rvbbit.request_timeout",
+							"Sets the time limit of one LLM request.",
+							NULL,
+							&rv_request_timeout_ms,
+							60000, 100, 3600 * 1000,
+							PGC_USERSET, GUC_UNIT_MS, NULL, NULL, NULL);
+}
+
+/* Cascades and the workers: where cascades are found, how many workers and connections. */
+static void
+guc_define_workers(void)
+{
+	DefineCustomStringVariable("rvbbit.cascade_path",
+							   "Sets the directory cascade files are read from.",
+							   "Cascade names are resolved relative to it and may not escape it.",
+							   &rv_cascade_path,
+							   "",
+							   PGC_SUSET, 0, NULL, NULL, NULL);
+	DefineCustomIntVariable("rvbbit.max_concurrency",
+							"Sets the maximum number of LLM requests in flight in the whole cluster.",
+							NULL,
+							&rv_max_concurrency,
+							200, 1, 100000,
+							PGC_SIGHUP, 0, NULL, NULL, NULL);
+	DefineCustomIntVariable("rvbbit.workers_per_database",
+							"Sets the maximum number of rvbbit workers per database.",
+							NULL,
+							&rv_workers_per_database,
+							2, 1, RV_MAX_WORKERS,
+							PGC_SIGHUP, 0, NULL, NULL, NULL);
+	DefineCustomIntVariable("rvbbit.worker_idle_timeout",
+							"Sets how long an idle rvbbit worker waits before exiting.",
+							NULL,
+							&rv_worker_idle_timeout_s,
+							60, 1, 86400,
+							PGC_SIGHUP, GUC_UNIT_S, NULL, NULL, NULL);
+	DefineCustomIntVariable("rvbbit.max_connections_per_worker",
+							"Sets the maximum number of HTTP requests one worker keeps in flight.",
+							"The worker lowers it further to fit its open-file limit.",
+							&rv_max_connections_per_worker,
+							900, 1, 100000,
+							PGC_SIGHUP, 0, NULL, NULL, NULL);
+	DefineCustomStringVariable("rvbbit.ca_file",
+							   "Sets a PEM file of CA certificates that HTTPS providers are verified against.",
+							   "Empty: the system's CA store.  Read by a worker when it starts.",
+							   &rv_ca_file,
+							   "",
+							   PGC_SIGHUP, 0, NULL, NULL, NULL);
+}
+
+/* Calls: retries, defaults of statements, rate limits, budgets, timeouts. */
+static void
+guc_define_calls(void)
+{
+	DefineCustomIntVariable("rvbbit.max_retries",
+							"Sets how often a request failing with 429, 5xx or a network error is retried.",
+							NULL,
+							&rv_max_retries,
+							3, 0, 100,
+							PGC_USERSET, 0, NULL, NULL, NULL);
+	DefineCustomIntVariable("rvbbit.default_parallel",
+							"Sets the number of rows in flight for MAP PARALLEL without a number.",
+							NULL,
+							&rv_default_parallel,
+							10, 1, 100000,
+							PGC_USERSET, 0, NULL, NULL, NULL);
+	DefineCustomIntVariable("rvbbit.default_limit",
+							"Sets the automatic LIMIT on the input of RVBBIT MAP statements.",
+							"0 means no limit.",
+							&rv_default_limit,
+							1000, 0, INT_MAX,
+							PGC_USERSET, 0, NULL, NULL, NULL);
+	DefineCustomIntVariable("rvbbit.requests_per_minute",
+							"Sets the default provider's request rate limit, shared by all sessions.",
+							"0 means no limit.",
+							&rv_requests_per_minute,
+							0, 0, INT_MAX,
+							PGC_SIGHUP, 0, NULL, NULL, NULL);
+	DefineCustomIntVariable("rvbbit.tokens_per_minute",
+							"Sets the default provider's token rate limit, shared by all sessions.",
+							"0 means no limit.",
+							&rv_tokens_per_minute,
+							0, 0, INT_MAX,
+							PGC_SIGHUP, 0, NULL, NULL, NULL);
+	DefineCustomRealVariable("rvbbit.budget_dollars_per_day",
+							 "Sets the most each role may spend on LLM calls per day (UTC).",
+							 "0 means no limit.  Set it per role with ALTER ROLE ... SET.",
+							 &rv_budget_dollars_per_day,
+							 0.0, 0.0, 1e12,
+							 PGC_SUSET, 0, NULL, NULL, NULL);
+
+	DefineCustomIntVariable("rvbbit.stall_timeout",
+							"Sets how long an LLM request may go without receiving a byte.",
+							"A stalled request is abandoned and retried like a 5xx reply.",
+							&rv_stall_timeout_ms,
+							30000, 1000, 3600 * 1000,
+							PGC_USERSET, GUC_UNIT_MS, NULL, NULL, NULL);
+	DefineCustomIntVariable("rvbbit.retry_max_delay",
+							"Sets the longest wait before retrying a failed LLM request.",
+							"Retries wait a random time up to an exponentially growing ceiling capped by this; a Retry-After header takes precedence.",
+							&rv_retry_max_delay_ms,
+							30000, 0, 3600 * 1000,
+							PGC_USERSET, GUC_UNIT_MS, NULL, NULL, NULL);
+	DefineCustomIntVariable("rvbbit.default_max_tokens",
+							"Sets max_tokens sent for cells that set none.",
+							NULL,
+							&rv_default_max_tokens,
+							1024, 1, 1000000,
+							PGC_USERSET, 0, NULL, NULL, NULL);
+}
+
+/* Define the GUCs (from _PG_init). */
+void
+rv_define_gucs(void)
+{
+	guc_define_provider();
+	guc_define_workers();
+	guc_define_calls();
+}
