@@ -46,7 +46,7 @@ include $(PGXS)
 # out-of-tree (VPATH) builds, as Debian's pg_buildext makes them, need the
 # object directory
 ifdef VPATH
-$(shell mkdir -p src)
+$(shell mkdir -p src/gateway)
 endif
 
 # PGXS does not track header dependencies: rebuild everything when one changes
@@ -59,7 +59,7 @@ RVBBIT_TRAITS = extract_brand classify_sentiment
 # the server's binaries; the supervisor worker (src/gateway_sup.c) runs it
 GW_SRCS = src/gateway/gw_main.c src/gateway/gw_buf.c src/gateway/gw_rewrite.c
 src/gateway/rvbbit-gateway: $(GW_SRCS) src/gateway/gw.h
-	$(CC) -std=gnu99 -O2 -g -Wall -Wextra $(COPT) -o $@ $(GW_SRCS) -lssl -lcrypto
+	$(CC) -std=gnu99 -O2 -g -Wall -Wextra $(COPT) -o $@ $(filter %.c,$^) -lssl -lcrypto
 all: src/gateway/rvbbit-gateway
 install: install-gateway
 install-gateway: src/gateway/rvbbit-gateway

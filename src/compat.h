@@ -109,4 +109,43 @@
 #define RV_EXECUTOR_RUN_ARGS	queryDesc, direction, count, execute_once
 #endif
 
+/*
+ * A background worker connecting as a role without LOGIN
+ * (postmaster/bgworker.h): 17 added BGWORKER_BYPASS_ROLELOGINCHECK; before
+ * it such a connection fails, so the callers check rolcanlogin first when
+ * RV_BGW_NEEDS_LOGIN is true.
+ */
+#ifdef BGWORKER_BYPASS_ROLELOGINCHECK
+#define RV_BGW_NEEDS_LOGIN	false
+#define rv_BackgroundWorkerConnectAsRole(dboid, roleoid) \
+	BackgroundWorkerInitializeConnectionByOid((dboid), (roleoid), BGWORKER_BYPASS_ROLELOGINCHECK)
+#else
+#define RV_BGW_NEEDS_LOGIN	true
+#define rv_BackgroundWorkerConnectAsRole(dboid, roleoid) \
+	BackgroundWorkerInitializeConnectionByOid((dboid), (roleoid), 0)
+#endif
+
+/*
+ * EXPLAIN's property functions (ExplainPropertyInteger, ...): 18 moved
+ * their declarations from commands/explain.h to commands/explain_format.h,
+ * which needs nothing else, so it is included here for every file.
+ */
+#if PG_VERSION_NUM >= 180000
+#include "commands/explain_format.h"
+#endif
+
+/*
+ * A function that does not return (c.h): 18 replaced the postfix
+ * pg_attribute_noreturn() with the prefix pg_noreturn (C11 _Noreturn).
+ * Declare such a function as
+ *
+ *	pg_noreturn static void f(void);
+ *
+ * before 18 pg_noreturn is GCC's and Clang's attribute, also valid before
+ * the declaration.
+ */
+#ifndef pg_noreturn
+#define pg_noreturn pg_attribute_noreturn()
+#endif
+
 #endif							/* RVBBIT_COMPAT_H */

@@ -202,7 +202,7 @@ static bool jobs_runner_connected = false;
 static bool jobs_runner_claimed = false;
 static bool jobs_runner_finished = false;
 
-static void jobs_check_main(JobsRunnerArgs *args) pg_attribute_noreturn();
+pg_noreturn static void jobs_check_main(JobsRunnerArgs *args);
 static MemoryContext jobs_context = NULL;
 
 /* cancel_job: runners to signal at commit */
@@ -440,7 +440,7 @@ rv_submit_job(const char *statement, const char *target)
 	bool		isnull;
 	int64		job_id;
 
-#if PG_VERSION_NUM < 170000
+	if (RV_BGW_NEEDS_LOGIN)
 	{
 		/*
 		 * The runner is a real connection of the role; before PostgreSQL 17
@@ -461,7 +461,6 @@ rv_submit_job(const char *statement, const char *target)
 					 errdetail("A job runs in a background connection of the submitting role, and this PostgreSQL version refuses such connections for roles without LOGIN."),
 					 errhint("Grant the role LOGIN, or submit the job as a role that has it.")));
 	}
-#endif
 
 	if (target != NULL)
 	{
@@ -1076,10 +1075,8 @@ jobs_check_main(JobsRunnerArgs *args)
 			fail = "the role that submitted the job no longer exists";
 		else
 		{
-#if PG_VERSION_NUM < 170000
-			if (!((Form_pg_authid) GETSTRUCT(rtup))->rolcanlogin)
+			if (RV_BGW_NEEDS_LOGIN && !((Form_pg_authid) GETSTRUCT(rtup))->rolcanlogin)
 				fail = "the role that submitted the job cannot log in, so no job runner can connect as it";
-#endif
 			ReleaseSysCache(rtup);
 			if (fail == NULL && args->nchecks >= JOBS_MAX_ATTEMPTS)
 				fail = "no job runner could connect as the role that submitted the job; see the server log";
@@ -1142,11 +1139,7 @@ rv_jobs_runner_main(Datum main_arg)
 	 */
 	if (!OidIsValid(args.role))
 		elog(FATAL, "job runner started without a role");
-#if PG_VERSION_NUM >= 170000
-	BackgroundWorkerInitializeConnectionByOid(args.dboid, args.role, BGWORKER_BYPASS_ROLELOGINCHECK);
-#else
-	BackgroundWorkerInitializeConnectionByOid(args.dboid, args.role, 0);
-#endif
+	rv_BackgroundWorkerConnectAsRole(args.dboid, args.role);
 	jobs_runner_connected = true;
 
 	rv_in_job_runner = true;

@@ -84,6 +84,10 @@ mount_in() {
     fi
   done
   cp -L /etc/resolv.conf "$dir/etc/resolv.conf" 2>/dev/null || true
+  # one package cache per release under .build/, shared by the release's
+  # chroot and its clean copies (deb-test installs the same server packages)
+  mkdir -p "$build/apt-$suite" "$dir/var/cache/apt/archives"
+  mount --bind "$build/apt-$suite" "$dir/var/cache/apt/archives" && MOUNTS+=("$dir/var/cache/apt/archives") || return 1
 }
 
 # cleanup: stop what runs in the chroot, then undo the mounts, newest first

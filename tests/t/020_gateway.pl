@@ -147,11 +147,14 @@ PY
 ###########################################################################
 # TLS
 ###########################################################################
+# psql's \conninfo: "SSL connection (protocol: TLSv1.3, ...)" up to 17, a
+# table with the line "SSL Protocol|TLSv1.3" from 18 on
+my $tls_re = qr/SSL connection \(protocol: TLS|^SSL Protocol\|TLS/m;
 ($rc, $out, $err) = gw_psql('\conninfo', sslmode => 'require');
 is($rc, 0, 'sslmode=require connects through the gateway') or diag($err);
-like($out, qr/SSL connection \(protocol: TLS/, '... over TLS');
+like($out, $tls_re, '... over TLS');
 ($rc, $out, $err) = gw_psql('\conninfo', sslmode => 'prefer');
-like($out, qr/SSL connection \(protocol: TLS/, 'sslmode=prefer gets TLS');
+like($out, $tls_re, 'sslmode=prefer gets TLS');
 ($rc, $out, $err) = gw_psql(q{RVBBIT MAP 'extract_brand' AS (brand text) USING (SELECT 'Sony WH-1000XM5' AS product_name)}, sslmode => 'require');
 is($out, 'Sony WH-1000XM5|Sony', 'a literal RVBBIT statement over TLS');
 

@@ -131,7 +131,7 @@ ok(quiet(), 'quiet');
 my $st = stats();
 note $plan;
 my %c = $plan =~ /^\s+([A-Z][A-Za-z0-9 ]+): (\S+)/mg;
-like($plan, qr/Custom Scan \(RVBBIT Map\) \(actual time=\S+ rows=10 loops=1\)/, 'ten rows');
+like($plan, qr/Custom Scan \(RVBBIT Map\) \(actual time=\S+ rows=10(?:\.00)? loops=1\)/, 'ten rows');
 is($c{'LLM Calls'}, $st->{by_status}{200}, 'LLM Calls: the 200 replies of the mock (' . $st->{by_status}{200} . ')');
 is($c{'LLM Calls'}, 6, 'LLM Calls: 6 (10 rows - 3 cached - 1 failed)');
 is($c{'Cache Hits'}, 3, 'Cache Hits: 3');
