@@ -23,8 +23,10 @@
 #include "executor/spi.h"
 #include "fmgr.h"
 #include "funcapi.h"
+#include "libpq/libpq.h"
 #include "miscadmin.h"
 #include "storage/fd.h"
+#include "tcop/tcopprot.h"
 #include "utils/acl.h"
 #include "utils/builtins.h"
 #include "utils/json.h"
@@ -530,6 +532,16 @@ map_step(MapExec *ex)
 			continue;
 		if (ex->ch->worker_done)
 			rv_channel_worker_exited();
+
+		/*
+		 * Rows already returned wait in libpq's send buffer until it fills
+		 * or the statement ends, so a client that reads rows as they come
+		 * (psql 17's FETCH_COUNT, libpq's single-row and chunked modes)
+		 * would see none until the end.  Push them out before sleeping;
+		 * this never blocks, and is a no-op with nothing buffered.
+		 */
+		if (whereToSendOutput == DestRemote)
+			pq_flush_if_writable();
 		rv_channel_wait(ex->ch);
 	}
 }

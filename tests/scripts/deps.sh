@@ -5,7 +5,7 @@
 set -euo pipefail
 m="${PG_MAJOR:-15}"
 pkgs=(build-essential pkg-config "postgresql-$m" "postgresql-server-dev-$m"
-      "postgresql-$m-cron" libcurl4-openssl-dev libjson-c-dev libyaml-dev
+      "postgresql-$m-cron" libcurl4-openssl-dev libjson-c-dev libyaml-dev libkrb5-dev
       libipc-run-perl libdbd-pg-perl libio-socket-ssl-perl python3 python3-psycopg2 curl ca-certificates util-linux
       nginx openssl libssl-dev libpostgresql-jdbc-java default-jdk-headless)
 missing=()

@@ -10,6 +10,7 @@ use warnings;
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
+use IPC::Run;
 use lib $ENV{RV_ROOT} . '/tests/t';
 use RvTest;
 
@@ -88,6 +89,35 @@ cmp_ok($at_fc, '<=', 10 + 5, "psql FETCH_COUNT printed rows before the last requ
 mock_release($mock, 'fetchcount');
 $bg->query_safe('\unset FETCH_COUNT');
 is($bg->query_safe('SELECT 1'), '1', 'the statement finished');
+ok(quiet(), 'quiet');
+
+# a libpq client in single-row mode (how psql 17+ implements FETCH_COUNT,
+# and what drivers use to stream) gets the first rows while later ones are
+# pending: the backend pushes out buffered rows before it waits for the
+# next one, instead of keeping them until its 8 kB send buffer fills
+my $srdir = PostgreSQL::Test::Utils::tempdir();
+my $srbin = "$srdir/single_row";
+my ($ccout, $ccerr) = ('', '');
+my $pqflags = `pkg-config --cflags --libs libpq`;
+chomp $pqflags;
+IPC::Run::run([ 'cc', '-o', $srbin, "$ENV{RV_ROOT}/tests/clients/single_row.c", split(' ', $pqflags) ],
+	'>', \$ccout, '2>', \$ccerr);
+ok(-x $srbin, 'the single-row libpq client builds') or diag($ccerr);
+mock_post($mock, '/reset');
+my ($srout, $srerr) = ('', '');
+my $sr = IPC::Run::start([ $srbin, $node->connstr('postgres'),
+		'SELECT n, result FROM ' . held_map_call(60, 'singlerow', 5, '{"cache": false}') ],
+	'>', \$srout, '2>', \$srerr);
+ok(wait_until(sub { $sr->pump_nb; $srout =~ /re: singlerow row 5"/ }),
+	'single-row mode received row 5 while later calls were held') or diag("out: $srout\nerr: $srerr");
+my $at_sr = requests();
+cmp_ok($at_sr, '<=', 10 + 5, "and before the last request was sent ($at_sr of 60)");
+mock_release($mock, 'singlerow');
+ok(wait_until(sub { $sr->pump_nb; $srout =~ /^done$/m }), 'the single-row statement finished');
+$sr->finish;
+my @srrows = grep { /^\d+\t/ } split /\n/, $srout;
+is(scalar(@srrows), 60, 'single-row mode got all 60 rows');
+is(join(',', map { (split /\t/)[0] } @srrows), join(',', 1 .. 60), 'in input order');
 ok(quiet(), 'quiet');
 
 # COPY (...) TO STDOUT streams too (rows of 4 kB, so that the server's
