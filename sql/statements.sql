@@ -142,7 +142,7 @@ SELECT input_rows, cached_rows, calls_per_row, models, est_input_tokens > 0 AS h
   FROM rvbbit.estimate($$MAP 'extract_brand' USING (SELECT * FROM (VALUES ('Apple iPhone 15'), ('Samsung Galaxy S24'), ('Est only')) AS t(product_name))
   WITH (model = 'estimate/model')$$);
 -- est_cost has no float noise: 3 rows * 100 output tokens at $0.1 per million
--- is 0.00003 (summed in float8 it is 3.0000000000000004e-05)
+-- is 0.00003 (summed in float8: 3.0000000000000004e-05)
 INSERT INTO rvbbit.model_prices VALUES ('estimate/noise', 0, 0.1);
 SELECT est_output_tokens, est_cost, est_cost::text AS est_cost_text
   FROM rvbbit.estimate($$MAP 'extract_brand' USING (SELECT * FROM (VALUES ('Apple iPhone 15'), ('Samsung Galaxy S24'), ('Est only')) AS t(product_name))

@@ -90,6 +90,7 @@ typedef struct RvPlannedStatement
 	bool		is_async;		/* RUN ASYNC or async = true (and not in a job runner) */
 	char	   *cascade;
 	char	   *query;
+	int			query_position; /* 1-based character of query in the statement */
 	int			parallel;
 	RvOptions	opts;
 	char	   *options_json;	/* the options for rvbbit.map(), as JSON text */

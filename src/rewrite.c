@@ -242,6 +242,7 @@ rv_plan_statement(const char *text, int location, ParseState *pstate,
 
 		out->cascade = pstrdup(stmt->cascade);
 		out->query = pstrdup(stmt->query);
+		out->query_position = stmt->query_position;
 		out->parallel = stmt->parallel == 0 ? 1 :
 			stmt->parallel < 0 ? rv_default_parallel : stmt->parallel;
 
@@ -441,6 +442,46 @@ rw_collect_relations(Node *node, List **rels)
 }
 
 /*
+ * Where the USING query of the statement being rewritten starts in the
+ * client's query text (set by the post_parse_analyze hook while it
+ * rewrites), so that an error in the USING query (a missing table) points
+ * at the right character of that text, as an error in a plain SELECT does.
+ */
+static struct
+{
+	const char *source;			/* the client's query text */
+	int			byte;			/* byte offset of query in source */
+	const char *query;			/* the USING query text */
+} rw_using_at;
+
+/*
+ * Error context of parsing text that is not the client's query text: move
+ * the error position to where it is in the client's text when known (the
+ * USING query, copied verbatim from a dollar-quoted or escape-free
+ * literal), else to an internal position of text, shown as QUERY.
+ */
+static void
+rw_parse_errcb(void *arg)
+{
+	const char *text = arg;
+	int			pos = geterrposition();
+
+	if (pos <= 0)
+		return;
+	if (rw_using_at.query != NULL && rw_using_at.source != NULL &&
+		strcmp(rw_using_at.query, text) == 0)
+	{
+		int			b = rw_using_at.byte + rw_char_to_byte(text, pos);
+
+		errposition(pg_mbstrlen_with_len(rw_using_at.source, b) + 1);
+		return;
+	}
+	errposition(0);
+	internalerrposition(pos);
+	internalerrquery(text);
+}
+
+/*
  * Append "name type" column definitions of the USING query to buf, and the
  * relations it reads to *rels (for plan invalidation).
  */
@@ -451,13 +492,19 @@ rw_query_columns_rels(const char *query, StringInfo buf, List **names, List **re
 	Query	   *uq;
 	ListCell   *lc;
 	int			n = 0;
+	ErrorContextCallback errcb;
 
+	errcb.callback = rw_parse_errcb;
+	errcb.arg = unconstify(char *, query);
+	errcb.previous = error_context_stack;
+	error_context_stack = &errcb;
 	raw = pg_parse_query(query);
 	if (list_length(raw) != 1)
 		ereport(ERROR,
 				(errcode(ERRCODE_SYNTAX_ERROR),
 				 errmsg("the USING query must be one statement")));
 	uq = parse_analyze_fixedparams(linitial_node(RawStmt, raw), query, NULL, 0, NULL);
+	error_context_stack = errcb.previous;
 	if (uq->commandType != CMD_SELECT || uq->utilityStmt != NULL)
 		ereport(ERROR,
 				(errcode(ERRCODE_WRONG_OBJECT_TYPE),
@@ -661,6 +708,9 @@ rvbbit_as_table(PG_FUNCTION_ARGS)
 	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(BlessTupleDesc(td), v, n)));
 }
 
+static void rw_rewrite_planned(Query *q, RvPlannedStatement *ps_, const char *stmt_text,
+							   ParseState *pstate);
+
 /*
  * Rewrite q in place when it is SELECT * FROM rvbbit.sql('<statement>');
  * recurse into EXPLAIN, CREATE TABLE AS and DECLARE CURSOR.
@@ -673,9 +723,6 @@ rw_rewrite(ParseState *pstate, Query *q)
 	Const	   *c;
 	char	   *stmt_text;
 	RvPlannedStatement ps;
-	char	   *sql;
-	List	   *raw;
-	Query	   *nq;
 
 	if (q->commandType == CMD_UTILITY && q->utilityStmt != NULL)
 	{
@@ -716,6 +763,61 @@ rw_rewrite(ParseState *pstate, Query *q)
 
 	rv_plan_statement(stmt_text, c->location, pstate, &ps);
 
+	/* where the USING query is in the client's text, for error positions */
+	memset(&rw_using_at, 0, sizeof(rw_using_at));
+	if (pstate->p_sourcetext != NULL && c->location >= 0 && ps.query_position > 0)
+	{
+		const char *src = pstate->p_sourcetext;
+		int			at = c->location + rw_literal_prefix(src, c->location) +
+			rw_char_to_byte(stmt_text, ps.query_position);
+
+		if (at <= (int) strlen(src) && strncmp(src + at, ps.query, strlen(ps.query)) == 0)
+		{
+			rw_using_at.source = src;
+			rw_using_at.byte = at;
+			rw_using_at.query = ps.query;
+		}
+	}
+	PG_TRY();
+	{
+		rw_rewrite_planned(q, &ps, stmt_text, pstate);
+	}
+	PG_FINALLY();
+	{
+		memset(&rw_using_at, 0, sizeof(rw_using_at));
+	}
+	PG_END_TRY();
+}
+
+/* The rest of the rewrite of q, of the planned statement ps. */
+static void
+rw_rewrite_planned(Query *q, RvPlannedStatement *ps_, const char *stmt_text, ParseState *pstate)
+{
+	RvPlannedStatement ps = *ps_;
+	char	   *sql;
+	List	   *raw;
+	Query	   *nq;
+	ErrorContextCallback errcb;
+	List	   *rels = NIL;
+
+	/*
+	 * The rewritten query reads the USING query's tables only inside
+	 * rvbbit.map().  They are added to its range table below, unreferenced
+	 * (as view expansion leaves the view), so that a prepared statement or
+	 * cached plan is re-analyzed when one of them changes.  Permissions are
+	 * checked when the USING query runs, with the caller's privileges.
+	 * Analyzed first, so that an error in the USING query points into the
+	 * client's text (rw_parse_errcb), for RUN too.
+	 */
+	if (!ps.opts.as_table && !ps.is_async)
+	{
+		StringInfoData dummy;
+		List	   *names = NIL;
+
+		initStringInfo(&dummy);
+		rw_query_columns_rels(ps.query, &dummy, &names, &rels);
+	}
+
 	if (ps.is_async)
 		sql = psprintf("SELECT * FROM rvbbit._submit_job(%s)", quote_literal_cstr(stmt_text));
 	else if (ps.opts.as_table)
@@ -723,25 +825,18 @@ rw_rewrite(ParseState *pstate, Query *q)
 	else
 		sql = rv_map_sql(&ps, pstate);
 
+	/* an error in the generated query: an internal position of it */
+	errcb.callback = rw_parse_errcb;
+	errcb.arg = sql;
+	errcb.previous = error_context_stack;
+	error_context_stack = &errcb;
 	raw = pg_parse_query(sql);
 	nq = parse_analyze_fixedparams(linitial_node(RawStmt, raw), sql, NULL, 0, NULL);
+	error_context_stack = errcb.previous;
 
-	/*
-	 * The rewritten query reads the USING query's tables only inside
-	 * rvbbit.map().  Add them to its range table, unreferenced (as view
-	 * expansion leaves the view), so that a prepared statement or cached
-	 * plan is re-analyzed when one of them changes.  Permissions are checked
-	 * when the USING query runs, with the caller's privileges.
-	 */
 	{
-		List	   *rels = NIL;
 		ListCell   *lc;
-		StringInfoData dummy;
-		List	   *names = NIL;
 
-		initStringInfo(&dummy);
-		if (!ps.opts.as_table && !ps.is_async)
-			rw_query_columns_rels(ps.query, &dummy, &names, &rels);
 		foreach(lc, rels)
 		{
 			RangeTblEntry *rte = makeNode(RangeTblEntry);

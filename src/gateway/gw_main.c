@@ -145,7 +145,9 @@ typedef struct Session
 	bool		held_overflow;	/* over GW_MAX_HELD: the session ends */
 	bool		std_strings;
 	bool		unsafe_encoding;
-	int			enc_kind;		/* GW_ENC_*: how the client counts characters */
+	int			enc_kind;		/* GW_ENC_*: how the server counts characters */
+	int			client_enc_kind;	/* GW_ENC_* of client_encoding */
+	bool		server_sql_ascii;	/* server_encoding is SQL_ASCII */
 	PosWait    *pos_head;		/* maps of rewritten messages, oldest first */
 	PosWait    *pos_tail;
 	uint64_t	msg_syncs;		/* client_syncs as of the message in cli_message */
@@ -700,10 +702,19 @@ up_message(void *arg, char type, const char *body, uint32_t len, GwBuf *out)
 					if (strcmp(name, "client_encoding") == 0)
 					{
 						s->unsafe_encoding = gw_encoding_is_unsafe(value);
-						s->enc_kind = gw_encoding_kind(value);
+						s->client_enc_kind = gw_encoding_kind(value);
 					}
+					else if (strcmp(name, "server_encoding") == 0)
+						s->server_sql_ascii = strcasecmp(value, "SQL_ASCII") == 0;
 					else if (strcmp(name, "standard_conforming_strings") == 0)
 						s->std_strings = strcmp(value, "on") == 0;
+
+					/*
+					 * The server counts characters in its encoding; a
+					 * conversion keeps their number, but a SQL_ASCII server
+					 * converts nothing and counts bytes.
+					 */
+					s->enc_kind = s->server_sql_ascii ? GW_ENC_SINGLE : s->client_enc_kind;
 				}
 			}
 			break;
@@ -1341,6 +1352,7 @@ accept_clients(int lfd)
 		s->up.sess = s;
 		s->std_strings = true;
 		s->enc_kind = GW_ENC_OTHER;	/* until the server says client_encoding */
+		s->client_enc_kind = GW_ENC_OTHER;
 		s->state = S_FIRST;
 		nsessions++;
 		startup_list_add(s);
