@@ -151,6 +151,19 @@ SELECT input_rows, cached_rows, calls_per_row, models, est_input_tokens > 0 AS h
        est_output_tokens, est_cost > 0 AS has_cost
   FROM rvbbit.estimate($$MAP 'extract_brand' USING (SELECT * FROM (VALUES ('Apple iPhone 15'), ('Samsung Galaxy S24'), ('Est only')) AS t(product_name))
   WITH (model = 'estimate/model')$$);
+-- an error in the USING query points at its token in this text (LINE and caret);
+-- at run time (rvbbit.map) it is a position in the QUERY that runs it
+SELECT 1 AS one, * FROM rvbbit.sql($$MAP 'extract_brand'
+  USING (SELECT product_name FROM no_such_table)$$) AS m;
+SELECT * FROM rvbbit.sql($$RUN 'summarize_rows' USING (SELECT * FROM no_such_table)$$);
+-- a literal with escapes does not hold the USING query verbatim: QUERY shows it
+SELECT * FROM rvbbit.sql('RUN ''summarize_rows'' USING (SELECT * FROM no_such_table)');
+-- est_cost has no float noise: 3 rows * 100 output tokens at $0.1 per million
+-- is 0.00003 (summed in float8: 3.0000000000000004e-05)
+INSERT INTO rvbbit.model_prices VALUES ('estimate/noise', 0, 0.1);
+SELECT est_output_tokens, est_cost, est_cost::text AS est_cost_text
+  FROM rvbbit.estimate($$MAP 'extract_brand' USING (SELECT * FROM (VALUES ('Apple iPhone 15'), ('Samsung Galaxy S24'), ('Est only')) AS t(product_name))
+  WITH (model = 'estimate/noise')$$);
 SELECT * FROM rvbbit.sql($$MAP 'extract_brand' USING (SELECT 'Apple iPhone 15' AS product_name) WITH (model = 'estimate/model')$$);
 SELECT input_rows, cached_rows
   FROM rvbbit.estimate($$MAP 'extract_brand' USING (SELECT * FROM (VALUES ('Apple iPhone 15'), ('Samsung Galaxy S24'), ('Est only')) AS t(product_name))

@@ -18,6 +18,8 @@
 
 #include "pgjsonc.h"
 
+#include <math.h>
+
 #include "access/htup_details.h"
 #include "catalog/pg_type.h"
 #include "executor/spi.h"
@@ -31,6 +33,26 @@
 #include "map.h"
 #include "request.h"
 #include "rvbbit.h"
+
+/*
+ * The estimated cost as numeric.  It is a sum of float8 products
+ * (tokens * price per token), so its last digits are noise: 29.2 would show
+ * as 29.2000000000001.  Twelve significant digits are far more than an
+ * estimate has and far fewer than a double's 15-17, so the noise goes away
+ * and the value stays exact where it can be (the numeric has only the
+ * digits it needs: 0.0116, 29.2, 0).
+ */
+static Datum
+est_cost_numeric(double cost)
+{
+	char		buf[64];
+
+	if (isnan(cost) || isinf(cost))
+		return DirectFunctionCall1(float8_numeric, Float8GetDatum(cost));
+	snprintf(buf, sizeof(buf), "%.12g", cost);
+	return DirectFunctionCall3(numeric_in, CStringGetDatum(buf),
+							   ObjectIdGetDatum(InvalidOid), Int32GetDatum(-1));
+}
 
 PG_FUNCTION_INFO_V1(rvbbit_estimate);
 
@@ -500,7 +522,7 @@ rvbbit_estimate(PG_FUNCTION_ARGS)
 	values[col++] = est_models_array(models);
 	values[col++] = Int64GetDatum(tin);
 	values[col++] = Int64GetDatum(tout);
-	values[col++] = DirectFunctionCall1(float8_numeric, Float8GetDatum(Max(cost, 0)));
+	values[col++] = est_cost_numeric(Max(cost, 0));
 	values[col++] = Int64GetDatum(calls);
 	Assert(col == ESTIMATE_COLS);
 	/* (the 0.1 definition has no est_calls column: heap_form_tuple takes natts) */

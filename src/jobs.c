@@ -660,7 +660,6 @@ rvbbit_cancel_job(PG_FUNCTION_ARGS)
 	HeapTuple	tup;
 	TupleDesc	td;
 	bool		isnull;
-	Oid			owner;
 	char	   *status;
 	int32		pid = 0;
 	bool		cancelled = false;
@@ -671,24 +670,38 @@ rvbbit_cancel_job(PG_FUNCTION_ARGS)
 
 	SPI_connect();
 	jobs_priv_begin(&priv);
+
+	/*
+	 * Whose job is it?  Read without a lock first: a job of another role
+	 * that the caller may not manage must look exactly like a job that does
+	 * not exist (same error, and no waiting on its row lock), so that
+	 * cancel_job cannot be used to probe for other roles' jobs.  The owner
+	 * of a job never changes, so checking it before locking is safe.
+	 */
+	if (SPI_execute_with_args("SELECT role_oid FROM rvbbit.job_log WHERE id = $1",
+							  1, types, vals, NULL, false, 0) != SPI_OK_SELECT)
+		elog(ERROR, "could not read rvbbit.job_log");
+	if (SPI_processed == 0 ||
+		!jobs_may_manage(me, DatumGetObjectId(SPI_getbinval(SPI_tuptable->vals[0],
+															SPI_tuptable->tupdesc,
+															1, &isnull))))
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_OBJECT),
+				 errmsg("job %lld does not exist", (long long) job_id),
+				 errhint("A role sees and cancels only its own jobs (see rvbbit.jobs); superusers and members of rvbbit_admin see all.")));
+
 	if (SPI_execute_with_args("SELECT role_oid, status, runner_pid FROM rvbbit.job_log "
 							  "WHERE id = $1 FOR UPDATE",
 							  1, types, vals, NULL, false, 0) != SPI_OK_SELECT)
 		elog(ERROR, "could not read rvbbit.job_log");
-	if (SPI_processed == 0)
+	if (SPI_processed == 0)		/* deleted meanwhile */
 		ereport(ERROR,
 				(errcode(ERRCODE_UNDEFINED_OBJECT),
-				 errmsg("job %lld does not exist", (long long) job_id)));
+				 errmsg("job %lld does not exist", (long long) job_id),
+				 errhint("A role sees and cancels only its own jobs (see rvbbit.jobs); superusers and members of rvbbit_admin see all.")));
 	tup = SPI_tuptable->vals[0];
 	td = SPI_tuptable->tupdesc;
-	owner = DatumGetObjectId(SPI_getbinval(tup, td, 1, &isnull));
 	status = SPI_getvalue(tup, td, 2);
-	if (!jobs_may_manage(me, owner))
-		ereport(ERROR,
-				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
-				 errmsg("permission denied to cancel job %lld", (long long) job_id),
-				 errdetail("A job can be cancelled by the role that submitted it, a superuser or a member of rvbbit_admin."),
-				 errhint("Ask the job's owner or an rvbbit_admin to cancel it.")));
 	{
 		Datum		d = SPI_getbinval(tup, td, 3, &isnull);
 

@@ -23,6 +23,7 @@ typedef struct RvPlannedStatement
 	bool		is_async;		/* RUN ASYNC or async = true (and not in a job runner) */
 	char	   *cascade;
 	char	   *query;
+	int			query_position; /* 1-based character of query in the statement */
 	int			parallel;
 	RvOptions	opts;
 	char	   *options_json;	/* the options for rvbbit.map(), as JSON text */
@@ -70,6 +71,9 @@ extern void rv_plan_statement(const char *text, int location, ParseState *pstate
 							  RvPlannedStatement *out);
 extern char *rv_map_sql(RvPlannedStatement *ps, ParseState *pstate);
 extern void rw_query_columns_rels(const char *query, StringInfo buf, List **names, List **rels);
+extern void rv_stmt_using_at(const char *src, int location, const char *stmt_text,
+							 const RvPlannedStatement *ps);
+extern void rv_stmt_parse_errcb(void *arg);
 extern int64 rv_as_table(const char *stmt_text, char **table);
 extern char *rv_resolve_cascade(const char *ref, char **display);
 extern char *rv_cascade_name(const char *name);

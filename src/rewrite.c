@@ -144,6 +144,9 @@ rw_whole_query_call(ParseState *pstate, Query *q)
 }
 
 
+static void rw_rewrite_planned(Query *q, RvPlannedStatement *ps_, const char *stmt_text,
+							   ParseState *pstate);
+
 /*
  * Rewrite q in place when it is SELECT * FROM rvbbit.sql('<statement>');
  * recurse into EXPLAIN, CREATE TABLE AS and DECLARE CURSOR.
@@ -156,9 +159,6 @@ rw_rewrite(ParseState *pstate, Query *q)
 	Const	   *c;
 	char	   *stmt_text;
 	RvPlannedStatement ps;
-	char	   *sql;
-	List	   *raw;
-	Query	   *nq;
 
 	if (q->commandType == CMD_UTILITY && q->utilityStmt != NULL)
 	{
@@ -199,6 +199,49 @@ rw_rewrite(ParseState *pstate, Query *q)
 
 	rv_plan_statement(stmt_text, c->location, pstate, &ps);
 
+	/* where the USING query is in the client's text, for error positions */
+	rv_stmt_using_at(pstate->p_sourcetext, c->location, stmt_text, &ps);
+	PG_TRY();
+	{
+		rw_rewrite_planned(q, &ps, stmt_text, pstate);
+	}
+	PG_FINALLY();
+	{
+		rv_stmt_using_at(NULL, -1, NULL, NULL);
+	}
+	PG_END_TRY();
+}
+
+/* The rest of the rewrite of q, of the planned statement ps. */
+static void
+rw_rewrite_planned(Query *q, RvPlannedStatement *ps_, const char *stmt_text, ParseState *pstate)
+{
+	RvPlannedStatement ps = *ps_;
+	char	   *sql;
+	List	   *raw;
+	Query	   *nq;
+	ErrorContextCallback errcb;
+	List	   *rels = NIL;
+	ListCell   *lc;
+
+	/*
+	 * The rewritten query reads the USING query's tables only inside
+	 * rvbbit.map().  They are added to its range table below, unreferenced
+	 * (as view expansion leaves the view), so that a prepared statement or
+	 * cached plan is re-analyzed when one of them changes.  Permissions are
+	 * checked when the USING query runs, with the caller's privileges.
+	 * Analyzed first, so that an error in the USING query points into the
+	 * client's text (rv_stmt_parse_errcb), for RUN too.
+	 */
+	if (!ps.opts.as_table && !ps.is_async)
+	{
+		StringInfoData dummy;
+		List	   *names = NIL;
+
+		initStringInfo(&dummy);
+		rw_query_columns_rels(ps.query, &dummy, &names, &rels);
+	}
+
 	if (ps.is_async)
 		sql = psprintf("SELECT * FROM rvbbit._submit_job(%s)", quote_literal_cstr(stmt_text));
 	else if (ps.opts.as_table)
@@ -206,39 +249,28 @@ rw_rewrite(ParseState *pstate, Query *q)
 	else
 		sql = rv_map_sql(&ps, pstate);
 
+	/* an error in the generated query: an internal position of it */
+	errcb.callback = rv_stmt_parse_errcb;
+	errcb.arg = sql;
+	errcb.previous = error_context_stack;
+	error_context_stack = &errcb;
 	raw = pg_parse_query(sql);
 	nq = parse_analyze_fixedparams(linitial_node(RawStmt, raw), sql, NULL, 0, NULL);
+	error_context_stack = errcb.previous;
 
-	/*
-	 * The rewritten query reads the USING query's tables only inside
-	 * rvbbit.map().  Add them to its range table, unreferenced (as view
-	 * expansion leaves the view), so that a prepared statement or cached
-	 * plan is re-analyzed when one of them changes.  Permissions are checked
-	 * when the USING query runs, with the caller's privileges.
-	 */
+	foreach(lc, rels)
 	{
-		List	   *rels = NIL;
-		ListCell   *lc;
-		StringInfoData dummy;
-		List	   *names = NIL;
+		RangeTblEntry *rte = makeNode(RangeTblEntry);
 
-		initStringInfo(&dummy);
-		if (!ps.opts.as_table && !ps.is_async)
-			rw_query_columns_rels(ps.query, &dummy, &names, &rels);
-		foreach(lc, rels)
-		{
-			RangeTblEntry *rte = makeNode(RangeTblEntry);
-
-			rte->rtekind = RTE_RELATION;
-			rte->relid = lfirst_oid(lc);
-			rte->relkind = get_rel_relkind(rte->relid);
-			rte->rellockmode = AccessShareLock;
-			rte->inh = false;
-			rte->inFromCl = false;
-			rv_rte_no_permission_check(nq, rte);
-			rte->eref = makeAlias(get_rel_name(rte->relid), NIL);
-			nq->rtable = lappend(nq->rtable, rte);
-		}
+		rte->rtekind = RTE_RELATION;
+		rte->relid = lfirst_oid(lc);
+		rte->relkind = get_rel_relkind(rte->relid);
+		rte->rellockmode = AccessShareLock;
+		rte->inh = false;
+		rte->inFromCl = false;
+		rv_rte_no_permission_check(nq, rte);
+		rte->eref = makeAlias(get_rel_name(rte->relid), NIL);
+		nq->rtable = lappend(nq->rtable, rte);
 	}
 	nq->queryId = q->queryId;
 	nq->stmt_location = q->stmt_location;

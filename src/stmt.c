@@ -268,6 +268,7 @@ rv_plan_statement(const char *text, int location, ParseState *pstate,
 
 		out->cascade = pstrdup(stmt->cascade);
 		out->query = pstrdup(stmt->query);
+		out->query_position = stmt->query_position;
 		out->parallel = stmt->parallel == 0 ? 1 :
 			stmt->parallel < 0 ? rv_default_parallel : stmt->parallel;
 
@@ -349,6 +350,71 @@ rw_collect_relations(Node *node, List **rels)
 }
 
 /*
+ * Where the USING query of the statement being rewritten starts in the
+ * client's query text (set by the post_parse_analyze hook while it
+ * rewrites, rv_stmt_using_at), so that an error in the USING query (a
+ * missing table) points at the right character of that text, as an error
+ * in a plain SELECT does.
+ */
+static struct
+{
+	const char *source;			/* the client's query text */
+	int			byte;			/* byte offset of query in source */
+	const char *query;			/* the USING query text */
+} rw_using_at;
+
+/*
+ * Record where ps's USING query is in the client's text src (the statement
+ * literal at byte location), when it is there verbatim (a dollar-quoted or
+ * escape-free literal); src NULL forgets it.
+ */
+void
+rv_stmt_using_at(const char *src, int location, const char *stmt_text,
+				 const RvPlannedStatement *ps)
+{
+	memset(&rw_using_at, 0, sizeof(rw_using_at));
+	if (src != NULL && location >= 0 && ps != NULL && ps->query_position > 0)
+	{
+		int			at = location + rw_literal_prefix(src, location) +
+			rw_char_to_byte(stmt_text, ps->query_position);
+
+		if (at <= (int) strlen(src) && strncmp(src + at, ps->query, strlen(ps->query)) == 0)
+		{
+			rw_using_at.source = src;
+			rw_using_at.byte = at;
+			rw_using_at.query = ps->query;
+		}
+	}
+}
+
+/*
+ * Error context of parsing text that is not the client's query text: move
+ * the error position to where it is in the client's text when known (the
+ * USING query, see rv_stmt_using_at), else to an internal position of
+ * text, shown as QUERY.
+ */
+void
+rv_stmt_parse_errcb(void *arg)
+{
+	const char *text = arg;
+	int			pos = geterrposition();
+
+	if (pos <= 0)
+		return;
+	if (rw_using_at.query != NULL && rw_using_at.source != NULL &&
+		strcmp(rw_using_at.query, text) == 0)
+	{
+		int			b = rw_using_at.byte + rw_char_to_byte(text, pos);
+
+		errposition(pg_mbstrlen_with_len(rw_using_at.source, b) + 1);
+		return;
+	}
+	errposition(0);
+	internalerrposition(pos);
+	internalerrquery(text);
+}
+
+/*
  * Append "name type" column definitions of the USING query to buf, and the
  * relations it reads to *rels (for plan invalidation).
  */
@@ -359,13 +425,19 @@ rw_query_columns_rels(const char *query, StringInfo buf, List **names, List **re
 	Query	   *uq;
 	ListCell   *lc;
 	int			n = 0;
+	ErrorContextCallback errcb;
 
+	errcb.callback = rv_stmt_parse_errcb;
+	errcb.arg = unconstify(char *, query);
+	errcb.previous = error_context_stack;
+	error_context_stack = &errcb;
 	raw = pg_parse_query(query);
 	if (list_length(raw) != 1)
 		ereport(ERROR,
 				(errcode(ERRCODE_SYNTAX_ERROR),
 				 errmsg("the USING query must be one statement")));
 	uq = parse_analyze_fixedparams(linitial_node(RawStmt, raw), query, NULL, 0, NULL);
+	error_context_stack = errcb.previous;
 	if (uq->commandType != CMD_SELECT || uq->utilityStmt != NULL)
 		ereport(ERROR,
 				(errcode(ERRCODE_WRONG_OBJECT_TYPE),

@@ -105,4 +105,50 @@ extern int	gw_rewrite_message(char type, const char *body, uint32_t len,
 							   bool std_strings, bool do_rewrite, GwBuf *out);
 extern bool gw_encoding_is_unsafe(const char *name);
 
+/*
+ * Error positions.  The server's ErrorResponse 'P' field is a 1-based
+ * character index into the text it received, which for a rewritten Query
+ * is the rewritten text.  A GwPosMap says, segment by segment, where each
+ * character of the rewritten text came from (positions in characters,
+ * 0-based): a copied run maps one to one, text the gateway inserted maps to
+ * the start of its statement.  drop: the positions cannot be translated
+ * (an encoding whose characters the gateway does not count): the 'P' field
+ * is removed rather than shown pointing at the wrong place.
+ */
+typedef struct GwSeg
+{
+	uint32_t	rw;				/* first character in the rewritten text */
+	uint32_t	orig;			/* its character in the original (inserted:
+								 * the start of the statement) */
+	uint32_t	len;			/* characters */
+	bool		inserted;
+} GwSeg;
+
+typedef struct GwPosMap
+{
+	GwSeg	   *segs;
+	int			nsegs;
+	int			cap;
+	uint32_t	rw_total;		/* characters of the rewritten text */
+	uint32_t	orig_total;		/* characters of the original text */
+	bool		drop;
+} GwPosMap;
+
+/* how the client encoding's characters are counted */
+#define GW_ENC_UTF8			0
+#define GW_ENC_SINGLE		1	/* one byte, one character */
+#define GW_ENC_OTHER		2	/* not counted: positions are dropped */
+
+extern int	gw_encoding_kind(const char *name);
+extern char *gw_rewrite_text_map(const char *text, size_t len, bool std_strings,
+								 bool do_rewrite, size_t *out_len, int *flags,
+								 GwPosMap *map, int enc_kind);
+extern int	gw_rewrite_message_map(char type, const char *body, uint32_t len,
+								   bool std_strings, bool do_rewrite, GwBuf *out,
+								   GwPosMap *map, int enc_kind);
+extern long gw_map_position(const GwPosMap *map, long pos);
+extern bool gw_translate_error(const char *body, uint32_t len,
+							   const GwPosMap *map, GwBuf *out, uint32_t *out_len);
+extern void gw_posmap_free(GwPosMap *map);
+
 #endif							/* RVBBIT_GW_H */

@@ -111,6 +111,20 @@ typedef struct Conn
 	bool		registered;		/* in the epoll set */
 } Conn;
 
+/*
+ * The position map of a rewritten Query or Parse, waiting for the answer
+ * to it: the messages the server sends before its ReadyForQuery number
+ * group (the ReadyForQuery that ends the Query, or the Sync after the
+ * Parse).  Only rewritten messages have one; any other answer has its
+ * positions right already.
+ */
+typedef struct PosWait
+{
+	uint64_t	group;
+	GwPosMap	map;
+	struct PosWait *next;
+} PosWait;
+
 typedef struct Session
 {
 	Conn		cli;
@@ -131,6 +145,12 @@ typedef struct Session
 	bool		held_overflow;	/* over GW_MAX_HELD: the session ends */
 	bool		std_strings;
 	bool		unsafe_encoding;
+	int			enc_kind;		/* GW_ENC_*: how the server counts characters */
+	int			client_enc_kind;	/* GW_ENC_* of client_encoding */
+	bool		server_sql_ascii;	/* server_encoding is SQL_ASCII */
+	PosWait    *pos_head;		/* maps of rewritten messages, oldest first */
+	PosWait    *pos_tail;
+	uint64_t	msg_syncs;		/* client_syncs as of the message in cli_message */
 	bool		copy_in;		/* the server is in COPY FROM STDIN */
 	uint64_t	client_syncs;	/* Query, Sync, FunctionCall sent */
 	uint64_t	server_syncs;	/* ReadyForQuery received */
@@ -502,6 +522,15 @@ session_kill(Session *s)
 	conn_close(&s->cli);
 	conn_close(&s->up);
 	gw_buf_free(&s->held);
+	while (s->pos_head != NULL)
+	{
+		PosWait    *w = s->pos_head;
+
+		s->pos_head = w->next;
+		gw_posmap_free(&w->map);
+		free(w);
+	}
+	s->pos_tail = NULL;
 	free(s->first);
 	s->first = NULL;
 	gw_frame_reset(&s->from_cli);
@@ -525,14 +554,41 @@ session_finish(Session *s)
 
 /* ---- upstream -> client ---- */
 
+/*
+ * The map for the answer the server is sending now (before ReadyForQuery
+ * number server_syncs + 1), or NULL; maps of answers already ended are
+ * dropped on the way.
+ */
+static PosWait *
+pos_current(Session *s)
+{
+	while (s->pos_head != NULL && s->pos_head->group <= s->server_syncs)
+	{
+		PosWait    *w = s->pos_head;
+
+		s->pos_head = w->next;
+		if (s->pos_head == NULL)
+			s->pos_tail = NULL;
+		gw_posmap_free(&w->map);
+		free(w);
+	}
+	if (s->pos_head != NULL && s->pos_head->group == s->server_syncs + 1)
+		return s->pos_head;
+	return NULL;
+}
+
 static int
 up_want(void *arg, char type, uint32_t len)
 {
+	Session    *s = arg;
 	bool		collect;
 
-	(void) arg;
 	switch (type)
 	{
+		case 'E':				/* ErrorResponse, NoticeResponse: their */
+		case 'N':				/* position may need translating */
+			collect = len <= GW_MAX_INSPECT && pos_current(s) != NULL;
+			break;
 		case 'R':				/* Authentication* */
 		case 'S':				/* ParameterStatus */
 		case 'G':				/* CopyInResponse */
@@ -560,6 +616,22 @@ release_held(Session *s)
 {
 	size_t		off = s->held.off;
 	bool		ok = true;
+	uint64_t	nsync = 0;
+
+	/* cli_want counted the held messages' syncs already: count them again */
+	while (off + 5 <= s->held.len)
+	{
+		const char *m = s->held.data + off;
+		uint32_t	l = ((uint32_t) (unsigned char) m[1] << 24) |
+		((uint32_t) (unsigned char) m[2] << 16) |
+		((uint32_t) (unsigned char) m[3] << 8) | (uint32_t) (unsigned char) m[4];
+
+		if (m[0] == 'Q' || m[0] == 'F' || m[0] == 'S')
+			nsync++;
+		off += 1 + l;
+	}
+	s->msg_syncs = s->client_syncs >= nsync ? s->client_syncs - nsync : 0;
+	off = s->held.off;
 
 	s->holding = false;
 	while (ok && off + 5 <= s->held.len)
@@ -569,9 +641,12 @@ release_held(Session *s)
 		((uint32_t) (unsigned char) m[2] << 16) |
 		((uint32_t) (unsigned char) m[3] << 8) | (uint32_t) (unsigned char) m[4];
 
+		if (m[0] == 'Q' || m[0] == 'F' || m[0] == 'S')
+			s->msg_syncs++;
 		ok = cli_message(s, m[0], m + 5, l - 4, &s->up.out);
 		off += 1 + l;
 	}
+	s->msg_syncs = s->client_syncs;
 	gw_buf_free(&s->held);
 	return ok;
 }
@@ -625,9 +700,21 @@ up_message(void *arg, char type, const char *body, uint32_t len, GwBuf *out)
 					const char *value = nul + 1;
 
 					if (strcmp(name, "client_encoding") == 0)
+					{
 						s->unsafe_encoding = gw_encoding_is_unsafe(value);
+						s->client_enc_kind = gw_encoding_kind(value);
+					}
+					else if (strcmp(name, "server_encoding") == 0)
+						s->server_sql_ascii = strcasecmp(value, "SQL_ASCII") == 0;
 					else if (strcmp(name, "standard_conforming_strings") == 0)
 						s->std_strings = strcmp(value, "on") == 0;
+
+					/*
+					 * The server counts characters in its encoding; a
+					 * conversion keeps their number, but a SQL_ASCII server
+					 * converts nothing and counts bytes.
+					 */
+					s->enc_kind = s->server_sql_ascii ? GW_ENC_SINGLE : s->client_enc_kind;
 				}
 			}
 			break;
@@ -640,6 +727,26 @@ up_message(void *arg, char type, const char *body, uint32_t len, GwBuf *out)
 			if (s->server_syncs > s->client_syncs)
 				s->client_syncs = s->server_syncs;
 			s->copy_in = false;
+			(void) pos_current(s);	/* frees the maps of ended answers */
+			break;
+		case 'E':
+		case 'N':
+			{
+				PosWait    *w = pos_current(s);
+
+				if (w != NULL)
+				{
+					GwBuf		nb = {0};
+					uint32_t	nlen;
+					bool		ok;
+
+					ok = gw_translate_error(body, len, &w->map, &nb, &nlen) &&
+						gw_frame_append_header(out, type, nlen) &&
+						gw_buf_append(out, nb.data, nlen);
+					gw_buf_free(&nb);
+					return ok;
+				}
+			}
 			break;
 	}
 	if (!gw_frame_append_header(out, type, len) || !gw_buf_append(out, body, len))
@@ -671,6 +778,7 @@ cli_want(void *arg, char type, uint32_t len)
 
 	if (type == 'Q' || type == 'F' || (type == 'S' && !s->copy_in))
 		s->client_syncs++;
+	s->msg_syncs = s->client_syncs;
 	if (type == 'c' || type == 'f')
 		s->copy_in = false;
 	if (!s->auth_ok && !s->challenge_seen && (s->holding || type != 'p'))
@@ -693,15 +801,41 @@ cli_message(void *arg, char type, const char *body, uint32_t len, GwBuf *out)
 	Session    *s = arg;
 	bool		do_rewrite;
 	int			flags;
+	GwPosMap	map;
 
 	if (s->holding)
 		return gw_frame_append_header(&s->held, type, len) &&
 			gw_buf_append(&s->held, body, len);
 
 	do_rewrite = !s->unsafe_encoding && s->server_syncs >= s->unsure_until;
-	flags = gw_rewrite_message(type, body, len, s->std_strings, do_rewrite, out);
+	flags = gw_rewrite_message_map(type, body, len, s->std_strings, do_rewrite,
+								   out, &map, type == 'Q' ? s->enc_kind : GW_ENC_OTHER);
 	if (flags < 0)
 		return false;
+	if (flags & GW_RW_REWROTE)
+	{
+		/*
+		 * The server's error positions will point into the rewritten text:
+		 * keep the map to translate them.  A Query is answered up to its
+		 * own ReadyForQuery; a Parse by the messages up to the next Sync's,
+		 * which may answer other messages too, so its errors lose their
+		 * position (GW_ENC_OTHER: drop) rather than show a wrong one.
+		 */
+		PosWait    *w = calloc(1, sizeof(PosWait));
+
+		if (w == NULL)
+		{
+			gw_posmap_free(&map);
+			return false;
+		}
+		w->group = s->msg_syncs + (type == 'P' ? 1 : 0);
+		w->map = map;
+		if (s->pos_tail != NULL)
+			s->pos_tail->next = w;
+		else
+			s->pos_head = w;
+		s->pos_tail = w;
+	}
 	if (flags & GW_RW_RISKY)
 	{
 		/* the answer to this message may change how text must be read */
@@ -1217,6 +1351,8 @@ accept_clients(int lfd)
 		s->up.ep.fd = -1;
 		s->up.sess = s;
 		s->std_strings = true;
+		s->enc_kind = GW_ENC_OTHER;	/* until the server says client_encoding */
+		s->client_enc_kind = GW_ENC_OTHER;
 		s->state = S_FIRST;
 		nsessions++;
 		startup_list_add(s);

@@ -683,10 +683,81 @@ char *
 gw_rewrite_text(const char *text, size_t len, bool std_strings,
 				bool do_rewrite, size_t *out_len, int *flags)
 {
+	return gw_rewrite_text_map(text, len, std_strings, do_rewrite, out_len,
+							   flags, NULL, GW_ENC_OTHER);
+}
+
+/* Characters in s[0, n) (GW_ENC_UTF8: bytes that start a character). */
+static uint32_t
+count_chars(const char *s, size_t n, int enc_kind)
+{
+	uint32_t	c = 0;
+	size_t		i;
+
+	if (enc_kind != GW_ENC_UTF8)
+		return (uint32_t) n;
+	for (i = 0; i < n; i++)
+		if (((unsigned char) s[i] & 0xC0) != 0x80)
+			c++;
+	return c;
+}
+
+/* Add a segment to map (a no-op without a map or once it failed). */
+static void
+map_add(GwPosMap *map, bool *ok, uint32_t rw, uint32_t orig, uint32_t len,
+		bool inserted)
+{
+	if (map == NULL || map->drop || len == 0)
+		return;
+	if (map->nsegs == map->cap)
+	{
+		int			ncap = map->cap ? map->cap * 2 : 8;
+		GwSeg	   *n = realloc(map->segs, sizeof(GwSeg) * (size_t) ncap);
+
+		if (n == NULL)
+		{
+			*ok = false;
+			return;
+		}
+		map->segs = n;
+		map->cap = ncap;
+	}
+	map->segs[map->nsegs].rw = rw;
+	map->segs[map->nsegs].orig = orig;
+	map->segs[map->nsegs].len = len;
+	map->segs[map->nsegs].inserted = inserted;
+	map->nsegs++;
+}
+
+void
+gw_posmap_free(GwPosMap *map)
+{
+	free(map->segs);
+	memset(map, 0, sizeof(*map));
+}
+
+/*
+ * As gw_rewrite_text; when map is given, also fill it (see GwPosMap) for a
+ * text that was rewritten: positions counted as enc_kind says, or
+ * map->drop for GW_ENC_OTHER.
+ */
+char *
+gw_rewrite_text_map(const char *text, size_t len, bool std_strings,
+					bool do_rewrite, size_t *out_len, int *flags,
+					GwPosMap *map, int enc_kind)
+{
 	Lexer		lx;
 	GwBuf		out = {0};
 	bool		ok = true;
 	size_t		copied = 0;		/* text[0, copied) is in out */
+	uint32_t	rwc = 0;		/* characters in out */
+	uint32_t	origc = 0;		/* characters in text[0, copied) */
+
+	if (map != NULL)
+	{
+		memset(map, 0, sizeof(*map));
+		map->drop = enc_kind == GW_ENC_OTHER;
+	}
 
 	*flags = 0;
 	*out_len = 0;
@@ -766,6 +837,25 @@ gw_rewrite_text(const char *text, size_t len, bool std_strings,
 			app(&out, &ok, text + rv, rv_end - rv);
 			app(&out, &ok, tag, strlen(tag));
 			app(&out, &ok, ")", 1);
+			if (map != NULL && !map->drop)
+			{
+				uint32_t	before = count_chars(text + copied, rv - copied, enc_kind);
+				uint32_t	stmt = origc + count_chars(text + copied,
+													   first.start - copied, enc_kind);
+				uint32_t	body = count_chars(text + rv, rv_end - rv, enc_kind);
+				uint32_t	taglen = (uint32_t) strlen(tag);
+
+				map_add(map, &ok, rwc, origc, before, false);
+				rwc += before;
+				origc += before;
+				map_add(map, &ok, rwc, stmt, (uint32_t) (sizeof(head) - 1) + taglen, true);
+				rwc += (uint32_t) (sizeof(head) - 1) + taglen;
+				map_add(map, &ok, rwc, origc, body, false);
+				rwc += body;
+				origc += body;
+				map_add(map, &ok, rwc, stmt, taglen + 1, true);
+				rwc += taglen + 1;
+			}
 			copied = rv_end;
 			*flags |= GW_RW_REWROTE;
 		}
@@ -776,13 +866,25 @@ gw_rewrite_text(const char *text, size_t len, bool std_strings,
 	if (!(*flags & GW_RW_REWROTE))
 	{
 		gw_buf_free(&out);
+		if (map != NULL)
+			gw_posmap_free(map);
 		return NULL;
 	}
 	app(&out, &ok, text + copied, len - copied);
 	app(&out, &ok, "", 1);
+	if (map != NULL && !map->drop)
+	{
+		uint32_t	tail = count_chars(text + copied, len - copied, enc_kind);
+
+		map_add(map, &ok, rwc, origc, tail, false);
+		map->rw_total = rwc + tail;
+		map->orig_total = origc + tail;
+	}
 	if (!ok)
 	{
 		gw_buf_free(&out);
+		if (map != NULL)
+			gw_posmap_free(map);
 		*out_len = (size_t) -1;
 		return NULL;
 	}
@@ -801,6 +903,20 @@ int
 gw_rewrite_message(char type, const char *body, uint32_t len,
 				   bool std_strings, bool do_rewrite, GwBuf *out)
 {
+	return gw_rewrite_message_map(type, body, len, std_strings, do_rewrite,
+								  out, NULL, GW_ENC_OTHER);
+}
+
+/*
+ * As gw_rewrite_message; when the message was rewritten (GW_RW_REWROTE in
+ * the result) and map is given, map is filled as by gw_rewrite_text_map;
+ * otherwise it is left empty.
+ */
+int
+gw_rewrite_message_map(char type, const char *body, uint32_t len,
+					   bool std_strings, bool do_rewrite, GwBuf *out,
+					   GwPosMap *map, int enc_kind)
+{
 	const char *query;
 	size_t		qlen;
 	const char *rest = NULL;	/* what follows the query's NUL */
@@ -813,6 +929,8 @@ gw_rewrite_message(char type, const char *body, uint32_t len,
 	bool		ok = true;
 	const char *nul;
 
+	if (map != NULL)
+		memset(map, 0, sizeof(*map));
 	if (type == 'Q')
 	{
 		nul = len > 0 ? memchr(body, '\0', len) : NULL;
@@ -848,7 +966,8 @@ gw_rewrite_message(char type, const char *body, uint32_t len,
 	else
 		goto verbatim;
 
-	nq = gw_rewrite_text(query, qlen, std_strings, do_rewrite, &nlen, &flags);
+	nq = gw_rewrite_text_map(query, qlen, std_strings, do_rewrite, &nlen, &flags,
+							 map, enc_kind);
 	if (nq == NULL)
 	{
 		if (nlen == (size_t) -1)
@@ -859,6 +978,8 @@ gw_rewrite_message(char type, const char *body, uint32_t len,
 	{
 		/* too long for the server: let it see the original */
 		free(nq);
+		if (map != NULL)
+			gw_posmap_free(map);
 		flags &= ~GW_RW_REWROTE;
 		goto verbatim;
 	}
@@ -896,4 +1017,128 @@ gw_encoding_is_unsafe(const char *name)
 		if (strcasecmp(name, unsafe[i]) == 0)
 			return true;
 	return false;
+}
+
+/*
+ * How the characters of a client encoding are counted for error positions
+ * (names as the server reports them; the server counts characters, which a
+ * conversion to the server encoding does not change).
+ */
+int
+gw_encoding_kind(const char *name)
+{
+	static const char *const multi[] = {
+		"EUC_JP", "EUC_CN", "EUC_KR", "EUC_TW", "EUC_JIS_2004",
+		"MULE_INTERNAL", NULL
+	};
+	int			i;
+
+	if (strcasecmp(name, "UTF8") == 0 || strcasecmp(name, "UNICODE") == 0)
+		return GW_ENC_UTF8;
+	if (gw_encoding_is_unsafe(name))
+		return GW_ENC_OTHER;
+	for (i = 0; multi[i]; i++)
+		if (strcasecmp(name, multi[i]) == 0)
+			return GW_ENC_OTHER;
+	return GW_ENC_SINGLE;		/* SQL_ASCII, LATIN*, WIN125*, KOI8*, ISO_8859_* */
+}
+
+/*
+ * The 1-based character position pos of the rewritten text as a position
+ * of the original, or 0 when map->drop (the field should be left out).  A
+ * position in inserted text is the start of its statement; one past the
+ * end (the server's "at end of input") is one past the original's end.
+ */
+long
+gw_map_position(const GwPosMap *map, long pos)
+{
+	long		c = pos - 1;
+	int			lo = 0;
+	int			hi;
+
+	if (map->drop)
+		return 0;
+	if (map->nsegs == 0 || pos < 1)
+		return pos;
+	if (c >= (long) map->rw_total)
+		return (long) map->orig_total + 1;
+	hi = map->nsegs - 1;
+	while (lo < hi)				/* the last segment starting at or before c */
+	{
+		int			mid = (lo + hi + 1) / 2;
+
+		if ((long) map->segs[mid].rw <= c)
+			lo = mid;
+		else
+			hi = mid - 1;
+	}
+	if (map->segs[lo].inserted)
+		return (long) map->segs[lo].orig + 1;
+	return (long) map->segs[lo].orig + (c - (long) map->segs[lo].rw) + 1;
+}
+
+/*
+ * Append to out the body of an ErrorResponse or NoticeResponse (len bytes)
+ * with its 'P' field translated through map (or left out when map->drop or
+ * the field is not a number); *out_len gets the new body's length.  A body
+ * that is not a well-formed list of fields is appended unchanged.  Returns
+ * false when out of memory.
+ */
+bool
+gw_translate_error(const char *body, uint32_t len, const GwPosMap *map,
+				   GwBuf *out, uint32_t *out_len)
+{
+	size_t		start = out->len;
+	size_t		i = 0;
+	bool		ok = true;
+
+	/* well-formed: fields "<code><text>\0", then a terminating \0 */
+	while (i < len && body[i] != '\0')
+	{
+		const char *nul = memchr(body + i + 1, '\0', len - i - 1);
+
+		if (i + 1 >= len || nul == NULL)
+			goto verbatim;
+		i = (size_t) (nul - body) + 1;
+	}
+	if (i != len - 1 || len == 0)
+		goto verbatim;
+
+	i = 0;
+	while (body[i] != '\0')
+	{
+		const char *val = body + i + 1;
+		size_t		vlen = strlen(val);
+
+		if (body[i] == 'P')
+		{
+			char	   *end;
+			long		pos = strtol(val, &end, 10);
+
+			if (vlen > 0 && *end == '\0' && vlen < 12)
+			{
+				long		np = gw_map_position(map, pos);
+
+				if (np > 0)
+				{
+					char		num[24];
+
+					snprintf(num, sizeof(num), "%ld", np);
+					app(out, &ok, "P", 1);
+					app(out, &ok, num, strlen(num) + 1);
+				}
+			}
+		}
+		else
+			app(out, &ok, body + i, vlen + 2);
+		i += vlen + 2;
+	}
+	app(out, &ok, "", 1);
+	*out_len = (uint32_t) (out->len - start);
+	return ok;
+
+verbatim:
+	app(out, &ok, body, len);
+	*out_len = len;
+	return ok;
 }

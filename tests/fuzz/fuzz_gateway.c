@@ -153,5 +153,54 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 			abort();
 		free(t);
 	}
+
+	/*
+	 * Error positions (single-byte counting, so a character is a byte):
+	 * every position of the rewritten text maps into the original, a copied
+	 * byte to the same byte, and the map covers the rewritten text exactly.
+	 */
+	{
+		GwPosMap	map;
+		long		p;
+
+		t = gw_rewrite_text_map((const char *) data, size, fz_scs, true, &tl, &flags,
+								&map, GW_ENC_SINGLE);
+		if (t != NULL)
+		{
+			uint32_t	covered = 0;
+			int			k;
+
+			if (map.drop || map.rw_total != tl || map.orig_total != size)
+				abort();
+			for (k = 0; k < map.nsegs; k++)
+			{
+				if (map.segs[k].rw != covered)
+					abort();
+				covered += map.segs[k].len;
+			}
+			if (covered != tl)
+				abort();
+			for (p = 1; p <= (long) tl + 1; p++)
+			{
+				long		o = gw_map_position(&map, p);
+
+				if (o < 1 || o > (long) size + 1)
+					abort();
+				if (p <= (long) tl && o <= (long) size &&
+					t[p - 1] != (char) data[o - 1])
+				{
+					/* only inserted text may differ */
+					int			lo = 0;
+
+					while (lo + 1 < map.nsegs && (long) map.segs[lo + 1].rw <= p - 1)
+						lo++;
+					if (!map.segs[lo].inserted)
+						abort();
+				}
+			}
+			free(t);
+			gw_posmap_free(&map);
+		}
+	}
 	return 0;
 }

@@ -326,8 +326,16 @@ like(as_role_err('alice', 'SELECT * FROM rvbbit.job_log'), qr/permission denied 
 	'the job table itself is not readable');
 like(as_role_err('alice', 'UPDATE rvbbit.job_log SET status = \'done\''), qr/permission denied for table job_log/,
 	'nor writable');
-like(as_role_err('bob', "SELECT rvbbit.cancel_job($alice_slow)"), qr/permission denied to cancel job $alice_slow/,
-	"bob cannot cancel alice's job");
+{
+	# another role's job looks exactly like a job that does not exist
+	my $foreign = as_role_err('bob', "SELECT rvbbit.cancel_job($alice_slow)");
+	like($foreign, qr/ERROR:  job $alice_slow does not exist/, "bob cannot cancel alice's job");
+	unlike($foreign, qr/permission/, 'and is not told that it exists');
+	my $missing = as_role_err('bob', 'SELECT rvbbit.cancel_job(987654321)');
+	(my $fe = $foreign) =~ s/\b$alice_slow\b/N/g;
+	(my $me = $missing) =~ s/\b987654321\b/N/g;
+	is($fe, $me, "the error for alice's job is the same as for a nonexistent job");
+}
 ok(wait_until(sub { held() == 1 }), "alice's slow job has its request held");
 is(job_field($alice_slow, 'status'), 'running', "alice's job is still running");
 ok(as_role('carol', 'SELECT count(*) FROM rvbbit.jobs') >= 4, 'rvbbit_admin sees everybody\'s jobs');

@@ -572,6 +572,118 @@ is($out, q{Apple iPhone 15 $rvbbit$ x'$$|Apple}, 'dollar quotes, a $rvbbit$ tag,
 isnt($rc, 0, 'RVBBIT as a subquery is not rewritten');
 like($err, qr/syntax error at or near/, '... the server reports the syntax error');
 
+###########################################################################
+# error positions: the server's 'P' points into the rewritten text; the
+# gateway translates it back to the client's text (characters, not bytes)
+###########################################################################
+$node->safe_psql('postgres', q{CREATE DATABASE u8 ENCODING 'UTF8' TEMPLATE template0 LC_COLLATE 'C' LC_CTYPE 'C'});
+$node->safe_psql('u8', 'CREATE EXTENSION rvbbit');
+{
+	use Encode qw(encode decode);
+
+	# the 1-based character position of the first $tok in $text (or after
+	# the nth, with $nth)
+	my $charpos = sub {
+		my ($text, $tok, $nth) = @_;
+		my $i = -1;
+		$i = index($text, $tok, $i + 1) for 0 .. ($nth // 0);
+		die "no $tok" if $i < 0;
+		return $i + 1;
+	};
+	# read until ReadyForQuery, recording each ErrorResponse's fields
+	my $answers = sub {
+		my ($s) = @_;
+		my @e;
+		while (1)
+		{
+			my ($t, $b) = read_msg($s);
+			die 'connection closed' unless defined $t;
+			push @e, { map { substr($_, 0, 1) => substr($_, 1) } grep { length } split /\0/, $b }
+			  if $t eq 'E';
+			return \@e if $t eq 'Z';
+		}
+	};
+	my $login = sub {
+		my ($db) = @_;
+		my $s = connect_gw($gw2port);
+		my $body = pack('N', 196608) . join('', map { "$_\0" } ('user', 'postgres', 'database', $db,
+				'client_encoding', 'UTF8')) . "\0";
+		send_all($s, pack('N', length($body) + 4) . $body);
+		my $r = $answers->($s);
+		die "raw login failed" if @$r;
+		return $s;
+	};
+
+	for my $db ('u8', 'postgres')
+	{
+		my $enc = $node->safe_psql($db, 'SHOW server_encoding');
+		my $s = $login->($db);
+		# a SQL_ASCII server counts bytes
+		my $len = $enc eq 'SQL_ASCII' ? sub { encode('UTF-8', $_[0]) } : sub { $_[0] };
+		my $cp = sub { my ($t, $tok, $n) = @_; return $charpos->($len->($t), $len->($tok), $n); };
+
+		my $q1 = "SELECT 'h\x{e9}llo \x{20ac}' AS a; RVBBIT MAP PARALLEL <max_workers> 'extract_brand' AS brand USING (SELECT 1)";
+		my $q2 = 'SELECT * FROM high_value_customers';
+		my $q3 = "RVBBIT MAP 'extract_brand' AS (brand text) USING (SELECT '\x{fc}' AS product_name WHERE false);\nSELECT '\x{df}\x{df}', * FROM high_value_customers";
+		my $q4 = "SELECT '\x{e9}';  RVBBIT MAP 'extract_brand' AS (brand text) USING (SELECT product_name FROM high_value_customers)";
+		# four Queries in one write: their answers come in order
+		send_all($s, join('', map { query_msg(encode('UTF-8', $_)) } ($q1, $q2, $q3, $q4)));
+		my @e = map { @{ $answers->($s) } } 1 .. 4;
+		is(scalar(@e), 4, "$db ($enc): four pipelined Queries, four errors");
+		is($e[0]{P}, $cp->($q1, '<max_workers>'),
+			"$db: a syntax error inside a rewritten RVBBIT statement points at the token in the client's text")
+		  or diag(explain($e[0]));
+		is($e[1]{P}, 15, "$db: a Query without RVBBIT keeps its position") or diag(explain($e[1]));
+		is($e[2]{P}, $cp->($q3, 'high_value_customers'),
+			"$db: a missing table after a rewritten statement, on the next line") or diag(explain($e[2]));
+		is($e[3]{P}, $cp->($q4, 'high_value_customers'),
+			"$db: a missing table inside the USING query") or diag(explain($e[3]));
+
+		# the same statement sent by hand, wrapped, straight to the server,
+		# points at the same token of its own text
+		{
+			my $wrapped = "SELECT '\x{e9}';  SELECT * FROM rvbbit.sql(\$rvbbit\$RVBBIT MAP 'extract_brand' AS (brand text) USING (SELECT product_name FROM high_value_customers)\$rvbbit\$)";
+			my $d = IO::Socket::INET->new(PeerAddr => '127.0.0.1', PeerPort => $node->port, Proto => 'tcp')
+			  or die "connect: $!";
+			binmode($d);
+			my $body = pack('N', 196608) . join('', map { "$_\0" } ('user', 'postgres', 'database', $db,
+					'client_encoding', 'UTF8')) . "\0";
+			send_all($d, pack('N', length($body) + 4) . $body);
+			$answers->($d);
+			send_all($d, query_msg(encode('UTF-8', $wrapped)));
+			my $de = $answers->($d);
+			is($de->[0]{P}, $cp->($wrapped, 'high_value_customers'),
+				"$db: rvbbit.sql() straight to the server points at the same token") or diag(explain($de));
+			close($d);
+		}
+
+		# the extended protocol: a rewritten Parse's Sync group loses the
+		# position; a plain Parse keeps it
+		send_all($s, msg('P', "x1\0" . encode('UTF-8', $q1) . "\0" . pack('n', 0)) . msg('S', '')
+			  . msg('P', "x2\0$q2\0" . pack('n', 0)) . msg('S', ''));
+		my $p1 = $answers->($s);
+		my $p2 = $answers->($s);
+		ok(@$p1 == 1 && !defined $p1->[0]{P} && $p1->[0]{M} =~ /\S/,
+			"$db: the error of a rewritten Parse comes without a position") or diag(explain($p1));
+		is($p2->[0]{P}, 15, "$db: a plain Parse in the next Sync group keeps it") or diag(explain($p2));
+
+		# and the session goes on
+		send_all($s, query_msg(q{SELECT 'after positions'}));
+		is_deeply($answers->($s), [], "$db: the session still answers");
+		close($s);
+	}
+
+	# psql's caret, through the gateway
+	my $sql = "SELECT 1 AS one;\nRVBBIT MAP 'extract_brand' AS (brand text)\n  USING (SELECT product_name FROM high_value_customers)";
+	($rc, $out, $err) = gw_psql($sql, port => $gw2port);
+	my ($line, $text) = $err =~ /^LINE (\d+): (.*)$/m;
+	my ($caret) = $err =~ /^( *)\^$/m;
+	is($line, 3, 'psql through the gateway: the error is on the third line') or diag($err);
+	ok(defined $caret && defined $text &&
+		  substr($text, length($caret) - length("LINE $line: ")) =~ /^high_value_customers/,
+		'... and the caret is under high_value_customers') or diag($err);
+}
+
 still_serving('everything above');
 ($rc, $out, $err) = gw_psql('SELECT 5', port => $gw2port);
 is($out, '5', 'the standalone gateway too') or diag($err);

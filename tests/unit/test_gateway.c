@@ -322,10 +322,175 @@ test_framer(void)
 	gw_frame_reset(&f);
 }
 
+
+/* 1-based character position of byte offset b of s (UTF-8) */
+static long
+charpos(const char *s, size_t b)
+{
+	long		c = 1;
+	size_t		i;
+
+	for (i = 0; i < b; i++)
+		if (((unsigned char) s[i] & 0xC0) != 0x80)
+			c++;
+	return c;
+}
+
+/*
+ * Rewrite in, find the nth occurrence (0-based) of needle in the rewritten
+ * text, translate its position: is it the nth occurrence's position in in?
+ */
+static bool
+maps_to_same(const char *in, const char *needle, int nth)
+{
+	GwPosMap	map;
+	size_t		n;
+	int			flags;
+	char	   *out = gw_rewrite_text_map(in, strlen(in), true, true, &n, &flags,
+										  &map, GW_ENC_UTF8);
+	const char *p = out;
+	const char *q = in;
+	bool		res;
+	int			i;
+
+	if (out == NULL)
+		return false;
+	for (i = 0; i <= nth; i++)
+	{
+		p = strstr(i ? p + 1 : p, needle);
+		q = strstr(i ? q + 1 : q, needle);
+		if (p == NULL || q == NULL)
+		{
+			free(out);
+			gw_posmap_free(&map);
+			return false;
+		}
+	}
+	res = gw_map_position(&map, charpos(out, p - out)) == charpos(in, q - in) &&
+		map.rw_total == (uint32_t) charpos(out, n) - 1 &&
+		map.orig_total == (uint32_t) charpos(in, strlen(in)) - 1;
+	free(out);
+	gw_posmap_free(&map);
+	return res;
+}
+
+/* the translated position of the nth occurrence of needle in the rewritten text */
+static long
+mapped(const char *in, const char *needle, int enc_kind)
+{
+	GwPosMap	map;
+	size_t		n;
+	int			flags;
+	char	   *out = gw_rewrite_text_map(in, strlen(in), true, true, &n, &flags,
+										  &map, enc_kind);
+	long		r;
+
+	if (out == NULL)
+		return -1;
+	r = strstr(out, needle) - out;
+	r = gw_map_position(&map, enc_kind == GW_ENC_UTF8 ? charpos(out, (size_t) r) : r + 1);
+	free(out);
+	gw_posmap_free(&map);
+	return r;
+}
+
+static void
+test_positions(void)
+{
+	GwPosMap	map;
+	size_t		n;
+	int			flags;
+	char	   *out;
+	GwBuf		b = {0};
+	uint32_t	blen;
+	static const char err[] = "SERROR\0C42P01\0Mrelation \"nope\" does not exist\0P40\0\0";
+	static const char err_noP[] = "SERROR\0C42601\0Mx\0\0";
+
+	CHECK(maps_to_same("RVBBIT MAP 'x' USING (SELECT 1)", "USING", 0),
+		  "positions: inside the wrapped statement, one to one");
+	CHECK(maps_to_same("RVBBIT MAP 'x' USING (SELECT 1)", "RVBBIT", 0),
+		  "positions: the RVBBIT keyword itself");
+	CHECK(maps_to_same("SELECT 1; RVBBIT MAP 'x' USING (SELECT 1); SELECT nope", "nope", 0),
+		  "positions: after the wrapper, shifted back");
+	CHECK(maps_to_same("SELECT 'é€'; RVBBIT MAP 'ü' <max_workers> USING (SELECT 'ö'); SELECT 'ß' nope", "<max", 0),
+		  "positions: UTF-8 characters before, inside the wrapped statement");
+	CHECK(maps_to_same("SELECT 'é€'; RVBBIT MAP 'ü' USING (SELECT 'ö'); SELECT 'ß' nope", "nope", 0),
+		  "positions: UTF-8 characters before and inside, after the wrapper");
+	CHECK(maps_to_same("RVBBIT MAP 'a' USING (SELECT 1);\nRVBBIT MAP 'b' USING (SELECT 2) x; SELECT 3 y", "USING", 1),
+		  "positions: the second of two wrapped statements");
+	CHECK(maps_to_same("RVBBIT MAP 'a' USING (SELECT 1);\nRVBBIT MAP 'b' USING (SELECT 2) x; SELECT 3 y", " y", 0),
+		  "positions: after two wrappers");
+	CHECK(maps_to_same("COPY (RVBBIT MAP 'x' USING (SELECT 1)) TO STDOUT (FORMAT nope)", "nope", 0),
+		  "positions: after the wrapper inside COPY's parentheses");
+	CHECK(mapped("SELECT 1; RVBBIT MAP 'x' USING (SELECT 1)", "rvbbit.sql", GW_ENC_UTF8) == 11,
+		  "positions: in the inserted head: the start of the statement");
+	CHECK(mapped("SELECT 1;  CREATE TABLE t AS RVBBIT MAP 'x' USING (SELECT 1) ; SELECT 2", "$rvbbit$)", GW_ENC_UTF8) == 12,
+		  "positions: in the inserted tail: the start of the statement (CREATE)");
+	CHECK(mapped("SELECT 'ü'; RVBBIT MAP 'x' USING (SELECT 1)", "USING", GW_ENC_SINGLE) ==
+		  (long) (strstr("SELECT 'ü'; RVBBIT MAP 'x' USING (SELECT 1)", "USING") -
+				  "SELECT 'ü'; RVBBIT MAP 'x' USING (SELECT 1)") + 1,
+		  "positions: a single-byte encoding counts bytes");
+
+	out = gw_rewrite_text_map("SELECT 1; RVBBIT MAP 'x' USING (SELECT 1", 40, true, true, &n, &flags,
+							  &map, GW_ENC_UTF8);
+	CHECK(out != NULL && gw_map_position(&map, (long) n + 1) == 41,
+		  "positions: at the end of input: the end of the original");
+	CHECK(gw_map_position(&map, 0) == 0,
+		  "positions: no position stays none");
+	free(out);
+	gw_posmap_free(&map);
+
+	out = gw_rewrite_text_map("RVBBIT MAP 'x' USING (SELECT 1)", 31, true, true, &n, &flags,
+							  &map, GW_ENC_OTHER);
+	CHECK(out != NULL && map.drop && gw_map_position(&map, 5) == 0,
+		  "positions: an encoding not counted drops them");
+	free(out);
+	gw_posmap_free(&map);
+
+	out = gw_rewrite_text_map("SELECT 1", 8, true, true, &n, &flags, &map, GW_ENC_UTF8);
+	CHECK(out == NULL && map.nsegs == 0 && !map.drop,
+		  "positions: nothing rewritten, no map");
+	gw_posmap_free(&map);
+
+	/* the ErrorResponse: 'P' translated, the other fields unchanged */
+	out = gw_rewrite_text_map("SELECT 1; RVBBIT MAP 'x' USING (SELECT 1); SELECT nope", 54, true, true,
+							  &n, &flags, &map, GW_ENC_UTF8);
+	CHECK(out != NULL && gw_translate_error(err, sizeof(err) - 1, &map, &b, &blen) &&
+		  blen == b.len && blen == sizeof(err) - 1 &&
+		  memcmp(b.data, "SERROR\0C42P01\0Mrelation \"nope\" does not exist\0P", 47) == 0 &&
+		  strcmp(b.data + 47, "11") == 0 && b.data[blen - 1] == '\0',
+		  "error: the P field is translated, the rest kept");
+	b.len = 0;
+	CHECK(gw_translate_error(err_noP, sizeof(err_noP) - 1, &map, &b, &blen) &&
+		  blen == sizeof(err_noP) - 1 && memcmp(b.data, err_noP, blen) == 0,
+		  "error: without a position it is unchanged");
+	b.len = 0;
+	CHECK(gw_translate_error("SERROR\0P4", 9, &map, &b, &blen) &&
+		  blen == 9 && memcmp(b.data, "SERROR\0P4", 9) == 0,
+		  "error: a malformed body is passed on unchanged");
+	free(out);
+	gw_posmap_free(&map);
+
+	map.drop = true;
+	b.len = 0;
+	CHECK(gw_translate_error(err, sizeof(err) - 1, &map, &b, &blen) &&
+		  blen == sizeof(err) - 1 - 4 &&
+		  memcmp(b.data, err, 46) == 0 && b.data[46] == '\0' && blen == 47,
+		  "error: a dropped map removes the P field");
+	gw_posmap_free(&map);
+	gw_buf_free(&b);
+
+	CHECK(gw_encoding_kind("UTF8") == GW_ENC_UTF8 && gw_encoding_kind("LATIN1") == GW_ENC_SINGLE &&
+		  gw_encoding_kind("SQL_ASCII") == GW_ENC_SINGLE && gw_encoding_kind("EUC_JP") == GW_ENC_OTHER &&
+		  gw_encoding_kind("SJIS") == GW_ENC_OTHER,
+		  "encoding kinds");
+}
+
 int
 main(void)
 {
 	test_rewrite();
+	test_positions();
 	test_framer();
 	return unit_done("gateway");
 }
