@@ -58,7 +58,7 @@ extern void rv_channel_wait(RvChannel *ch);
  * Raise "rvbbit worker exited while the statement was running" and set
  * rv_worker_exited (rvbbit.h).
  */
-extern void rv_channel_worker_exited(void) pg_attribute_noreturn();
+pg_noreturn extern void rv_channel_worker_exited(void);
 
 /* Raise the error carried by an 'X' or 'F' message. */
 extern void rv_channel_raise(const char *data, Size len, int elevel);
