@@ -37,16 +37,7 @@ ALTER ROLE frank SET rvbbit.budget_dollars_per_day = 1;
 ALTER ROLE dave SET rvbbit.budget_dollars_per_day = 5;
 });
 
-sub as_role
-{
-	my ($role, $sql) = @_;
-	my ($out, $err) = ('', '');
-	IPC::Run::run([ $psql, '-X', '-A', '-t', '-v', 'ON_ERROR_STOP=1',
-		'-d', $node->connstr('postgres') . " user=$role", '-c', $sql ],
-		'>', \$out, '2>', \$err);
-	chomp $out;
-	return ($? >> 8, $out, $err);
-}
+sub as_role { return psql_as($node, @_) }
 
 sub map_sql
 {

@@ -17,7 +17,6 @@ use RvTest;
 
 my $mock = start_mock();
 my $node = new_rv_node('budget_jobs', $mock, "rvbbit.budget_dollars_per_day = 2\n");
-my $psql = $node->config_data('--bindir') . '/psql';
 my $cascade = q{cells: [{name: a, instructions: "{{ input.text }}", max_tokens: 5}]};
 $node->safe_psql('postgres', q{
 INSERT INTO rvbbit.model_prices VALUES ('job/model', 10000, 10000);
@@ -26,16 +25,7 @@ GRANT rvbbit_user TO alice, bob, carol;
 GRANT CREATE ON SCHEMA public TO alice, bob, carol;
 });
 
-sub as_role
-{
-	my ($role, $sql) = @_;
-	my ($out, $err) = ('', '');
-	IPC::Run::run([ $psql, '-X', '-A', '-t', '-v', 'ON_ERROR_STOP=1',
-		'-d', $node->connstr('postgres') . " user=$role", '-c', $sql ],
-		'>', \$out, '2>', \$err);
-	chomp $out;
-	return ($? >> 8, $out, $err);
-}
+sub as_role { return psql_as($node, @_) }
 
 sub submit
 {

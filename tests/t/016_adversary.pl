@@ -19,7 +19,6 @@ use RvTest;
 my $mock = start_mock();
 # one worker: every statement of the database shares it (and its breakers)
 my $node = new_rv_node('adversary', $mock, "rvbbit.workers_per_database = 1\n");
-my $psql = $node->config_data('--bindir') . '/psql';
 
 # $0.001 per token: a call's estimate is about $0.07
 my $cascade = q{cells: [{name: a, instructions: "{{ input.text }}", max_tokens: 5}]};
@@ -33,16 +32,7 @@ ALTER ROLE cora SET rvbbit.budget_dollars_per_day = 100;
 ALTER ROLE una SET rvbbit.budget_dollars_per_day = 1;
 });
 
-sub as_role
-{
-	my ($role, $sql) = @_;
-	my ($out, $err) = ('', '');
-	IPC::Run::run([ $psql, '-X', '-A', '-t', '-v', 'ON_ERROR_STOP=1',
-		'-d', $node->connstr('postgres') . " user=$role", '-c', $sql ],
-		'>', \$out, '2>', \$err);
-	chomp $out;
-	return ($? >> 8, $out, $err);
-}
+sub as_role { return psql_as($node, @_) }
 
 sub map_sql
 {

@@ -7,6 +7,7 @@ use warnings;
 use Exporter 'import';
 use File::Temp qw(tempdir);
 use HTTP::Tiny;
+use IPC::Run;
 use JSON::PP;
 use POSIX ":sys_wait_h";
 use PostgreSQL::Test::Cluster;
@@ -16,7 +17,7 @@ use Time::HiRes qw(usleep time);
 
 our @EXPORT = qw(start_mock stop_mock mock_get mock_post new_rv_node wait_until
   inline_echo mock_release mock_hold mock_requests wait_for_log log_position
-  set_server_conf reload_and_wait $wait_secs);
+  set_server_conf reload_and_wait psql_as $wait_secs);
 
 # the deadline of every condition wait: generous, so that a slow or loaded
 # machine only makes a test slower (PG_TEST_TIMEOUT_DEFAULT, 180 s default)
@@ -160,6 +161,23 @@ restart_after_crash = on
 	$node->start;
 	$node->safe_psql('postgres', 'CREATE EXTENSION rvbbit');
 	return $node;
+}
+
+# Run sql through psql (unaligned, tuples only, stop on error) connected to
+# node's postgres database as role.  Returns (exit status, stdout without
+# its last newline, stderr).  The psql of node's installation is looked up
+# once per node.
+my %psql_of;
+sub psql_as
+{
+	my ($node, $role, $sql) = @_;
+	my ($out, $err) = ('', '');
+	$psql_of{ $node->name } //= $node->config_data('--bindir') . '/psql';
+	IPC::Run::run([ $psql_of{ $node->name }, '-X', '-A', '-t', '-v', 'ON_ERROR_STOP=1',
+		'-d', $node->connstr('postgres') . " user=$role", '-c', $sql ],
+		'>', \$out, '2>', \$err);
+	chomp $out;
+	return ($? >> 8, $out, $err);
 }
 
 # Call $check->() every 100 ms until it returns true or $secs pass
