@@ -169,6 +169,11 @@ SELECT input_rows, cached_rows
   FROM rvbbit.estimate($$MAP 'extract_brand' USING (SELECT * FROM (VALUES ('Apple iPhone 15'), ('Samsung Galaxy S24'), ('Est only')) AS t(product_name))
   WITH (model = 'estimate/model')$$);
 SELECT calls_per_row, models FROM rvbbit.estimate($$MAP 'two_step' USING (SELECT 'kettle' AS description)$$);
+-- more distinct rows than a list's first allocation holds (the units
+-- outlive the SPI connection they were read in: this crashed the server)
+SELECT input_rows, cached_rows, est_output_tokens
+  FROM rvbbit.estimate($$MAP 'extract_brand' USING (SELECT 'p' || g AS product_name FROM generate_series(1, 1000) g)
+  WITH (model = 'estimate/model')$$);
 -- the estimates made no HTTP request
 SELECT mock('/stats')->'requests' AS http_requests;
 
