@@ -675,7 +675,7 @@ map_exec_finish(MapExec *ex, bool warn)
 				 ex->first_error_detail && ex->first_error_detail[0] ?
 				 errdetail("The first error was: %s. %s", ex->first_error, ex->first_error_detail) :
 				 errdetail("The first error was: %s.", ex->first_error ? ex->first_error : "?"),
-				 errhint("Query rvbbit.calls for each call's error, or use on_error => 'fail' to stop at the first one.")));
+				 errhint("Add WITH (on_error = fail) to the statement (\"on_error\": \"fail\" in rvbbit.map's options) to stop at the first failure. rvbbit.calls has the error of every call that was sent; a row that failed before its call (a template error) has none.")));
 	MemoryContextDelete(ex->cxt);
 }
 
