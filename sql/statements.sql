@@ -110,6 +110,11 @@ SELECT * FROM rvbbit.sql($$FROB 'echo'$$);
 SELECT * FROM rvbbit.sql($$MAP 'echo' USING (SELECT 'x' AS result)$$);
 SELECT * FROM rvbbit.sql($$MAP 'echo' USING (SELECT 'x' AS text) WITH (budget_dollars = 1)$$);
 SELECT * FROM rvbbit.sql($$MAP 'echo' USING (SELECT 'x' AS text) WITH (async = true)$$);
+-- a job's temporary table would vanish with the job's session: refused at submission
+SELECT * FROM rvbbit.sql($$MAP 'echo' USING (SELECT 'x' AS text) WITH (async = true, as_table = 'pg_temp.job_out')$$);
+SET search_path = pg_temp, public;
+SELECT * FROM rvbbit.sql($$MAP 'echo' USING (SELECT 'x' AS text) WITH (async = true, as_table = 'job_out')$$);
+RESET search_path;
 SELECT * FROM rvbbit.sql($$MAP BATCH 5 'echo' USING (SELECT 'x' AS text)$$);
 SELECT * FROM rvbbit.sql($$MAP 'echo' USING (INSERT INTO typed_out DEFAULT VALUES)$$);
 SELECT * FROM rvbbit.sql(NULL);
