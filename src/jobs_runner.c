@@ -267,8 +267,7 @@ jobs_run(JobsJob *job)
 	bool		cancelled;
 	TupleDesc	td;
 
-	rv_bgxact_begin(job->statement);
-	debug_query_string = job->statement;
+	rv_bgxact_begin(job->statement);	/* also debug_query_string */
 
 	/* the session settings saved at submission */
 	vals[0] = Int64GetDatum(job->id);
@@ -363,7 +362,6 @@ jobs_run(JobsJob *job)
 	cancelled = (SPI_processed == 0);
 	jobs_priv_end(&priv);
 	rv_bgxact_end(cancelled);
-	debug_query_string = NULL;
 }
 
 /*
@@ -405,9 +403,7 @@ jobs_check_main(JobsRunnerArgs *args)
 	Oid			types[3] = {INT8OID, OIDOID, TEXTOID};
 	Datum		vals[3];
 
-	pqsignal(SIGTERM, die);
-	pqsignal(SIGHUP, SignalHandlerForConfigReload);
-	BackgroundWorkerUnblockSignals();
+	rv_bgworker_signals(die);
 	BackgroundWorkerInitializeConnectionByOid(args->dboid, InvalidOid, 0);
 	SetConfigOption("default_transaction_isolation", "read committed",
 					PGC_USERSET, PGC_S_SESSION);
@@ -483,9 +479,7 @@ rv_jobs_runner_main(Datum main_arg)
 	jobs_runner_args = args;
 	if (args.check)
 		jobs_check_main(&args);
-	pqsignal(SIGTERM, jobs_sigterm);
-	pqsignal(SIGHUP, SignalHandlerForConfigReload);
-	BackgroundWorkerUnblockSignals();
+	rv_bgworker_signals(jobs_sigterm);
 	before_shmem_exit(jobs_runner_exit, (Datum) 0);
 
 	/*
@@ -592,9 +586,7 @@ rv_jobs_recover_main(Datum main_arg)
 	int			n;
 	int			i;
 
-	pqsignal(SIGTERM, die);
-	pqsignal(SIGHUP, SignalHandlerForConfigReload);
-	BackgroundWorkerUnblockSignals();
+	rv_bgworker_signals(die);
 	BackgroundWorkerInitializeConnectionByOid(dboid, InvalidOid, 0);
 	SetConfigOption("search_path", "pg_catalog, pg_temp", PGC_USERSET, PGC_S_SESSION);
 	SetConfigOption("default_transaction_isolation", "read committed",
@@ -768,9 +760,7 @@ rv_jobs_launcher_main(Datum main_arg)
 	List	   *dbs;
 	ListCell   *lc;
 
-	pqsignal(SIGTERM, die);
-	pqsignal(SIGHUP, SignalHandlerForConfigReload);
-	BackgroundWorkerUnblockSignals();
+	rv_bgworker_signals(die);
 	BackgroundWorkerInitializeConnection(NULL, NULL, 0);
 
 	dbs = jobs_database_list();

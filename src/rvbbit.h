@@ -219,12 +219,14 @@ typedef struct RvSegmentHeader
 /* worker.c */
 extern PGDLLEXPORT void rv_worker_main(Datum main_arg);
 
-/* pool.c: helpers of rvbbit's background processes */
+/* bgw.c: what rvbbit's background processes share */
 extern void rv_bgworker_prepare(BackgroundWorker *worker, BgWorkerStartTime start,
 								int restart_time, const char *function,
 								const char *type);
+extern void rv_bgworker_signals(void (*sigterm) (SIGNAL_ARGS));
 extern void rv_bgxact_begin(const char *activity);
 extern void rv_bgxact_end(bool abort);
+extern void rv_bgxact_abort(void);
 
 /* pool.c: assigning statements to workers */
 extern int	rv_pool_submit(dsm_handle handle, uint64 *generation);

@@ -447,9 +447,7 @@ rv_worker_main(Datum main_arg)
 	wk_slot = DatumGetInt32(main_arg);
 	memcpy(&wk_generation, MyBgworkerEntry->bgw_extra, sizeof(uint64));
 
-	pqsignal(SIGTERM, die);
-	pqsignal(SIGHUP, SignalHandlerForConfigReload);
-	BackgroundWorkerUnblockSignals();
+	rv_bgworker_signals(die);
 
 	dboid = wk_claim_slot();
 	BackgroundWorkerInitializeConnectionByOid(dboid, InvalidOid, 0);

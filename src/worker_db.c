@@ -47,9 +47,7 @@ wk_xact_abort(void)
 	MemoryContextSwitchTo(wk_loop_cxt);
 	EmitErrorReport();
 	FlushErrorState();
-	AbortCurrentTransaction();
-	MemoryContextSwitchTo(wk_loop_cxt);
-	pgstat_report_activity(STATE_IDLE, NULL);
+	rv_bgxact_abort();
 }
 
 /*
@@ -210,8 +208,7 @@ wk_load_config(WkStmt *s, json_object *hdr)
 		MemoryContextSwitchTo(wk_loop_cxt);
 		edata = CopyErrorData();
 		FlushErrorState();
-		AbortCurrentTransaction();
-		MemoryContextSwitchTo(wk_loop_cxt);
+		rv_bgxact_abort();
 		wk_stmt_fatal(s, edata->sqlerrcode, edata->message, edata->detail, edata->hint);
 		FreeErrorData(edata);
 		ok = false;
