@@ -33,8 +33,11 @@
 /* Size of each shm_mq ring in a statement's DSM segment. */
 #define RV_QUEUE_SIZE		(256 * 1024)
 
-/* Magic number of the statement DSM segment's table of contents. */
-#define RV_SHM_MAGIC		0x52564254	/* "RVBT" */
+/*
+ * Magic number of the statement DSM segment's table of contents (a
+ * shm_toc; see RvSegmentHeader).  A new layout gets a new number.
+ */
+#define RV_SHM_MAGIC		0x52565432	/* "RVT2" */
 
 /* GUC variables (rvbbit.c). */
 extern char *rv_api_base;
@@ -200,21 +203,24 @@ typedef struct RvResultHead
 #define RV_RESULT_BUDGET_STMT	0x1 /* the statement's budget_dollars */
 #define RV_RESULT_BUDGET_DAY	0x2 /* the role's rvbbit.budget_dollars_per_day */
 
-/* The table of contents of a statement segment. */
+/*
+ * A statement segment is laid out by a shm_toc with magic RV_SHM_MAGIC
+ * (channel.c creates it, the worker attaches), with three entries: the
+ * statement's header, and the two queues of RV_QUEUE_SIZE bytes.
+ */
+#define RV_TOC_HEADER		1	/* RvSegmentHeader */
+#define RV_TOC_REQUESTS		2	/* shm_mq: backend -> worker */
+#define RV_TOC_RESULTS		3	/* shm_mq: worker -> backend */
+#define RV_TOC_KEYS			3
+
 typedef struct RvSegmentHeader
 {
-	uint32		magic;
 	int			progress_index; /* -1 when none */
 	Oid			roleid;
 	Oid			dboid;
 	pid_t		backend_pid;
 	int64		statement_id;
-	/* followed by the two queues at fixed offsets */
 } RvSegmentHeader;
-
-#define RV_SEG_REQ_OFFSET	MAXALIGN(sizeof(RvSegmentHeader))
-#define RV_SEG_RES_OFFSET	(RV_SEG_REQ_OFFSET + RV_QUEUE_SIZE)
-#define RV_SEG_SIZE			(RV_SEG_RES_OFFSET + RV_QUEUE_SIZE)
 
 /* worker.c */
 extern PGDLLEXPORT void rv_worker_main(Datum main_arg);

@@ -55,6 +55,7 @@
 #include "storage/ipc.h"
 #include "storage/latch.h"
 #include "storage/proc.h"
+#include "storage/shm_toc.h"
 #include "tcop/tcopprot.h"
 #include "utils/guc.h"
 #include "utils/memutils.h"
@@ -81,6 +82,34 @@ RvHttp *wk_http = NULL;
 int	wk_max_conn = 100;
 int	wk_counted = 0;		/* cluster-wide slots this worker holds */
 static dlist_head wk_stmts = DLIST_STATIC_INIT(wk_stmts);
+
+/*
+ * Find the header and the two queues in a statement segment through its
+ * table of contents.  A segment whose magic number or entries are wrong
+ * (not made by this version of rvbbit's channel.c) is reported and
+ * ignored: returns false.
+ */
+static bool
+wk_segment_lookup(dsm_segment *seg, RvSegmentHeader **hdr, shm_mq **req, shm_mq **res)
+{
+	shm_toc    *toc = shm_toc_attach(RV_SHM_MAGIC, dsm_segment_address(seg));
+
+	if (toc != NULL)
+	{
+		*hdr = shm_toc_lookup(toc, RV_TOC_HEADER, true);
+		*req = shm_toc_lookup(toc, RV_TOC_REQUESTS, true);
+		*res = shm_toc_lookup(toc, RV_TOC_RESULTS, true);
+		if (*hdr != NULL && *req != NULL && *res != NULL)
+			return true;
+	}
+	ereport(WARNING,
+			(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+			 errmsg("rvbbit worker ignored a statement segment with a bad magic number or layout"),
+			 errdetail("Dynamic shared memory segment %u was not made by this version of the rvbbit library.",
+					   dsm_segment_handle(seg)),
+			 errhint("After installing a new rvbbit library, restart the server; the statement that sent the segment waits until it is cancelled.")));
+	return false;
+}
 
 /* Take this worker's statements from the shared inbox and attach. */
 static void
@@ -116,8 +145,7 @@ wk_take_pending(void)
 		seg = dsm_attach(handles[i]);
 		if (seg == NULL)
 			continue;			/* the backend is already gone */
-		hdr = dsm_segment_address(seg);
-		if (hdr->magic != RV_SHM_MAGIC)
+		if (!wk_segment_lookup(seg, &hdr, &req, &res))
 		{
 			dsm_detach(seg);
 			continue;
@@ -130,8 +158,6 @@ wk_take_pending(void)
 		s->seghdr = hdr;
 		s->progress = hdr->progress_index >= 0 ? rv_progress_get(hdr->progress_index) : NULL;
 		dlist_init(&s->outbox);
-		req = (shm_mq *) ((char *) hdr + RV_SEG_REQ_OFFSET);
-		res = (shm_mq *) ((char *) hdr + RV_SEG_RES_OFFSET);
 		shm_mq_set_receiver(req, MyProc);
 		shm_mq_set_sender(res, MyProc);
 		s->inq = shm_mq_attach(req, seg, NULL);
