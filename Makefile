@@ -32,6 +32,11 @@ REGRESS_OPTS = --temp-instance=tmp_check --temp-config=$(RVBBIT_TEST_CONF) \
 RVBBIT_TEST_CONF ?= tests/rvbbit_test.conf
 
 PKG_DEPS = libcurl json-c yaml-0.1
+# The server code builds with -Wall -Wextra, as pg_cron does; make test adds
+# -Werror (COPT).  -Wno-unused-parameter because PostgreSQL's own headers
+# (lib/ilist.h, storage/bufpage.h) and its callback signatures (fmgr,
+# hooks, signal handlers) have parameters a function need not use.
+PG_CFLAGS = -Wall -Wextra -Wno-unused-parameter
 PG_CPPFLAGS = -I$(srcdir)/src $(shell pkg-config --cflags $(PKG_DEPS) 2>/dev/null)
 SHLIB_LINK = $(shell pkg-config --libs $(PKG_DEPS) 2>/dev/null) -lm
 EXTRA_CLEAN = src/gateway/rvbbit-gateway tmp_check results regression.diffs regression.out log \

@@ -463,6 +463,52 @@ jobs_check_main(JobsRunnerArgs *args)
 }
 
 /*
+ * Run the claimed job; when it fails, roll back and record the failure (an
+ * interruption exits instead, for the exit callback to resume the job).
+ * Its own function, so that no local of the runner's main function lives
+ * across the PG_TRY's setjmp.
+ */
+static void
+jobs_run_or_record(JobsJob *job)
+{
+	PG_TRY();
+	{
+		jobs_run(job);
+	}
+	PG_CATCH();
+	{
+		ErrorData  *edata;
+		char	   *message;
+
+		MemoryContextSwitchTo(jobs_context);
+		EmitErrorReport();
+		edata = CopyErrorData();
+		FlushErrorState();
+		AbortOutOfAnyTransaction();
+		debug_query_string = NULL;
+
+		/*
+		 * An interruption, not the job's failure: the worker serving the
+		 * statement exited (in a fast shutdown it may go before this
+		 * runner's own SIGTERM arrives), or this runner got SIGTERM while
+		 * the error was raised.  The exit callback puts the job back to
+		 * 'queued' and registers a new runner.
+		 */
+		if (jobs_got_sigterm ||
+			(rv_worker_exited && edata->sqlerrcode == ERRCODE_CONNECTION_FAILURE))
+		{
+			jobs_worker_lost = true;
+			proc_exit(1);
+		}
+		message = edata->detail ?
+			psprintf("%s\nDETAIL: %s", edata->message, edata->detail) :
+			pstrdup(edata->message);
+		jobs_record_failure(job->id, message);
+	}
+	PG_END_TRY();
+}
+
+/*
  * Entry point of a job runner (dynamic background worker, never
  * restarted).  bgw_extra holds JobsRunnerArgs.  Waits for the submitting
  * transaction, claims the job, runs it and records the outcome, then
@@ -520,42 +566,7 @@ rv_jobs_runner_main(Datum main_arg)
 		proc_exit(0);
 	}
 
-	PG_TRY();
-	{
-		jobs_run(&job);
-	}
-	PG_CATCH();
-	{
-		ErrorData  *edata;
-		char	   *message;
-
-		MemoryContextSwitchTo(jobs_context);
-		EmitErrorReport();
-		edata = CopyErrorData();
-		FlushErrorState();
-		AbortOutOfAnyTransaction();
-		debug_query_string = NULL;
-
-		/*
-		 * An interruption, not the job's failure: the worker serving the
-		 * statement exited (in a fast shutdown it may go before this
-		 * runner's own SIGTERM arrives), or this runner got SIGTERM while
-		 * the error was raised.  The exit callback puts the job back to
-		 * 'queued' and registers a new runner.
-		 */
-		if (jobs_got_sigterm ||
-			(rv_worker_exited && edata->sqlerrcode == ERRCODE_CONNECTION_FAILURE))
-		{
-			jobs_worker_lost = true;
-			proc_exit(1);
-		}
-		message = edata->detail ?
-			psprintf("%s\nDETAIL: %s", edata->message, edata->detail) :
-			pstrdup(edata->message);
-		jobs_record_failure(job.id, message);
-	}
-	PG_END_TRY();
-
+	jobs_run_or_record(&job);
 	jobs_runner_finished = true;
 	proc_exit(0);
 }

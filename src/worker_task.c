@@ -724,7 +724,7 @@ wk_breaker_failure(WkBreaker *b, const char *error)
 						b->api_base, WK_BREAKER_OPEN_MS / 1000),
 				 errdetail("%d requests in a row failed, the last with: %s.", b->failures, b->last_error)));
 	}
-	for (q = 0; q < lengthof(queues); q++)
+	for (q = 0; q < (int) lengthof(queues); q++)
 	{
 		dlist_mutable_iter it;
 
