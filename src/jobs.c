@@ -451,6 +451,9 @@ rv_submit_job(const char *statement, const char *target)
 	return job_id;
 }
 
+/* the columns of rvbbit._submit_job() */
+#define SUBMIT_JOB_COLS 1
+
 /*
  * rvbbit._submit_job(statement text) RETURNS TABLE (job_id bigint): plan
  * the statement (which checks it), find its as_table target, and submit
@@ -459,44 +462,36 @@ rv_submit_job(const char *statement, const char *target)
 Datum
 rvbbit_submit_job(PG_FUNCTION_ARGS)
 {
-	FuncCallContext *funcctx;
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+	char	   *statement;
+	char	   *target = NULL;
+	RvPlannedStatement ps;
+	Datum		values[SUBMIT_JOB_COLS];
+	bool		nulls[SUBMIT_JOB_COLS];
+	int			i = 0;
 
-	if (SRF_IS_FIRSTCALL())
-	{
-		char	   *statement;
-		char	   *target = NULL;
-		RvPlannedStatement ps;
-		MemoryContext old;
-		int64	   *id;
+	rv_require_shared();
+	if (PG_ARGISNULL(0))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("statement must not be null")));
+	statement = text_to_cstring(PG_GETARG_TEXT_PP(0));
+	rv_plan_statement(statement, -1, NULL, &ps);
+	if (ps.opts.as_table != NULL)
+		target = NameListToQuotedString(rv_stringToQualifiedNameList(ps.opts.as_table));
+	else if (!ps.is_run)
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("an async MAP needs the as_table option"),
+				 errdetail("A job writes the rows of a MAP into a new table."),
+				 errhint("Add as_table = 'table_name' to the WITH options.")));
 
-		funcctx = SRF_FIRSTCALL_INIT();
-		rv_require_shared();
-		if (PG_ARGISNULL(0))
-			ereport(ERROR,
-					(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
-					 errmsg("statement must not be null")));
-		statement = text_to_cstring(PG_GETARG_TEXT_PP(0));
-		rv_plan_statement(statement, -1, NULL, &ps);
-		if (ps.opts.as_table != NULL)
-			target = NameListToQuotedString(rv_stringToQualifiedNameList(ps.opts.as_table));
-		else if (!ps.is_run)
-			ereport(ERROR,
-					(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
-					 errmsg("an async MAP needs the as_table option"),
-					 errdetail("A job writes the rows of a MAP into a new table."),
-					 errhint("Add as_table = 'table_name' to the WITH options.")));
-
-		old = MemoryContextSwitchTo(funcctx->multi_call_memory_ctx);
-		id = palloc(sizeof(int64));
-		MemoryContextSwitchTo(old);
-		*id = rv_submit_job(statement, target);
-		funcctx->user_fctx = id;
-		funcctx->max_calls = 1;
-	}
-	funcctx = SRF_PERCALL_SETUP();
-	if (funcctx->call_cntr < funcctx->max_calls)
-		SRF_RETURN_NEXT(funcctx, Int64GetDatum(*(int64 *) funcctx->user_fctx));
-	SRF_RETURN_DONE(funcctx);
+	InitMaterializedSRF(fcinfo, 0);
+	memset(nulls, 0, sizeof(nulls));
+	values[i++] = Int64GetDatum(rv_submit_job(statement, target));
+	Assert(i == SUBMIT_JOB_COLS);
+	tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
+	return (Datum) 0;
 }
 
 /* ----------------------------------------------------------------

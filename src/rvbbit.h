@@ -39,7 +39,7 @@
  */
 #define RV_SHM_MAGIC		0x52565432	/* "RVT2" */
 
-/* GUC variables (rvbbit.c). */
+/* GUC variables (guc.c). */
 extern char *rv_api_base;
 extern char *rv_api_key;
 extern int	rv_api_flavor;
@@ -141,8 +141,9 @@ extern void rv_secret_register(const char *key);
 extern char *rv_redact_secrets(const char *text);
 
 /*
- * jobs.c: true in a job runner, which executes the statement of an async
- * job (RUN ASYNC, MAP ... WITH (async = true)) synchronously.
+ * guc.c: true in a job runner (jobs_runner.c sets it), which executes the
+ * statement of an async job (RUN ASYNC, MAP ... WITH (async = true))
+ * synchronously.
  */
 extern bool rv_in_job_runner;
 /*
@@ -166,7 +167,8 @@ extern void rv_gateway_init(void);
  * message starts with one type byte.
  *
  * Backend -> worker:
- *	 'H' header: JSON object (RvChannelHeader fields; see map.c)
+ *	 'H' header: JSON object (rv_header_json() in options.c writes it,
+ *		 wk_stmt_header() in worker_stmt.c reads it)
  *	 'R' row: int64 seq, then the scope JSON text (NUL-terminated)
  *	 'B' batch (MAP BATCH): uint32 k, then k times (int64 seq, uint32 len,
  *		 the scope JSON of len bytes)
@@ -222,7 +224,7 @@ typedef struct RvSegmentHeader
 	int64		statement_id;
 } RvSegmentHeader;
 
-/* worker.c */
+/* worker.c: the pooled worker's entry point */
 extern PGDLLEXPORT void rv_worker_main(Datum main_arg);
 
 /* bgw.c: what rvbbit's background processes share */
