@@ -486,7 +486,8 @@ rvbbit_submit_job(PG_FUNCTION_ARGS)
 				 errdetail("A job writes the rows of a MAP into a new table."),
 				 errhint("Add as_table = 'table_name' to the WITH options.")));
 
-	InitMaterializedSRF(fcinfo, 0);
+	/* one bigint column: not a row type, so the expected descriptor */
+	InitMaterializedSRF(fcinfo, MAT_SRF_USE_EXPECTED_DESC);
 	memset(nulls, 0, sizeof(nulls));
 	values[i++] = Int64GetDatum(rv_submit_job(statement, target));
 	Assert(i == SUBMIT_JOB_COLS);

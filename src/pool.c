@@ -34,6 +34,22 @@
 #include "rvbbit.h"
 
 /*
+ * Give worker slot w to database dboid, or free it (InvalidOid), under a
+ * new generation: whoever held the old one sees that its worker is gone.
+ * Caller holds rv_shared->lock exclusively.
+ */
+void
+rv_pool_slot_reset(RvWorkerSlot *w, Oid dboid)
+{
+	w->dboid = dboid;
+	w->pid = 0;
+	w->latch = NULL;
+	w->exiting = false;
+	w->nstatements = 0;
+	w->generation++;
+}
+
+/*
  * Register a dynamic background worker for slot index idx.  Caller holds
  * the lock exclusively.  Returns false when no background worker slot is
  * free.
@@ -94,19 +110,13 @@ rv_pool_submit(dsm_handle handle, uint64 *generation)
 	{
 		RvWorkerSlot *w = &rv_shared->workers[freeslot];
 
-		w->dboid = MyDatabaseId;
-		w->pid = 0;
-		w->latch = NULL;
-		w->exiting = false;
-		w->nstatements = 0;
-		w->generation++;
+		rv_pool_slot_reset(w, MyDatabaseId);
 		w->started_at = GetCurrentTimestamp();
 		if (pool_start_worker(freeslot))
 			best = freeslot;
 		else
 		{
-			w->dboid = InvalidOid;
-			w->generation++;
+			rv_pool_slot_reset(w, InvalidOid);
 			if (best < 0)
 			{
 				LWLockRelease(rv_shared->lock);

@@ -240,6 +240,7 @@ extern void rv_bgxact_abort(void);
 extern int	rv_pool_submit(dsm_handle handle, uint64 *generation);
 extern bool rv_pool_worker_alive(int worker, uint64 generation);
 extern void rv_pool_release(int worker, uint64 generation);
+extern void rv_pool_slot_reset(RvWorkerSlot *w, Oid dboid);
 
 /* pool.c: the progress entries (rvbbit._progress() in progress.c reads them) */
 extern int	rv_progress_acquire(const char *kind, const char *cascade, int parallel,

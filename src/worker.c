@@ -189,14 +189,7 @@ wk_on_exit(int code, Datum arg)
 	LWLockAcquire(rv_shared->lock, LW_EXCLUSIVE);
 	if (rv_shared->workers[wk_slot].generation == wk_generation)
 	{
-		RvWorkerSlot *w = &rv_shared->workers[wk_slot];
-
-		w->dboid = InvalidOid;
-		w->pid = 0;
-		w->latch = NULL;
-		w->exiting = false;
-		w->nstatements = 0;
-		w->generation++;
+		rv_pool_slot_reset(&rv_shared->workers[wk_slot], InvalidOid);
 		for (i = 0; i < RV_MAX_PENDING; i++)
 			if (rv_shared->pending[i].used && rv_shared->pending[i].worker == wk_slot)
 				rv_shared->pending[i].used = false;

@@ -177,6 +177,32 @@ wk_cost(WkStmt *s, const char *model_ref, long tin, long tout, long tcached)
 		Max(tout, 0) * json_object_get_double(json_object_array_get_idx(pair, 1));
 }
 
+/* The head of a message about the task's row: what the row cost. */
+static void
+wk_task_head(WkTask *t, RvResultHead *head)
+{
+	memset(head, 0, sizeof(RvResultHead));
+	head->seq = t->seq;
+	head->llm_calls = t->calls;
+	head->cache_hits = t->hits;
+	head->tokens_in = t->tokens_in;
+	head->tokens_out = t->tokens_out;
+	head->cost = t->cost;
+	head->retries = t->retries;
+	head->latency_ms = t->latency_ms;
+}
+
+/* MAP BATCH: the batch's calls and cost are counted on its first row only. */
+static void
+wk_head_after_first(RvResultHead *head)
+{
+	head->llm_calls = head->cache_hits = 0;
+	head->tokens_in = head->tokens_out = 0;
+	head->cost = 0;
+	head->retries = 0;
+	head->latency_ms = 0;
+}
+
 /* The row is done: queue its result for the backend and free it. */
 static void
 wk_task_done(WkTask *t, json_object *result)
@@ -184,15 +210,7 @@ wk_task_done(WkTask *t, json_object *result)
 	RvResultHead head;
 	const char *parts[1];
 
-	memset(&head, 0, sizeof(head));
-	head.seq = t->seq;
-	head.llm_calls = t->calls;
-	head.cache_hits = t->hits;
-	head.tokens_in = t->tokens_in;
-	head.tokens_out = t->tokens_out;
-	head.cost = t->cost;
-	head.retries = t->retries;
-	head.latency_ms = t->latency_ms;
+	wk_task_head(t, &head);
 	if (t->nbatch > 0)
 	{
 		int			i;
@@ -204,11 +222,7 @@ wk_task_done(WkTask *t, json_object *result)
 			parts[0] = json_object_to_json_string_ext(json_object_array_get_idx(result, i),
 													  JSON_C_TO_STRING_PLAIN | JSON_C_TO_STRING_NOSLASHESCAPE);
 			wk_queue_msg(t->stmt, RV_MSG_RESULT, &head, parts, 1);
-			head.llm_calls = head.cache_hits = 0;
-			head.tokens_in = head.tokens_out = 0;
-			head.cost = 0;
-			head.retries = 0;
-			head.latency_ms = 0;
+			wk_head_after_first(&head);
 		}
 		wk_task_free(t);
 		return;
@@ -234,17 +248,9 @@ wk_task_fail_flags(WkTask *t, int flags, int sqlstate, const char *msg,
 	RvResultHead head;
 	const char *parts[3];
 
-	memset(&head, 0, sizeof(head));
-	head.seq = t->seq;
+	wk_task_head(t, &head);
 	head.flags = flags;
 	head.sqlstate = sqlstate;
-	head.llm_calls = t->calls;
-	head.cache_hits = t->hits;
-	head.tokens_in = t->tokens_in;
-	head.tokens_out = t->tokens_out;
-	head.cost = t->cost;
-	head.retries = t->retries;
-	head.latency_ms = t->latency_ms;
 	/* provider error bodies end up here: never any key text */
 	parts[0] = rv_redact_secrets(msg);
 	parts[1] = rv_redact_secrets(detail);
@@ -257,12 +263,7 @@ wk_task_fail_flags(WkTask *t, int flags, int sqlstate, const char *msg,
 		{
 			head.seq = t->seqs[i];
 			wk_queue_msg(t->stmt, RV_MSG_ROWERR, &head, parts, 3);
-			/* the batch's calls and cost are counted on its first row */
-			head.llm_calls = head.cache_hits = 0;
-			head.tokens_in = head.tokens_out = 0;
-			head.cost = 0;
-			head.retries = 0;
-			head.latency_ms = 0;
+			wk_head_after_first(&head);
 		}
 	}
 	else
