@@ -17,8 +17,8 @@
 
 EXTENSION = rvbbit
 MODULE_big = rvbbit
-OBJS = src/rvbbit.o src/guc.o src/shmem.o src/pool.o src/channel.o src/worker.o src/http.o \
-       src/map.o src/catalog.o src/options.o src/providers.o src/exec.o src/stmt.o src/registry.o src/progress.o src/mapscan.o src/rewrite.o src/jobs.o src/request.o src/estimate.o src/ratelimit.o src/budget.o src/rverror.o src/rvtext.o src/template.o \
+OBJS = src/rvbbit.o src/guc.o src/shmem.o src/bgw.o src/pool.o src/channel.o src/worker.o src/worker_stmt.o src/worker_task.o src/worker_db.o src/http.o \
+       src/map.o src/catalog.o src/options.o src/providers.o src/exec.o src/stmt.o src/registry.o src/progress.o src/mapscan.o src/rewrite.o src/jobs.o src/jobs_runner.o src/request.o src/estimate.o src/ratelimit.o src/budget.o src/rverror.o src/rvtext.o src/template.o \
        src/jsonschema.o src/cascade.o src/llm.o src/syntax.o \
        src/gateway_sup.o
 DATA = sql/rvbbit--0.1.sql sql/rvbbit--0.1--0.2.sql
@@ -32,6 +32,11 @@ REGRESS_OPTS = --temp-instance=tmp_check --temp-config=$(RVBBIT_TEST_CONF) \
 RVBBIT_TEST_CONF ?= tests/rvbbit_test.conf
 
 PKG_DEPS = libcurl json-c yaml-0.1
+# The server code builds with -Wall -Wextra, as pg_cron does; make test adds
+# -Werror (COPT).  -Wno-unused-parameter because PostgreSQL's own headers
+# (lib/ilist.h, storage/bufpage.h) and its callback signatures (fmgr,
+# hooks, signal handlers) have parameters a function need not use.
+PG_CFLAGS = -Wall -Wextra -Wno-unused-parameter
 PG_CPPFLAGS = -I$(srcdir)/src $(shell pkg-config --cflags $(PKG_DEPS) 2>/dev/null)
 SHLIB_LINK = $(shell pkg-config --libs $(PKG_DEPS) 2>/dev/null) -lm
 EXTRA_CLEAN = src/gateway/rvbbit-gateway tmp_check results regression.diffs regression.out log \

@@ -5,7 +5,7 @@
  *	  message protocol).
  *
  * The backend creates a DSM segment holding a small header and two
- * shm_mq rings, submits it to the worker pool, and then talks to the
+ * shm_mq rings, laid out by a shm_toc (rvbbit.h), submits it to the worker pool, and then talks to the
  * worker without ever blocking in shm_mq: sends and receives use nowait,
  * and rv_channel_wait() sleeps on the process latch, which shm_mq sets
  * whenever the worker writes, reads or detaches.  Every wait checks for
@@ -26,12 +26,37 @@
 #include "pgstat.h"
 #include "storage/latch.h"
 #include "storage/proc.h"
+#include "storage/shm_toc.h"
 #include "utils/memutils.h"
 
 #include "channel.h"
 
 /* see rv_channel_worker_exited() */
 bool		rv_worker_exited = false;
+
+/* The size of a statement segment: its table of contents and entries. */
+static Size
+ch_segment_size(void)
+{
+	shm_toc_estimator e;
+
+	shm_toc_initialize_estimator(&e);
+	shm_toc_estimate_chunk(&e, sizeof(RvSegmentHeader));
+	shm_toc_estimate_chunk(&e, RV_QUEUE_SIZE);
+	shm_toc_estimate_chunk(&e, RV_QUEUE_SIZE);
+	shm_toc_estimate_keys(&e, RV_TOC_KEYS);
+	return shm_toc_estimate(&e);
+}
+
+/* Allocate a queue of RV_QUEUE_SIZE in the segment under key. */
+static shm_mq *
+ch_create_queue(shm_toc *toc, uint64 key)
+{
+	shm_mq	   *mq = shm_mq_create(shm_toc_allocate(toc, RV_QUEUE_SIZE), RV_QUEUE_SIZE);
+
+	shm_toc_insert(toc, key, mq);
+	return mq;
+}
 
 /* on_dsm_detach callback: give back the progress entry and worker count. */
 static void
@@ -52,6 +77,8 @@ rv_channel_open(const char *kind, const char *cascade, int parallel,
 				const char *header_json)
 {
 	RvChannel  *ch;
+	Size		size = ch_segment_size();
+	shm_toc    *toc;
 	RvSegmentHeader *hdr;
 	shm_mq	   *req;
 	shm_mq	   *res;
@@ -71,19 +98,22 @@ rv_channel_open(const char *kind, const char *cascade, int parallel,
 	 * segment and the callback returns the progress entry (and the worker's
 	 * statement count once there is a worker).
 	 */
-	ch->seg = dsm_create(RV_SEG_SIZE, 0);
+	ch->seg = dsm_create(size, 0);
 	on_dsm_detach(ch->seg, ch_on_detach, PointerGetDatum(ch));
 	ch->progress_index = rv_progress_acquire(kind, cascade, parallel, ch->statement_id);
 	ch->progress = rv_progress_get(ch->progress_index);
-	hdr = dsm_segment_address(ch->seg);
-	hdr->magic = RV_SHM_MAGIC;
+
+	/* the layout: a table of contents the worker checks the magic of */
+	toc = shm_toc_create(RV_SHM_MAGIC, dsm_segment_address(ch->seg), size);
+	hdr = shm_toc_allocate(toc, sizeof(RvSegmentHeader));
 	hdr->progress_index = ch->progress_index;
 	hdr->roleid = GetUserId();
 	hdr->dboid = MyDatabaseId;
 	hdr->backend_pid = MyProcPid;
 	hdr->statement_id = ch->statement_id;
-	req = shm_mq_create((char *) hdr + RV_SEG_REQ_OFFSET, RV_QUEUE_SIZE);
-	res = shm_mq_create((char *) hdr + RV_SEG_RES_OFFSET, RV_QUEUE_SIZE);
+	shm_toc_insert(toc, RV_TOC_HEADER, hdr);
+	req = ch_create_queue(toc, RV_TOC_REQUESTS);
+	res = ch_create_queue(toc, RV_TOC_RESULTS);
 	shm_mq_set_sender(req, MyProc);
 	shm_mq_set_receiver(res, MyProc);
 	ch->req = shm_mq_attach(req, ch->seg, NULL);

@@ -46,8 +46,10 @@ extern bool rv_channel_try_send(RvChannel *ch, char type, int64 seq,
 
 /*
  * Try to receive a message.  Returns true with *data and *len (valid until the
- * next call), false when there is none now or the worker detached (then
- * ch->worker_done is set; rv_channel_wait() reports a worker that exited).
+ * next call), false when there is none now or the worker detached.  Once
+ * the worker detached, ch->worker_done is set and every call returns
+ * false: the caller, having handled what it received, raises
+ * rv_channel_worker_exited() if it still expected results.
  */
 extern bool rv_channel_try_receive(RvChannel *ch, char **data, Size *len);
 

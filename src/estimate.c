@@ -447,6 +447,49 @@ est_models_array(List *models)
  * when the cache is on or dedupe_by is given; requests found in the cache
  * cost nothing.  Tokens and cost are for the requests not in the cache.
  */
+/* What est_collect() frees, on success and on error alike. */
+static void
+est_collect_free(EstState *est, json_object *pending)
+{
+	if (pending)
+		json_object_put(pending);
+	rv_cascade_free(est->c);
+}
+
+/*
+ * Read the providers and prices and price the statement's input rows into
+ * est->units; the cascade est->c is freed in every case.  Returns the
+ * number of input rows.  Its own function, so that no local of
+ * rvbbit_estimate() lives across the PG_TRY's setjmp; PG_CATCH rather
+ * than PG_FINALLY, whose flag gcc's -Wclobbered flags.
+ */
+static int64
+est_collect(EstState *est, int batch, List **models)
+{
+	json_object *volatile pending = NULL;
+	int64		nrows;
+
+	PG_TRY();
+	{
+		SPI_connect();
+		est->prov = est_providers(est->cxt, &est->nprov);
+		est_prices(est, models);
+		pending = json_object_new_array();
+		nrows = est_scan(est, batch, &pending);
+		if (est->units != NIL && est->ps->opts.cache_read)
+			est_mark_cached(est);
+		SPI_finish();
+	}
+	PG_CATCH();
+	{
+		est_collect_free(est, pending);
+		PG_RE_THROW();
+	}
+	PG_END_TRY();
+	est_collect_free(est, pending);
+	return nrows;
+}
+
 Datum
 rvbbit_estimate(PG_FUNCTION_ARGS)
 {
@@ -465,7 +508,6 @@ rvbbit_estimate(PG_FUNCTION_ARGS)
 	int			ncells;
 	int			batch;
 	EstState	est;
-	json_object *volatile pending = NULL;
 	ListCell   *lc;
 	Datum		values[ESTIMATE_COLS];
 	bool		nulls[ESTIMATE_COLS] = {0};
@@ -487,28 +529,11 @@ rvbbit_estimate(PG_FUNCTION_ARGS)
 	if (batch > 0 && (c->ncells != 1 || c->cells[0].output_schema == NULL))
 		batch = 0;				/* the statement fails at once; price it per row */
 
-	PG_TRY();
-	{
-		SPI_connect();
-		memset(&est, 0, sizeof(est));
-		est.c = c;
-		est.ps = &ps;
-		est.cxt = fn_cxt;
-		est.prov = est_providers(fn_cxt, &est.nprov);
-		est_prices(&est, &models);
-		pending = json_object_new_array();
-		nrows = est_scan(&est, batch, &pending);
-		if (est.units != NIL && ps.opts.cache_read)
-			est_mark_cached(&est);
-		SPI_finish();
-	}
-	PG_FINALLY();
-	{
-		if (pending)
-			json_object_put(pending);
-		rv_cascade_free(c);
-	}
-	PG_END_TRY();
+	memset(&est, 0, sizeof(est));
+	est.c = c;
+	est.ps = &ps;
+	est.cxt = fn_cxt;
+	nrows = est_collect(&est, batch, &models);
 
 	/* what would be sent: the requests not in the cache */
 	foreach(lc, est.units)

@@ -76,14 +76,10 @@ rv_gateway_init(void)
 	if (!process_shared_preload_libraries_in_progress || gw_port == 0)
 		return;
 
-	memset(&worker, 0, sizeof(worker));
+	rv_bgworker_prepare(&worker, BgWorkerStart_ConsistentState, 5,
+						"rv_gateway_sup_main", "rvbbit gateway supervisor");
+	/* it runs a program and needs no database connection */
 	worker.bgw_flags = BGWORKER_SHMEM_ACCESS;
-	worker.bgw_start_time = BgWorkerStart_ConsistentState;
-	worker.bgw_restart_time = 5;
-	snprintf(worker.bgw_library_name, BGW_MAXLEN, "rvbbit");
-	snprintf(worker.bgw_function_name, BGW_MAXLEN, "rv_gateway_sup_main");
-	snprintf(worker.bgw_type, BGW_MAXLEN, "rvbbit gateway supervisor");
-	snprintf(worker.bgw_name, BGW_MAXLEN, "rvbbit gateway supervisor");
 	RegisterBackgroundWorker(&worker);
 }
 
@@ -255,10 +251,8 @@ rv_gateway_sup_main(Datum arg)
 	long		backoff_ms = 0;
 	bool		trust_sent;
 
-	pqsignal(SIGTERM, SignalHandlerForShutdownRequest);
-	pqsignal(SIGHUP, SignalHandlerForConfigReload);
 	pqsignal(SIGCHLD, sup_sigchld);
-	BackgroundWorkerUnblockSignals();
+	rv_bgworker_signals(SignalHandlerForShutdownRequest);
 	on_proc_exit(sup_kill_child, 0);
 	trust_sent = gw_allow_trust;
 

@@ -294,14 +294,16 @@ rv_http_fd(RvHttp *http)
 	return http->epfd;
 }
 
-bool
-rv_http_start(RvHttp *http, RvHttpReq *req, const char *url,
-			  const char *const *headers, int nheaders,
-			  const char *body, size_t body_len, long timeout_ms,
-			  size_t resp_limit)
+/*
+ * Reset a request's outcome and give it an easy handle, a copy of the body
+ * and the header list.  Returns false (errbuf set, nothing left to free)
+ * on failure.
+ */
+static bool
+http_req_init(RvHttpReq *req, const char *const *headers, int nheaders,
+			  const char *body, size_t body_len, size_t resp_limit)
 {
 	int			i;
-	CURLMcode	mc;
 
 	req->status = 0;
 	req->retry_after_ms = -1;
@@ -344,7 +346,14 @@ rv_http_start(RvHttp *http, RvHttpReq *req, const char *url,
 		}
 		req->headers = l;
 	}
+	return true;
+}
 
+/* The options of a request's transfer (curl copies the URL). */
+static void
+http_req_options(RvHttp *http, RvHttpReq *req, const char *url,
+				 size_t body_len, long timeout_ms)
+{
 	curl_easy_setopt(req->easy, CURLOPT_URL, url);
 	curl_easy_setopt(req->easy, CURLOPT_PROTOCOLS_STR, "http,https");
 	curl_easy_setopt(req->easy, CURLOPT_NOSIGNAL, 1L);
@@ -385,6 +394,19 @@ rv_http_start(RvHttp *http, RvHttpReq *req, const char *url,
 		curl_easy_setopt(req->easy, CURLOPT_SHARE, http->share);
 	if (http->ca_file)
 		curl_easy_setopt(req->easy, CURLOPT_CAINFO, http->ca_file);
+}
+
+bool
+rv_http_start(RvHttp *http, RvHttpReq *req, const char *url,
+			  const char *const *headers, int nheaders,
+			  const char *body, size_t body_len, long timeout_ms,
+			  size_t resp_limit)
+{
+	CURLMcode	mc;
+
+	if (!http_req_init(req, headers, nheaders, body, body_len, resp_limit))
+		return false;
+	http_req_options(http, req, url, body_len, timeout_ms);
 
 	/*
 	 * libcurl (7.88) opens a connection per transfer when many start before

@@ -34,59 +34,19 @@
 #include "rvbbit.h"
 
 /*
- * Fill a BackgroundWorker for one of rvbbit's background processes: a
- * database-connected worker of this library running function, shown as
- * type (bgw_name is set to type too; callers may overwrite it).
+ * Give worker slot w to database dboid, or free it (InvalidOid), under a
+ * new generation: whoever held the old one sees that its worker is gone.
+ * Caller holds rv_shared->lock exclusively.
  */
 void
-rv_bgworker_prepare(BackgroundWorker *worker, BgWorkerStartTime start,
-					int restart_time, const char *function, const char *type)
+rv_pool_slot_reset(RvWorkerSlot *w, Oid dboid)
 {
-	memset(worker, 0, sizeof(BackgroundWorker));
-	worker->bgw_flags = BGWORKER_SHMEM_ACCESS | BGWORKER_BACKEND_DATABASE_CONNECTION;
-	worker->bgw_start_time = start;
-	worker->bgw_restart_time = restart_time;
-	snprintf(worker->bgw_library_name, BGW_MAXLEN, "rvbbit");
-	snprintf(worker->bgw_function_name, BGW_MAXLEN, "%s", function);
-	snprintf(worker->bgw_type, BGW_MAXLEN, "%s", type);
-	snprintf(worker->bgw_name, BGW_MAXLEN, "%s", type);
-}
-
-/* The memory context current when rv_bgxact_begin() was called. */
-static MemoryContext bgxact_caller_cxt = NULL;
-
-/*
- * Start a short transaction with SPI and a snapshot in a background
- * process (worker, job runner), reporting activity in pg_stat_activity.
- * End it with rv_bgxact_end().
- */
-void
-rv_bgxact_begin(const char *activity)
-{
-	bgxact_caller_cxt = CurrentMemoryContext;
-	SetCurrentStatementStartTimestamp();
-	StartTransactionCommand();
-	SPI_connect();
-	PushActiveSnapshot(GetTransactionSnapshot());
-	pgstat_report_activity(STATE_RUNNING, activity);
-}
-
-/* Commit (or, when abort, roll back) a transaction of rv_bgxact_begin(). */
-void
-rv_bgxact_end(bool abort)
-{
-	SPI_finish();
-	PopActiveSnapshot();
-	if (abort)
-		AbortCurrentTransaction();
-	else
-		CommitTransactionCommand();
-	pgstat_report_stat(false);
-	pgstat_report_activity(STATE_IDLE, NULL);
-	/* the commit left TopMemoryContext current: back to the caller's */
-	if (bgxact_caller_cxt != NULL)
-		MemoryContextSwitchTo(bgxact_caller_cxt);
-	bgxact_caller_cxt = NULL;
+	w->dboid = dboid;
+	w->pid = 0;
+	w->latch = NULL;
+	w->exiting = false;
+	w->nstatements = 0;
+	w->generation++;
 }
 
 /*
@@ -150,19 +110,13 @@ rv_pool_submit(dsm_handle handle, uint64 *generation)
 	{
 		RvWorkerSlot *w = &rv_shared->workers[freeslot];
 
-		w->dboid = MyDatabaseId;
-		w->pid = 0;
-		w->latch = NULL;
-		w->exiting = false;
-		w->nstatements = 0;
-		w->generation++;
+		rv_pool_slot_reset(w, MyDatabaseId);
 		w->started_at = GetCurrentTimestamp();
 		if (pool_start_worker(freeslot))
 			best = freeslot;
 		else
 		{
-			w->dboid = InvalidOid;
-			w->generation++;
+			rv_pool_slot_reset(w, InvalidOid);
 			if (best < 0)
 			{
 				LWLockRelease(rv_shared->lock);

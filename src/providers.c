@@ -273,6 +273,12 @@ rv_emit_log(ErrorData *edata)
 		edata->message = cut;
 	}
 	MemoryContextSwitchTo(old);
+
+	/*
+	 * The previous hook last, not first as pg_stat_statements calls its
+	 * predecessors: it is to see the message with the keys masked (a hook
+	 * that ships log lines elsewhere must never get a key).
+	 */
 	if (prev_emit_log_hook)
 		prev_emit_log_hook(edata);
 }

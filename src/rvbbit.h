@@ -33,10 +33,13 @@
 /* Size of each shm_mq ring in a statement's DSM segment. */
 #define RV_QUEUE_SIZE		(256 * 1024)
 
-/* Magic number of the statement DSM segment's table of contents. */
-#define RV_SHM_MAGIC		0x52564254	/* "RVBT" */
+/*
+ * Magic number of the statement DSM segment's table of contents (a
+ * shm_toc; see RvSegmentHeader).  A new layout gets a new number.
+ */
+#define RV_SHM_MAGIC		0x52565432	/* "RVT2" */
 
-/* GUC variables (rvbbit.c). */
+/* GUC variables (guc.c). */
 extern char *rv_api_base;
 extern char *rv_api_key;
 extern int	rv_api_flavor;
@@ -138,8 +141,9 @@ extern void rv_secret_register(const char *key);
 extern char *rv_redact_secrets(const char *text);
 
 /*
- * jobs.c: true in a job runner, which executes the statement of an async
- * job (RUN ASYNC, MAP ... WITH (async = true)) synchronously.
+ * guc.c: true in a job runner (jobs_runner.c sets it), which executes the
+ * statement of an async job (RUN ASYNC, MAP ... WITH (async = true))
+ * synchronously.
  */
 extern bool rv_in_job_runner;
 /*
@@ -163,7 +167,8 @@ extern void rv_gateway_init(void);
  * message starts with one type byte.
  *
  * Backend -> worker:
- *	 'H' header: JSON object (RvChannelHeader fields; see map.c)
+ *	 'H' header: JSON object (rv_header_json() in options.c writes it,
+ *		 wk_stmt_header() in worker_stmt.c reads it)
  *	 'R' row: int64 seq, then the scope JSON text (NUL-terminated)
  *	 'B' batch (MAP BATCH): uint32 k, then k times (int64 seq, uint32 len,
  *		 the scope JSON of len bytes)
@@ -200,36 +205,42 @@ typedef struct RvResultHead
 #define RV_RESULT_BUDGET_STMT	0x1 /* the statement's budget_dollars */
 #define RV_RESULT_BUDGET_DAY	0x2 /* the role's rvbbit.budget_dollars_per_day */
 
-/* The table of contents of a statement segment. */
+/*
+ * A statement segment is laid out by a shm_toc with magic RV_SHM_MAGIC
+ * (channel.c creates it, the worker attaches), with three entries: the
+ * statement's header, and the two queues of RV_QUEUE_SIZE bytes.
+ */
+#define RV_TOC_HEADER		1	/* RvSegmentHeader */
+#define RV_TOC_REQUESTS		2	/* shm_mq: backend -> worker */
+#define RV_TOC_RESULTS		3	/* shm_mq: worker -> backend */
+#define RV_TOC_KEYS			3
+
 typedef struct RvSegmentHeader
 {
-	uint32		magic;
 	int			progress_index; /* -1 when none */
 	Oid			roleid;
 	Oid			dboid;
 	pid_t		backend_pid;
 	int64		statement_id;
-	/* followed by the two queues at fixed offsets */
 } RvSegmentHeader;
 
-#define RV_SEG_REQ_OFFSET	MAXALIGN(sizeof(RvSegmentHeader))
-#define RV_SEG_RES_OFFSET	(RV_SEG_REQ_OFFSET + RV_QUEUE_SIZE)
-#define RV_SEG_SIZE			(RV_SEG_RES_OFFSET + RV_QUEUE_SIZE)
-
-/* worker.c */
+/* worker.c: the pooled worker's entry point */
 extern PGDLLEXPORT void rv_worker_main(Datum main_arg);
 
-/* pool.c: helpers of rvbbit's background processes */
+/* bgw.c: what rvbbit's background processes share */
 extern void rv_bgworker_prepare(BackgroundWorker *worker, BgWorkerStartTime start,
 								int restart_time, const char *function,
 								const char *type);
+extern void rv_bgworker_signals(void (*sigterm) (SIGNAL_ARGS));
 extern void rv_bgxact_begin(const char *activity);
 extern void rv_bgxact_end(bool abort);
+extern void rv_bgxact_abort(void);
 
 /* pool.c: assigning statements to workers */
 extern int	rv_pool_submit(dsm_handle handle, uint64 *generation);
 extern bool rv_pool_worker_alive(int worker, uint64 generation);
 extern void rv_pool_release(int worker, uint64 generation);
+extern void rv_pool_slot_reset(RvWorkerSlot *w, Oid dboid);
 
 /* pool.c: the progress entries (rvbbit._progress() in progress.c reads them) */
 extern int	rv_progress_acquire(const char *kind, const char *cascade, int parallel,

@@ -1,0 +1,56 @@
+/*-------------------------------------------------------------------------
+ *
+ * jobs.h
+ *	  What jobs.c (submit, cancel) and jobs_runner.c (the runner, recovery
+ *	  and launcher workers) share.  See the header comment of jobs.c.
+ *
+ *-------------------------------------------------------------------------
+ */
+#ifndef RV_JOBS_H
+#define RV_JOBS_H
+
+#include "access/transam.h"
+#include "utils/timestamp.h"
+
+/* How often a job may be started before an interruption fails it. */
+#define JOBS_MAX_ATTEMPTS	3
+
+/* The bgw_type of the job runners (cancel_job checks it). */
+#define JOBS_RUNNER_TYPE	"rvbbit job runner"
+
+/*
+ * The spend of the current run of a job (row alias j): the cost of the
+ * calls its runner made since it started.  Call records are committed by
+ * the rvbbit worker before the results reach the runner.
+ */
+#define JOBS_RUN_SPENT \
+	"coalesce((SELECT sum(c.cost) FROM rvbbit.call_log c " \
+	"WHERE c.backend_pid = j.runner_pid AND c.called_at >= j.started_at), 0)"
+
+/* What a job runner is started with (bgw_extra). */
+typedef struct JobsRunnerArgs
+{
+	int64		job_id;
+	Oid			dboid;
+	Oid			role;			/* the submitting role, connected as */
+	TransactionId xid;			/* wait until it ends; invalid: don't */
+	bool		check;			/* a check runner (see the header comment) */
+	int			nchecks;		/* check runners started for this job so far */
+} JobsRunnerArgs;
+
+/* Saved identity while acting as the owner of the job tables. */
+typedef struct JobsPriv
+{
+	Oid			save_userid;
+	int			save_sec_context;
+	int			nestlevel;
+} JobsPriv;
+
+extern TimestampTz jobs_incarnation(void);
+extern Oid	jobs_log_relid(void);
+extern void jobs_priv_begin(JobsPriv *priv);
+extern void jobs_priv_end(JobsPriv *priv);
+extern bool jobs_start_runner_args(const JobsRunnerArgs *args);
+extern bool jobs_start_runner(int64 job_id, Oid dboid, Oid role, TransactionId xid);
+
+#endif							/* RV_JOBS_H */
