@@ -88,3 +88,16 @@ SELECT count(*) < 400 AS stopped, sum(cost) > 3 AS overshot,
   FROM rvbbit.calls WHERE model = 'stmt/under';
 SELECT rvbbit.drop_cascade('est_batch');
 DROP TABLE est_rows;
+-- a model without a price cannot be held to a budget (it would count as
+-- $0): with a budget its calls are refused and nothing is sent
+SELECT mock('/reset', 'POST') IS NOT NULL AS reset;
+SELECT * FROM rvbbit.sql($$MAP 'echo' USING (SELECT 'unpriced' AS text)
+  WITH (model = 'budget/unpriced', cache = false, budget_dollars = 100)$$);
+SET rvbbit.budget_dollars_per_day = 100;
+SELECT rvbbit.run('echo', '{"text": "unpriced daily"}', '{"model": "budget/unpriced", "cache": false}');
+SELECT * FROM rvbbit.sql($$MAP 'echo' USING (SELECT 'unpriced' AS text) WITH (model = 'budget/unpriced', cache = false)$$);
+RESET rvbbit.budget_dollars_per_day;
+SELECT mock('/stats')->'requests' AS http_requests;
+-- without a budget it runs, at $0 in rvbbit.calls
+SELECT * FROM rvbbit.sql($$MAP 'echo' USING (SELECT 'unpriced' AS text) WITH (model = 'budget/unpriced', cache = false)$$);
+SELECT count(*) AS calls, sum(cost) AS cost FROM rvbbit.calls WHERE model = 'budget/unpriced';

@@ -199,6 +199,7 @@ SELECT * FROM rvbbit.sql($$RUN 'summarize_rows' USING (SELECT 1 AS a) WITH (para
 SELECT * FROM rvbbit.sql($$RUN 'summarize_rows' USING (SELECT 1 AS a) WITH (dedupe_by = 'a')$$);
 SELECT * FROM rvbbit.sql($$RUN 'summarize_rows' USING (SELECT 1 AS a) WITH (batch = 2)$$);
 SELECT rvbbit._run_rows('summarize_rows', '[]', '{"parallel": 2}');
--- and what does apply still works
+-- and what does apply still works (a budget needs the model's price)
+INSERT INTO rvbbit.model_prices VALUES ('mock/other', 0, 0);
 SELECT rvbbit.run('echo', '{"text": "ok"}', '{"model": "mock/other", "cache": false, "timeout": 5000, "max_retries": 1, "on_error": "fail", "budget_dollars": 10}');
 SELECT * FROM rvbbit.map('echo', 'SELECT ''ok'' AS text', 1, '{"parallel": 2, "limit": 5, "dedupe_by": "text"}') AS t(text text, r jsonb);

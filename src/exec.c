@@ -700,9 +700,17 @@ map_slot_value(MapExec *ex, MapSlot *s, bool *isnull)
 	*isnull = false;
 	if (!s->oc.failed)
 		return DirectFunctionCall1(jsonb_in, CStringGetDatum(s->oc.result));
-	/* a row a budget refused is never returned (as NULL): the statement fails at it */
+	/*
+	 * A row a budget refused is never returned (as NULL): the statement
+	 * fails at it.  The calls still in flight are waited for first, so that
+	 * when the error arrives they are paid, cached and in rvbbit.calls, as
+	 * when a budget error ends a statement at its end.
+	 */
 	if (s->oc.budget)
+	{
+		map_exec_drain(ex);
 		map_budget_error(ex);
+	}
 	if (ex->opts->on_error == RV_ON_ERROR_VALUE)
 	{
 		json_object *o = json_object_new_object();

@@ -1024,6 +1024,26 @@ wk_task_reserve(WkTask *t)
 
 	if (s->budget_stmt < 0 && s->budget_day <= 0)
 		return WK_RESERVE_OK;
+
+	/*
+	 * Fail closed: without a price a call would count as $0 and no budget
+	 * could hold it.  The refusal travels with the daily-budget flag, whose
+	 * message, detail and hint the backend raises as the worker wrote them.
+	 */
+	if (t->model_ref == NULL || !json_object_object_get_ex(s->prices, t->model_ref, NULL))
+	{
+		dlist_delete(&t->node);
+		wk_task_fail_flags(t, RV_RESULT_BUDGET_DAY, ERRCODE_CONFIGURATION_LIMIT_EXCEEDED,
+						   psprintf("model \"%s\" has no price, so a budget cannot hold its calls",
+									t->model_ref ? t->model_ref : ""),
+						   psprintf("%s applies and rvbbit.model_prices of this database has no row for the model. The call was not sent.",
+									s->budget_stmt >= 0 ? "The statement's budget_dollars" :
+									psprintf("The daily budget of role \"%s\"", s->role_name)),
+						   psprintf("Ask a superuser or a member of rvbbit_admin to add its price: "
+									"INSERT INTO rvbbit.model_prices (model, input_per_million, output_per_million) "
+									"VALUES (%s, ..., ...);", quote_literal_cstr(t->model_ref ? t->model_ref : "")));
+		return WK_RESERVE_REFUSED;
+	}
 	est = wk_cost(s, t->model_ref, (long) (t->body_len / 4) + 1,
 				  t->send.max_tokens, 0);
 	est_micros = (uint64) (est * 1e6);
