@@ -1,0 +1,501 @@
+/*-------------------------------------------------------------------------
+ *
+ * worker_db.c
+ *	  The rvbbit worker's database side: a statement's providers, prices
+ *	  and daily budget, the cache lookups, and the batched writes of cache
+ *	  entries and call records, each in a short transaction of its own.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "pgjsonc.h"
+
+#include "access/xact.h"
+#include "catalog/namespace.h"
+#include "catalog/pg_type_d.h"
+#include "executor/spi.h"
+#include "miscadmin.h"
+#include "pgstat.h"
+#include "utils/builtins.h"
+#include "utils/lsyscache.h"
+#include "utils/memutils.h"
+
+#include "budget.h"
+#include "worker.h"
+
+/* A row to write to rvbbit.cache / rvbbit.call_log at the next flush. */
+static json_object *wk_cache_rows = NULL;	/* array */
+static json_object *wk_call_rows = NULL;	/* array */
+
+/* The worker starts with nothing to write. */
+void
+wk_db_init(void)
+{
+	wk_cache_rows = json_object_new_array();
+	wk_call_rows = json_object_new_array();
+}
+
+
+/*
+ * Report and clear an error caught from a worker transaction, and abort
+ * the transaction.  The worker carries on.
+ */
+static void
+wk_xact_abort(void)
+{
+	MemoryContextSwitchTo(wk_loop_cxt);
+	EmitErrorReport();
+	FlushErrorState();
+	AbortCurrentTransaction();
+	MemoryContextSwitchTo(wk_loop_cxt);
+	pgstat_report_activity(STATE_IDLE, NULL);
+}
+
+/*
+ * Whether rvbbit.call_log has the budget_role_oid column (0.2).  A
+ * database still at 0.1 (before ALTER EXTENSION rvbbit UPDATE) has not:
+ * calls are recorded without it and the day's spend is read by role_oid.
+ * Needs a transaction.
+ */
+static bool
+wk_call_log_has_budget_role(void)
+{
+	Oid			nsp = get_namespace_oid("rvbbit", true);
+	Oid			rel = OidIsValid(nsp) ? get_relname_relid("call_log", nsp) : InvalidOid;
+
+	return OidIsValid(rel) && get_attnum(rel, "budget_role_oid") != InvalidAttrNumber;
+}
+
+/*
+ * The statement's role has a daily budget: make sure the shared table has
+ * the role's entry for today, reading what the role spent today from
+ * rvbbit.call_log when the entry is new (after a restart).  Runs inside
+ * the caller's transaction; raises an error (failing the statement) when
+ * the table is full, so the role is refused rather than unlimited.
+ */
+static void
+wk_budget_attach(WkStmt *s)
+{
+	int32		day = rv_budget_today();
+	bool		need_load;
+	Oid			argtypes[1] = {OIDOID};
+	Datum		args[1];
+	bool		isnull;
+	double		spent;
+
+	if (!rv_budget_attach(s->budget_role, day, &need_load))
+		ereport(ERROR,
+				(errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
+				 errmsg("too many roles have a daily budget in use to track the budget of role \"%s\"",
+						s->role_name),
+				 errdetail("The shared table for rvbbit.budget_dollars_per_day holds %d roles a day. No call was sent.",
+						   rv_max_budget_roles),
+				 errhint("Raise rvbbit.max_budget_roles (it needs a restart of the server).")));
+	if (!need_load)
+		return;
+	args[0] = ObjectIdGetDatum(s->budget_role);
+	if (SPI_execute_with_args(wk_call_log_has_budget_role() ?
+							  "SELECT coalesce(sum(cost), 0)::float8 FROM rvbbit.call_log "
+							  "WHERE coalesce(budget_role_oid, role_oid) = $1 AND called_at >= "
+							  "date_trunc('day', now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC'" :
+							  "SELECT coalesce(sum(cost), 0)::float8 FROM rvbbit.call_log "
+							  "WHERE role_oid = $1 AND called_at >= "
+							  "date_trunc('day', now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC'",
+							  1, argtypes, args, NULL, true, 1) != SPI_OK_SELECT ||
+		SPI_processed != 1)
+		elog(ERROR, "could not read the day's spend from rvbbit.call_log");
+	spent = DatumGetFloat8(SPI_getbinval(SPI_tuptable->vals[0],
+										 SPI_tuptable->tupdesc, 1, &isnull));
+	rv_budget_loaded(s->budget_role, day, isnull ? 0 : (uint64) (spent * 1e6));
+}
+
+/*
+ * Load the providers table and the price table for a statement.  Runs its
+ * own transaction; on error the statement fails with the message.
+ */
+bool
+wk_load_config(WkStmt *s, json_object *hdr)
+{
+	volatile bool ok = true;
+	MemoryContext old;
+
+	s->nproviders = 1;
+	s->providers = MemoryContextAllocZero(s->cxt, sizeof(WkProvider) * 1);
+	s->providers[0].api_base = MemoryContextStrdup(s->cxt, wk_json_str(hdr, "api_base") ? wk_json_str(hdr, "api_base") : "");
+	s->providers[0].api_key = MemoryContextStrdup(s->cxt, wk_json_str(hdr, "api_key") ? wk_json_str(hdr, "api_key") : "");
+	/* every key this worker sends is masked in its log lines and errors */
+	rv_secret_register(s->providers[0].api_key);
+	s->providers[0].flavor = (RvFlavor) wk_json_int(hdr, "flavor", 0);
+	s->providers[0].rpm = -1;
+	s->providers[0].tpm = -1;
+	s->prices = json_object_new_object();
+
+	PG_TRY();
+	{
+		uint64		i;
+
+		rv_bgxact_begin("rvbbit: loading providers");
+		if (SPI_execute("SELECT prefix, api_base, api_flavor, api_key, api_key_env, "
+						"requests_per_minute, tokens_per_minute FROM rvbbit.providers",
+						true, 0) != SPI_OK_SELECT)
+			elog(ERROR, "could not read rvbbit.providers");
+		old = MemoryContextSwitchTo(s->cxt);
+		s->providers = repalloc(s->providers,
+								sizeof(WkProvider) * (1 + SPI_processed));
+		for (i = 0; i < SPI_processed; i++)
+		{
+			HeapTuple	tup = SPI_tuptable->vals[i];
+			TupleDesc	td = SPI_tuptable->tupdesc;
+			WkProvider *p = &s->providers[s->nproviders++];
+			char	   *flavor = SPI_getvalue(tup, td, 3);
+			char	   *key = SPI_getvalue(tup, td, 4);
+			char	   *env = SPI_getvalue(tup, td, 5);
+			char	   *rpm = SPI_getvalue(tup, td, 6);
+			char	   *tpm = SPI_getvalue(tup, td, 7);
+
+			p->prefix = SPI_getvalue(tup, td, 1);
+			p->api_base = SPI_getvalue(tup, td, 2);
+			p->flavor = rv_llm_flavor(flavor);
+			if (key == NULL && env != NULL && getenv(env) != NULL)
+				key = pstrdup(getenv(env));
+			p->api_key = key ? key : pstrdup("");
+			rv_secret_register(p->api_key);
+			p->rpm = rpm ? atoi(rpm) : 0;
+			p->tpm = tpm ? atoi(tpm) : 0;
+		}
+		MemoryContextSwitchTo(old);
+
+		{
+			char	   *rn = GetUserNameFromId(s->budget_role, true);
+
+			s->role_name = MemoryContextStrdup(s->cxt, rn ? rn : "?");
+		}
+		if (s->budget_day > 0)
+			wk_budget_attach(s);
+
+		/* a database still at 0.1 has no cached_input_per_million column */
+		if (SPI_execute(wk_call_log_has_budget_role() ?
+						"SELECT model, input_per_million::float8 / 1e6, "
+						"output_per_million::float8 / 1e6, "
+						"coalesce(cached_input_per_million, input_per_million)::float8 / 1e6 "
+						"FROM rvbbit.model_prices" :
+						"SELECT model, input_per_million::float8 / 1e6, "
+						"output_per_million::float8 / 1e6, "
+						"input_per_million::float8 / 1e6 "
+						"FROM rvbbit.model_prices",
+						true, 0) != SPI_OK_SELECT)
+			elog(ERROR, "could not read rvbbit.model_prices");
+		for (i = 0; i < SPI_processed; i++)
+		{
+			HeapTuple	tup = SPI_tuptable->vals[i];
+			TupleDesc	td = SPI_tuptable->tupdesc;
+			char	   *model = SPI_getvalue(tup, td, 1);
+			char	   *pin = SPI_getvalue(tup, td, 2);
+			char	   *pout = SPI_getvalue(tup, td, 3);
+			char	   *pcached = SPI_getvalue(tup, td, 4);
+			json_object *pair = json_object_new_array();
+
+			json_object_array_add(pair, json_object_new_double(pin ? atof(pin) : 0));
+			json_object_array_add(pair, json_object_new_double(pout ? atof(pout) : 0));
+			json_object_array_add(pair, json_object_new_double(pcached ? atof(pcached) : 0));
+			json_object_object_add(s->prices, model, pair);
+		}
+		rv_bgxact_end(false);
+	}
+	PG_CATCH();
+	{
+		ErrorData  *edata;
+
+		MemoryContextSwitchTo(wk_loop_cxt);
+		edata = CopyErrorData();
+		FlushErrorState();
+		AbortCurrentTransaction();
+		MemoryContextSwitchTo(wk_loop_cxt);
+		wk_stmt_fatal(s, edata->sqlerrcode, edata->message, edata->detail, edata->hint);
+		FreeErrorData(edata);
+		ok = false;
+	}
+	PG_END_TRY();
+	return ok;
+}
+
+/*
+ * The cache lookup and the INSERTs of wk_flush_writes(), prepared once per
+ * worker with a generic plan and kept (SPI_keepplan): parsing and planning
+ * them for every lookup and flush was a tenth of the worker's CPU at 0 ms
+ * latency.  The plan cache revalidates them after DDL; a call_log plan for
+ * each shape of the table (with and without 0.2's columns).
+ */
+static SPIPlanPtr wk_lookup_plan = NULL;
+static SPIPlanPtr wk_cache_plan = NULL;
+static SPIPlanPtr wk_call_plan[2] = {NULL, NULL};
+
+static SPIPlanPtr
+wk_kept_plan(SPIPlanPtr *slot, const char *sql)
+{
+	if (*slot == NULL)
+	{
+		Oid			argtypes[1] = {TEXTOID};
+		SPIPlanPtr	plan = SPI_prepare_cursor(sql, 1, argtypes, CURSOR_OPT_GENERIC_PLAN);
+
+		if (plan == NULL)
+			elog(ERROR, "could not prepare an rvbbit worker query: %s",
+				 SPI_result_code_string(SPI_result));
+		if (SPI_keepplan(plan) != 0)
+			elog(ERROR, "could not keep an rvbbit worker query");
+		*slot = plan;
+	}
+	return *slot;
+}
+
+/*
+ * Look up every task in the lookup queue in rvbbit.cache, in one
+ * transaction.  Hits are answered at once; misses move to the ready
+ * queue.  A failed lookup sends everything to the ready queue.
+ */
+void
+wk_cache_lookup(void)
+{
+	json_object *keys;
+	json_object *volatile hits = NULL;
+	dlist_mutable_iter it;
+
+	if (dlist_is_empty(&wk_lookup))
+		return;
+
+	keys = json_object_new_array();
+	dlist_foreach_modify(it, &wk_lookup)
+	{
+		WkTask	   *t = dlist_container(WkTask, node, it.cur);
+
+		json_object_array_add(keys, json_object_new_string(t->key));
+	}
+
+	PG_TRY();
+	{
+		Datum		args[1];
+		uint64		i;
+
+		rv_bgxact_begin("rvbbit: cache lookup");
+		args[0] = CStringGetTextDatum(json_object_to_json_string_ext(keys, JSON_C_TO_STRING_PLAIN));
+		if (SPI_execute_plan(wk_kept_plan(&wk_lookup_plan,
+										  "SELECT key, response, input_tokens, output_tokens, "
+										  "extract(epoch FROM now() - created_at)::float8 "
+										  "FROM rvbbit.cache WHERE key = ANY (ARRAY("
+										  "SELECT jsonb_array_elements_text($1::jsonb)))"),
+							 args, NULL, true, 0) != SPI_OK_SELECT)
+			elog(ERROR, "could not read rvbbit.cache");
+		hits = json_object_new_object();
+		for (i = 0; i < SPI_processed; i++)
+		{
+			HeapTuple	tup = SPI_tuptable->vals[i];
+			TupleDesc	td = SPI_tuptable->tupdesc;
+			char	   *age = SPI_getvalue(tup, td, 5);
+			json_object *hit = json_object_new_object();
+			char	   *tin = SPI_getvalue(tup, td, 3);
+			char	   *tout = SPI_getvalue(tup, td, 4);
+
+			json_object_object_add(hit, "response", json_object_new_string(SPI_getvalue(tup, td, 2)));
+			json_object_object_add(hit, "in", json_object_new_int64(tin ? atol(tin) : 0));
+			json_object_object_add(hit, "out", json_object_new_int64(tout ? atol(tout) : 0));
+			json_object_object_add(hit, "age", json_object_new_double(age ? atof(age) : 0));
+			json_object_object_add(hits, SPI_getvalue(tup, td, 1), hit);
+		}
+		rv_bgxact_end(false);
+	}
+	PG_CATCH();
+	{
+		wk_xact_abort();
+		if (hits)
+			json_object_put(hits);
+		hits = NULL;
+	}
+	PG_END_TRY();
+
+	dlist_foreach_modify(it, &wk_lookup)
+	{
+		WkTask	   *t = dlist_container(WkTask, node, it.cur);
+		json_object *hit = NULL;
+
+		dlist_delete(&t->node);
+		if (hits && json_object_object_get_ex(hits, t->key, &hit) &&
+			(t->stmt->cache_max_age_s < 0 ||
+			 json_object_get_double(json_object_object_get(hit, "age")) <= t->stmt->cache_max_age_s))
+		{
+			const char *r = wk_json_str(hit, "response");
+			char	   *content = pstrdup(r ? r : "");
+
+			wk_task_response(t, content, NULL,
+							 (long) wk_json_int(hit, "in", 0),
+							 (long) wk_json_int(hit, "out", 0), true, 0);
+			pfree(content);
+		}
+		else
+		{
+			wk_ready_push(t);
+		}
+	}
+	if (hits)
+		json_object_put(hits);
+	json_object_put(keys);
+}
+
+/*
+ * Write the queued cache entries and call records in one transaction.
+ * A failure is logged; the results still go to the backends.
+ */
+void
+wk_flush_writes(void)
+{
+	bool		have_cache = json_object_array_length(wk_cache_rows) > 0;
+	bool		have_calls = json_object_array_length(wk_call_rows) > 0;
+
+	if (!have_cache && !have_calls)
+		return;
+
+	PG_TRY();
+	{
+		Datum		args[1];
+
+		rv_bgxact_begin("rvbbit: recording calls");
+		if (have_cache)
+		{
+			args[0] = CStringGetTextDatum(json_object_to_json_string_ext(wk_cache_rows, JSON_C_TO_STRING_PLAIN));
+			if (SPI_execute_plan(wk_kept_plan(&wk_cache_plan,
+											  "INSERT INTO rvbbit.cache (key, model, cascade, cell, response, "
+											  "input_tokens, output_tokens, role_oid) "
+											  "SELECT key, model, cascade, cell, response, input_tokens, "
+											  "output_tokens, role_oid FROM jsonb_to_recordset($1::jsonb) AS x("
+											  "key text, model text, cascade text, cell text, response text, "
+											  "input_tokens int, output_tokens int, role_oid oid) "
+											  "ON CONFLICT (key) DO NOTHING"),
+								 args, NULL, false, 0) != SPI_OK_INSERT)
+				elog(ERROR, "could not write rvbbit.cache");
+		}
+		if (have_calls)
+		{
+			/*
+			 * A database still at 0.1 (not yet ALTER EXTENSION ... UPDATE)
+			 * has none of 0.2's columns: budget_role_oid and the provider's
+			 * reply fields all came with the 0.2 script.
+			 */
+			bool		has_br = wk_call_log_has_budget_role();
+			const char *v02 = has_br ? ", response_model, response_id, finish_reason, cached_tokens" : "";
+
+			args[0] = CStringGetTextDatum(json_object_to_json_string_ext(wk_call_rows, JSON_C_TO_STRING_PLAIN));
+			if (wk_call_plan[has_br] == NULL)
+				wk_kept_plan(&wk_call_plan[has_br],
+							 psprintf("INSERT INTO rvbbit.call_log (statement_id, backend_pid, role_oid, "
+									  "%s"
+									  "cascade, cell, model, attempt, status, http_status, input_tokens, "
+									  "output_tokens, cost, latency_ms, error, cache_key%s) "
+									  "SELECT statement_id, backend_pid, role_oid, %scascade, cell, model, "
+									  "attempt, status, http_status, input_tokens, output_tokens, cost, "
+									  "latency_ms, error, cache_key%s "
+									  "FROM pg_catalog.jsonb_to_recordset($1::pg_catalog.jsonb) AS x("
+									  "statement_id int8, backend_pid int, role_oid oid, budget_role_oid oid, cascade text, "
+									  "cell text, model text, attempt int, status text, http_status int, "
+									  "input_tokens int, output_tokens int, cost float8, latency_ms float8, "
+									  "error text, cache_key text, response_model text, response_id text, "
+									  "finish_reason text, cached_tokens int)",
+									  has_br ? "budget_role_oid, " : "", v02,
+									  has_br ? "budget_role_oid, " : "", v02));
+			if (SPI_execute_plan(wk_call_plan[has_br], args, NULL, false, 0) != SPI_OK_INSERT)
+				elog(ERROR, "could not write rvbbit.call_log");
+		}
+		rv_bgxact_end(false);
+	}
+	PG_CATCH();
+	{
+		wk_xact_abort();
+	}
+	PG_END_TRY();
+
+	json_object_put(wk_cache_rows);
+	json_object_put(wk_call_rows);
+	wk_cache_rows = json_object_new_array();
+	wk_call_rows = json_object_new_array();
+}
+
+/*
+ * Queue a call record for the next flush.  attempt is the number of
+ * requests sent for the cell before this one (transport retries and
+ * schema re-asks alike); a record that is not a cache hit counts one more.
+ * Returns the record, for the caller to add the reply's details.
+ */
+json_object *
+wk_record_call(WkTask *t, const char *status, long http_status, long tin,
+			   long tout, double cost, double latency_ms, const char *error)
+{
+	json_object *r;
+	WkStmt	   *s = t->stmt;
+
+	/* per-row counters for the backend (EXPLAIN ANALYZE) */
+	if (strcmp(status, "retry") == 0)
+		t->retries++;
+	if (latency_ms > 0)
+		t->latency_ms += latency_ms;
+
+	r = json_object_new_object();
+	json_object_object_add(r, "statement_id", json_object_new_int64(s->seghdr->statement_id));
+	json_object_object_add(r, "backend_pid", json_object_new_int(s->seghdr->backend_pid));
+	json_object_object_add(r, "role_oid", json_object_new_int64(s->seghdr->roleid));
+	json_object_object_add(r, "budget_role_oid", json_object_new_int64(s->budget_role));
+	json_object_object_add(r, "cascade", json_object_new_string(s->cascade_name));
+	json_object_object_add(r, "cell", json_object_new_string(s->cascade->cells[t->cell].name));
+	json_object_object_add(r, "model", json_object_new_string(t->model_ref ? t->model_ref : ""));
+	json_object_object_add(r, "attempt", json_object_new_int(t->cell_tries));
+	if (strcmp(status, "cached") != 0)
+		t->cell_tries++;
+	json_object_object_add(r, "status", json_object_new_string(status));
+	if (http_status > 0)
+		json_object_object_add(r, "http_status", json_object_new_int((int) http_status));
+	if (tin >= 0)
+		json_object_object_add(r, "input_tokens", json_object_new_int64(tin));
+	if (tout >= 0)
+		json_object_object_add(r, "output_tokens", json_object_new_int64(tout));
+	json_object_object_add(r, "cost", json_object_new_double(cost));
+	json_object_object_add(r, "latency_ms", json_object_new_double(latency_ms));
+	if (error)
+		json_object_object_add(r, "error", json_object_new_string(rv_redact_secrets(error)));
+	json_object_object_add(r, "cache_key", json_object_new_string(t->key));
+	json_object_array_add(wk_call_rows, r);
+	return r;
+}
+
+/* Queue a usable reply of a task's current cell for rvbbit.cache. */
+void
+wk_queue_cache_write(WkTask *t, const char *content, long tin, long tout)
+{
+	WkStmt	   *s = t->stmt;
+	json_object *r = json_object_new_object();
+
+	json_object_object_add(r, "key", json_object_new_string(t->key));
+	json_object_object_add(r, "model", json_object_new_string(t->model_ref));
+	json_object_object_add(r, "cascade", json_object_new_string(s->cascade_name));
+	json_object_object_add(r, "cell", json_object_new_string(s->cascade->cells[t->cell].name));
+	json_object_object_add(r, "response", json_object_new_string(content));
+	if (tin >= 0)
+		json_object_object_add(r, "input_tokens", json_object_new_int64(tin));
+	if (tout >= 0)
+		json_object_object_add(r, "output_tokens", json_object_new_int64(tout));
+	json_object_object_add(r, "role_oid", json_object_new_int64(s->seghdr->roleid));
+	json_object_array_add(wk_cache_rows, r);
+}
+
+/* Add what the provider said about its reply to a call record. */
+void
+wk_record_reply(json_object *r, const RvLlmResponse *resp)
+{
+	if (resp == NULL)
+		return;
+	if (resp->model)
+		json_object_object_add(r, "response_model", json_object_new_string(resp->model));
+	if (resp->id)
+		json_object_object_add(r, "response_id", json_object_new_string(resp->id));
+	if (resp->finish_reason)
+		json_object_object_add(r, "finish_reason", json_object_new_string(resp->finish_reason));
+	if (resp->cached_tokens >= 0)
+		json_object_object_add(r, "cached_tokens", json_object_new_int64(resp->cached_tokens));
+}
