@@ -160,6 +160,36 @@ rv_colbuf_arrays(RvColBuf *b, Datum *args)
 }
 
 void
+rv_colbuf_array_types(const RvColBuf *b, Oid *types)
+{
+	int			c;
+
+	for (c = 0; c < b->ncols; c++)
+	{
+		switch (b->types[c])
+		{
+			case TEXTOID:
+				types[c] = TEXTARRAYOID;
+				break;
+			case INT4OID:
+				types[c] = INT4ARRAYOID;
+				break;
+			case INT8OID:
+				types[c] = INT8ARRAYOID;
+				break;
+			case OIDOID:
+				types[c] = OIDARRAYOID;
+				break;
+			case FLOAT8OID:
+				types[c] = FLOAT8ARRAYOID;
+				break;
+			default:
+				elog(ERROR, "rvbbit column buffer: unsupported type %u", b->types[c]);
+		}
+	}
+}
+
+void
 rv_colbuf_reset(RvColBuf *b)
 {
 	int			c;

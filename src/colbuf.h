@@ -50,6 +50,9 @@ extern void rv_colbuf_set_float8(RvColBuf *b, int row, int col, double v);
  */
 extern void rv_colbuf_arrays(RvColBuf *b, Datum *args);
 
+/* The array types of the columns, for SPI_prepare. */
+extern void rv_colbuf_array_types(const RvColBuf *b, Oid *types);
+
 /* Forget every row and free their memory. */
 extern void rv_colbuf_reset(RvColBuf *b);
 

@@ -437,7 +437,7 @@ wk_task_truncated(WkTask *t, const RvLlmResponse *resp, long tin, long tout,
 	RvCell	   *cell = &s->cascade->cells[t->cell];
 	char	   *why = psprintf("the reply was cut off at max_tokens (%d)",
 							   t->send.max_tokens);
-	json_object *r = wk_record_call(t, "truncated", 200, tin, tout, cost,
+	int			r = wk_record_call(t, "truncated", 200, tin, tout, cost,
 									latency_ms, why);
 
 	wk_record_reply(r, resp);
@@ -583,7 +583,7 @@ wk_task_response(WkTask *t, const char *content, const RvLlmResponse *resp,
 
 	if (!cached)
 	{
-		json_object *rec = wk_record_call(t, usable ? "ok" : "invalid", 200, tin, tout,
+		int			rec = wk_record_call(t, usable ? "ok" : "invalid", 200, tin, tout,
 										  cost, latency_ms, usable ? NULL : err.message);
 
 		wk_record_reply(rec, resp);
