@@ -357,7 +357,7 @@ wk_task_prepare(WkTask *t)
 static json_object *
 wk_text_value(const char *content)
 {
-	json_tokener *tok = json_tokener_new_ex(64);
+	json_tokener *tok = NULL;
 	json_object *v = NULL;
 	size_t		len = strlen(content);
 	const char *p = content;
@@ -369,7 +369,9 @@ wk_text_value(const char *content)
 	}
 	while (len > 0 && isspace((unsigned char) p[len - 1]))
 		len--;
-	if (tok != NULL && len > 0 && (*p == '{' || *p == '['))
+	/* a tokener only for what may be JSON: most replies are plain text */
+	if (len > 0 && (*p == '{' || *p == '[') &&
+		(tok = json_tokener_new_ex(64)) != NULL)
 	{
 		v = json_tokener_parse_ex(tok, p, (int) len);
 		if (v != NULL && json_tokener_get_parse_end(tok) != len)
