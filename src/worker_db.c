@@ -376,19 +376,51 @@ wk_cache_lookup(void)
 	rv_colbuf_reset(&wk_lookup_keys);
 }
 
+/* the columns of the two buffers, by their WC_ and WL_ numbers */
+static const char *const wk_cache_cols[WC_NCOLS] = {
+	"key", "model", "cascade", "cell", "response", "input_tokens",
+	"output_tokens", "role_oid"
+};
+static const char *const wk_call_cols[WL_NCOLS] = {
+	"statement_id", "backend_pid", "role_oid", "budget_role_oid",
+	"cascade", "cell", "model", "attempt", "status", "http_status",
+	"input_tokens", "output_tokens", "cost", "latency_ms", "error",
+	"cache_key", "response_model", "response_id", "finish_reason",
+	"cached_tokens"
+};
+
 /*
- * "pg_catalog.unnest($1), ..., pg_catalog.unnest($n)" for ROWS FROM: the
- * multi-argument unnest(a, b, ...) is expanded so only when unqualified.
+ * "INSERT INTO table (c1, c2, ...) SELECT pg_catalog.unnest($1),
+ * pg_catalog.unnest($2), ..." for the columns of cols[0..n) whose skip[]
+ * is false (skip may be NULL); parameter $i+1 is column i's array.  The
+ * set-returning functions in the select list advance in step, one row per
+ * array element, without the tuplestore a FROM clause would fill.
  */
 static char *
-wk_unnest_list(int n)
+wk_insert_sql(const char *table, const char *const *cols, int n,
+			  const bool *skip, const char *tail)
 {
 	StringInfoData buf;
+	bool		first = true;
 	int			i;
 
 	initStringInfo(&buf);
-	for (i = 1; i <= n; i++)
-		appendStringInfo(&buf, "%spg_catalog.unnest($%d)", i > 1 ? ", " : "", i);
+	appendStringInfo(&buf, "INSERT INTO %s (", table);
+	for (i = 0; i < n; i++)
+		if (skip == NULL || !skip[i])
+		{
+			appendStringInfo(&buf, "%s%s", first ? "" : ", ", cols[i]);
+			first = false;
+		}
+	appendStringInfoString(&buf, ") SELECT ");
+	first = true;
+	for (i = 0; i < n; i++)
+		if (skip == NULL || !skip[i])
+		{
+			appendStringInfo(&buf, "%spg_catalog.unnest($%d)", first ? "" : ", ", i + 1);
+			first = false;
+		}
+	appendStringInfoString(&buf, tail);
 	return buf.data;
 }
 
@@ -413,20 +445,12 @@ wk_flush_writes(void)
 		if (have_cache)
 		{
 			rv_colbuf_arrays(&wk_cache_rows, args);
-			if (SPI_execute_plan(wk_kept_plan(&wk_cache_plan,
-											  "INSERT INTO rvbbit.cache (key, model, cascade, cell, response, "
-											  "input_tokens, output_tokens, role_oid) "
-											  "SELECT key, model, cascade, cell, response, input_tokens, "
-											  "output_tokens, role_oid FROM ROWS FROM ("
-											  "pg_catalog.unnest($1), pg_catalog.unnest($2), "
-											  "pg_catalog.unnest($3), pg_catalog.unnest($4), "
-											  "pg_catalog.unnest($5), pg_catalog.unnest($6), "
-											  "pg_catalog.unnest($7), pg_catalog.unnest($8)) AS x("
-											  "key, model, cascade, cell, response, "
-											  "input_tokens, output_tokens, role_oid) "
-											  "ON CONFLICT (key) DO NOTHING",
-											  &wk_cache_rows),
-								 args, NULL, false, 0) != SPI_OK_INSERT)
+			if (wk_cache_plan == NULL)
+				wk_kept_plan(&wk_cache_plan,
+							 wk_insert_sql("rvbbit.cache", wk_cache_cols, WC_NCOLS, NULL,
+										   " ON CONFLICT (key) DO NOTHING"),
+							 &wk_cache_rows);
+			if (SPI_execute_plan(wk_cache_plan, args, NULL, false, 0) != SPI_OK_INSERT)
 				elog(ERROR, "could not write rvbbit.cache");
 		}
 		if (have_calls)
@@ -437,28 +461,24 @@ wk_flush_writes(void)
 			 * reply fields all came with the 0.2 script.
 			 */
 			bool		has_br = wk_call_log_has_budget_role();
-			const char *v02 = has_br ? ", response_model, response_id, finish_reason, cached_tokens" : "";
 
 			rv_colbuf_arrays(&wk_call_rows, args);
 			if (wk_call_plan[has_br] == NULL)
+			{
+				bool		skip[WL_NCOLS] = {0};
+
+				if (!has_br)
+				{
+					skip[WL_BUDGET_ROLE_OID] = true;
+					skip[WL_RESPONSE_MODEL] = true;
+					skip[WL_RESPONSE_ID] = true;
+					skip[WL_FINISH_REASON] = true;
+					skip[WL_CACHED_TOKENS] = true;
+				}
 				wk_kept_plan(&wk_call_plan[has_br],
-							 psprintf("INSERT INTO rvbbit.call_log (statement_id, backend_pid, role_oid, "
-									  "%s"
-									  "cascade, cell, model, attempt, status, http_status, input_tokens, "
-									  "output_tokens, cost, latency_ms, error, cache_key%s) "
-									  "SELECT statement_id, backend_pid, role_oid, %scascade, cell, model, "
-									  "attempt, status, http_status, input_tokens, output_tokens, cost, "
-									  "latency_ms, error, cache_key%s "
-									  "FROM ROWS FROM (%s) AS x("
-									  "statement_id, backend_pid, role_oid, budget_role_oid, cascade, "
-									  "cell, model, attempt, status, http_status, "
-									  "input_tokens, output_tokens, cost, latency_ms, "
-									  "error, cache_key, response_model, response_id, "
-									  "finish_reason, cached_tokens)",
-									  has_br ? "budget_role_oid, " : "", v02,
-									  has_br ? "budget_role_oid, " : "", v02,
-									  wk_unnest_list(WL_NCOLS)),
+							 wk_insert_sql("rvbbit.call_log", wk_call_cols, WL_NCOLS, skip, ""),
 							 &wk_call_rows);
+			}
 			if (SPI_execute_plan(wk_call_plan[has_br], args, NULL, false, 0) != SPI_OK_INSERT)
 				elog(ERROR, "could not write rvbbit.call_log");
 		}
