@@ -9,6 +9,7 @@
 #   make test PG=all  15, 17 and 18, and the Debian package of each (not in CI yet)
 #   make deb PG=N  build .build/deb/postgresql-N-rvbbit_<version>_amd64.deb
 #   make bench   the benchmark harness (prints figures, asserts nothing)
+#   make profile instructions per MAP row in the backend and the worker (callgrind)
 #   make test-repeat N=5   the TAP suites N times in a row under a CPU hog,
 #                reporting every test that failed in any run
 #
@@ -118,6 +119,9 @@ endif
 bench:
 	bash tests/bench/bench.sh
 
+profile:
+	bash tests/bench/profile.sh
+
 # the seed's MAP PARALLEL example against a real llama.cpp llama-server
 # (builds it from npm's node-llama-cpp source under build/; needs a GGUF model)
 test-real-server:
@@ -131,4 +135,4 @@ test-repeat:
 unit:
 	$(MAKE) -C tests/unit check
 
-.PHONY: demo demo-stop test test-repeat deb bench unit test-real-server
+.PHONY: demo demo-stop test test-repeat deb bench profile unit test-real-server
