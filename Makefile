@@ -9,6 +9,7 @@
 #   make test PG=all  15, 17 and 18, and the Debian package of each (what CI runs)
 #   make deb PG=N  build .build/deb/postgresql-N-rvbbit_<version>_amd64.deb
 #   make bench   the benchmark harness (prints figures, asserts nothing)
+#   make profile instructions per MAP row in the backend and the worker (callgrind)
 #   make test-repeat N=5   the TAP suites N times in a row under a CPU hog,
 #                reporting every test that failed in any run
 #
@@ -19,7 +20,7 @@ EXTENSION = rvbbit
 MODULE_big = rvbbit
 OBJS = src/rvbbit.o src/guc.o src/shmem.o src/bgw.o src/pool.o src/channel.o src/worker.o src/worker_stmt.o src/worker_task.o src/worker_db.o src/http.o \
        src/map.o src/catalog.o src/options.o src/providers.o src/exec.o src/stmt.o src/registry.o src/progress.o src/mapscan.o src/rewrite.o src/jobs.o src/jobs_runner.o src/request.o src/estimate.o src/ratelimit.o src/budget.o src/rverror.o src/rvtext.o src/template.o \
-       src/jsonschema.o src/cascade.o src/llm.o src/syntax.o \
+       src/jsonschema.o src/cascade.o src/llm.o src/syntax.o src/colbuf.o \
        src/gateway_sup.o
 DATA = sql/rvbbit--0.1.sql sql/rvbbit--0.1--0.2.sql
 PGFILEDESC = "rvbbit - LLM workflows from SQL"
@@ -123,6 +124,9 @@ endif
 bench:
 	bash tests/bench/bench.sh
 
+profile:
+	bash tests/bench/profile.sh
+
 # the seed's MAP PARALLEL example against a real llama.cpp llama-server
 # (builds it from npm's node-llama-cpp source under build/; needs a GGUF model)
 test-real-server:
@@ -136,4 +140,4 @@ test-repeat:
 unit:
 	$(MAKE) -C tests/unit check
 
-.PHONY: demo demo-stop test test-repeat deb bench unit test-real-server
+.PHONY: demo demo-stop test test-repeat deb bench profile unit test-real-server

@@ -45,6 +45,8 @@ typedef struct RvHttpReq
 	char		errbuf[CURL_ERROR_SIZE];
 	double		latency_ms;		/* from curl's total time */
 	bool		held;			/* waiting for the first TLS handshake (http.c) */
+	bool		in_multi;		/* easy is added to the multi handle (http.c) */
+	struct RvHttp *http;		/* the context that started it (http.c) */
 	struct RvHttpReq *next_done;	/* also links the held requests */
 } RvHttpReq;
 

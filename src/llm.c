@@ -145,6 +145,12 @@ llm_sanitize(const char *s, size_t len, size_t max)
 	return out;
 }
 
+/* llm_parse()'s tokener, kept between calls */
+static json_tokener *llm_tok = NULL;
+
+/* a tokener that parsed more than this is freed, not kept */
+#define LLM_TOK_KEEP_MAX (256 * 1024)
+
 /*
  * Parse text[0..len) as exactly one JSON value with a strict, UTF-8
  * validating tokener limited to LLM_JSON_DEPTH levels.  On success stores
@@ -168,14 +174,25 @@ llm_parse(const char *text, size_t len, json_object **out, char *why,
 			snprintf(why, whylen, "json-c: input of %zu bytes is too large", len);
 		return false;
 	}
-	tok = json_tokener_new_ex(LLM_JSON_DEPTH);
-	if (tok == NULL)
+	/*
+	 * One tokener per process, reset before each use: allocating and
+	 * clearing a 64-level tokener for every reply was a tenth of the
+	 * worker's per-row instructions.  json-c never longjmps, so a parse
+	 * always comes back here and the tokener cannot be left in use.
+	 */
+	if (llm_tok == NULL)
 	{
-		if (why != NULL)
-			snprintf(why, whylen, "json-c: out of memory");
-		return false;
+		llm_tok = json_tokener_new_ex(LLM_JSON_DEPTH);
+		if (llm_tok == NULL)
+		{
+			if (why != NULL)
+				snprintf(why, whylen, "json-c: out of memory");
+			return false;
+		}
+		json_tokener_set_flags(llm_tok, JSON_TOKENER_STRICT | JSON_TOKENER_VALIDATE_UTF8);
 	}
-	json_tokener_set_flags(tok, JSON_TOKENER_STRICT | JSON_TOKENER_VALIDATE_UTF8);
+	tok = llm_tok;
+	json_tokener_reset(tok);
 	obj = json_tokener_parse_ex(tok, text != NULL ? text : "", (int) len);
 	jerr = json_tokener_get_error(tok);
 	end = json_tokener_get_parse_end(tok);
@@ -192,7 +209,13 @@ llm_parse(const char *text, size_t len, json_object **out, char *why,
 		if (jerr == json_tokener_error_parse_eof)
 			jerr = json_tokener_continue;
 	}
-	json_tokener_free(tok);
+	json_tokener_reset(tok);
+	if (len > LLM_TOK_KEEP_MAX)
+	{
+		/* its string buffer grew with the input: do not keep that */
+		json_tokener_free(tok);
+		llm_tok = NULL;
+	}
 
 	if (jerr != json_tokener_success)
 	{

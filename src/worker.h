@@ -188,10 +188,10 @@ extern void wk_db_init(void);
 extern bool wk_load_config(WkStmt *s, json_object *hdr);
 extern void wk_cache_lookup(void);
 extern void wk_queue_cache_write(WkTask *t, const char *content, long tin, long tout);
-extern json_object *wk_record_call(WkTask *t, const char *status, long http_status,
-								   long tin, long tout, double cost,
-								   double latency_ms, const char *error);
-extern void wk_record_reply(json_object *r, const RvLlmResponse *resp);
+extern int	wk_record_call(WkTask *t, const char *status, long http_status,
+						   long tin, long tout, double cost,
+						   double latency_ms, const char *error);
+extern void wk_record_reply(int r, const RvLlmResponse *resp);
 extern void wk_flush_writes(void);
 
 #endif							/* RV_WORKER_H */

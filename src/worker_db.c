@@ -22,20 +22,54 @@
 #include "utils/memutils.h"
 
 #include "budget.h"
+#include "colbuf.h"
 #include "worker.h"
 
-/* A row to write to rvbbit.cache / rvbbit.call_log at the next flush. */
-static json_object *wk_cache_rows = NULL;	/* array */
-static json_object *wk_call_rows = NULL;	/* array */
+/*
+ * The rows to write to rvbbit.cache / rvbbit.call_log at the next flush,
+ * column by column (colbuf.h): the flush hands each column to SQL as an
+ * array and unnests them.
+ */
+enum
+{
+	WC_KEY, WC_MODEL, WC_CASCADE, WC_CELL, WC_RESPONSE, WC_INPUT_TOKENS,
+	WC_OUTPUT_TOKENS, WC_ROLE_OID, WC_NCOLS
+};
+static const Oid wk_cache_types[WC_NCOLS] = {
+	TEXTOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, INT8OID, INT8OID, OIDOID
+};
+
+enum
+{
+	WL_STATEMENT_ID, WL_BACKEND_PID, WL_ROLE_OID, WL_BUDGET_ROLE_OID,
+	WL_CASCADE, WL_CELL, WL_MODEL, WL_ATTEMPT, WL_STATUS, WL_HTTP_STATUS,
+	WL_INPUT_TOKENS, WL_OUTPUT_TOKENS, WL_COST, WL_LATENCY_MS, WL_ERROR,
+	WL_CACHE_KEY, WL_RESPONSE_MODEL, WL_RESPONSE_ID, WL_FINISH_REASON,
+	WL_CACHED_TOKENS, WL_NCOLS
+};
+static const Oid wk_call_types[WL_NCOLS] = {
+	INT8OID, INT4OID, OIDOID, OIDOID,
+	TEXTOID, TEXTOID, TEXTOID, INT4OID, TEXTOID, INT4OID,
+	INT8OID, INT8OID, FLOAT8OID, FLOAT8OID, TEXTOID,
+	TEXTOID, TEXTOID, TEXTOID, TEXTOID,
+	INT8OID
+};
+
+static RvColBuf wk_cache_rows;
+static RvColBuf wk_call_rows;
+
+/* the keys of one cache lookup */
+static const Oid wk_lookup_types[1] = {TEXTOID};
+static RvColBuf wk_lookup_keys;
 
 /* The worker starts with nothing to write. */
 void
 wk_db_init(void)
 {
-	wk_cache_rows = json_object_new_array();
-	wk_call_rows = json_object_new_array();
+	rv_colbuf_init(&wk_cache_rows, TopMemoryContext, WC_NCOLS, wk_cache_types);
+	rv_colbuf_init(&wk_call_rows, TopMemoryContext, WL_NCOLS, wk_call_types);
+	rv_colbuf_init(&wk_lookup_keys, TopMemoryContext, 1, wk_lookup_types);
 }
-
 
 /*
  * Report and clear an error caught from a worker transaction, and abort
@@ -229,12 +263,15 @@ static SPIPlanPtr wk_cache_plan = NULL;
 static SPIPlanPtr wk_call_plan[2] = {NULL, NULL};
 
 static SPIPlanPtr
-wk_kept_plan(SPIPlanPtr *slot, const char *sql)
+wk_kept_plan(SPIPlanPtr *slot, const char *sql, const RvColBuf *args)
 {
 	if (*slot == NULL)
 	{
-		Oid			argtypes[1] = {TEXTOID};
-		SPIPlanPtr	plan = SPI_prepare_cursor(sql, 1, argtypes, CURSOR_OPT_GENERIC_PLAN);
+		Oid			argtypes[RV_COLBUF_MAX_COLS];
+		SPIPlanPtr	plan;
+
+		rv_colbuf_array_types(args, argtypes);
+		plan = SPI_prepare_cursor(sql, args->ncols, argtypes, CURSOR_OPT_GENERIC_PLAN);
 
 		if (plan == NULL)
 			elog(ERROR, "could not prepare an rvbbit worker query: %s",
@@ -254,19 +291,17 @@ wk_kept_plan(SPIPlanPtr *slot, const char *sql)
 void
 wk_cache_lookup(void)
 {
-	json_object *keys;
 	json_object *volatile hits = NULL;
 	dlist_mutable_iter it;
 
 	if (dlist_is_empty(&wk_lookup))
 		return;
 
-	keys = json_object_new_array();
 	dlist_foreach_modify(it, &wk_lookup)
 	{
 		WkTask	   *t = dlist_container(WkTask, node, it.cur);
 
-		json_object_array_add(keys, json_object_new_string(t->key));
+		rv_colbuf_set_text(&wk_lookup_keys, rv_colbuf_add_row(&wk_lookup_keys), 0, t->key);
 	}
 
 	PG_TRY();
@@ -275,12 +310,12 @@ wk_cache_lookup(void)
 		uint64		i;
 
 		rv_bgxact_begin("rvbbit: cache lookup");
-		args[0] = CStringGetTextDatum(json_object_to_json_string_ext(keys, JSON_C_TO_STRING_PLAIN));
+		rv_colbuf_arrays(&wk_lookup_keys, args);
 		if (SPI_execute_plan(wk_kept_plan(&wk_lookup_plan,
 										  "SELECT key, response, input_tokens, output_tokens, "
 										  "extract(epoch FROM now() - created_at)::float8 "
-										  "FROM rvbbit.cache WHERE key = ANY (ARRAY("
-										  "SELECT jsonb_array_elements_text($1::jsonb)))"),
+										  "FROM rvbbit.cache WHERE key = ANY ($1)",
+										  &wk_lookup_keys),
 							 args, NULL, true, 0) != SPI_OK_SELECT)
 			elog(ERROR, "could not read rvbbit.cache");
 		hits = json_object_new_object();
@@ -335,7 +370,55 @@ wk_cache_lookup(void)
 	}
 	if (hits)
 		json_object_put(hits);
-	json_object_put(keys);
+	rv_colbuf_reset(&wk_lookup_keys);
+}
+
+/* the columns of the two buffers, by their WC_ and WL_ numbers */
+static const char *const wk_cache_cols[WC_NCOLS] = {
+	"key", "model", "cascade", "cell", "response", "input_tokens",
+	"output_tokens", "role_oid"
+};
+static const char *const wk_call_cols[WL_NCOLS] = {
+	"statement_id", "backend_pid", "role_oid", "budget_role_oid",
+	"cascade", "cell", "model", "attempt", "status", "http_status",
+	"input_tokens", "output_tokens", "cost", "latency_ms", "error",
+	"cache_key", "response_model", "response_id", "finish_reason",
+	"cached_tokens"
+};
+
+/*
+ * "INSERT INTO table (c1, c2, ...) SELECT pg_catalog.unnest($1),
+ * pg_catalog.unnest($2), ..." for the columns of cols[0..n) whose skip[]
+ * is false (skip may be NULL); parameter $i+1 is column i's array.  The
+ * set-returning functions in the select list advance in step, one row per
+ * array element, without the tuplestore a FROM clause would fill.
+ */
+static char *
+wk_insert_sql(const char *table, const char *const *cols, int n,
+			  const bool *skip, const char *tail)
+{
+	StringInfoData buf;
+	bool		first = true;
+	int			i;
+
+	initStringInfo(&buf);
+	appendStringInfo(&buf, "INSERT INTO %s (", table);
+	for (i = 0; i < n; i++)
+		if (skip == NULL || !skip[i])
+		{
+			appendStringInfo(&buf, "%s%s", first ? "" : ", ", cols[i]);
+			first = false;
+		}
+	appendStringInfoString(&buf, ") SELECT ");
+	first = true;
+	for (i = 0; i < n; i++)
+		if (skip == NULL || !skip[i])
+		{
+			appendStringInfo(&buf, "%spg_catalog.unnest($%d)", first ? "" : ", ", i + 1);
+			first = false;
+		}
+	appendStringInfoString(&buf, tail);
+	return buf.data;
 }
 
 /*
@@ -345,29 +428,26 @@ wk_cache_lookup(void)
 void
 wk_flush_writes(void)
 {
-	bool		have_cache = json_object_array_length(wk_cache_rows) > 0;
-	bool		have_calls = json_object_array_length(wk_call_rows) > 0;
+	bool		have_cache = wk_cache_rows.nrows > 0;
+	bool		have_calls = wk_call_rows.nrows > 0;
 
 	if (!have_cache && !have_calls)
 		return;
 
 	PG_TRY();
 	{
-		Datum		args[1];
+		Datum		args[RV_COLBUF_MAX_COLS];
 
 		rv_bgxact_begin("rvbbit: recording calls");
 		if (have_cache)
 		{
-			args[0] = CStringGetTextDatum(json_object_to_json_string_ext(wk_cache_rows, JSON_C_TO_STRING_PLAIN));
-			if (SPI_execute_plan(wk_kept_plan(&wk_cache_plan,
-											  "INSERT INTO rvbbit.cache (key, model, cascade, cell, response, "
-											  "input_tokens, output_tokens, role_oid) "
-											  "SELECT key, model, cascade, cell, response, input_tokens, "
-											  "output_tokens, role_oid FROM jsonb_to_recordset($1::jsonb) AS x("
-											  "key text, model text, cascade text, cell text, response text, "
-											  "input_tokens int, output_tokens int, role_oid oid) "
-											  "ON CONFLICT (key) DO NOTHING"),
-								 args, NULL, false, 0) != SPI_OK_INSERT)
+			rv_colbuf_arrays(&wk_cache_rows, args);
+			if (wk_cache_plan == NULL)
+				wk_kept_plan(&wk_cache_plan,
+							 wk_insert_sql("rvbbit.cache", wk_cache_cols, WC_NCOLS, NULL,
+										   " ON CONFLICT (key) DO NOTHING"),
+							 &wk_cache_rows);
+			if (SPI_execute_plan(wk_cache_plan, args, NULL, false, 0) != SPI_OK_INSERT)
 				elog(ERROR, "could not write rvbbit.cache");
 		}
 		if (have_calls)
@@ -378,26 +458,24 @@ wk_flush_writes(void)
 			 * reply fields all came with the 0.2 script.
 			 */
 			bool		has_br = wk_call_log_has_budget_role();
-			const char *v02 = has_br ? ", response_model, response_id, finish_reason, cached_tokens" : "";
 
-			args[0] = CStringGetTextDatum(json_object_to_json_string_ext(wk_call_rows, JSON_C_TO_STRING_PLAIN));
+			rv_colbuf_arrays(&wk_call_rows, args);
 			if (wk_call_plan[has_br] == NULL)
+			{
+				bool		skip[WL_NCOLS] = {0};
+
+				if (!has_br)
+				{
+					skip[WL_BUDGET_ROLE_OID] = true;
+					skip[WL_RESPONSE_MODEL] = true;
+					skip[WL_RESPONSE_ID] = true;
+					skip[WL_FINISH_REASON] = true;
+					skip[WL_CACHED_TOKENS] = true;
+				}
 				wk_kept_plan(&wk_call_plan[has_br],
-							 psprintf("INSERT INTO rvbbit.call_log (statement_id, backend_pid, role_oid, "
-									  "%s"
-									  "cascade, cell, model, attempt, status, http_status, input_tokens, "
-									  "output_tokens, cost, latency_ms, error, cache_key%s) "
-									  "SELECT statement_id, backend_pid, role_oid, %scascade, cell, model, "
-									  "attempt, status, http_status, input_tokens, output_tokens, cost, "
-									  "latency_ms, error, cache_key%s "
-									  "FROM pg_catalog.jsonb_to_recordset($1::pg_catalog.jsonb) AS x("
-									  "statement_id int8, backend_pid int, role_oid oid, budget_role_oid oid, cascade text, "
-									  "cell text, model text, attempt int, status text, http_status int, "
-									  "input_tokens int, output_tokens int, cost float8, latency_ms float8, "
-									  "error text, cache_key text, response_model text, response_id text, "
-									  "finish_reason text, cached_tokens int)",
-									  has_br ? "budget_role_oid, " : "", v02,
-									  has_br ? "budget_role_oid, " : "", v02));
+							 wk_insert_sql("rvbbit.call_log", wk_call_cols, WL_NCOLS, skip, ""),
+							 &wk_call_rows);
+			}
 			if (SPI_execute_plan(wk_call_plan[has_br], args, NULL, false, 0) != SPI_OK_INSERT)
 				elog(ERROR, "could not write rvbbit.call_log");
 		}
@@ -409,10 +487,8 @@ wk_flush_writes(void)
 	}
 	PG_END_TRY();
 
-	json_object_put(wk_cache_rows);
-	json_object_put(wk_call_rows);
-	wk_cache_rows = json_object_new_array();
-	wk_call_rows = json_object_new_array();
+	rv_colbuf_reset(&wk_cache_rows);
+	rv_colbuf_reset(&wk_call_rows);
 }
 
 /*
@@ -421,12 +497,13 @@ wk_flush_writes(void)
  * schema re-asks alike); a record that is not a cache hit counts one more.
  * Returns the record, for the caller to add the reply's details.
  */
-json_object *
+int
 wk_record_call(WkTask *t, const char *status, long http_status, long tin,
 			   long tout, double cost, double latency_ms, const char *error)
 {
-	json_object *r;
+	RvColBuf   *b = &wk_call_rows;
 	WkStmt	   *s = t->stmt;
+	int			r;
 
 	/* per-row counters for the backend (EXPLAIN ANALYZE) */
 	if (strcmp(status, "retry") == 0)
@@ -434,30 +511,29 @@ wk_record_call(WkTask *t, const char *status, long http_status, long tin,
 	if (latency_ms > 0)
 		t->latency_ms += latency_ms;
 
-	r = json_object_new_object();
-	json_object_object_add(r, "statement_id", json_object_new_int64(s->seghdr->statement_id));
-	json_object_object_add(r, "backend_pid", json_object_new_int(s->seghdr->backend_pid));
-	json_object_object_add(r, "role_oid", json_object_new_int64(s->seghdr->roleid));
-	json_object_object_add(r, "budget_role_oid", json_object_new_int64(s->budget_role));
-	json_object_object_add(r, "cascade", json_object_new_string(s->cascade_name));
-	json_object_object_add(r, "cell", json_object_new_string(s->cascade->cells[t->cell].name));
-	json_object_object_add(r, "model", json_object_new_string(t->model_ref ? t->model_ref : ""));
-	json_object_object_add(r, "attempt", json_object_new_int(t->cell_tries));
+	r = rv_colbuf_add_row(b);
+	rv_colbuf_set_int(b, r, WL_STATEMENT_ID, s->seghdr->statement_id);
+	rv_colbuf_set_int(b, r, WL_BACKEND_PID, s->seghdr->backend_pid);
+	rv_colbuf_set_int(b, r, WL_ROLE_OID, s->seghdr->roleid);
+	rv_colbuf_set_int(b, r, WL_BUDGET_ROLE_OID, s->budget_role);
+	rv_colbuf_set_text(b, r, WL_CASCADE, s->cascade_name);
+	rv_colbuf_set_text(b, r, WL_CELL, s->cascade->cells[t->cell].name);
+	rv_colbuf_set_text(b, r, WL_MODEL, t->model_ref ? t->model_ref : "");
+	rv_colbuf_set_int(b, r, WL_ATTEMPT, t->cell_tries);
 	if (strcmp(status, "cached") != 0)
 		t->cell_tries++;
-	json_object_object_add(r, "status", json_object_new_string(status));
+	rv_colbuf_set_text(b, r, WL_STATUS, status);
 	if (http_status > 0)
-		json_object_object_add(r, "http_status", json_object_new_int((int) http_status));
+		rv_colbuf_set_int(b, r, WL_HTTP_STATUS, (int) http_status);
 	if (tin >= 0)
-		json_object_object_add(r, "input_tokens", json_object_new_int64(tin));
+		rv_colbuf_set_int(b, r, WL_INPUT_TOKENS, tin);
 	if (tout >= 0)
-		json_object_object_add(r, "output_tokens", json_object_new_int64(tout));
-	json_object_object_add(r, "cost", json_object_new_double(cost));
-	json_object_object_add(r, "latency_ms", json_object_new_double(latency_ms));
+		rv_colbuf_set_int(b, r, WL_OUTPUT_TOKENS, tout);
+	rv_colbuf_set_float8(b, r, WL_COST, cost);
+	rv_colbuf_set_float8(b, r, WL_LATENCY_MS, latency_ms);
 	if (error)
-		json_object_object_add(r, "error", json_object_new_string(rv_redact_secrets(error)));
-	json_object_object_add(r, "cache_key", json_object_new_string(t->key));
-	json_object_array_add(wk_call_rows, r);
+		rv_colbuf_set_text(b, r, WL_ERROR, rv_redact_secrets(error));
+	rv_colbuf_set_text(b, r, WL_CACHE_KEY, t->key);
 	return r;
 }
 
@@ -465,34 +541,36 @@ wk_record_call(WkTask *t, const char *status, long http_status, long tin,
 void
 wk_queue_cache_write(WkTask *t, const char *content, long tin, long tout)
 {
+	RvColBuf   *b = &wk_cache_rows;
 	WkStmt	   *s = t->stmt;
-	json_object *r = json_object_new_object();
+	int			r = rv_colbuf_add_row(b);
 
-	json_object_object_add(r, "key", json_object_new_string(t->key));
-	json_object_object_add(r, "model", json_object_new_string(t->model_ref));
-	json_object_object_add(r, "cascade", json_object_new_string(s->cascade_name));
-	json_object_object_add(r, "cell", json_object_new_string(s->cascade->cells[t->cell].name));
-	json_object_object_add(r, "response", json_object_new_string(content));
+	rv_colbuf_set_text(b, r, WC_KEY, t->key);
+	rv_colbuf_set_text(b, r, WC_MODEL, t->model_ref);
+	rv_colbuf_set_text(b, r, WC_CASCADE, s->cascade_name);
+	rv_colbuf_set_text(b, r, WC_CELL, s->cascade->cells[t->cell].name);
+	rv_colbuf_set_text(b, r, WC_RESPONSE, content);
 	if (tin >= 0)
-		json_object_object_add(r, "input_tokens", json_object_new_int64(tin));
+		rv_colbuf_set_int(b, r, WC_INPUT_TOKENS, tin);
 	if (tout >= 0)
-		json_object_object_add(r, "output_tokens", json_object_new_int64(tout));
-	json_object_object_add(r, "role_oid", json_object_new_int64(s->seghdr->roleid));
-	json_object_array_add(wk_cache_rows, r);
+		rv_colbuf_set_int(b, r, WC_OUTPUT_TOKENS, tout);
+	rv_colbuf_set_int(b, r, WC_ROLE_OID, s->seghdr->roleid);
 }
 
-/* Add what the provider said about its reply to a call record. */
+/* Add what the provider said about its reply to call record r. */
 void
-wk_record_reply(json_object *r, const RvLlmResponse *resp)
+wk_record_reply(int r, const RvLlmResponse *resp)
 {
-	if (resp == NULL)
+	RvColBuf   *b = &wk_call_rows;
+
+	if (resp == NULL || r < 0 || r >= b->nrows)
 		return;
 	if (resp->model)
-		json_object_object_add(r, "response_model", json_object_new_string(resp->model));
+		rv_colbuf_set_text(b, r, WL_RESPONSE_MODEL, resp->model);
 	if (resp->id)
-		json_object_object_add(r, "response_id", json_object_new_string(resp->id));
+		rv_colbuf_set_text(b, r, WL_RESPONSE_ID, resp->id);
 	if (resp->finish_reason)
-		json_object_object_add(r, "finish_reason", json_object_new_string(resp->finish_reason));
+		rv_colbuf_set_text(b, r, WL_FINISH_REASON, resp->finish_reason);
 	if (resp->cached_tokens >= 0)
-		json_object_object_add(r, "cached_tokens", json_object_new_int64(resp->cached_tokens));
+		rv_colbuf_set_int(b, r, WL_CACHED_TOKENS, resp->cached_tokens);
 }

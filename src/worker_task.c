@@ -358,7 +358,7 @@ wk_task_prepare(WkTask *t)
 static json_object *
 wk_text_value(const char *content)
 {
-	json_tokener *tok = json_tokener_new_ex(64);
+	json_tokener *tok = NULL;
 	json_object *v = NULL;
 	size_t		len = strlen(content);
 	const char *p = content;
@@ -370,7 +370,9 @@ wk_text_value(const char *content)
 	}
 	while (len > 0 && isspace((unsigned char) p[len - 1]))
 		len--;
-	if (tok != NULL && len > 0 && (*p == '{' || *p == '['))
+	/* a tokener only for what may be JSON: most replies are plain text */
+	if (len > 0 && (*p == '{' || *p == '[') &&
+		(tok = json_tokener_new_ex(64)) != NULL)
 	{
 		v = json_tokener_parse_ex(tok, p, (int) len);
 		if (v != NULL && json_tokener_get_parse_end(tok) != len)
@@ -438,7 +440,7 @@ wk_task_truncated(WkTask *t, const RvLlmResponse *resp, long tin, long tout,
 	RvCell	   *cell = &s->cascade->cells[t->cell];
 	char	   *why = psprintf("the reply was cut off at max_tokens (%d)",
 							   t->send.max_tokens);
-	json_object *r = wk_record_call(t, "truncated", 200, tin, tout, cost,
+	int			r = wk_record_call(t, "truncated", 200, tin, tout, cost,
 									latency_ms, why);
 
 	wk_record_reply(r, resp);
@@ -584,7 +586,7 @@ wk_task_response(WkTask *t, const char *content, const RvLlmResponse *resp,
 
 	if (!cached)
 	{
-		json_object *rec = wk_record_call(t, usable ? "ok" : "invalid", 200, tin, tout,
+		int			rec = wk_record_call(t, usable ? "ok" : "invalid", 200, tin, tout,
 										  cost, latency_ms, usable ? NULL : err.message);
 
 		wk_record_reply(rec, resp);
