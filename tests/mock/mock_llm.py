@@ -644,6 +644,55 @@ def batch_items(array_schema: dict, cleaned: str, root: dict, n: int) -> list:
     return [SchemaValue(cleaned + str(i), root).value(items) for i in range(n)]
 
 
+def prompt_rows(cleaned: str):
+    """Return the first JSON array of objects written in the prompt (the
+    rows of a MAP BATCH request, `{{ rows | tojson }}`), or None."""
+    dec = json.JSONDecoder()
+    pos = cleaned.find("[")
+    while pos >= 0:
+        try:
+            value, _ = dec.raw_decode(cleaned, pos)
+        except ValueError:
+            value = None
+        if isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
+            return value
+        pos = cleaned.find("[", pos + 1)
+    return None
+
+
+def fixture_rows_reply(fixtures, schema, cleaned: str):
+    """A MAP BATCH request (an array schema, rows in the prompt): one item
+    per row, from the fixture rule that matches the row (its JSON reply),
+    else generated from the items schema.  None when the request is not
+    such a batch or no row matches a rule (the caller's usual reply)."""
+    if not isinstance(schema, dict):
+        return None
+    gen = SchemaValue(cleaned, schema)
+    root = gen.resolve(schema)
+    if not isinstance(root, dict) or gen.kind(root) != "array":
+        return None
+    rows = prompt_rows(cleaned)
+    if rows is None:
+        return None
+    items = root.get("items") if isinstance(root.get("items"), dict) else {}
+    out = []
+    matched = False
+    for i, row in enumerate(rows):
+        text = json.dumps(row, ensure_ascii=False)
+        fx = fixtures.match(text)
+        item = None
+        if fx is not None and fx[1] == 200:
+            try:
+                item = json.loads(fx[0])
+                matched = True
+            except ValueError:
+                item = None
+        if item is None:
+            item = SchemaValue(text + str(i), schema).value(items)
+        out.append(item)
+    return out if matched else None
+
+
 def invalid_json(schema):
     """Return a value that violates schema: an object missing every required
     property, or a wrong-typed value when an object would pass."""
@@ -1031,8 +1080,15 @@ class State:
             if invalid:
                 content = compact(invalid_json(schema))
             else:
-                fx = self.fixtures.match(cleaned) if self.fixtures is not None else None
-                if fx is not None:
+                rows_reply = None
+                if self.fixtures is not None and wants_json:
+                    rows_reply = fixture_rows_reply(self.fixtures, schema, cleaned)
+                fx = None
+                if rows_reply is None and self.fixtures is not None:
+                    fx = self.fixtures.match(cleaned)
+                if rows_reply is not None:
+                    content = compact(rows_reply)
+                elif fx is not None:
                     content, status, fx_latency = fx
                     if fx_latency is not None and d.latency_ms is None:
                         delay = fx_latency / 1000.0

@@ -743,6 +743,26 @@ class MockTest(unittest.TestCase):
             s.close()
         wait_for(lambda: stats(self.port)["in_flight"] == 0, what="in_flight 0")
 
+    def test_fixtures_batch_rows(self):
+        """A MAP BATCH request (array schema, rows as JSON in the prompt):
+        one item per row, the matching fixture's reply or a generated one."""
+        arr = {"type": "array", "items": {"type": "object", "properties": {
+            "brand": {"type": "string"}}, "required": ["brand"]}}
+        rf = {"type": "json_schema", "json_schema": {"name": "b", "schema": arr}}
+        rows = [{"id": 1, "product_name": "Apple iPhone 15"},
+                {"id": 2, "product_name": "Unknown Gadget"},
+                {"id": 3, "product_name": "Apple iPhone 15 Pro"}]
+        prompt = "For each product, in order, its brand: " + json.dumps(rows)
+        v = json.loads(content_of(chat_json(self.port, prompt, response_format=rf)))
+        self.assertEqual(len(v), 3)
+        self.assertEqual(v[0], {"brand": "Apple"})
+        self.assertEqual(v[2], {"brand": "Apple"})
+        self.assertIsInstance(v[1].get("brand"), str)
+        # no row matches a rule: the usual generated array
+        prompt = "Brands: " + json.dumps([{"product_name": "Nothing Known"}])
+        v = json.loads(content_of(chat_json(self.port, prompt, response_format=rf)))
+        self.assertIsInstance(v, list)
+
     def test_fixtures_reload(self):
         """Changing the fixtures file is picked up without a restart."""
         rules = {"rules": [{"match": "reload probe", "reply": "reloaded"}] + FIXTURES["rules"]}

@@ -150,11 +150,13 @@ like($node->safe_psql('postgres', "SELECT result::text FROM rvbbit.job_results W
 $node->safe_psql('postgres', q{ALTER ROLE alice SET rvbbit.budget_dollars_per_day = 0.000001});
 is($node->safe_psql('postgres', 'SHOW rvbbit.budget_dollars_per_day', connstr => $node->connstr('postgres') . ' user=alice'),
 	'1e-06', 'a session of alice has the setting');
+# (a budget needs the model's price: at $0 the call fits the tiny budget)
+$node->safe_psql('postgres', q{INSERT INTO rvbbit.model_prices VALUES ('mock/tap', 0, 0)});
 $id = as_alice(qq{SELECT * FROM rvbbit.sql(\$\$RUN ASYNC '$summ' USING (SELECT current_setting('rvbbit.budget_dollars_per_day') AS b, 'never sent' AS text)\$\$)});
 ok(wait_job($id), 'a job reading the setting ended');
 like($node->safe_psql('postgres', "SELECT result::text FROM rvbbit.job_results WHERE job_id = $id"),
 	qr/1e-06/, 'the job sees alice\'s ALTER ROLE ... SET value');
-$node->safe_psql('postgres', q{INSERT INTO rvbbit.model_prices VALUES ('mock/tap', 1000000, 1000000)});
+$node->safe_psql('postgres', q{UPDATE rvbbit.model_prices SET input_per_million = 1000000, output_per_million = 1000000 WHERE model = 'mock/tap'});
 $id = as_alice(qq{SELECT * FROM rvbbit.sql(\$\$RUN ASYNC '$summ' USING (SELECT 'over budget' AS text) WITH (on_error = 'fail')\$\$)});
 ok(wait_job($id), 'a job of a role with a tiny daily budget ended');
 is(job_status($id), 'failed', 'it failed');
