@@ -1960,6 +1960,56 @@ cas_utf8_code(const unsigned char *p, int n)
 	return ((p[0] & 0x0F) << 12) | ((p[1] & 0x3F) << 6) | (p[2] & 0x3F);
 }
 
+/* The character position (not byte) of p in name, from 1. */
+static int
+cas_char_pos(const char *name, const char *p)
+{
+	const char *q;
+	int			chars = 0;
+
+	for (q = name; q <= p; q++)
+		if ((((unsigned char) *q) & 0xC0) != 0x80)
+			chars++;
+	return chars;
+}
+
+/*
+ * The characters a cascade name may not hold: control characters, a
+ * backslash, invisible or space-like Unicode characters.  Fills err and
+ * returns false at the first one.
+ */
+static bool
+cas_name_chars_ok(const char *name, RvError *err)
+{
+	const char *p;
+
+	for (p = name; *p; p++)
+	{
+		unsigned char c = (unsigned char) *p;
+
+		if (c < 0x20 || c == 0x7f || c == '\\')
+		{
+			rv_error_set(err, "cascade name contains a control character or a backslash");
+			rv_error_detail(err, "Character %d of the name is not allowed.", cas_char_pos(name, p));
+			return false;
+		}
+	}
+	for (p = name; *p; p++)
+	{
+		int			n = cas_invisible_len((const unsigned char *) p);
+
+		if (n > 0)
+		{
+			rv_error_set(err, "cascade name contains an invisible or space-like character");
+			rv_error_detail(err, "Character %d of the name (U+%04X) is not allowed: "
+							"it would make a name that looks like another one.",
+							cas_char_pos(name, p), cas_utf8_code((const unsigned char *) p, n));
+			return false;
+		}
+	}
+	return true;
+}
+
 /*
  * rv_cascade_name_normalize: see cascade.h for the rule.  Works on the
  * bytes of the name (any server encoding is ASCII-compatible in the
@@ -1979,43 +2029,8 @@ rv_cascade_name_normalize(const char *name, char *out, RvError *err)
 		return false;
 	}
 	len = strlen(name);
-	for (p = name; *p; p++)
-	{
-		unsigned char c = (unsigned char) *p;
-
-		if (c < 0x20 || c == 0x7f || c == '\\')
-		{
-			const char *q;
-			int			chars = 0;
-
-			rv_error_set(err, "cascade name contains a control character or a backslash");
-			/* count characters, not bytes (UTF-8 continuation bytes) */
-			for (q = name; q <= p; q++)
-				if ((((unsigned char) *q) & 0xC0) != 0x80)
-					chars++;
-			rv_error_detail(err, "Character %d of the name is not allowed.", chars);
-			return false;
-		}
-	}
-	for (p = name; *p; p++)
-	{
-		int			n = cas_invisible_len((const unsigned char *) p);
-
-		if (n > 0)
-		{
-			const char *q;
-			int			chars = 0;
-
-			for (q = name; q <= p; q++)
-				if ((((unsigned char) *q) & 0xC0) != 0x80)
-					chars++;
-			rv_error_set(err, "cascade name contains an invisible or space-like character");
-			rv_error_detail(err, "Character %d of the name (U+%04X) is not allowed: "
-							"it would make a name that looks like another one.",
-							chars, cas_utf8_code((const unsigned char *) p, n));
-			return false;
-		}
-	}
+	if (!cas_name_chars_ok(name, err))
+		return false;
 	if (isspace((unsigned char) name[0]) || isspace((unsigned char) name[len - 1]))
 	{
 		rv_error_set(err, "cascade name \"%.*s\" begins or ends with white space",
