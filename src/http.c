@@ -652,9 +652,14 @@ http_collect(RvHttp *http)
 		 * libcurl 7.88 reports it as CURLE_HTTP2_STREAM, and the worker
 		 * retried a good answer after a backoff, stalling the reorder
 		 * window.  A final status whose body arrived whole, as long as its
-		 * Content-Length says, is such a response.
+		 * Content-Length says, is such a response; so is one whose
+		 * connection failed only after it (a GOAWAY or a reset racing the
+		 * stream's end reports other codes: CURLE_HTTP2, CURLE_RECV_ERROR,
+		 * CURLE_SEND_ERROR for the unsent rest of the body).
 		 */
-		if (req->code == CURLE_HTTP2_STREAM && req->status >= 200 && !req->too_big)
+		if (req->code != CURLE_OK && req->code != CURLE_WRITE_ERROR &&
+			req->code != CURLE_ABORTED_BY_CALLBACK && req->code != CURLE_OPERATION_TIMEDOUT &&
+			req->status >= 200 && !req->too_big)
 		{
 			curl_off_t	clen = -1;
 			curl_off_t	got = -1;
