@@ -57,8 +57,8 @@ $(OBJS): $(wildcard $(srcdir)/src/*.h)
 RVBBIT_TRAITS = extract_brand classify_sentiment
 # rvbbit-gateway: a separate program (no server headers), installed next to
 # the server's binaries; the supervisor worker (src/gateway_sup.c) runs it
-GW_SRCS = src/gateway/gw_main.c src/gateway/gw_buf.c src/gateway/gw_rewrite.c
-src/gateway/rvbbit-gateway: $(GW_SRCS) src/gateway/gw.h
+GW_SRCS = src/gateway/gw_main.c src/gateway/gw_buf.c src/gateway/gw_rewrite.c src/rvtext.c
+src/gateway/rvbbit-gateway: $(GW_SRCS) src/gateway/gw.h src/rvtext.h
 	$(CC) -std=gnu99 -O2 -g -Wall -Wextra $(COPT) -o $@ $(filter %.c,$^) -lssl -lcrypto
 all: src/gateway/rvbbit-gateway
 install: install-gateway

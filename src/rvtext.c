@@ -153,3 +153,29 @@ rv_buf_free(RvBuf *buf)
 	buf->data = NULL;
 	buf->len = buf->cap = 0;
 }
+
+size_t
+rv_sql_comment_end(const char *s, size_t n, size_t i)
+{
+	int			depth = 1;
+
+	i += 2;
+	while (depth > 0)
+	{
+		if (i >= n)
+			return (size_t) -1;
+		if (i + 1 < n && s[i] == '/' && s[i + 1] == '*')
+		{
+			depth++;
+			i += 2;
+		}
+		else if (i + 1 < n && s[i] == '*' && s[i + 1] == '/')
+		{
+			depth--;
+			i += 2;
+		}
+		else
+			i++;
+	}
+	return i;
+}

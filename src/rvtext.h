@@ -3,7 +3,8 @@
  * rvtext.h
  *	  Text helpers shared by the pure modules (syntax, template, JSON
  *	  Schema, cascade, provider formats): UTF-8, a growable byte buffer and
- *	  the ASCII character classes of their lexers, one copy of each.
+ *	  the ASCII character classes of their lexers, one copy of each.  The
+ *	  gateway (src/gateway) uses the SQL lexing part too.
  *
  * Pure: no PostgreSQL headers.
  *
@@ -92,5 +93,29 @@ rv_is_name_char(char c)
 {
 	return rv_is_name_start(c) || rv_is_digit(c);
 }
+
+/*
+ * SQL identifiers as PostgreSQL's lexer reads them (scan.l): first an
+ * ASCII letter, '_' or any byte of a non-ASCII character; then digits and
+ * '$' too.
+ */
+static inline bool
+rv_is_ident_start(char c)
+{
+	return rv_is_name_start(c) || ((unsigned char) c) >= 0x80;
+}
+
+static inline bool
+rv_is_ident_char(char c)
+{
+	return rv_is_ident_start(c) || rv_is_digit(c) || c == '$';
+}
+
+/*
+ * The end of the SQL block comment that starts at s[i] (with its opening
+ * slash and star): the index just after its closing, comments nesting as in
+ * PostgreSQL; (size_t) -1 when the text ends inside it.
+ */
+extern size_t rv_sql_comment_end(const char *s, size_t n, size_t i);
 
 #endif							/* RV_TEXT_H */

@@ -100,25 +100,11 @@ static const SynOptionName syn_option_names[] = {
  * ----------------------------------------------------------------
  */
 
-/* First character of an identifier (or of a dollar-quote tag). */
-static bool
-syn_is_ident_start(char c)
-{
-	return rv_is_name_start(c) || ((unsigned char) c) >= 0x80;
-}
-
-/* Later character of a dollar-quote tag (no '$'). */
+/* Later character of a dollar-quote tag: an identifier's, but no '$'. */
 static bool
 syn_is_tag_char(char c)
 {
-	return syn_is_ident_start(c) || rv_is_digit(c);
-}
-
-/* Later character of a bare identifier ('$' allowed, as in PostgreSQL). */
-static bool
-syn_is_ident_char(char c)
-{
-	return syn_is_tag_char(c) || c == '$';
+	return rv_is_ident_start(c) || rv_is_digit(c);
 }
 
 static int
@@ -330,30 +316,14 @@ syn_lex(const char *text, size_t len, size_t *pos, SynToken *tok, RvError *err)
 		}
 		else if (c == '/' && text[i + 1] == '*')
 		{
-			int			depth = 1;
 			size_t		cstart = i;
 
-			i += 2;
-			while (depth > 0)
+			i = rv_sql_comment_end(text, len, i);
+			if (i == (size_t) -1)
 			{
-				if (i >= len)
-				{
-					rv_error_set(err, "unterminated /* comment");
-					rv_error_locate(err, text, cstart);
-					return false;
-				}
-				if (text[i] == '/' && text[i + 1] == '*')
-				{
-					depth++;
-					i += 2;
-				}
-				else if (text[i] == '*' && text[i + 1] == '/')
-				{
-					depth--;
-					i += 2;
-				}
-				else
-					i++;
+				rv_error_set(err, "unterminated /* comment");
+				rv_error_locate(err, text, cstart);
+				return false;
 			}
 		}
 		else
@@ -418,7 +388,7 @@ syn_lex(const char *text, size_t len, size_t *pos, SynToken *tok, RvError *err)
 					i = j;
 					break;
 				}
-				if (syn_is_ident_start(text[j]))
+				if (rv_is_ident_start(text[j]))
 				{
 					j++;
 					while (syn_is_tag_char(text[j]))
@@ -499,11 +469,11 @@ syn_lex(const char *text, size_t len, size_t *pos, SynToken *tok, RvError *err)
 						i++;
 				}
 			}
-			else if (syn_is_ident_start(c))
+			else if (rv_is_ident_start(c))
 			{
 				tok->kind = SYN_IDENT;
 				i++;
-				while (syn_is_ident_char(text[i]))
+				while (rv_is_ident_char(text[i]))
 					i++;
 			}
 			else if (rv_is_digit(c) || (c == '.' && rv_is_digit(text[i + 1])))

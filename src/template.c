@@ -1942,6 +1942,32 @@ tpl_parse_filter_args(TplParser *p, TplExpr *e, const TplFilterDef *f)
 	return true;
 }
 
+/*
+ * The name token of a filter or a test (after "|" or "is [not]"); NULL,
+ * with a syntax error and e freed, when the current token is no name.
+ */
+static const TplToken *
+tpl_expect_name(TplParser *p, TplExpr *e)
+{
+	const TplToken *t = tpl_peek(p);
+
+	if (t->kind == TPL_T_NAME)
+		return t;
+	tpl_syntax_error(p, t, "expression");
+	tpl_expr_free(e);
+	return NULL;
+}
+
+/* Report 'unknown <what> "<name>"' at the name t, free e; NULL. */
+static TplExpr *
+tpl_unknown_name(TplParser *p, const TplToken *t, const char *what, TplExpr *e)
+{
+	tpl_perror(p, t->pos, "unknown %s \"%.*s\"", what,
+			   tpl_snippet_len(p->src + t->pos, t->len), p->src + t->pos);
+	tpl_expr_free(e);
+	return NULL;
+}
+
 /* One filter application "| name [ (args) ]" to e (the "|" is current). */
 static TplExpr *
 tpl_parse_filter(TplParser *p, TplExpr *e)
@@ -1950,23 +1976,14 @@ tpl_parse_filter(TplParser *p, TplExpr *e)
 	const TplFilterDef *f;
 
 	tpl_advance(p);
-	t = tpl_peek(p);
-	if (t->kind != TPL_T_NAME)
-	{
-		tpl_syntax_error(p, t, "expression");
-		tpl_expr_free(e);
+	t = tpl_expect_name(p, e);
+	if (t == NULL)
 		return NULL;
-	}
 	for (f = tpl_filters; f->name != NULL; f++)
 		if (tpl_tok_is_name(p, t, f->name))
 			break;
 	if (f->name == NULL)
-	{
-		tpl_perror(p, t->pos, "unknown filter \"%.*s\"",
-				   tpl_snippet_len(p->src + t->pos, t->len), p->src + t->pos);
-		tpl_expr_free(e);
-		return NULL;
-	}
+		return tpl_unknown_name(p, t, "filter", e);
 	tpl_advance(p);
 	e = tpl_new_expr(p, TPL_E_FILTER, t->pos, e, NULL, NULL);
 	if (e == NULL)
@@ -2008,23 +2025,14 @@ tpl_parse_test(TplParser *p, TplExpr *e)
 		negate = true;
 		tpl_advance(p);
 	}
-	t = tpl_peek(p);
-	if (t->kind != TPL_T_NAME)
-	{
-		tpl_syntax_error(p, t, "expression");
-		tpl_expr_free(e);
+	t = tpl_expect_name(p, e);
+	if (t == NULL)
 		return NULL;
-	}
 	for (x = tpl_tests; x->name != NULL; x++)
 		if (tpl_tok_is_name(p, t, x->name))
 			break;
 	if (x->name == NULL)
-	{
-		tpl_perror(p, t->pos, "unknown test \"%.*s\"",
-				   tpl_snippet_len(p->src + t->pos, t->len), p->src + t->pos);
-		tpl_expr_free(e);
-		return NULL;
-	}
+		return tpl_unknown_name(p, t, "test", e);
 	tpl_advance(p);
 	e = tpl_new_expr(p, TPL_E_TEST, t->pos, e, NULL, NULL);
 	if (e != NULL)

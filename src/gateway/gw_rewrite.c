@@ -36,6 +36,7 @@
 #include <strings.h>
 
 #include "gw.h"
+#include "../rvtext.h"
 
 typedef enum
 {
@@ -67,32 +68,6 @@ typedef struct Lexer
 	bool		std_strings;
 } Lexer;
 
-static bool
-is_ident_start(unsigned char c)
-{
-	return (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || c == '_' ||
-		c >= 0x80;
-}
-
-static bool
-is_ident_cont(unsigned char c)
-{
-	return is_ident_start(c) || (c >= '0' && c <= '9') || c == '$';
-}
-
-static bool
-is_space(unsigned char c)
-{
-	return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\f' ||
-		c == '\v';
-}
-
-static bool
-is_digit(unsigned char c)
-{
-	return c >= '0' && c <= '9';
-}
-
 /* Skip whitespace and comments (nested block comments; unterminated: to the end). */
 static void
 lex_skip(Lexer *lx)
@@ -103,7 +78,7 @@ lex_skip(Lexer *lx)
 
 	for (;;)
 	{
-		if (i < n && is_space((unsigned char) s[i]))
+		if (i < n && rv_is_space(s[i]))
 			i++;
 		else if (i + 1 < n && s[i] == '-' && s[i + 1] == '-')
 		{
@@ -112,24 +87,9 @@ lex_skip(Lexer *lx)
 		}
 		else if (i + 1 < n && s[i] == '/' && s[i + 1] == '*')
 		{
-			int			depth = 1;
-
-			i += 2;
-			while (i < n && depth > 0)
-			{
-				if (i + 1 < n && s[i] == '/' && s[i + 1] == '*')
-				{
-					depth++;
-					i += 2;
-				}
-				else if (i + 1 < n && s[i] == '*' && s[i + 1] == '/')
-				{
-					depth--;
-					i += 2;
-				}
-				else
-					i++;
-			}
+			i = rv_sql_comment_end(s, n, i);
+			if (i == (size_t) -1)
+				i = n;
 		}
 		else
 			break;
@@ -178,9 +138,9 @@ dollar_tag_len(const char *s, size_t n, size_t i)
 
 	if (j < n && s[j] == '$')
 		return 2;
-	if (j >= n || !is_ident_start((unsigned char) s[j]))
+	if (j >= n || !rv_is_ident_start(s[j]))
 		return 0;
-	while (j < n && is_ident_cont((unsigned char) s[j]) && s[j] != '$')
+	while (j < n && rv_is_ident_char(s[j]) && s[j] != '$')
 		j++;
 	if (j < n && s[j] == '$')
 		return j - i + 1;
@@ -261,11 +221,11 @@ lex_next(Lexer *lx)
 				}
 			}
 		}
-		else if (i + 1 < n && is_digit((unsigned char) s[i + 1]))
+		else if (i + 1 < n && rv_is_digit(s[i + 1]))
 		{
 			size_t		j = i + 1;
 
-			while (j < n && is_digit((unsigned char) s[j]))
+			while (j < n && rv_is_digit(s[j]))
 				j++;
 			t.kind = TK_PARAM;
 			t.end = j;
@@ -273,25 +233,25 @@ lex_next(Lexer *lx)
 		else
 			t.end = i + 1;
 	}
-	else if (is_ident_start(c))
+	else if (rv_is_ident_start(c))
 	{
 		size_t		j = i + 1;
 
-		while (j < n && is_ident_cont((unsigned char) s[j]))
+		while (j < n && rv_is_ident_char(s[j]))
 			j++;
 		t.kind = TK_IDENT;
 		t.end = j;
 	}
-	else if (is_digit(c) || (c == '.' && i + 1 < n && is_digit((unsigned char) s[i + 1])))
+	else if (rv_is_digit(c) || (c == '.' && i + 1 < n && rv_is_digit(s[i + 1])))
 	{
 		size_t		j = i;
 
-		while (j < n && is_digit((unsigned char) s[j]))
+		while (j < n && rv_is_digit(s[j]))
 			j++;
 		if (j < n && s[j] == '.')
 		{
 			j++;
-			while (j < n && is_digit((unsigned char) s[j]))
+			while (j < n && rv_is_digit(s[j]))
 				j++;
 		}
 		if (j < n && (s[j] == 'e' || s[j] == 'E'))
@@ -300,10 +260,10 @@ lex_next(Lexer *lx)
 
 			if (k < n && (s[k] == '+' || s[k] == '-'))
 				k++;
-			if (k < n && is_digit((unsigned char) s[k]))
+			if (k < n && rv_is_digit(s[k]))
 			{
 				j = k;
-				while (j < n && is_digit((unsigned char) s[j]))
+				while (j < n && rv_is_digit(s[j]))
 					j++;
 			}
 		}
@@ -634,7 +594,7 @@ pick_tag(const char *body, size_t len, char *tag, size_t tagsize)
 			size_t		j = i + 7;
 
 			k = 0;
-			while (j < len && is_digit((unsigned char) body[j]) && k < 100000000UL)
+			while (j < len && rv_is_digit(body[j]) && k < 100000000UL)
 				k = k * 10 + (unsigned long) (body[j++] - '0');
 			if (k < 100000000UL && k + 1 > next)
 				next = k + 1;
