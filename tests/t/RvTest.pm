@@ -17,7 +17,8 @@ use Time::HiRes qw(usleep time);
 
 our @EXPORT = qw(start_mock stop_mock mock_get mock_post new_rv_node wait_until
   inline_echo mock_release mock_hold mock_requests wait_for_log log_position
-  set_server_conf reload_and_wait psql_as new_gateway_node gateway_psql $wait_secs);
+  set_server_conf reload_and_wait psql_as new_gateway_node gateway_psql rv_base_conf
+  $wait_secs);
 
 # the deadline of every condition wait: generous, so that a slow or loaded
 # machine only makes a test slower (PG_TEST_TIMEOUT_DEFAULT, 180 s default)
@@ -138,17 +139,25 @@ sub mock_requests
 	return mock_get($mock, defined $n ? "/requests?last=$n" : '/requests');
 }
 
+# The postgresql.conf lines of every test node: rvbbit preloaded, its
+# provider the mock.
+sub rv_base_conf
+{
+	my ($mock) = @_;
+	return qq{
+shared_preload_libraries = 'rvbbit'
+rvbbit.api_base = 'http://127.0.0.1:$mock->{port}/v1'
+rvbbit.default_model = 'mock/tap'
+};
+}
+
 # A started node with rvbbit preloaded, talking to the mock.
 sub new_rv_node
 {
 	my ($name, $mock, $extra) = @_;
 	my $node = PostgreSQL::Test::Cluster->new($name);
 	$node->init;
-	$node->append_conf('postgresql.conf', qq{
-shared_preload_libraries = 'rvbbit'
-rvbbit.api_base = 'http://127.0.0.1:$mock->{port}/v1'
-rvbbit.default_model = 'mock/tap'
-rvbbit.worker_idle_timeout = 3
+	$node->append_conf('postgresql.conf', rv_base_conf($mock) . qq{rvbbit.worker_idle_timeout = 3
 # tests hold requests in the mock for as long as they need; a stall is
 # only what a test asks for (030 sets its own)
 rvbbit.stall_timeout = '10min'
@@ -210,11 +219,7 @@ rvbbit.gateway_ssl = on
 	my $gwport = PostgreSQL::Test::Cluster::get_free_port();
 	my $node = PostgreSQL::Test::Cluster->new($name);
 	$node->init;
-	$node->append_conf('postgresql.conf', qq{
-shared_preload_libraries = 'rvbbit'
-rvbbit.api_base = 'http://127.0.0.1:$mock->{port}/v1'
-rvbbit.default_model = 'mock/tap'
-max_worker_processes = 32
+	$node->append_conf('postgresql.conf', rv_base_conf($mock) . qq{max_worker_processes = 32
 listen_addresses = '127.0.0.1'
 rvbbit.gateway_port = $gwport
 rvbbit.gateway_listen_addresses = '127.0.0.1'
