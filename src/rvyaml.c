@@ -59,6 +59,7 @@ typedef struct YmlConv
 	int			count;			/* JSON values made so far */
 	RvError    *err;
 } YmlConv;
+
 /* ----------------------------------------------------------------
  *		Errors and positions
  * ----------------------------------------------------------------
