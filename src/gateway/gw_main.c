@@ -1160,6 +1160,22 @@ pump_connect(Session *s, bool *progress)
 	return true;
 }
 
+/* Write what is pending on c; false when a write error killed s. */
+static bool
+pump_flush_conn(Session *s, Conn *c, bool *progress)
+{
+	size_t		before = gw_buf_pending(&c->out);
+
+	if (!conn_flush(c))
+	{
+		session_kill(s);
+		return false;
+	}
+	if (gw_buf_pending(&c->out) != before)
+		*progress = true;
+	return true;
+}
+
 /*
  * Write what is pending to the server (once connected) and to the client
  * (once past the TLS handshake).  Returns false when the session was
@@ -1168,30 +1184,12 @@ pump_connect(Session *s, bool *progress)
 static bool
 pump_flush(Session *s, bool *progress)
 {
-	if (s->up.ep.fd >= 0 && gw_buf_pending(&s->up.out) > 0 && !s->up.connecting)
-	{
-		size_t		before = gw_buf_pending(&s->up.out);
-
-		if (!conn_flush(&s->up))
-		{
-			session_kill(s);
-			return false;
-		}
-		if (gw_buf_pending(&s->up.out) != before)
-			*progress = true;
-	}
-	if (s->cli.ep.fd >= 0 && gw_buf_pending(&s->cli.out) > 0 && s->state != S_TLS)
-	{
-		size_t		before = gw_buf_pending(&s->cli.out);
-
-		if (!conn_flush(&s->cli))
-		{
-			session_kill(s);
-			return false;
-		}
-		if (gw_buf_pending(&s->cli.out) != before)
-			*progress = true;
-	}
+	if (s->up.ep.fd >= 0 && gw_buf_pending(&s->up.out) > 0 && !s->up.connecting &&
+		!pump_flush_conn(s, &s->up, progress))
+		return false;
+	if (s->cli.ep.fd >= 0 && gw_buf_pending(&s->cli.out) > 0 && s->state != S_TLS &&
+		!pump_flush_conn(s, &s->cli, progress))
+		return false;
 	return true;
 }
 
