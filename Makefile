@@ -20,7 +20,7 @@ EXTENSION = rvbbit
 MODULE_big = rvbbit
 OBJS = src/rvbbit.o src/guc.o src/shmem.o src/bgw.o src/pool.o src/channel.o src/worker.o src/worker_stmt.o src/worker_task.o src/worker_db.o src/http.o \
        src/map.o src/catalog.o src/options.o src/providers.o src/exec.o src/stmt.o src/registry.o src/progress.o src/mapscan.o src/rewrite.o src/jobs.o src/jobs_runner.o src/request.o src/estimate.o src/ratelimit.o src/budget.o src/rverror.o src/rvtext.o src/template.o \
-       src/jsonschema.o src/cascade.o src/llm.o src/syntax.o src/colbuf.o \
+       src/jsonschema.o src/rvyaml.o src/cascade.o src/llm.o src/syntax.o src/colbuf.o \
        src/gateway_sup.o
 DATA = sql/rvbbit--0.1.sql sql/rvbbit--0.1--0.2.sql
 PGFILEDESC = "rvbbit - LLM workflows from SQL"
@@ -63,8 +63,8 @@ $(OBJS): $(wildcard $(srcdir)/src/*.h)
 RVBBIT_TRAITS = extract_brand classify_sentiment
 # rvbbit-gateway: a separate program (no server headers), installed next to
 # the server's binaries; the supervisor worker (src/gateway_sup.c) runs it
-GW_SRCS = src/gateway/gw_main.c src/gateway/gw_buf.c src/gateway/gw_rewrite.c
-src/gateway/rvbbit-gateway: $(GW_SRCS) src/gateway/gw.h
+GW_SRCS = src/gateway/gw_main.c src/gateway/gw_buf.c src/gateway/gw_rewrite.c src/rvtext.c
+src/gateway/rvbbit-gateway: $(GW_SRCS) src/gateway/gw.h src/rvtext.h
 	$(CC) -std=gnu99 -O2 -g -Wall -Wextra $(COPT) -o $@ $(filter %.c,$^) -lssl -lcrypto
 all: src/gateway/rvbbit-gateway
 install: install-gateway

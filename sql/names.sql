@@ -12,33 +12,14 @@ CREATE TEMP TABLE reviews (review_text text);
 INSERT INTO reviews VALUES ('I love it, works great'), ('It broke after a week');
 
 -- the seed's examples verbatim: shipped cascades under traits/, comments
--- before and after the statement, the trailing semicolon
-SELECT * FROM rvbbit.sql($$
--- Sequential (slow)
-RVBBIT MAP 'traits/extract_brand.yaml' AS brand
-USING (
-  SELECT * FROM (VALUES
-    ('Apple iPhone 15'),
-    ('Samsung Galaxy S24'),
-    ('Sony WH-1000XM5'),
-    ('Google Pixel 8'),
-    ('OnePlus 12')
-  ) AS t(product_name)
-);
-$$);
-SELECT * FROM rvbbit.sql($$
--- Parallel (5 concurrent - faster!)
-RVBBIT MAP PARALLEL 5 'traits/extract_brand.yaml' AS brand
-USING (
-  SELECT * FROM (VALUES
-    ('Apple iPhone 15'),
-    ('Samsung Galaxy S24'),
-    ('Sony WH-1000XM5'),
-    ('Google Pixel 8'),
-    ('OnePlus 12')
-  ) AS t(product_name)
-);
-$$);
+-- before and after the statement, the trailing semicolon; the first two
+-- share their USING query, written once (psql variables, so that each
+-- statement is still one literal)
+\set seed_using '\nUSING (\n  SELECT * FROM (VALUES\n    (''Apple iPhone 15''),\n    (''Samsung Galaxy S24''),\n    (''Sony WH-1000XM5''),\n    (''Google Pixel 8''),\n    (''OnePlus 12'')\n  ) AS t(product_name)\n);\n'
+\set seed_sequential '\n-- Sequential (slow)\nRVBBIT MAP ''traits/extract_brand.yaml'' AS brand' :seed_using
+\set seed_parallel '\n-- Parallel (5 concurrent - faster!)\nRVBBIT MAP PARALLEL 5 ''traits/extract_brand.yaml'' AS brand' :seed_using
+SELECT * FROM rvbbit.sql(:'seed_sequential');
+SELECT * FROM rvbbit.sql(:'seed_parallel');
 SELECT * FROM rvbbit.sql($$
 -- 10 concurrent calls (reasonable for most APIs)
 RVBBIT MAP PARALLEL 10 'traits/extract_brand.yaml' AS brand

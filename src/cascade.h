@@ -1,7 +1,7 @@
 /*-------------------------------------------------------------------------
  *
  * cascade.h
- *	  Loading cascade definitions (YAML) into an RvCascade.
+ *	  Loading cascade definitions (YAML, read by rvyaml.c) into an RvCascade.
  *
  * Pure: no PostgreSQL headers; libyaml and json-c; malloc'd memory freed by
  * rv_cascade_free(); errors in an RvError with the YAML line and column.
@@ -69,17 +69,6 @@ typedef struct RvCascade
 	RvCell	   *cells;
 	json_object *root;			/* the whole document as JSON */
 } RvCascade;
-
-/*
- * YAML text (one document) to a json-c value.  Plain scalars resolve as
- * YAML 1.1 core: null/~, true/false/yes/no/on/off, integers, floats;
- * quoted and block scalars are strings.  Aliases are expanded with a
- * limit on the total number of nodes (against "billion laughs").  Returns
- * NULL with err (message, line, column) on malformed YAML, e.g.
- * "could not parse YAML: mapping values are not allowed in this context"
- * at line 3, column 12.  Never crashes on any input.
- */
-extern json_object *rv_yaml_to_json(const char *text, size_t len, RvError *err);
 
 /*
  * Parse and check a cascade: YAML, then structure (a mapping with a

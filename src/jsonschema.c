@@ -438,6 +438,107 @@ js_is_count(json_object *v)
  * ----------------------------------------------------------------
  */
 
+/* a pattern being translated: the output buffer and how much is used */
+typedef struct JsPatOut
+{
+	char	   *out;
+	size_t		outlen;
+	size_t		o;
+	const char **why;
+} JsPatOut;
+
+/* Append str to the translation; false (why set) when out is too small. */
+static bool
+js_pat_emit(JsPatOut *po, const char *str)
+{
+	size_t		l = strlen(str);
+
+	if (po->o + l + 1 > po->outlen)
+	{
+		*po->why = "it is too long";
+		return false;
+	}
+	memcpy(po->out + po->o, str, l);
+	po->o += l;
+	return true;
+}
+
+/*
+ * The POSIX text for the escape \e inside a bracket expression (\d \w \s
+ * become their ranges, another character stands for itself, in c1), or
+ * NULL with why set for what POSIX brackets cannot express.
+ */
+static const char *
+js_pat_bracket_escape(char e, char *c1, const char **why)
+{
+	if (e == 'd')
+		return "0-9";
+	if (e == 'w')
+		return "A-Za-z0-9_";
+	if (e == 's')
+		return "[:space:]";
+	if (e == 'D' || e == 'W' || e == 'S')
+	{
+		*why = "negated class escapes inside brackets are not supported";
+		return NULL;
+	}
+	if (e == ']' || e == '\\' || e == '-' || e == '^')
+	{
+		/* POSIX has no escapes in brackets */
+		*why = "escaped \"]\", \"\\\", \"-\" or \"^\" inside brackets are not supported; put \"]\" first or \"-\" last";
+		return NULL;
+	}
+	c1[0] = e;
+	c1[1] = '\0';
+	return c1;
+}
+
+/*
+ * The POSIX text for the escape \e outside brackets: a class escape
+ * becomes a bracket expression, \n and \t the character, an escaped
+ * punctuation character stays escaped (in esc, 3 bytes).  NULL with why
+ * set for word boundaries, backreferences and other letter escapes.
+ */
+static const char *
+js_pat_escape(char e, char *esc, const char **why)
+{
+	switch (e)
+	{
+		case 'd':
+			return "[0-9]";
+		case 'D':
+			return "[^0-9]";
+		case 'w':
+			return "[A-Za-z0-9_]";
+		case 'W':
+			return "[^A-Za-z0-9_]";
+		case 's':
+			return "[[:space:]]";
+		case 'S':
+			return "[^[:space:]]";
+		case 'n':
+			return "\n";
+		case 't':
+			return "\t";
+		default:
+			break;
+	}
+	if (e == 'b' || e == 'B' || (e >= '1' && e <= '9'))
+	{
+		*why = "word boundaries and backreferences are not supported";
+		return NULL;
+	}
+	if (isalnum((unsigned char) e))
+	{
+		*why = "this escape is not supported";
+		return NULL;
+	}
+	esc[0] = '\\';
+	esc[1] = e;
+	esc[2] = '\0';
+	return esc;
+}
+
 /*
  * Translate a JSON Schema pattern (ECMA-262 syntax) into a POSIX extended
  * regular expression: the class escapes \d \D \w \W \s \S become bracket
@@ -448,89 +549,20 @@ js_is_count(json_object *v)
 static bool
 js_pattern_translate(const char *p, char *out, size_t outlen, const char **why)
 {
-	size_t		o = 0;
+	JsPatOut	po = {out, outlen, 0, why};
 	bool		in_bracket = false;
-
-#define JS_EMIT(str) \
-	do { \
-		size_t	_l = strlen(str); \
-		if (o + _l + 1 > outlen) { *why = "it is too long"; return false; } \
-		memcpy(out + o, (str), _l); o += _l; \
-	} while (0)
 
 	for (; *p; p++)
 	{
-		char		c1[2] = {0, 0};
+		char		c1[3] = {0, 0, 0};
+		const char *rep;
 
 		if (*p == '\\' && p[1] != '\0')
 		{
-			char		e = p[1];
-			const char *rep = NULL;
-
 			p++;
-			if (in_bracket)
-			{
-				if (e == 'd')
-					rep = "0-9";
-				else if (e == 'w')
-					rep = "A-Za-z0-9_";
-				else if (e == 's')
-					rep = "[:space:]";
-				else if (e == 'D' || e == 'W' || e == 'S')
-				{
-					*why = "negated class escapes inside brackets are not supported";
-					return false;
-				}
-				else if (e == ']' || e == '\\' || e == '-' || e == '^')
-				{
-					/* POSIX has no escapes in brackets */
-					*why = "escaped \"]\", \"\\\", \"-\" or \"^\" inside brackets are not supported; put \"]\" first or \"-\" last";
-					return false;
-				}
-				else
-				{
-					c1[0] = e;
-					rep = c1;
-				}
-			}
-			else if (e == 'd')
-				rep = "[0-9]";
-			else if (e == 'D')
-				rep = "[^0-9]";
-			else if (e == 'w')
-				rep = "[A-Za-z0-9_]";
-			else if (e == 'W')
-				rep = "[^A-Za-z0-9_]";
-			else if (e == 's')
-				rep = "[[:space:]]";
-			else if (e == 'S')
-				rep = "[^[:space:]]";
-			else if (e == 'b' || e == 'B' || (e >= '1' && e <= '9'))
-			{
-				*why = "word boundaries and backreferences are not supported";
+			rep = in_bracket ? js_pat_bracket_escape(*p, c1, why) : js_pat_escape(*p, c1, why);
+			if (rep == NULL || !js_pat_emit(&po, rep))
 				return false;
-			}
-			else if (e == 'n')
-				rep = "\n";
-			else if (e == 't')
-				rep = "\t";
-			else if (isalnum((unsigned char) e))
-			{
-				*why = "this escape is not supported";
-				return false;
-			}
-			else
-			{
-				char		esc[3];
-
-				/* an escaped punctuation character stays escaped */
-				esc[0] = '\\';
-				esc[1] = e;
-				esc[2] = '\0';
-				JS_EMIT(esc);
-				continue;
-			}
-			JS_EMIT(rep);
 			continue;
 		}
 		if (in_bracket)
@@ -538,22 +570,26 @@ js_pattern_translate(const char *p, char *out, size_t outlen, const char **why)
 			if (*p == ']')
 				in_bracket = false;
 			c1[0] = *p;
-			JS_EMIT(c1);
+			if (!js_pat_emit(&po, c1))
+				return false;
 			continue;
 		}
 		if (*p == '[')
 		{
 			in_bracket = true;
-			JS_EMIT("[");
+			if (!js_pat_emit(&po, "["))
+				return false;
 			/* a leading ^ and a leading ] belong to the bracket */
 			if (p[1] == '^')
 			{
-				JS_EMIT("^");
+				if (!js_pat_emit(&po, "^"))
+					return false;
 				p++;
 			}
 			if (p[1] == ']')
 			{
-				JS_EMIT("]");
+				if (!js_pat_emit(&po, "]"))
+					return false;
 				p++;
 			}
 			continue;
@@ -569,15 +605,15 @@ js_pattern_translate(const char *p, char *out, size_t outlen, const char **why)
 			return false;
 		}
 		c1[0] = *p;
-		JS_EMIT(c1);
+		if (!js_pat_emit(&po, c1))
+			return false;
 	}
-#undef JS_EMIT
 	if (in_bracket)
 	{
 		*why = "a bracket expression is not closed";
 		return false;
 	}
-	out[o] = '\0';
+	out[po.o] = '\0';
 	return true;
 }
 

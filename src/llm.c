@@ -492,36 +492,10 @@ llm_concat_parts(json_object *arr, const char *const *types,
 {
 	size_t		n = json_object_array_length(arr);
 	size_t		i;
-	size_t		total = 0;
-	size_t		o = 0;
 	bool		any = false;
-	char	   *r;
+	RvBuf		r = RV_BUF_INIT;
 
 	*oom = false;
-	for (i = 0; i < n; i++)
-	{
-		size_t		len;
-
-		if (llm_part_text(json_object_array_get_idx(arr, i), types,
-						  allow_untyped, &len) == NULL)
-			continue;
-		if (len > SIZE_MAX - 1 - total)
-		{
-			*oom = true;
-			return NULL;
-		}
-		total += len;
-		any = true;
-	}
-	if (!any)
-		return NULL;
-
-	r = malloc(total + 1);
-	if (r == NULL)
-	{
-		*oom = true;
-		return NULL;
-	}
 	for (i = 0; i < n; i++)
 	{
 		size_t		len;
@@ -530,11 +504,15 @@ llm_concat_parts(json_object *arr, const char *const *types,
 
 		if (text == NULL)
 			continue;
-		memcpy(r + o, text, len);
-		o += len;
+		any = true;
+		if (!rv_buf_append(&r, text, len))
+		{
+			rv_buf_free(&r);
+			*oom = true;
+			return NULL;
+		}
 	}
-	r[o] = '\0';
-	return r;
+	return any ? r.data : NULL;
 }
 
 /* What differs per flavour besides the body and the response. */

@@ -1,10 +1,14 @@
 /*-------------------------------------------------------------------------
  *
  * rvtext.c
- *	  UTF-8 helpers shared by the pure modules (rvtext.h).
+ *	  Text helpers shared by the pure modules (rvtext.h): UTF-8 and the
+ *	  growable buffer.
  *
  *-------------------------------------------------------------------------
  */
+#include <stdlib.h>
+#include <string.h>
+
 #include "rvtext.h"
 
 #define RV_UTF8_CONT(c) ((((unsigned char) (c)) & 0xC0) == 0x80)
@@ -90,4 +94,88 @@ rv_utf8_encode(uint32_t cp, char *out)
 	out[2] = (char) (0x80 | ((cp >> 6) & 0x3F));
 	out[3] = (char) (0x80 | (cp & 0x3F));
 	return 4;
+}
+
+bool
+rv_buf_reserve(RvBuf *buf, size_t n)
+{
+	size_t		need;
+	size_t		cap;
+	char	   *d;
+
+	if (n > SIZE_MAX - 1 - buf->len)
+		return false;
+	need = buf->len + n + 1;
+	if (need <= buf->cap)
+		return true;
+	cap = buf->cap ? buf->cap : 64;
+	while (cap < need)
+	{
+		if (cap > SIZE_MAX / 2)
+		{
+			cap = need;
+			break;
+		}
+		cap *= 2;
+	}
+	d = realloc(buf->data, cap);
+	if (d == NULL)
+		return false;
+	buf->data = d;
+	buf->cap = cap;
+	return true;
+}
+
+bool
+rv_buf_append(RvBuf *buf, const char *s, size_t n)
+{
+	if (!rv_buf_reserve(buf, n))
+		return false;
+	if (n > 0)
+		memcpy(buf->data + buf->len, s, n);
+	buf->len += n;
+	buf->data[buf->len] = '\0';
+	return true;
+}
+
+bool
+rv_buf_append_utf8(RvBuf *buf, uint32_t cp)
+{
+	char		b[4];
+
+	return rv_buf_append(buf, b, rv_utf8_encode(cp, b));
+}
+
+void
+rv_buf_free(RvBuf *buf)
+{
+	free(buf->data);
+	buf->data = NULL;
+	buf->len = buf->cap = 0;
+}
+
+size_t
+rv_sql_comment_end(const char *s, size_t n, size_t i)
+{
+	int			depth = 1;
+
+	i += 2;
+	while (depth > 0)
+	{
+		if (i >= n)
+			return (size_t) -1;
+		if (i + 1 < n && s[i] == '/' && s[i + 1] == '*')
+		{
+			depth++;
+			i += 2;
+		}
+		else if (i + 1 < n && s[i] == '*' && s[i + 1] == '/')
+		{
+			depth--;
+			i += 2;
+		}
+		else
+			i++;
+	}
+	return i;
 }

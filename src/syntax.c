@@ -82,14 +82,6 @@ typedef struct SynParser
 	int			colcap;			/* allocated length of stmt->columns */
 } SynParser;
 
-/* growable byte buffer */
-typedef struct SynBuf
-{
-	char	   *data;
-	size_t		len;
-	size_t		cap;
-} SynBuf;
-
 /*
  * Option names accepted in WITH ( ... ) (optlist.h: the rows with a
  * place in the hint), and that place.
@@ -114,39 +106,11 @@ static const SynOptionName syn_option_names[] = {
  * ----------------------------------------------------------------
  */
 
-static bool
-syn_is_space(char c)
-{
-	return c == ' ' || c == '\t' || c == '\n' || c == '\r' ||
-		c == '\f' || c == '\v';
-}
-
-static bool
-syn_is_digit(char c)
-{
-	return c >= '0' && c <= '9';
-}
-
-/* First character of an identifier (or of a dollar-quote tag). */
-static bool
-syn_is_ident_start(char c)
-{
-	return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || c == '_' ||
-		((unsigned char) c) >= 0x80;
-}
-
-/* Later character of a dollar-quote tag (no '$'). */
+/* Later character of a dollar-quote tag: an identifier's, but no '$'. */
 static bool
 syn_is_tag_char(char c)
 {
-	return syn_is_ident_start(c) || syn_is_digit(c);
-}
-
-/* Later character of a bare identifier ('$' allowed, as in PostgreSQL). */
-static bool
-syn_is_ident_char(char c)
-{
-	return syn_is_tag_char(c) || c == '$';
+	return rv_is_ident_start(c) || rv_is_digit(c);
 }
 
 static int
@@ -272,33 +236,9 @@ syn_charpos(SynParser *p, size_t off)
 }
 
 /* ----------------------------------------------------------------
- * Growable buffer
+ * Strings
  * ----------------------------------------------------------------
  */
-
-/* Append n bytes to buf, keeping it NUL-terminated; false on OOM. */
-static bool
-syn_buf_append(SynBuf *buf, const char *s, size_t n)
-{
-	if (buf->len + n + 1 > buf->cap)
-	{
-		size_t		cap = buf->cap ? buf->cap : 32;
-		char	   *d;
-
-		while (cap < buf->len + n + 1)
-			cap *= 2;
-		d = realloc(buf->data, cap);
-		if (d == NULL)
-			return false;
-		buf->data = d;
-		buf->cap = cap;
-	}
-	if (n > 0)
-		memcpy(buf->data + buf->len, s, n);
-	buf->len += n;
-	buf->data[buf->len] = '\0';
-	return true;
-}
 
 /* Copy n bytes of s into a new NUL-terminated string; NULL on OOM. */
 static char *
@@ -373,7 +313,7 @@ syn_lex(const char *text, size_t len, size_t *pos, SynToken *tok, RvError *err)
 	for (;;)
 	{
 		c = text[i];
-		if (syn_is_space(c))
+		if (rv_is_space(c))
 			i++;
 		else if (c == '-' && text[i + 1] == '-')
 		{
@@ -382,30 +322,14 @@ syn_lex(const char *text, size_t len, size_t *pos, SynToken *tok, RvError *err)
 		}
 		else if (c == '/' && text[i + 1] == '*')
 		{
-			int			depth = 1;
 			size_t		cstart = i;
 
-			i += 2;
-			while (depth > 0)
+			i = rv_sql_comment_end(text, len, i);
+			if (i == (size_t) -1)
 			{
-				if (i >= len)
-				{
-					rv_error_set(err, "unterminated /* comment");
-					rv_error_locate(err, text, cstart);
-					return false;
-				}
-				if (text[i] == '/' && text[i + 1] == '*')
-				{
-					depth++;
-					i += 2;
-				}
-				else if (text[i] == '*' && text[i + 1] == '/')
-				{
-					depth--;
-					i += 2;
-				}
-				else
-					i++;
+				rv_error_set(err, "unterminated /* comment");
+				rv_error_locate(err, text, cstart);
+				return false;
 			}
 		}
 		else
@@ -461,16 +385,16 @@ syn_lex(const char *text, size_t len, size_t *pos, SynToken *tok, RvError *err)
 			{
 				size_t		j = i + 1;
 
-				if (syn_is_digit(text[j]))
+				if (rv_is_digit(text[j]))
 				{
 					/* positional parameter $n: not meaningful here */
-					while (syn_is_digit(text[j]))
+					while (rv_is_digit(text[j]))
 						j++;
 					tok->kind = SYN_OTHER;
 					i = j;
 					break;
 				}
-				if (syn_is_ident_start(text[j]))
+				if (rv_is_ident_start(text[j]))
 				{
 					j++;
 					while (syn_is_tag_char(text[j]))
@@ -551,31 +475,31 @@ syn_lex(const char *text, size_t len, size_t *pos, SynToken *tok, RvError *err)
 						i++;
 				}
 			}
-			else if (syn_is_ident_start(c))
+			else if (rv_is_ident_start(c))
 			{
 				tok->kind = SYN_IDENT;
 				i++;
-				while (syn_is_ident_char(text[i]))
+				while (rv_is_ident_char(text[i]))
 					i++;
 			}
-			else if (syn_is_digit(c) || (c == '.' && syn_is_digit(text[i + 1])))
+			else if (rv_is_digit(c) || (c == '.' && rv_is_digit(text[i + 1])))
 			{
 				tok->kind = SYN_NUMBER;
-				while (syn_is_digit(text[i]))
+				while (rv_is_digit(text[i]))
 					i++;
 				if (text[i] == '.' && text[i + 1] != '.')
 				{
 					i++;
-					while (syn_is_digit(text[i]))
+					while (rv_is_digit(text[i]))
 						i++;
 				}
 				if ((text[i] == 'e' || text[i] == 'E') &&
-					(syn_is_digit(text[i + 1]) ||
+					(rv_is_digit(text[i + 1]) ||
 					 ((text[i + 1] == '+' || text[i + 1] == '-') &&
-					  syn_is_digit(text[i + 2]))))
+					  rv_is_digit(text[i + 2]))))
 				{
 					i += 2;
-					while (syn_is_digit(text[i]))
+					while (rv_is_digit(text[i]))
 						i++;
 				}
 			}
@@ -649,15 +573,6 @@ syn_is_reserved(SynParser *p)
  * ----------------------------------------------------------------
  */
 
-/* Append code point cp as UTF-8. */
-static bool
-syn_buf_utf8(SynBuf *buf, uint32_t cp)
-{
-	char		b[4];
-
-	return syn_buf_append(buf, b, rv_utf8_encode(cp, b));
-}
-
 /*
  * Read exactly ndigits hex digits at text[*i]; returns the value, or -1
  * when there are fewer.  Advances *i past them on success.
@@ -681,14 +596,142 @@ syn_read_hex(const char *text, size_t *i, int ndigits)
 }
 
 /*
- * Decode the body of an E'...' string token into buf: '' and \' give a
- * quote; \b \f \n \r \t; \ooo octal and \xhh hex bytes; \uXXXX and
- * \UXXXXXXXX code points (UTF-16 surrogate pairs combined); any other
- * escaped character stands for itself.  A NUL character or an invalid
- * Unicode escape is an error at the backslash.
+ * Decode a \u or \U escape (kind) whose hex digits start at text[*i] into
+ * buf as UTF-8, combining a UTF-16 surrogate pair; *i moves past it.  An
+ * invalid escape is an error at esc, the backslash.
  */
 static bool
-syn_decode_estring(SynParser *p, const SynToken *t, SynBuf *buf)
+syn_decode_unicode(SynParser *p, size_t esc, char kind, size_t *i, RvBuf *buf)
+{
+	const char *text = p->text;
+	long		cp = syn_read_hex(text, i, kind == 'u' ? 4 : 8);
+
+	if (cp < 0)
+	{
+		syn_error_at(p, esc, "invalid Unicode escape");
+		rv_error_hint(p->err, "Unicode escapes must be \\uXXXX or \\UXXXXXXXX.");
+		return false;
+	}
+	if (cp >= 0xD800 && cp <= 0xDBFF)
+	{
+		long		lo = -1;
+
+		/* a high surrogate must be followed by a low one */
+		if (text[*i] == '\\' && (text[*i + 1] == 'u' || text[*i + 1] == 'U'))
+		{
+			size_t		k = *i + 2;
+
+			lo = syn_read_hex(text, &k, text[*i + 1] == 'u' ? 4 : 8);
+			if (lo >= 0xDC00 && lo <= 0xDFFF)
+				*i = k;
+			else
+				lo = -1;
+		}
+		if (lo < 0)
+		{
+			syn_error_at(p, esc, "invalid Unicode surrogate pair");
+			return false;
+		}
+		cp = 0x10000 + ((cp - 0xD800) << 10) + (lo - 0xDC00);
+	}
+	else if ((cp >= 0xDC00 && cp <= 0xDFFF) || cp == 0 || cp > 0x10FFFF)
+	{
+		syn_error_at(p, esc, "invalid Unicode escape value");
+		return false;
+	}
+	if (!rv_buf_append_utf8(buf, (uint32_t) cp))
+	{
+		syn_oom(p);
+		return false;
+	}
+	return true;
+}
+
+/*
+ * Decode the backslash escape at text[*i] (inside an E'...' string) into
+ * buf and move *i past it: \b \f \n \r \t; \ooo octal and \xhh hex bytes;
+ * \u and \U code points; any other escaped character stands for itself.
+ * A NUL character is an error at the backslash.
+ */
+static bool
+syn_decode_escape(SynParser *p, size_t *i, RvBuf *buf)
+{
+	const char *text = p->text;
+	size_t		esc = *i;
+	char		c = text[*i + 1];
+
+	*i += 2;
+	switch (c)
+	{
+		case 'b':
+			c = '\b';
+			break;
+		case 'f':
+			c = '\f';
+			break;
+		case 'n':
+			c = '\n';
+			break;
+		case 'r':
+			c = '\r';
+			break;
+		case 't':
+			c = '\t';
+			break;
+		case '0':
+		case '1':
+		case '2':
+		case '3':
+		case '4':
+		case '5':
+		case '6':
+		case '7':
+			{
+				int			v = c - '0';
+				int			k;
+
+				for (k = 0; k < 2 && text[*i] >= '0' && text[*i] <= '7'; k++)
+					v = v * 8 + (text[(*i)++] - '0');
+				c = (char) (v & 0xFF);
+			}
+			break;
+		case 'x':
+			if (syn_hex_value(text[*i]) >= 0)
+			{
+				int			v = syn_hex_value(text[(*i)++]);
+
+				if (syn_hex_value(text[*i]) >= 0)
+					v = v * 16 + syn_hex_value(text[(*i)++]);
+				c = (char) v;
+			}
+			break;
+		case 'u':
+		case 'U':
+			return syn_decode_unicode(p, esc, c, i, buf);
+		default:
+			/* \\, \', and any other character: itself */
+			break;
+	}
+	if (c == '\0')
+	{
+		syn_error_at(p, esc, "null character not permitted");
+		return false;
+	}
+	if (!rv_buf_append(buf, &c, 1))
+	{
+		syn_oom(p);
+		return false;
+	}
+	return true;
+}
+
+/*
+ * Decode the body of an E'...' string token into buf: '' and \' give a
+ * quote; the escapes of syn_decode_escape; a run of other bytes is copied
+ * as it is.  Errors are reported at the escape's backslash.
+ */
+static bool
+syn_decode_estring(SynParser *p, const SynToken *t, RvBuf *buf)
 {
 	const char *text = p->text;
 	size_t		i = t->start + 2;
@@ -696,130 +739,29 @@ syn_decode_estring(SynParser *p, const SynToken *t, SynBuf *buf)
 
 	while (i < stop)
 	{
-		char		c = text[i];
-		size_t		esc = i;
-
-		if (c == '\'')
+		if (text[i] == '\\')
+		{
+			if (!syn_decode_escape(p, &i, buf))
+				return false;
+		}
+		else if (text[i] == '\'')
 		{
 			/* a doubled quote inside the string */
-			if (!syn_buf_append(buf, "'", 1))
+			if (!rv_buf_append(buf, "'", 1))
 				goto oom;
 			i += 2;
-			continue;
 		}
-		if (c != '\\')
+		else
 		{
 			size_t		j = i;
 
 			/* copy a run of plain bytes at once */
 			while (j < stop && text[j] != '\\' && text[j] != '\'')
 				j++;
-			if (!syn_buf_append(buf, text + i, j - i))
+			if (!rv_buf_append(buf, text + i, j - i))
 				goto oom;
 			i = j;
-			continue;
 		}
-
-		c = text[i + 1];
-		i += 2;
-		switch (c)
-		{
-			case 'b':
-				c = '\b';
-				break;
-			case 'f':
-				c = '\f';
-				break;
-			case 'n':
-				c = '\n';
-				break;
-			case 'r':
-				c = '\r';
-				break;
-			case 't':
-				c = '\t';
-				break;
-			case '0':
-			case '1':
-			case '2':
-			case '3':
-			case '4':
-			case '5':
-			case '6':
-			case '7':
-				{
-					int			v = c - '0';
-					int			k;
-
-					for (k = 0; k < 2 && text[i] >= '0' && text[i] <= '7'; k++)
-						v = v * 8 + (text[i++] - '0');
-					c = (char) (v & 0xFF);
-				}
-				break;
-			case 'x':
-				if (syn_hex_value(text[i]) >= 0)
-				{
-					int			v = syn_hex_value(text[i++]);
-
-					if (syn_hex_value(text[i]) >= 0)
-						v = v * 16 + syn_hex_value(text[i++]);
-					c = (char) v;
-				}
-				break;
-			case 'u':
-			case 'U':
-				{
-					long		cp = syn_read_hex(text, &i, c == 'u' ? 4 : 8);
-
-					if (cp < 0)
-					{
-						syn_error_at(p, esc, "invalid Unicode escape");
-						rv_error_hint(p->err, "Unicode escapes must be \\uXXXX or \\UXXXXXXXX.");
-						return false;
-					}
-					if (cp >= 0xD800 && cp <= 0xDBFF)
-					{
-						long		lo = -1;
-
-						/* a high surrogate must be followed by a low one */
-						if (text[i] == '\\' && (text[i + 1] == 'u' || text[i + 1] == 'U'))
-						{
-							size_t		k = i + 2;
-
-							lo = syn_read_hex(text, &k, text[i + 1] == 'u' ? 4 : 8);
-							if (lo >= 0xDC00 && lo <= 0xDFFF)
-								i = k;
-							else
-								lo = -1;
-						}
-						if (lo < 0)
-						{
-							syn_error_at(p, esc, "invalid Unicode surrogate pair");
-							return false;
-						}
-						cp = 0x10000 + ((cp - 0xD800) << 10) + (lo - 0xDC00);
-					}
-					else if ((cp >= 0xDC00 && cp <= 0xDFFF) || cp == 0 ||
-							 cp > 0x10FFFF)
-					{
-						syn_error_at(p, esc, "invalid Unicode escape value");
-						return false;
-					}
-					if (!syn_buf_utf8(buf, (uint32_t) cp))
-						goto oom;
-					continue;
-				}
-			default:
-				/* \\, \', and any other character: itself */
-				break;
-		}
-		if (c == '\0')
-		{
-			syn_error_at(p, esc, "null character not permitted");
-			return false;
-		}
-		if (!syn_buf_append(buf, &c, 1))
-			goto oom;
 	}
 	return true;
 
@@ -834,7 +776,7 @@ oom:
  */
 static bool
 syn_decode_doubled(const char *text, size_t from, size_t to, char quote,
-				   SynBuf *buf)
+				   RvBuf *buf)
 {
 	size_t		i = from;
 
@@ -843,12 +785,12 @@ syn_decode_doubled(const char *text, size_t from, size_t to, char quote,
 		const char *q = memchr(text + i, quote, to - i);
 		size_t		j = q ? (size_t) (q - text) : to;
 
-		if (!syn_buf_append(buf, text + i, j - i))
+		if (!rv_buf_append(buf, text + i, j - i))
 			return false;
 		if (j >= to)
 			break;
 		/* a doubled quote: keep one */
-		if (!syn_buf_append(buf, &quote, 1))
+		if (!rv_buf_append(buf, &quote, 1))
 			return false;
 		i = j + 2;
 	}
@@ -865,7 +807,7 @@ static char *
 syn_token_value(SynParser *p)
 {
 	const SynToken *t = &p->tok;
-	SynBuf		buf = {NULL, 0, 0};
+	RvBuf		buf = RV_BUF_INIT;
 	bool		ok = true;
 
 	switch (t->kind)
@@ -884,10 +826,10 @@ syn_token_value(SynParser *p)
 			}
 			break;
 		case SYN_DOLLAR:
-			ok = syn_buf_append(&buf, p->text + t->body, t->body_end - t->body);
+			ok = rv_buf_append(&buf, p->text + t->body, t->body_end - t->body);
 			break;
 		case SYN_IDENT:
-			ok = syn_buf_append(&buf, p->text + t->start, t->end - t->start);
+			ok = rv_buf_append(&buf, p->text + t->start, t->end - t->start);
 			if (ok)
 			{
 				size_t		k;
@@ -897,12 +839,12 @@ syn_token_value(SynParser *p)
 			}
 			break;
 		default:
-			ok = syn_buf_append(&buf, p->text + t->start, t->end - t->start);
+			ok = rv_buf_append(&buf, p->text + t->start, t->end - t->start);
 			break;
 	}
 	/* an empty body still needs a string */
 	if (ok && buf.data == NULL)
-		ok = syn_buf_append(&buf, "", 0);
+		ok = rv_buf_append(&buf, "", 0);
 	if (!ok)
 	{
 		free(buf.data);
@@ -953,7 +895,7 @@ syn_parse_count(SynParser *p, const char *what, int max, int *out)
 	}
 	for (k = p->tok.start; k < p->tok.end; k++)
 	{
-		if (!syn_is_digit(p->text[k]))
+		if (!rv_is_digit(p->text[k]))
 		{
 			syn_error_at(p, p->tok.start, "%s must be an integer", what);
 			return false;
@@ -1175,7 +1117,7 @@ syn_colset_add(SynParser *p, int idx)
 static bool
 syn_parse_type(SynParser *p, const char *colname, char **type)
 {
-	SynBuf		buf = {NULL, 0, 0};
+	RvBuf		buf = RV_BUF_INIT;
 	int			depth = 0;
 	size_t		last_end = 0;
 
@@ -1200,8 +1142,8 @@ syn_parse_type(SynParser *p, const char *colname, char **type)
 			depth++;
 		else if (t->kind == SYN_RPAREN)
 			depth--;
-		if ((buf.len > 0 && t->start > last_end && !syn_buf_append(&buf, " ", 1)) ||
-			!syn_buf_append(&buf, p->text + t->start, t->end - t->start))
+		if ((buf.len > 0 && t->start > last_end && !rv_buf_append(&buf, " ", 1)) ||
+			!rv_buf_append(&buf, p->text + t->start, t->end - t->start))
 		{
 			free(buf.data);
 			syn_oom(p);
@@ -1419,7 +1361,7 @@ syn_parse_using(SynParser *p, const char *expected)
 	 */
 	s = open + 1;
 	e = last_end;
-	while (s < e && syn_is_space(p->text[s]))
+	while (s < e && rv_is_space(p->text[s]))
 		s++;
 	p->stmt->query = syn_strndup(p, p->text + s, e - s);
 	if (p->stmt->query == NULL)
@@ -1515,12 +1457,12 @@ syn_parse_option_value(SynParser *p, RvOption *opt)
 		default:
 			if (syn_at_negative_number(p))
 			{
-				SynBuf		buf = {NULL, 0, 0};
+				RvBuf		buf = RV_BUF_INIT;
 
 				if (!syn_next(p))
 					return false;
-				if (!syn_buf_append(&buf, "-", 1) ||
-					!syn_buf_append(&buf, p->text + p->tok.start,
+				if (!rv_buf_append(&buf, "-", 1) ||
+					!rv_buf_append(&buf, p->text + p->tok.start,
 									p->tok.end - p->tok.start))
 				{
 					free(buf.data);

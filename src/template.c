@@ -276,13 +276,6 @@ typedef struct TplVal
 	json_object *j;				/* owned reference; NULL for null/missing */
 } TplVal;
 
-typedef struct TplBuf
-{
-	char	   *data;
-	size_t		len;
-	size_t		cap;
-} TplBuf;
-
 typedef struct TplFrame
 {
 	const char *names[2];
@@ -299,7 +292,7 @@ typedef struct TplCtx
 	bool		strict;
 	RvError    *err;
 	uint64_t	work;
-	TplBuf		out;
+	RvBuf		out;
 	TplFrame	frames[TPL_MAX_DEPTH + 1];
 	int			nframes;
 } TplCtx;
@@ -446,31 +439,6 @@ tpl_rerror(TplCtx *c, size_t pos, const char *fmt,...)
 	va_end(ap);
 }
 
-static bool
-tpl_is_space(char ch)
-{
-	return ch == ' ' || ch == '\t' || ch == '\n' || ch == '\r' ||
-		ch == '\f' || ch == '\v';
-}
-
-static bool
-tpl_is_digit(char ch)
-{
-	return ch >= '0' && ch <= '9';
-}
-
-static bool
-tpl_is_name_start(char ch)
-{
-	return (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || ch == '_';
-}
-
-static bool
-tpl_is_name_char(char ch)
-{
-	return tpl_is_name_start(ch) || tpl_is_digit(ch);
-}
-
 /*
  * Length to quote of the source text s[0..n) in an error message: at most
  * TPL_SNIPPET_MAX bytes, never cutting a UTF-8 character.
@@ -487,35 +455,6 @@ tpl_snippet_len(const char *s, size_t n)
 			k--;
 	}
 	return (int) k;
-}
-
-/* Make room for n more bytes plus a NUL; false when out of memory. */
-static bool
-tpl_buf_grow(TplBuf *b, size_t n)
-{
-	size_t		need = b->len + n + 1;
-	size_t		ncap;
-	char	   *data;
-
-	if (need <= b->cap)
-		return true;
-	ncap = b->cap ? b->cap : 64;
-	while (ncap < need)
-		ncap *= 2;
-	data = realloc(b->data, ncap);
-	if (data == NULL)
-		return false;
-	b->data = data;
-	b->cap = ncap;
-	return true;
-}
-
-static void
-tpl_buf_free(TplBuf *b)
-{
-	free(b->data);
-	b->data = NULL;
-	b->len = b->cap = 0;
 }
 
 /* ----------------------------------------------------------------
@@ -559,10 +498,10 @@ static bool
 tpl_lex_text(TplLexer *lx, size_t start, size_t end, bool lstrip, bool rstrip)
 {
 	if (lstrip)
-		while (start < end && tpl_is_space(lx->src[start]))
+		while (start < end && rv_is_space(lx->src[start]))
 			start++;
 	if (rstrip)
-		while (end > start && tpl_is_space(lx->src[end - 1]))
+		while (end > start && rv_is_space(lx->src[end - 1]))
 			end--;
 	if (end == start)
 		return true;
@@ -670,9 +609,89 @@ tpl_utf8_encode(long cp, char *out)
 }
 
 /*
+ * Decode the escape at the backslash s[*pp] (s has n bytes, and a byte
+ * follows the backslash) into enc (at least 4 bytes); returns its length
+ * and moves *pp past it.  \n \t \r \b \f \\ \' \" \/ give the character,
+ * \uXXXX a code point as UTF-8 (a surrogate pair written as two escapes
+ * combined); any other backslash is kept as written, as Python does, and
+ * the byte after it is read as plain text.
+ */
+static int
+tpl_lex_escape(const char *s, size_t n, size_t *pp, char *enc)
+{
+	size_t		p = *pp;
+	int			enclen = 0;
+
+	switch (s[p + 1])
+	{
+		case 'n':
+			enc[0] = '\n';
+			enclen = 1;
+			break;
+		case 't':
+			enc[0] = '\t';
+			enclen = 1;
+			break;
+		case 'r':
+			enc[0] = '\r';
+			enclen = 1;
+			break;
+		case 'b':
+			enc[0] = '\b';
+			enclen = 1;
+			break;
+		case 'f':
+			enc[0] = '\f';
+			enclen = 1;
+			break;
+		case '\\':
+		case '\'':
+		case '"':
+		case '/':
+			enc[0] = s[p + 1];
+			enclen = 1;
+			break;
+		case 'u':
+			{
+				long		cp = tpl_hex4(s, n, p + 2);
+
+				if (cp < 0)
+					break;
+				p += 4;
+				if (cp >= 0xD800 && cp <= 0xDBFF && p + 7 < n &&
+					s[p + 2] == '\\' && s[p + 3] == 'u')
+				{
+					long		lo = tpl_hex4(s, n, p + 4);
+
+					if (lo >= 0xDC00 && lo <= 0xDFFF)
+					{
+						cp = 0x10000 + ((cp - 0xD800) << 10) + (lo - 0xDC00);
+						p += 6;
+					}
+				}
+				enclen = tpl_utf8_encode(cp, enc);
+				break;
+			}
+		default:
+			break;
+	}
+	if (enclen == 0)
+	{
+		/* unknown escape: keep the backslash, the next byte follows */
+		enc[0] = '\\';
+		enclen = 1;
+		p += 1;
+	}
+	else
+		p += 2;
+	*pp = p;
+	return enclen;
+}
+
+/*
  * Lex a quoted string literal starting at the quote src[*pp]; decodes the
- * escapes \n \t \r \b \f \\ \' \" \/ and \uXXXX (other backslashes are kept
- * as written, as Python does).  Fails on an unterminated literal.
+ * escapes of tpl_lex_escape().  Fails on an unterminated literal and on
+ * one longer than TPL_MAX_SIZE.
  */
 static bool
 tpl_lex_string(TplLexer *lx, size_t *pp)
@@ -682,124 +701,46 @@ tpl_lex_string(TplLexer *lx, size_t *pp)
 	size_t		start = *pp;
 	size_t		p = start + 1;
 	char		quote = s[start];
-	TplBuf		b = {NULL, 0, 0};
+	RvBuf		b = RV_BUF_INIT;
 	TplToken   *t;
 
 	for (;;)
 	{
 		char		enc[8];
-		int			enclen = 0;
+		int			enclen;
 		size_t		run = p;
 
 		/* copy a run of plain characters in one go */
 		while (p < n && s[p] != quote && s[p] != '\\')
 			p++;
-		if (p > run)
-		{
-			if (!tpl_buf_grow(&b, p - run))
-				goto oom;
-			memcpy(b.data + b.len, s + run, p - run);
-			b.len += p - run;
-		}
-		if (p >= n)
-		{
-			tpl_buf_free(&b);
-			tpl_lerror(lx, start, "unterminated string literal");
-			return false;
-		}
-		if (s[p] == quote)
+		if (!rv_buf_append(&b, s + run, p - run))
+			goto oom;
+		if (p < n && s[p] == quote)
 		{
 			p++;
 			break;
 		}
-		/* a backslash */
+		/* the end of the text, or a backslash at its last byte */
 		if (p + 1 >= n)
 		{
-			tpl_buf_free(&b);
+			rv_buf_free(&b);
 			tpl_lerror(lx, start, "unterminated string literal");
 			return false;
 		}
-		switch (s[p + 1])
-		{
-			case 'n':
-				enc[0] = '\n';
-				enclen = 1;
-				break;
-			case 't':
-				enc[0] = '\t';
-				enclen = 1;
-				break;
-			case 'r':
-				enc[0] = '\r';
-				enclen = 1;
-				break;
-			case 'b':
-				enc[0] = '\b';
-				enclen = 1;
-				break;
-			case 'f':
-				enc[0] = '\f';
-				enclen = 1;
-				break;
-			case '\\':
-			case '\'':
-			case '"':
-			case '/':
-				enc[0] = s[p + 1];
-				enclen = 1;
-				break;
-			case 'u':
-				{
-					long		cp = tpl_hex4(s, n, p + 2);
-
-					if (cp < 0)
-						break;
-					p += 4;
-					/* combine a surrogate pair written as two escapes */
-					if (cp >= 0xD800 && cp <= 0xDBFF && p + 7 < n &&
-						s[p + 2] == '\\' && s[p + 3] == 'u')
-					{
-						long		lo = tpl_hex4(s, n, p + 4);
-
-						if (lo >= 0xDC00 && lo <= 0xDFFF)
-						{
-							cp = 0x10000 + ((cp - 0xD800) << 10) + (lo - 0xDC00);
-							p += 6;
-						}
-					}
-					enclen = tpl_utf8_encode(cp, enc);
-					break;
-				}
-			default:
-				break;
-		}
-		if (enclen == 0)
-		{
-			/* unknown escape: keep the backslash, the next byte follows */
-			enc[0] = '\\';
-			enclen = 1;
-			p += 1;
-		}
-		else
-			p += 2;
-		if (!tpl_buf_grow(&b, (size_t) enclen))
+		enclen = tpl_lex_escape(s, n, &p, enc);
+		if (!rv_buf_append(&b, enc, (size_t) enclen))
 			goto oom;
-		memcpy(b.data + b.len, enc, (size_t) enclen);
-		b.len += (size_t) enclen;
 	}
 	if (b.len > TPL_MAX_SIZE)
 	{
-		tpl_buf_free(&b);
+		rv_buf_free(&b);
 		tpl_lerror(lx, start, "string literal exceeds the limit of 16 MB");
 		return false;
 	}
-	if (!tpl_buf_grow(&b, 0))
-		goto oom;
-	b.data[b.len] = '\0';
 	t = tpl_lex_push(lx, TPL_T_STRING, start, p - start);
 	if (t == NULL)
 	{
-		tpl_buf_free(&b);
+		rv_buf_free(&b);
 		return false;
 	}
 	t->str = b.data;
@@ -808,7 +749,7 @@ tpl_lex_string(TplLexer *lx, size_t *pp)
 	return true;
 
 oom:
-	tpl_buf_free(&b);
+	rv_buf_free(&b);
 	tpl_lerror(lx, start, "out of memory");
 	return false;
 }
@@ -830,14 +771,14 @@ tpl_lex_number(TplLexer *lx, size_t *pp, bool after_dot)
 	double		dval = 0;
 	TplToken   *t;
 
-	while (p < n && tpl_is_digit(s[p]))
+	while (p < n && rv_is_digit(s[p]))
 		p++;
 	if (!after_dot)
 	{
-		if (p + 1 < n && s[p] == '.' && tpl_is_digit(s[p + 1]))
+		if (p + 1 < n && s[p] == '.' && rv_is_digit(s[p + 1]))
 		{
 			p++;
-			while (p < n && tpl_is_digit(s[p]))
+			while (p < n && rv_is_digit(s[p]))
 				p++;
 			is_float = true;
 		}
@@ -847,10 +788,10 @@ tpl_lex_number(TplLexer *lx, size_t *pp, bool after_dot)
 
 			if (q < n && (s[q] == '+' || s[q] == '-'))
 				q++;
-			if (q < n && tpl_is_digit(s[q]))
+			if (q < n && rv_is_digit(s[q]))
 			{
 				p = q;
-				while (p < n && tpl_is_digit(s[p]))
+				while (p < n && rv_is_digit(s[p]))
 					p++;
 				is_float = true;
 			}
@@ -928,14 +869,14 @@ tpl_lex_raw(TplLexer *lx, size_t rawpos, size_t *pp, bool lstrip,
 			rs = true;
 			q++;
 		}
-		while (q < n && tpl_is_space(s[q]))
+		while (q < n && rv_is_space(s[q]))
 			q++;
 		if (q + 6 > n || memcmp(s + q, "endraw", 6) != 0)
 			continue;
 		q += 6;
-		if (q < n && tpl_is_name_char(s[q]))
+		if (q < n && rv_is_name_char(s[q]))
 			continue;
-		while (q < n && tpl_is_space(s[q]))
+		while (q < n && rv_is_space(s[q]))
 			q++;
 		if (q < n && s[q] == '-')
 		{
@@ -983,7 +924,7 @@ tpl_lex_tag(TplLexer *lx, size_t k, bool is_var, size_t *pp,
 		TplPunct	punct;
 		TplToken   *t;
 
-		while (p < n && tpl_is_space(s[p]))
+		while (p < n && rv_is_space(s[p]))
 			p++;
 		if (p >= n)
 		{
@@ -1016,18 +957,18 @@ tpl_lex_tag(TplLexer *lx, size_t k, bool is_var, size_t *pp,
 			*lstrip_out = strip;
 			return true;
 		}
-		if (tpl_is_name_start(s[p]))
+		if (rv_is_name_start(s[p]))
 		{
 			size_t		q = p;
 
-			while (q < n && tpl_is_name_char(s[q]))
+			while (q < n && rv_is_name_char(s[q]))
 				q++;
 			if (tpl_lex_push(lx, TPL_T_NAME, p, q - p) == NULL)
 				return false;
 			p = q;
 			continue;
 		}
-		if (tpl_is_digit(s[p]))
+		if (rv_is_digit(s[p]))
 		{
 			bool		after_dot = false;
 
@@ -1308,7 +1249,7 @@ tpl_format_double(double d, char *buf, size_t size)
 	}
 	while (*q && *q != 'e' && ndig < (int) sizeof(digits) - 1)
 	{
-		if (tpl_is_digit(*q))
+		if (rv_is_digit(*q))
 			digits[ndig++] = *q;
 		q++;
 	}
@@ -2001,6 +1942,32 @@ tpl_parse_filter_args(TplParser *p, TplExpr *e, const TplFilterDef *f)
 	return true;
 }
 
+/*
+ * The name token of a filter or a test (after "|" or "is [not]"); NULL,
+ * with a syntax error and e freed, when the current token is no name.
+ */
+static const TplToken *
+tpl_expect_name(TplParser *p, TplExpr *e)
+{
+	const TplToken *t = tpl_peek(p);
+
+	if (t->kind == TPL_T_NAME)
+		return t;
+	tpl_syntax_error(p, t, "expression");
+	tpl_expr_free(e);
+	return NULL;
+}
+
+/* Report 'unknown <what> "<name>"' at the name t, free e; NULL. */
+static TplExpr *
+tpl_unknown_name(TplParser *p, const TplToken *t, const char *what, TplExpr *e)
+{
+	tpl_perror(p, t->pos, "unknown %s \"%.*s\"", what,
+			   tpl_snippet_len(p->src + t->pos, t->len), p->src + t->pos);
+	tpl_expr_free(e);
+	return NULL;
+}
+
 /* One filter application "| name [ (args) ]" to e (the "|" is current). */
 static TplExpr *
 tpl_parse_filter(TplParser *p, TplExpr *e)
@@ -2009,23 +1976,14 @@ tpl_parse_filter(TplParser *p, TplExpr *e)
 	const TplFilterDef *f;
 
 	tpl_advance(p);
-	t = tpl_peek(p);
-	if (t->kind != TPL_T_NAME)
-	{
-		tpl_syntax_error(p, t, "expression");
-		tpl_expr_free(e);
+	t = tpl_expect_name(p, e);
+	if (t == NULL)
 		return NULL;
-	}
 	for (f = tpl_filters; f->name != NULL; f++)
 		if (tpl_tok_is_name(p, t, f->name))
 			break;
 	if (f->name == NULL)
-	{
-		tpl_perror(p, t->pos, "unknown filter \"%.*s\"",
-				   tpl_snippet_len(p->src + t->pos, t->len), p->src + t->pos);
-		tpl_expr_free(e);
-		return NULL;
-	}
+		return tpl_unknown_name(p, t, "filter", e);
 	tpl_advance(p);
 	e = tpl_new_expr(p, TPL_E_FILTER, t->pos, e, NULL, NULL);
 	if (e == NULL)
@@ -2067,23 +2025,14 @@ tpl_parse_test(TplParser *p, TplExpr *e)
 		negate = true;
 		tpl_advance(p);
 	}
-	t = tpl_peek(p);
-	if (t->kind != TPL_T_NAME)
-	{
-		tpl_syntax_error(p, t, "expression");
-		tpl_expr_free(e);
+	t = tpl_expect_name(p, e);
+	if (t == NULL)
 		return NULL;
-	}
 	for (x = tpl_tests; x->name != NULL; x++)
 		if (tpl_tok_is_name(p, t, x->name))
 			break;
 	if (x->name == NULL)
-	{
-		tpl_perror(p, t->pos, "unknown test \"%.*s\"",
-				   tpl_snippet_len(p->src + t->pos, t->len), p->src + t->pos);
-		tpl_expr_free(e);
-		return NULL;
-	}
+		return tpl_unknown_name(p, t, "test", e);
 	tpl_advance(p);
 	e = tpl_new_expr(p, TPL_E_TEST, t->pos, e, NULL, NULL);
 	if (e != NULL)
@@ -2680,7 +2629,7 @@ tpl_result_str(TplCtx *c, size_t pos, const char *s, size_t n, TplVal *out)
  * and charging the work.
  */
 static bool
-tpl_put(TplCtx *c, TplBuf *b, const char *s, size_t n, size_t pos)
+tpl_put(TplCtx *c, RvBuf *b, const char *s, size_t n, size_t pos)
 {
 	if (n > TPL_MAX_SIZE - b->len)
 	{
@@ -2689,15 +2638,11 @@ tpl_put(TplCtx *c, TplBuf *b, const char *s, size_t n, size_t pos)
 	}
 	if (!tpl_charge(c, 1 + n / 16, pos))
 		return false;
-	if (!tpl_buf_grow(b, n))
+	if (!rv_buf_append(b, s, n))
 	{
 		tpl_rerror(c, pos, "out of memory");
 		return false;
 	}
-	if (n > 0)
-		memcpy(b->data + b->len, s, n);
-	b->len += n;
-	b->data[b->len] = '\0';
 	return true;
 }
 
@@ -2706,7 +2651,7 @@ tpl_put(TplCtx *c, TplBuf *b, const char *s, size_t n, size_t pos)
  * JSON, null and missing as nothing, arrays and objects as compact JSON.
  */
 static bool
-tpl_put_val(TplCtx *c, TplBuf *b, TplVal v, size_t pos)
+tpl_put_val(TplCtx *c, RvBuf *b, TplVal v, size_t pos)
 {
 	const char *s;
 	size_t		n;
@@ -2944,12 +2889,12 @@ tpl_contains(TplCtx *c, const TplExpr *e, TplVal needle, TplVal hay,
 static bool
 tpl_concat(TplCtx *c, size_t pos, TplVal a, TplVal b, TplVal *out)
 {
-	TplBuf		buf = {NULL, 0, 0};
+	RvBuf		buf = RV_BUF_INIT;
 	bool		ok;
 
 	ok = tpl_put_val(c, &buf, a, pos) && tpl_put_val(c, &buf, b, pos) &&
 		tpl_result_str(c, pos, buf.data, buf.len, out);
-	tpl_buf_free(&buf);
+	rv_buf_free(&buf);
 	return ok;
 }
 
@@ -3096,7 +3041,7 @@ tpl_parse_index(const char *s, int64_t *res)
 		return false;
 	for (k = 0; k < n; k++)
 	{
-		if (!tpl_is_digit(s[k]))
+		if (!rv_is_digit(s[k]))
 			return false;
 		v = v * 10 + (s[k] - '0');
 	}
@@ -3325,12 +3270,12 @@ static bool
 tpl_strict_fail(TplCtx *c, const TplExpr *e, const char *field, size_t flen)
 {
 	int			n = tpl_snippet_len(field, flen);
-	bool		ident = flen > 0 && tpl_is_name_start(field[0]);
+	bool		ident = flen > 0 && rv_is_name_start(field[0]);
 	bool		was_set = c->err != NULL && c->err->set;
 	size_t		k;
 
 	for (k = 0; k < flen && ident; k++)
-		ident = tpl_is_name_char(field[k]);
+		ident = rv_is_name_char(field[k]);
 	tpl_rerror(c, e->a->pos, "input has no field \"%.*s\"", n, field);
 	if (c->err != NULL && !was_set)
 	{
@@ -3378,8 +3323,8 @@ static bool
 tpl_filter_text(TplCtx *c, const TplExpr *e, TplVal v, const TplVal *args,
 				TplVal *out)
 {
-	TplBuf		b = {NULL, 0, 0};
-	TplBuf		set = {NULL, 0, 0};
+	RvBuf		b = RV_BUF_INIT;
+	RvBuf		set = RV_BUF_INIT;
 	size_t		s = 0;
 	size_t		end;
 	size_t		i;
@@ -3395,7 +3340,7 @@ tpl_filter_text(TplCtx *c, const TplExpr *e, TplVal v, const TplVal *args,
 	}
 	if (!tpl_put_val(c, &b, v, e->pos))
 	{
-		tpl_buf_free(&b);
+		rv_buf_free(&b);
 		return false;
 	}
 	end = b.len;
@@ -3438,8 +3383,8 @@ tpl_filter_text(TplCtx *c, const TplExpr *e, TplVal v, const TplVal *args,
 	}
 	if (ok)
 		ok = tpl_result_str(c, e->pos, b.data ? b.data + s : "", end - s, out);
-	tpl_buf_free(&b);
-	tpl_buf_free(&set);
+	rv_buf_free(&b);
+	rv_buf_free(&set);
 	return ok;
 }
 
@@ -3482,8 +3427,8 @@ static bool
 tpl_filter_join(TplCtx *c, const TplExpr *e, TplVal v, const TplVal *args,
 				TplVal *out)
 {
-	TplBuf		b = {NULL, 0, 0};
-	TplBuf		sep = {NULL, 0, 0};
+	RvBuf		b = RV_BUF_INIT;
+	RvBuf		sep = RV_BUF_INIT;
 	const char *attr = NULL;
 	bool		ok = true;
 	size_t		i;
@@ -3565,8 +3510,8 @@ tpl_filter_join(TplCtx *c, const TplExpr *e, TplVal v, const TplVal *args,
 	}
 	if (ok)
 		ok = tpl_result_str(c, e->pos, b.data, b.len, out);
-	tpl_buf_free(&b);
-	tpl_buf_free(&sep);
+	rv_buf_free(&b);
+	rv_buf_free(&sep);
 	return ok;
 }
 
@@ -3614,9 +3559,9 @@ tpl_str_to_int(const char *s, size_t len, int64_t *res)
 	bool		neg = false;
 	int64_t		v = 0;
 
-	while (i < end && tpl_is_space(s[i]))
+	while (i < end && rv_is_space(s[i]))
 		i++;
-	while (end > i && tpl_is_space(s[end - 1]))
+	while (end > i && rv_is_space(s[end - 1]))
 		end--;
 	if (i < end && (s[i] == '+' || s[i] == '-'))
 		neg = s[i++] == '-';
@@ -3626,7 +3571,7 @@ tpl_str_to_int(const char *s, size_t len, int64_t *res)
 	{
 		int			dig;
 
-		if (!tpl_is_digit(s[i]))
+		if (!rv_is_digit(s[i]))
 			return false;
 		dig = s[i] - '0';
 		/* accumulate negatively so that INT64_MIN fits */
@@ -3652,14 +3597,14 @@ tpl_str_to_double(const char *s, size_t len, double *res)
 	double		d;
 	size_t		i = 0;
 
-	while (i < len && tpl_is_space(s[i]))
+	while (i < len && rv_is_space(s[i]))
 		i++;
 	if (i == len || strlen(s) != len)
 		return false;
 	d = strtod(s + i, &endp);
 	if (endp == s + i)
 		return false;
-	while (*endp != '\0' && tpl_is_space(*endp))
+	while (*endp != '\0' && rv_is_space(*endp))
 		endp++;
 	if (*endp != '\0' || !isfinite(d))
 		return false;
@@ -4420,7 +4365,7 @@ rv_template_render(const RvTemplate *tmpl, json_object *scope,
 	c->scope = scope;
 	c->strict = strict_input;
 	c->err = err;
-	ok = tpl_buf_grow(&c->out, 0);
+	ok = rv_buf_reserve(&c->out, 0);
 	if (!ok)
 		rv_error_set(err, "out of memory");
 	else

@@ -1108,6 +1108,199 @@ session_masks(Session *s)
 	}
 }
 
+/* what a step of session_pump() says to do next */
+typedef enum PumpStep
+{
+	PUMP_GO,					/* on with the next step */
+	PUMP_SKIP,					/* skip the rest of this turn */
+	PUMP_STOP,					/* stop pumping, set the epoll events */
+	PUMP_KILLED					/* the session is gone: touch nothing */
+} PumpStep;
+
+/*
+ * Has the upstream connect completed?  On a failure the client gets a
+ * FATAL error and the session closes (a forwarded cancel is just ended).
+ * Returns false when the session was killed.
+ */
+static bool
+pump_connect(Session *s, bool *progress)
+{
+	int			err = 0;
+	socklen_t	el = sizeof(err);
+
+	if (!s->up.connecting || s->up.wblocked)
+		return true;
+	if (getsockopt(s->up.ep.fd, SOL_SOCKET, SO_ERROR, &err, &el) != 0)
+		err = errno;
+	if (err == EINPROGRESS || err == EALREADY)
+		return true;
+	if (err == 0)
+	{
+		s->up.connecting = false;
+		*progress = true;
+		return true;
+	}
+	gw_log("LOG", "could not connect to the server at %s: %s",
+		   upstream_spec, strerror(err));
+	if (s->state == S_CANCEL)
+	{
+		session_kill(s);
+		return false;
+	}
+	{
+		char		detail[256];
+
+		snprintf(detail, sizeof(detail), "Connecting to %s failed: %s.",
+				 upstream_spec, strerror(err));
+		send_fatal(&s->cli.out, "08006",
+				   "the rvbbit gateway could not connect to the server",
+				   detail, NULL);
+	}
+	session_finish(s);
+	return true;
+}
+
+/* Write what is pending on c; false when a write error killed s. */
+static bool
+pump_flush_conn(Session *s, Conn *c, bool *progress)
+{
+	size_t		before = gw_buf_pending(&c->out);
+
+	if (!conn_flush(c))
+	{
+		session_kill(s);
+		return false;
+	}
+	if (gw_buf_pending(&c->out) != before)
+		*progress = true;
+	return true;
+}
+
+/*
+ * Write what is pending to the server (once connected) and to the client
+ * (once past the TLS handshake).  Returns false when the session was
+ * killed by a write error.
+ */
+static bool
+pump_flush(Session *s, bool *progress)
+{
+	if (s->up.ep.fd >= 0 && gw_buf_pending(&s->up.out) > 0 && !s->up.connecting &&
+		!pump_flush_conn(s, &s->up, progress))
+		return false;
+	if (s->cli.ep.fd >= 0 && gw_buf_pending(&s->cli.out) > 0 && s->state != S_TLS &&
+		!pump_flush_conn(s, &s->cli, progress))
+		return false;
+	return true;
+}
+
+/*
+ * The ends of a session: a forwarded cancel is done once written, a
+ * closing session once the client has everything; a client's half-close
+ * is passed on once its bytes are out, and ends a session not yet
+ * relaying.
+ */
+static PumpStep
+pump_ending(Session *s)
+{
+	if (s->state == S_CANCEL)
+	{
+		if (s->up.ep.fd >= 0 && !s->up.connecting && gw_buf_pending(&s->up.out) == 0)
+		{
+			session_kill(s);
+			return PUMP_KILLED;
+		}
+		return PUMP_STOP;
+	}
+	if (s->closing)
+	{
+		if (s->cli.ep.fd < 0 || gw_buf_pending(&s->cli.out) == 0)
+		{
+			session_kill(s);
+			return PUMP_KILLED;
+		}
+		return PUMP_STOP;
+	}
+	if (s->cli.eof && !s->up.shut_wr && s->up.ep.fd >= 0 &&
+		!s->up.connecting && gw_buf_pending(&s->up.out) == 0)
+	{
+		shutdown(s->up.ep.fd, SHUT_WR);
+		s->up.shut_wr = true;
+	}
+	if (s->cli.eof && s->state != S_RELAY)
+	{
+		session_kill(s);
+		return PUMP_KILLED;
+	}
+	return PUMP_GO;
+}
+
+/*
+ * Read the client: its first packets, or (below the high-water mark of
+ * what waits for the server) messages to frame and pass on.  PUMP_SKIP
+ * when the messages ended the turn.
+ */
+static PumpStep
+pump_read_client(Session *s, bool *progress)
+{
+	ssize_t		n;
+
+	if (s->cli.eof || s->cli.ep.fd < 0 || !(s->cli.readable || tls_pending(&s->cli)))
+		return PUMP_GO;
+	if (s->state == S_FIRST)
+	{
+		*progress |= read_first(s);
+		return PUMP_GO;
+	}
+	if (gw_buf_pending(&s->up.out) >= GW_HIGH_WATER)
+		return PUMP_GO;
+	n = conn_read(&s->cli, scratch, sizeof(scratch));
+	if (n > 0)
+	{
+		*progress = true;
+		if (!from_client(s, scratch, n))
+			return PUMP_SKIP;
+	}
+	else if (n == 0)
+	{
+		s->cli.eof = true;
+		*progress = true;
+	}
+	else if (n == -2)
+	{
+		session_kill(s);
+		return PUMP_KILLED;
+	}
+	return PUMP_GO;
+}
+
+/*
+ * Read the server (while relaying, below the high-water mark of what waits
+ * for the client).  When the server ends the session, the client gets the
+ * rest.
+ */
+static void
+pump_read_server(Session *s, bool *progress)
+{
+	ssize_t		n;
+
+	if (s->state != S_RELAY || s->dead || s->closing || s->up.ep.fd < 0 ||
+		s->up.connecting || !s->up.readable ||
+		gw_buf_pending(&s->cli.out) >= GW_HIGH_WATER)
+		return;
+	n = conn_read(&s->up, scratch, sizeof(scratch));
+	if (n > 0)
+	{
+		*progress = true;
+		(void) from_upstream(s, scratch, n);
+	}
+	else if (n == 0 || n == -2)
+	{
+		s->up.eof = true;
+		session_finish(s);
+		*progress = true;
+	}
+}
+
 /*
  * Do all the work a session can do now: finish a connect, flush both
  * sides, read what may be read.  Loops until nothing moves, then sets the
@@ -1120,163 +1313,31 @@ session_pump(Session *s)
 
 	do
 	{
-		ssize_t		n;
+		PumpStep	st;
 
 		progress = false;
 		if (s->dead)
 			return;
-
-		/* upstream connect completed? */
-		if (s->up.connecting && !s->up.wblocked)
-		{
-			int			err = 0;
-			socklen_t	el = sizeof(err);
-
-			if (getsockopt(s->up.ep.fd, SOL_SOCKET, SO_ERROR, &err, &el) != 0)
-				err = errno;
-			if (err == EINPROGRESS || err == EALREADY)
-				;
-			else if (err != 0)
-			{
-				char		detail[256];
-
-				snprintf(detail, sizeof(detail), "Connecting to %s failed: %s.",
-						 upstream_spec, strerror(err));
-				gw_log("LOG", "could not connect to the server at %s: %s",
-					   upstream_spec, strerror(err));
-				if (s->state == S_CANCEL)
-				{
-					session_kill(s);
-					return;
-				}
-				send_fatal(&s->cli.out, "08006",
-						   "the rvbbit gateway could not connect to the server",
-						   detail, NULL);
-				session_finish(s);
-			}
-			else
-			{
-				s->up.connecting = false;
-				progress = true;
-			}
-		}
-
-		/* flush */
-		if (s->up.ep.fd >= 0 && gw_buf_pending(&s->up.out) > 0 && !s->up.connecting)
-		{
-			size_t		before = gw_buf_pending(&s->up.out);
-
-			if (!conn_flush(&s->up))
-			{
-				session_kill(s);
-				return;
-			}
-			if (gw_buf_pending(&s->up.out) != before)
-				progress = true;
-		}
-		if (s->cli.ep.fd >= 0 && gw_buf_pending(&s->cli.out) > 0 && s->state != S_TLS)
-		{
-			size_t		before = gw_buf_pending(&s->cli.out);
-
-			if (!conn_flush(&s->cli))
-			{
-				session_kill(s);
-				return;
-			}
-			if (gw_buf_pending(&s->cli.out) != before)
-				progress = true;
-		}
-
-		/* a forwarded cancel is done once written */
-		if (s->state == S_CANCEL)
-		{
-			if (s->up.ep.fd >= 0 && !s->up.connecting && gw_buf_pending(&s->up.out) == 0)
-			{
-				session_kill(s);
-				return;
-			}
-			break;
-		}
-
-		/* closing: once the client has everything, close it */
-		if (s->closing)
-		{
-			if (s->cli.ep.fd < 0 || gw_buf_pending(&s->cli.out) == 0)
-			{
-				session_kill(s);
-				return;
-			}
-			break;
-		}
-
-		/* the client half-closed: pass the EOF on once its bytes are out */
-		if (s->cli.eof && !s->up.shut_wr && s->up.ep.fd >= 0 &&
-			!s->up.connecting && gw_buf_pending(&s->up.out) == 0)
-		{
-			shutdown(s->up.ep.fd, SHUT_WR);
-			s->up.shut_wr = true;
-		}
-		if (s->cli.eof && s->state != S_RELAY)
-		{
-			session_kill(s);
+		if (!pump_connect(s, &progress) || !pump_flush(s, &progress))
 			return;
-		}
-
-		/* TLS handshake */
+		st = pump_ending(s);
+		if (st == PUMP_KILLED)
+			return;
+		if (st == PUMP_STOP)
+			break;
 		if (s->state == S_TLS)
 		{
+			/* the handshake first; nothing is read until it is done */
 			if (s->cli.readable || s->cli.tls_wants_write)
 				progress |= tls_step(s);
 			continue;
 		}
-
-		/* read the client */
-		if (!s->cli.eof && s->cli.ep.fd >= 0 && (s->cli.readable || tls_pending(&s->cli)))
-		{
-			if (s->state == S_FIRST)
-				progress |= read_first(s);
-			else if (gw_buf_pending(&s->up.out) < GW_HIGH_WATER)
-			{
-				n = conn_read(&s->cli, scratch, sizeof(scratch));
-				if (n > 0)
-				{
-					progress = true;
-					if (!from_client(s, scratch, n))
-						continue;
-				}
-				else if (n == 0)
-				{
-					s->cli.eof = true;
-					progress = true;
-				}
-				else if (n == -2)
-				{
-					session_kill(s);
-					return;
-				}
-			}
-		}
-
-		/* read the server */
-		if (s->state == S_RELAY && !s->dead && !s->closing && s->up.ep.fd >= 0 &&
-			!s->up.connecting && s->up.readable &&
-			gw_buf_pending(&s->cli.out) < GW_HIGH_WATER)
-		{
-			n = conn_read(&s->up, scratch, sizeof(scratch));
-			if (n > 0)
-			{
-				progress = true;
-				if (!from_upstream(s, scratch, n))
-					continue;
-			}
-			else if (n == 0 || n == -2)
-			{
-				/* the server ended the session: give the client the rest */
-				s->up.eof = true;
-				session_finish(s);
-				progress = true;
-			}
-		}
+		st = pump_read_client(s, &progress);
+		if (st == PUMP_KILLED)
+			return;
+		if (st == PUMP_SKIP)
+			continue;
+		pump_read_server(s, &progress);
 	} while (progress);
 
 	if (!s->dead)
@@ -1590,15 +1651,14 @@ usage(FILE *f)
 			"  --version, --help\n");
 }
 
-int
-main(int argc, char **argv)
+/*
+ * Read the command line into the settings.  Returns -1 to go on, or the
+ * exit status: 0 after --help and --version, 2 for a bad command line.
+ */
+static int
+parse_args(int argc, char **argv)
 {
 	int			i;
-	struct sigaction sa;
-	sigset_t	block;
-	sigset_t	orig;
-	struct rlimit rl;
-	struct epoll_event events[256];
 
 	for (i = 1; i < argc; i++)
 	{
@@ -1647,82 +1707,86 @@ main(int argc, char **argv)
 		fprintf(stderr, "rvbbit-gateway: --ssl-cert and --ssl-key go together\n");
 		return 2;
 	}
-	setvbuf(stderr, NULL, _IOLBF, 0);
+	return -1;
+}
 
-	/* the supervisor's end of the pipe closes when it dies */
-	if (parent_fd >= 0)
-	{
-		prctl(PR_SET_PDEATHSIG, SIGTERM);
-		if (getppid() == 1)
-			return 0;
-	}
-
-	/* thousands of sessions: two descriptors each */
-	if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max)
-	{
-		rl.rlim_cur = rl.rlim_max;
-		setrlimit(RLIMIT_NOFILE, &rl);
-	}
-	spare_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+/*
+ * Handlers for SIGTERM, SIGINT, SIGUSR1 and SIGUSR2 (SIGPIPE ignored).  The
+ * four are blocked except inside epoll_pwait, so that none is missed
+ * between a check of the flags and the wait: *waitmask is the mask to wait
+ * with.
+ */
+static void
+setup_signals(sigset_t *waitmask)
+{
+	static const int handled[] = {SIGTERM, SIGINT, SIGUSR1, SIGUSR2};
+	struct sigaction sa;
+	sigset_t	block;
+	size_t		k;
 
 	memset(&sa, 0, sizeof(sa));
 	sa.sa_handler = SIG_IGN;
 	sigaction(SIGPIPE, &sa, NULL);
 	sa.sa_handler = on_signal;
 	sigemptyset(&sa.sa_mask);
-	sigaction(SIGTERM, &sa, NULL);
-	sigaction(SIGINT, &sa, NULL);
-	sigaction(SIGUSR1, &sa, NULL);
-	sigaction(SIGUSR2, &sa, NULL);
-	/* signals are delivered only inside epoll_pwait, so none is missed */
 	sigemptyset(&block);
-	sigaddset(&block, SIGTERM);
-	sigaddset(&block, SIGINT);
-	sigaddset(&block, SIGUSR1);
-	sigaddset(&block, SIGUSR2);
-	sigprocmask(SIG_BLOCK, &block, &orig);
-	sigdelset(&orig, SIGTERM);
-	sigdelset(&orig, SIGINT);
-	sigdelset(&orig, SIGUSR1);
-	sigdelset(&orig, SIGUSR2);
+	for (k = 0; k < sizeof(handled) / sizeof(handled[0]); k++)
+	{
+		sigaction(handled[k], &sa, NULL);
+		sigaddset(&block, handled[k]);
+	}
+	sigprocmask(SIG_BLOCK, &block, waitmask);
+	for (k = 0; k < sizeof(handled) / sizeof(handled[0]); k++)
+		sigdelset(waitmask, handled[k]);
+}
 
-	epfd = epoll_create1(EPOLL_CLOEXEC);
-	if (epfd < 0)
-	{
-		gw_log("FATAL", "epoll_create1: %s", strerror(errno));
-		return 1;
-	}
-	setup_upstream();
-	if (ssl_cert != NULL)
-		setup_tls();
-	for (i = 0; i < nlisten_specs; i++)
-		setup_listen(listen_specs[i]);
-	if (nlisteners == 0)
-	{
-		gw_log("FATAL", "could not listen on any address");
-		return 1;
-	}
-	if (parent_fd >= 0)
-	{
-		struct epoll_event ev;
+/* Watch the supervisor's pipe (--parent-fd); false when it cannot be. */
+static bool
+watch_parent(void)
+{
+	struct epoll_event ev;
 
-		parent_item.kind = EP_PARENT;
-		parent_item.fd = parent_fd;
-		memset(&ev, 0, sizeof(ev));
-		ev.events = EPOLLIN;
-		ev.data.ptr = &parent_item;
-		if (epoll_ctl(epfd, EPOLL_CTL_ADD, parent_fd, &ev) != 0)
-		{
-			gw_log("FATAL", "cannot watch the supervisor's pipe: %s", strerror(errno));
-			return 1;
-		}
+	parent_item.kind = EP_PARENT;
+	parent_item.fd = parent_fd;
+	memset(&ev, 0, sizeof(ev));
+	ev.events = EPOLLIN;
+	ev.data.ptr = &parent_item;
+	if (epoll_ctl(epfd, EPOLL_CTL_ADD, parent_fd, &ev) != 0)
+	{
+		gw_log("FATAL", "cannot watch the supervisor's pipe: %s", strerror(errno));
+		return false;
 	}
-	gw_log("LOG", "relaying to %s%s%s", upstream_spec,
-		   ssl_ctx ? ", TLS on" : "", allow_trust ? ", trust allowed" : "");
+	return true;
+}
+
+/* The supervisor's pipe is readable: EOF (or an error) means it is gone. */
+static void
+parent_event(void)
+{
+	char		b[64];
+	ssize_t		r = read(parent_fd, b, sizeof(b));
+
+	if (r == 0 || (r < 0 && errno != EAGAIN && errno != EINTR))
+	{
+		gw_log("LOG", "the supervisor is gone; exiting");
+		got_term = 1;
+	}
+}
+
+/*
+ * The event loop, until SIGTERM, SIGINT or the supervisor's end: signals
+ * (SIGUSR1/2 switch trust sessions), new clients, the pipe, session
+ * sockets; closed sessions are freed after each turn.  Returns the exit
+ * status.
+ */
+static int
+event_loop(const sigset_t *waitmask)
+{
+	struct epoll_event events[256];
 
 	while (!got_term)
 	{
-		int			n = epoll_pwait(epfd, events, 256, expire_startups(), &orig);
+		int			n = epoll_pwait(epfd, events, 256, expire_startups(), waitmask);
 		int			k;
 
 		if (got_trust >= 0)
@@ -1746,16 +1810,7 @@ main(int argc, char **argv)
 			if (it->kind == EP_LISTEN)
 				accept_clients(it->fd);
 			else if (it->kind == EP_PARENT)
-			{
-				char		b[64];
-				ssize_t		r = read(parent_fd, b, sizeof(b));
-
-				if (r == 0 || (r < 0 && errno != EAGAIN && errno != EINTR))
-				{
-					gw_log("LOG", "the supervisor is gone; exiting");
-					got_term = 1;
-				}
-			}
+				parent_event();
 			else
 				conn_event((Conn *) it, events[k].events);
 		}
@@ -1763,4 +1818,57 @@ main(int argc, char **argv)
 	}
 	gw_log("LOG", "shutting down (%ld sessions open)", nsessions);
 	return 0;
+}
+
+int
+main(int argc, char **argv)
+{
+	int			i;
+	int			rc;
+	sigset_t	waitmask;
+	struct rlimit rl;
+
+	rc = parse_args(argc, argv);
+	if (rc >= 0)
+		return rc;
+	setvbuf(stderr, NULL, _IOLBF, 0);
+
+	/* the supervisor's end of the pipe closes when it dies */
+	if (parent_fd >= 0)
+	{
+		prctl(PR_SET_PDEATHSIG, SIGTERM);
+		if (getppid() == 1)
+			return 0;
+	}
+
+	/* thousands of sessions: two descriptors each */
+	if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max)
+	{
+		rl.rlim_cur = rl.rlim_max;
+		setrlimit(RLIMIT_NOFILE, &rl);
+	}
+	spare_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+	setup_signals(&waitmask);
+
+	epfd = epoll_create1(EPOLL_CLOEXEC);
+	if (epfd < 0)
+	{
+		gw_log("FATAL", "epoll_create1: %s", strerror(errno));
+		return 1;
+	}
+	setup_upstream();
+	if (ssl_cert != NULL)
+		setup_tls();
+	for (i = 0; i < nlisten_specs; i++)
+		setup_listen(listen_specs[i]);
+	if (nlisteners == 0)
+	{
+		gw_log("FATAL", "could not listen on any address");
+		return 1;
+	}
+	if (parent_fd >= 0 && !watch_parent())
+		return 1;
+	gw_log("LOG", "relaying to %s%s%s", upstream_spec,
+		   ssl_ctx ? ", TLS on" : "", allow_trust ? ", trust allowed" : "");
+	return event_loop(&waitmask);
 }

@@ -36,6 +36,7 @@
 #include <strings.h>
 
 #include "gw.h"
+#include "../rvtext.h"
 
 typedef enum
 {
@@ -67,32 +68,6 @@ typedef struct Lexer
 	bool		std_strings;
 } Lexer;
 
-static bool
-is_ident_start(unsigned char c)
-{
-	return (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || c == '_' ||
-		c >= 0x80;
-}
-
-static bool
-is_ident_cont(unsigned char c)
-{
-	return is_ident_start(c) || (c >= '0' && c <= '9') || c == '$';
-}
-
-static bool
-is_space(unsigned char c)
-{
-	return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\f' ||
-		c == '\v';
-}
-
-static bool
-is_digit(unsigned char c)
-{
-	return c >= '0' && c <= '9';
-}
-
 /* Skip whitespace and comments (nested block comments; unterminated: to the end). */
 static void
 lex_skip(Lexer *lx)
@@ -103,7 +78,7 @@ lex_skip(Lexer *lx)
 
 	for (;;)
 	{
-		if (i < n && is_space((unsigned char) s[i]))
+		if (i < n && rv_is_space(s[i]))
 			i++;
 		else if (i + 1 < n && s[i] == '-' && s[i + 1] == '-')
 		{
@@ -112,24 +87,9 @@ lex_skip(Lexer *lx)
 		}
 		else if (i + 1 < n && s[i] == '/' && s[i + 1] == '*')
 		{
-			int			depth = 1;
-
-			i += 2;
-			while (i < n && depth > 0)
-			{
-				if (i + 1 < n && s[i] == '/' && s[i + 1] == '*')
-				{
-					depth++;
-					i += 2;
-				}
-				else if (i + 1 < n && s[i] == '*' && s[i + 1] == '/')
-				{
-					depth--;
-					i += 2;
-				}
-				else
-					i++;
-			}
+			i = rv_sql_comment_end(s, n, i);
+			if (i == (size_t) -1)
+				i = n;
 		}
 		else
 			break;
@@ -178,9 +138,9 @@ dollar_tag_len(const char *s, size_t n, size_t i)
 
 	if (j < n && s[j] == '$')
 		return 2;
-	if (j >= n || !is_ident_start((unsigned char) s[j]))
+	if (j >= n || !rv_is_ident_start(s[j]))
 		return 0;
-	while (j < n && is_ident_cont((unsigned char) s[j]) && s[j] != '$')
+	while (j < n && rv_is_ident_char(s[j]) && s[j] != '$')
 		j++;
 	if (j < n && s[j] == '$')
 		return j - i + 1;
@@ -261,11 +221,11 @@ lex_next(Lexer *lx)
 				}
 			}
 		}
-		else if (i + 1 < n && is_digit((unsigned char) s[i + 1]))
+		else if (i + 1 < n && rv_is_digit(s[i + 1]))
 		{
 			size_t		j = i + 1;
 
-			while (j < n && is_digit((unsigned char) s[j]))
+			while (j < n && rv_is_digit(s[j]))
 				j++;
 			t.kind = TK_PARAM;
 			t.end = j;
@@ -273,25 +233,25 @@ lex_next(Lexer *lx)
 		else
 			t.end = i + 1;
 	}
-	else if (is_ident_start(c))
+	else if (rv_is_ident_start(c))
 	{
 		size_t		j = i + 1;
 
-		while (j < n && is_ident_cont((unsigned char) s[j]))
+		while (j < n && rv_is_ident_char(s[j]))
 			j++;
 		t.kind = TK_IDENT;
 		t.end = j;
 	}
-	else if (is_digit(c) || (c == '.' && i + 1 < n && is_digit((unsigned char) s[i + 1])))
+	else if (rv_is_digit(c) || (c == '.' && i + 1 < n && rv_is_digit(s[i + 1])))
 	{
 		size_t		j = i;
 
-		while (j < n && is_digit((unsigned char) s[j]))
+		while (j < n && rv_is_digit(s[j]))
 			j++;
 		if (j < n && s[j] == '.')
 		{
 			j++;
-			while (j < n && is_digit((unsigned char) s[j]))
+			while (j < n && rv_is_digit(s[j]))
 				j++;
 		}
 		if (j < n && (s[j] == 'e' || s[j] == 'E'))
@@ -300,10 +260,10 @@ lex_next(Lexer *lx)
 
 			if (k < n && (s[k] == '+' || s[k] == '-'))
 				k++;
-			if (k < n && is_digit((unsigned char) s[k]))
+			if (k < n && rv_is_digit(s[k]))
 			{
 				j = k;
-				while (j < n && is_digit((unsigned char) s[j]))
+				while (j < n && rv_is_digit(s[j]))
 					j++;
 			}
 		}
@@ -392,6 +352,128 @@ rvbbit_in_parens(Lexer *lx, size_t *end)
 	return start;
 }
 
+/* The start of the next token when it is RVBBIT, else (size_t) -1. */
+static size_t
+rvbbit_next(Lexer *lx)
+{
+	Tok			t = lex_next(lx);
+
+	return tok_is(lx, &t, "rvbbit") ? t.start : (size_t) -1;
+}
+
+/*
+ * After CREATE: [OR REPLACE] [TEMP|TEMPORARY|LOCAL TEMP|GLOBAL TEMP|
+ * UNLOGGED] {TABLE | VIEW} ... AS RVBBIT; see rvbbit_start().
+ */
+static size_t
+rvbbit_after_create(Lexer *lx)
+{
+	Tok			t = lex_next(lx);
+	int			depth = 0;
+
+	if (tok_is(lx, &t, "or"))
+	{
+		t = lex_next(lx);
+		if (!tok_is(lx, &t, "replace"))
+			return (size_t) -1;
+		t = lex_next(lx);
+	}
+	if (tok_is(lx, &t, "local") || tok_is(lx, &t, "global"))
+	{
+		t = lex_next(lx);
+		if (!tok_is(lx, &t, "temp") && !tok_is(lx, &t, "temporary"))
+			return (size_t) -1;
+		t = lex_next(lx);
+	}
+	else if (tok_is(lx, &t, "temp") || tok_is(lx, &t, "temporary") ||
+			 tok_is(lx, &t, "unlogged"))
+		t = lex_next(lx);
+	/*
+	 * Not MATERIALIZED VIEW: the server's rewrite of rvbbit.sql() does not
+	 * reach the rule a materialized view stores.
+	 */
+	if (!tok_is(lx, &t, "table") && !tok_is(lx, &t, "view"))
+		return (size_t) -1;
+
+	/*
+	 * Then the name, a column list, WITH (...), USING, TABLESPACE, ON
+	 * COMMIT ...: the first AS outside parentheses starts the query.
+	 */
+	for (;;)
+	{
+		t = lex_next(lx);
+		if (t.kind == TK_EOF || t.kind == TK_SEMI)
+			return (size_t) -1;
+		if (t.kind == TK_LPAREN)
+			depth++;
+		else if (t.kind == TK_RPAREN)
+			depth--;
+		else if (depth == 0 && tok_is(lx, &t, "as"))
+			break;
+	}
+	return rvbbit_next(lx);
+}
+
+/*
+ * After DECLARE: name [BINARY|ASENSITIVE|INSENSITIVE|[NO] SCROLL]...
+ * CURSOR [{WITH|WITHOUT} HOLD] FOR RVBBIT; see rvbbit_start().
+ */
+static size_t
+rvbbit_after_declare(Lexer *lx)
+{
+	Tok			t = lex_next(lx);
+
+	if (t.kind != TK_IDENT && t.kind != TK_QIDENT)
+		return (size_t) -1;
+	for (;;)
+	{
+		t = lex_next(lx);
+		if (tok_is(lx, &t, "no"))
+		{
+			t = lex_next(lx);
+			if (!tok_is(lx, &t, "scroll"))
+				return (size_t) -1;
+		}
+		else if (!tok_is(lx, &t, "binary") && !tok_is(lx, &t, "scroll") &&
+				 !tok_is(lx, &t, "insensitive") &&
+				 !tok_is(lx, &t, "asensitive"))
+			break;
+	}
+	if (!tok_is(lx, &t, "cursor"))
+		return (size_t) -1;
+	t = lex_next(lx);
+	if (tok_is(lx, &t, "with") || tok_is(lx, &t, "without"))
+	{
+		t = lex_next(lx);
+		if (!tok_is(lx, &t, "hold"))
+			return (size_t) -1;
+		t = lex_next(lx);
+	}
+	if (!tok_is(lx, &t, "for"))
+		return (size_t) -1;
+	return rvbbit_next(lx);
+}
+
+/* After PREPARE: name [(types)] AS RVBBIT; see rvbbit_start(). */
+static size_t
+rvbbit_after_prepare(Lexer *lx)
+{
+	Tok			t = lex_next(lx);
+
+	if (t.kind != TK_IDENT && t.kind != TK_QIDENT)
+		return (size_t) -1;
+	t = lex_next(lx);
+	if (t.kind == TK_LPAREN)
+	{
+		if (!skip_parens(lx))
+			return (size_t) -1;
+		t = lex_next(lx);
+	}
+	if (!tok_is(lx, &t, "as"))
+		return (size_t) -1;
+	return rvbbit_next(lx);
+}
+
 /*
  * Given the first token of a statement, return the start of the RVBBIT
  * keyword when the statement is one of the rewritten forms, else
@@ -419,7 +501,6 @@ rvbbit_start(const Lexer *lx0, Tok first, size_t *end, bool nested)
 
 	if (tok_is(&lx, &t, "rvbbit"))
 		return t.start;
-
 	if (tok_is(&lx, &t, "explain") && !nested)
 	{
 		t = lex_next(&lx);
@@ -438,112 +519,14 @@ rvbbit_start(const Lexer *lx0, Tok first, size_t *end, bool nested)
 		}
 		return rvbbit_start(&lx, t, end, true);
 	}
-
 	if (tok_is(&lx, &t, "create"))
-	{
-		int			depth = 0;
-
-		t = lex_next(&lx);
-		if (tok_is(&lx, &t, "or"))
-		{
-			t = lex_next(&lx);
-			if (!tok_is(&lx, &t, "replace"))
-				return (size_t) -1;
-			t = lex_next(&lx);
-		}
-		if (tok_is(&lx, &t, "local") || tok_is(&lx, &t, "global"))
-		{
-			t = lex_next(&lx);
-			if (!tok_is(&lx, &t, "temp") && !tok_is(&lx, &t, "temporary"))
-				return (size_t) -1;
-			t = lex_next(&lx);
-		}
-		else if (tok_is(&lx, &t, "temp") || tok_is(&lx, &t, "temporary") ||
-				 tok_is(&lx, &t, "unlogged"))
-			t = lex_next(&lx);
-		/*
-		 * Not MATERIALIZED VIEW: the server's rewrite of rvbbit.sql() does
-		 * not reach the rule a materialized view stores.
-		 */
-		if (!tok_is(&lx, &t, "table") && !tok_is(&lx, &t, "view"))
-			return (size_t) -1;
-
-		/*
-		 * Then the name, a column list, WITH (...), USING, TABLESPACE, ON
-		 * COMMIT ...: the first AS outside parentheses starts the query.
-		 */
-		for (;;)
-		{
-			t = lex_next(&lx);
-			if (t.kind == TK_EOF || t.kind == TK_SEMI)
-				return (size_t) -1;
-			if (t.kind == TK_LPAREN)
-				depth++;
-			else if (t.kind == TK_RPAREN)
-				depth--;
-			else if (depth == 0 && tok_is(&lx, &t, "as"))
-				break;
-		}
-		t = lex_next(&lx);
-		return tok_is(&lx, &t, "rvbbit") ? t.start : (size_t) -1;
-	}
-
+		return rvbbit_after_create(&lx);
 	if (tok_is(&lx, &t, "declare"))
-	{
-		t = lex_next(&lx);
-		if (t.kind != TK_IDENT && t.kind != TK_QIDENT)
-			return (size_t) -1;
-		for (;;)
-		{
-			t = lex_next(&lx);
-			if (tok_is(&lx, &t, "no"))
-			{
-				t = lex_next(&lx);
-				if (!tok_is(&lx, &t, "scroll"))
-					return (size_t) -1;
-			}
-			else if (!tok_is(&lx, &t, "binary") && !tok_is(&lx, &t, "scroll") &&
-					 !tok_is(&lx, &t, "insensitive") &&
-					 !tok_is(&lx, &t, "asensitive"))
-				break;
-		}
-		if (!tok_is(&lx, &t, "cursor"))
-			return (size_t) -1;
-		t = lex_next(&lx);
-		if (tok_is(&lx, &t, "with") || tok_is(&lx, &t, "without"))
-		{
-			t = lex_next(&lx);
-			if (!tok_is(&lx, &t, "hold"))
-				return (size_t) -1;
-			t = lex_next(&lx);
-		}
-		if (!tok_is(&lx, &t, "for"))
-			return (size_t) -1;
-		t = lex_next(&lx);
-		return tok_is(&lx, &t, "rvbbit") ? t.start : (size_t) -1;
-	}
-
+		return rvbbit_after_declare(&lx);
 	if (nested)
 		return (size_t) -1;
-
 	if (tok_is(&lx, &t, "prepare"))
-	{
-		t = lex_next(&lx);
-		if (t.kind != TK_IDENT && t.kind != TK_QIDENT)
-			return (size_t) -1;
-		t = lex_next(&lx);
-		if (t.kind == TK_LPAREN)
-		{
-			if (!skip_parens(&lx))
-				return (size_t) -1;
-			t = lex_next(&lx);
-		}
-		if (!tok_is(&lx, &t, "as"))
-			return (size_t) -1;
-		t = lex_next(&lx);
-		return tok_is(&lx, &t, "rvbbit") ? t.start : (size_t) -1;
-	}
-
+		return rvbbit_after_prepare(&lx);
 	if (tok_is(&lx, &t, "copy"))
 	{
 		t = lex_next(&lx);
@@ -611,7 +594,7 @@ pick_tag(const char *body, size_t len, char *tag, size_t tagsize)
 			size_t		j = i + 7;
 
 			k = 0;
-			while (j < len && is_digit((unsigned char) body[j]) && k < 100000000UL)
+			while (j < len && rv_is_digit(body[j]) && k < 100000000UL)
 				k = k * 10 + (unsigned long) (body[j++] - '0');
 			if (k < 100000000UL && k + 1 > next)
 				next = k + 1;
@@ -737,6 +720,108 @@ gw_posmap_free(GwPosMap *map)
 }
 
 /*
+ * Lex to the end of the statement that starts with first, as the server's
+ * lexer and psql do: at a semicolon outside the BEGIN ... END of a CREATE
+ * FUNCTION or PROCEDURE body, or at the end of the text.  Returns the end
+ * of the statement's last token; *stop is the token that ended it (TK_SEMI
+ * or TK_EOF).
+ */
+static size_t
+stmt_end(Lexer *lx, Tok first, Tok *stop)
+{
+	size_t		last_end = first.end;
+	Tok			t = first;
+	int			begin_depth = 0;
+	int			nident = 0;
+	char		idents[4] = {0, 0, 0, 0};
+
+	for (;;)
+	{
+		if (t.kind == TK_IDENT)
+		{
+			char		c0 = lx->s[t.start] | 0x20;
+
+			if (tok_is(lx, &t, "begin") || tok_is(lx, &t, "case"))
+			{
+				if (idents[0] == 'c' &&
+					(idents[1] == 'f' || idents[1] == 'p' ||
+					 (idents[1] == 'o' && idents[2] == 'r' &&
+					  (idents[3] == 'f' || idents[3] == 'p'))))
+					begin_depth++;
+			}
+			else if (tok_is(lx, &t, "end"))
+			{
+				if (begin_depth > 0)
+					begin_depth--;
+			}
+			if (nident < 4)
+				idents[nident] = c0;
+			nident++;
+		}
+		last_end = t.end;
+		t = lex_next(lx);
+		if (t.kind == TK_EOF)
+			break;
+		if (t.kind == TK_SEMI && begin_depth == 0)
+			break;
+	}
+	*stop = t;
+	return last_end;
+}
+
+/* the rewritten text being built, and its position map */
+typedef struct RwOut
+{
+	GwBuf		out;
+	bool		ok;				/* false once out of memory */
+	size_t		copied;			/* text[0, copied) is in out */
+	uint32_t	rwc;			/* characters in out */
+	uint32_t	origc;			/* characters in text[0, copied) */
+	GwPosMap   *map;			/* NULL, or the map to fill */
+	int			enc_kind;
+} RwOut;
+
+/*
+ * Copy the text up to rv, then SELECT * FROM rvbbit.sql($tag$...$tag$)
+ * around text[rv, rv_end), mapping the inserted characters to the start
+ * of the statement (stmt_start) and the copied ones to where they were.
+ */
+static void
+emit_rewrite(RwOut *o, const char *text, size_t stmt_start, size_t rv, size_t rv_end)
+{
+	static const char head[] = "SELECT * FROM rvbbit.sql(";
+	char		tag[32];
+
+	pick_tag(text + rv, rv_end - rv, tag, sizeof(tag));
+	app(&o->out, &o->ok, text + o->copied, rv - o->copied);
+	app(&o->out, &o->ok, head, sizeof(head) - 1);
+	app(&o->out, &o->ok, tag, strlen(tag));
+	app(&o->out, &o->ok, text + rv, rv_end - rv);
+	app(&o->out, &o->ok, tag, strlen(tag));
+	app(&o->out, &o->ok, ")", 1);
+	if (o->map != NULL && !o->map->drop)
+	{
+		uint32_t	before = count_chars(text + o->copied, rv - o->copied, o->enc_kind);
+		uint32_t	stmt = o->origc + count_chars(text + o->copied,
+												  stmt_start - o->copied, o->enc_kind);
+		uint32_t	body = count_chars(text + rv, rv_end - rv, o->enc_kind);
+		uint32_t	taglen = (uint32_t) strlen(tag);
+
+		map_add(o->map, &o->ok, o->rwc, o->origc, before, false);
+		o->rwc += before;
+		o->origc += before;
+		map_add(o->map, &o->ok, o->rwc, stmt, (uint32_t) (sizeof(head) - 1) + taglen, true);
+		o->rwc += (uint32_t) (sizeof(head) - 1) + taglen;
+		map_add(o->map, &o->ok, o->rwc, o->origc, body, false);
+		o->rwc += body;
+		o->origc += body;
+		map_add(o->map, &o->ok, o->rwc, stmt, taglen + 1, true);
+		o->rwc += taglen + 1;
+	}
+	o->copied = rv_end;
+}
+
+/*
  * As gw_rewrite_text; when map is given, also fill it (see GwPosMap) for a
  * text that was rewritten: positions counted as enc_kind says, or
  * map->drop for GW_ENC_OTHER.
@@ -747,12 +832,12 @@ gw_rewrite_text_map(const char *text, size_t len, bool std_strings,
 					GwPosMap *map, int enc_kind)
 {
 	Lexer		lx;
-	GwBuf		out = {0};
-	bool		ok = true;
-	size_t		copied = 0;		/* text[0, copied) is in out */
-	uint32_t	rwc = 0;		/* characters in out */
-	uint32_t	origc = 0;		/* characters in text[0, copied) */
+	RwOut		o;
 
+	memset(&o, 0, sizeof(o));
+	o.ok = true;
+	o.map = map;
+	o.enc_kind = enc_kind;
 	if (map != NULL)
 	{
 		memset(map, 0, sizeof(*map));
@@ -769,13 +854,10 @@ gw_rewrite_text_map(const char *text, size_t len, bool std_strings,
 	for (;;)
 	{
 		Tok			first = lex_next(&lx);
-		Tok			t;
+		Tok			stop;
 		size_t		last_end;
 		size_t		rv;
 		size_t		rv_end;
-		int			begin_depth = 0;
-		int			nident = 0;
-		char		idents[4] = {0, 0, 0, 0};
 		Lexer		at_first;
 
 		if (first.kind == TK_EOF)
@@ -783,40 +865,7 @@ gw_rewrite_text_map(const char *text, size_t len, bool std_strings,
 		if (first.kind == TK_SEMI)
 			continue;
 		at_first = lx;
-
-		/* find the end of the statement, as the server's lexer and psql do */
-		last_end = first.end;
-		t = first;
-		for (;;)
-		{
-			if (t.kind == TK_IDENT)
-			{
-				char		c0 = lx.s[t.start] | 0x20;
-
-				if (tok_is(&lx, &t, "begin") || tok_is(&lx, &t, "case"))
-				{
-					if (idents[0] == 'c' &&
-						(idents[1] == 'f' || idents[1] == 'p' ||
-						 (idents[1] == 'o' && idents[2] == 'r' &&
-						  (idents[3] == 'f' || idents[3] == 'p'))))
-						begin_depth++;
-				}
-				else if (tok_is(&lx, &t, "end"))
-				{
-					if (begin_depth > 0)
-						begin_depth--;
-				}
-				if (nident < 4)
-					idents[nident] = c0;
-				nident++;
-			}
-			last_end = t.end;
-			t = lex_next(&lx);
-			if (t.kind == TK_EOF)
-				break;
-			if (t.kind == TK_SEMI && begin_depth == 0)
-				break;
-		}
+		last_end = stmt_end(&lx, first, &stop);
 
 		if (stmt_is_risky(&at_first, first, last_end))
 			*flags |= GW_RW_RISKY;
@@ -827,69 +876,40 @@ gw_rewrite_text_map(const char *text, size_t len, bool std_strings,
 			rv = rvbbit_start(&at_first, first, &rv_end, false);
 		if (rv != (size_t) -1)
 		{
-			char		tag[32];
-			static const char head[] = "SELECT * FROM rvbbit.sql(";
-
-			pick_tag(text + rv, rv_end - rv, tag, sizeof(tag));
-			app(&out, &ok, text + copied, rv - copied);
-			app(&out, &ok, head, sizeof(head) - 1);
-			app(&out, &ok, tag, strlen(tag));
-			app(&out, &ok, text + rv, rv_end - rv);
-			app(&out, &ok, tag, strlen(tag));
-			app(&out, &ok, ")", 1);
-			if (map != NULL && !map->drop)
-			{
-				uint32_t	before = count_chars(text + copied, rv - copied, enc_kind);
-				uint32_t	stmt = origc + count_chars(text + copied,
-													   first.start - copied, enc_kind);
-				uint32_t	body = count_chars(text + rv, rv_end - rv, enc_kind);
-				uint32_t	taglen = (uint32_t) strlen(tag);
-
-				map_add(map, &ok, rwc, origc, before, false);
-				rwc += before;
-				origc += before;
-				map_add(map, &ok, rwc, stmt, (uint32_t) (sizeof(head) - 1) + taglen, true);
-				rwc += (uint32_t) (sizeof(head) - 1) + taglen;
-				map_add(map, &ok, rwc, origc, body, false);
-				rwc += body;
-				origc += body;
-				map_add(map, &ok, rwc, stmt, taglen + 1, true);
-				rwc += taglen + 1;
-			}
-			copied = rv_end;
+			emit_rewrite(&o, text, first.start, rv, rv_end);
 			*flags |= GW_RW_REWROTE;
 		}
-		if (t.kind == TK_EOF)
+		if (stop.kind == TK_EOF)
 			break;
 	}
 
 	if (!(*flags & GW_RW_REWROTE))
 	{
-		gw_buf_free(&out);
+		gw_buf_free(&o.out);
 		if (map != NULL)
 			gw_posmap_free(map);
 		return NULL;
 	}
-	app(&out, &ok, text + copied, len - copied);
-	app(&out, &ok, "", 1);
+	app(&o.out, &o.ok, text + o.copied, len - o.copied);
+	app(&o.out, &o.ok, "", 1);
 	if (map != NULL && !map->drop)
 	{
-		uint32_t	tail = count_chars(text + copied, len - copied, enc_kind);
+		uint32_t	tail = count_chars(text + o.copied, len - o.copied, enc_kind);
 
-		map_add(map, &ok, rwc, origc, tail, false);
-		map->rw_total = rwc + tail;
-		map->orig_total = origc + tail;
+		map_add(map, &o.ok, o.rwc, o.origc, tail, false);
+		map->rw_total = o.rwc + tail;
+		map->orig_total = o.origc + tail;
 	}
-	if (!ok)
+	if (!o.ok)
 	{
-		gw_buf_free(&out);
+		gw_buf_free(&o.out);
 		if (map != NULL)
 			gw_posmap_free(map);
 		*out_len = (size_t) -1;
 		return NULL;
 	}
-	*out_len = out.len - 1;
-	return out.data;
+	*out_len = o.out.len - 1;
+	return o.out.data;
 }
 
 /*

@@ -1,7 +1,7 @@
 /*-------------------------------------------------------------------------
  *
  * fuzz_cascade.c
- *	  Fuzz target for the cascade loader (src/cascade.c): YAML to JSON,
+ *	  Fuzz target for the cascade loader (src/rvyaml.c, src/cascade.c): YAML to JSON,
  *	  cascade parsing (which compiles templates and checks schemas), and
  *	  rv_cascade_is_inline() on the same bytes.
  *
@@ -12,6 +12,7 @@
 #include <string.h>
 
 #include "cascade.h"
+#include "rvyaml.h"
 
 int
 LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)

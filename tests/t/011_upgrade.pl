@@ -16,11 +16,7 @@ use RvTest;
 my $mock = start_mock();
 my $node = PostgreSQL::Test::Cluster->new('upgrade');
 $node->init;
-$node->append_conf('postgresql.conf', qq{
-shared_preload_libraries = 'rvbbit'
-rvbbit.api_base = 'http://127.0.0.1:$mock->{port}/v1'
-rvbbit.default_model = 'mock/tap'
-rvbbit.worker_idle_timeout = 3
+$node->append_conf('postgresql.conf', rv_base_conf($mock) . qq{rvbbit.worker_idle_timeout = 3
 max_worker_processes = 32
 });
 $node->start;

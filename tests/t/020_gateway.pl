@@ -19,58 +19,26 @@ use RvTest;
 my $mock = start_mock('--fixtures', "$ENV{RV_ROOT}/tests/mock/fixtures/demo.json");
 my $tmp = File::Spec->rel2abs(PostgreSQL::Test::Utils::tempdir());
 
-# a self-signed certificate for the server (and so the gateway)
-IPC::Run::run([
-		'openssl', 'req', '-new', '-x509', '-nodes', '-days', '2',
-		'-subj', '/CN=localhost', '-newkey', 'rsa:2048',
-		'-keyout', "$tmp/server.key", '-out', "$tmp/server.crt" ],
-	'>', \my $so, '2>', \my $se_)
-  or die "openssl failed";
-chmod 0600, "$tmp/server.key";
-
-my $gwport = PostgreSQL::Test::Cluster::get_free_port();
-my $node = PostgreSQL::Test::Cluster->new('gateway');
-$node->init;
-$node->append_conf('postgresql.conf', qq{
-shared_preload_libraries = 'rvbbit'
-rvbbit.api_base = 'http://127.0.0.1:$mock->{port}/v1'
-rvbbit.default_model = 'mock/tap'
-max_worker_processes = 32
-max_connections = 260
-listen_addresses = '127.0.0.1'
+# TLS terminated by the gateway with the server's certificate; initdb's
+# pg_hba.conf trusts loopback connections: replaced
+my ($node, $gwport) = new_gateway_node('gateway', $mock,
+	ssl => $tmp,
+	conf => qq{max_connections = 260
 password_encryption = 'scram-sha-256'
-ssl = on
-ssl_cert_file = '$tmp/server.crt'
-ssl_key_file = '$tmp/server.key'
-rvbbit.gateway_port = $gwport
-rvbbit.gateway_listen_addresses = '127.0.0.1'
-rvbbit.gateway_ssl = on
-});
-# initdb's file trusts loopback connections: replace it
-open(my $hba, '>', $node->data_dir . '/pg_hba.conf') or die;
-print $hba "local all all trust\nhost all trusty 127.0.0.1/32 trust\nhost all all 127.0.0.1/32 scram-sha-256\n";
-close($hba);
-$node->start;
-$node->safe_psql('postgres', q{
-CREATE EXTENSION rvbbit;
+},
+	hba => "local all all trust\nhost all trusty 127.0.0.1/32 trust\nhost all all 127.0.0.1/32 scram-sha-256\n",
+	sql => q{
 CREATE ROLE alice LOGIN PASSWORD 'secret' IN ROLE rvbbit_user;
 CREATE ROLE trusty LOGIN;
 GRANT CREATE ON SCHEMA public TO alice;
 });
 
-# psql through the gateway; returns (exit code, stdout, stderr)
+# psql through the gateway, as alice by default; returns (exit code,
+# stdout, stderr)
 sub gw_psql
 {
 	my ($sql, %o) = @_;
-	my $conn = sprintf('host=127.0.0.1 port=%d dbname=postgres user=%s sslmode=%s',
-		$gwport, $o{user} // 'alice', $o{sslmode} // 'disable');
-	local $ENV{PGPASSWORD} = $o{password} // 'secret';
-	my ($out, $err) = ('', '');
-	my @cmd = ('psql', '-X', '-A', '-t', '-v', 'ON_ERROR_STOP=1', '-d', $conn);
-	push @cmd, ('-c', $sql) unless $o{stdin};
-	IPC::Run::run(\@cmd, '<', \($o{stdin} ? $sql : ''), '>', \$out, '2>', \$err);
-	chomp $out;
-	return ($? >> 8, $out, $err);
+	return gateway_psql($sql, port => $gwport, user => 'alice', password => 'secret', %o);
 }
 
 my ($rc, $out, $err);

@@ -18,38 +18,21 @@ die "pgJDBC is missing: install libpostgresql-jdbc-java (tests/scripts/deps.sh)\
 
 my $mock = start_mock('--fixtures', "$ENV{RV_ROOT}/tests/mock/fixtures/demo.json");
 my $tmp = File::Spec->rel2abs(PostgreSQL::Test::Utils::tempdir());
-my $gwport = PostgreSQL::Test::Cluster::get_free_port();
-my $node = PostgreSQL::Test::Cluster->new('gateway_jdbc');
-$node->init;
-$node->append_conf('postgresql.conf', qq{
-shared_preload_libraries = 'rvbbit'
-rvbbit.api_base = 'http://127.0.0.1:$mock->{port}/v1'
-rvbbit.default_model = 'mock/tap'
-max_worker_processes = 32
-listen_addresses = '127.0.0.1'
-password_encryption = 'scram-sha-256'
+my ($node, $gwport) = new_gateway_node('gateway_jdbc', $mock,
+	conf => qq{password_encryption = 'scram-sha-256'
 log_statement = 'all'
-rvbbit.gateway_port = $gwport
-rvbbit.gateway_listen_addresses = '127.0.0.1'
-});
-open(my $hba, '>', $node->data_dir . '/pg_hba.conf') or die;
-print $hba "local all all trust\nhost all all 127.0.0.1/32 scram-sha-256\n";
-close($hba);
-$node->start;
-$node->safe_psql('postgres', q{
-CREATE EXTENSION rvbbit;
-CREATE ROLE alice LOGIN PASSWORD 'secret' IN ROLE rvbbit_user;
-});
+},
+	hba => "local all all trust\nhost all all 127.0.0.1/32 scram-sha-256\n",
+	sql => q{CREATE ROLE alice LOGIN PASSWORD 'secret' IN ROLE rvbbit_user;});
 
 IPC::Run::run([ 'javac', '-d', $tmp, '-cp', $jar, "$ENV{RV_ROOT}/tests/clients/GatewayJdbc.java" ],
 	'>', \my $jo, '2>', \my $je);
 is($? >> 8, 0, 'the JDBC client compiles') or diag($je);
 
 ok( wait_until(sub {
-			local $ENV{PGPASSWORD} = 'secret';
-			IPC::Run::run([ 'psql', '-X', '-d', "host=127.0.0.1 port=$gwport dbname=postgres user=alice", '-c', 'SELECT 1' ],
-				'>', \my $o, '2>', \my $e);
-			$? == 0;
+			my ($rc) = gateway_psql('SELECT 1', port => $gwport, user => 'alice',
+				password => 'secret', sslmode => 'prefer');
+			$rc == 0;
 		}),
 	'the gateway is up');
 

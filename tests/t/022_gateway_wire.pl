@@ -28,45 +28,20 @@ $SIG{PIPE} = 'IGNORE';
 my $mock = start_mock('--fixtures', "$ENV{RV_ROOT}/tests/mock/fixtures/demo.json");
 my $tmp = File::Spec->rel2abs(PostgreSQL::Test::Utils::tempdir());
 
-IPC::Run::run([
-		'openssl', 'req', '-new', '-x509', '-nodes', '-days', '2',
-		'-subj', '/CN=localhost', '-newkey', 'rsa:2048',
-		'-keyout', "$tmp/server.key", '-out', "$tmp/server.crt" ],
-	'>', \my $so, '2>', \my $se_)
-  or die "openssl failed";
-chmod 0600, "$tmp/server.key";
-
 # the supervised gateway: TLS on; a standalone one beside it: TLS off
-my $gwport = PostgreSQL::Test::Cluster::get_free_port();
-my $gw2port = PostgreSQL::Test::Cluster::get_free_port();
-my $node = PostgreSQL::Test::Cluster->new('gateway_wire');
-$node->init;
-$node->append_conf('postgresql.conf', qq{
-shared_preload_libraries = 'rvbbit'
-rvbbit.api_base = 'http://127.0.0.1:$mock->{port}/v1'
-rvbbit.default_model = 'mock/tap'
-rvbbit.stall_timeout = '10min'
-max_worker_processes = 32
-listen_addresses = '127.0.0.1'
-ssl = on
-ssl_cert_file = '$tmp/server.crt'
-ssl_key_file = '$tmp/server.key'
+my ($node, $gwport) = new_gateway_node('gateway_wire', $mock,
+	ssl => $tmp,
+	conf => q{rvbbit.stall_timeout = '10min'
 # the gateway gives a client as long for its startup packet
 authentication_timeout = '2s'
 # the 100 MB statements below stay out of the log
 log_statement = none
 log_min_error_statement = fatal
-rvbbit.gateway_port = $gwport
-rvbbit.gateway_listen_addresses = '127.0.0.1'
-rvbbit.gateway_ssl = on
 # raw sessions below log in without a password
 rvbbit.gateway_allow_trust = on
-});
-open(my $hba, '>', $node->data_dir . '/pg_hba.conf') or die;
-print $hba "local all all trust\nhost all all 127.0.0.1/32 trust\n";
-close($hba);
-$node->start;
-$node->safe_psql('postgres', 'CREATE EXTENSION rvbbit');
+},
+	hba => "local all all trust\nhost all all 127.0.0.1/32 trust\n");
+my $gw2port = PostgreSQL::Test::Cluster::get_free_port();
 
 my $gwbin = $node->config_data('--bindir') . '/rvbbit-gateway';
 my $gw2 = IPC::Run::start(
@@ -79,18 +54,12 @@ my $gw3 = IPC::Run::start(
 	[ $gwbin, '--listen', "127.0.0.1:$gw3port", '--upstream', '127.0.0.1:' . $node->port ],
 	'>', "$tmp/gw3.log", '2>&1');
 
-# psql through a gateway; returns (exit code, stdout, stderr)
+# psql through a gateway (the supervised one unless port is given), as
+# postgres; returns (exit code, stdout, stderr)
 sub gw_psql
 {
 	my ($sql, %o) = @_;
-	my $conn = sprintf('host=127.0.0.1 port=%d dbname=postgres user=postgres sslmode=%s',
-		$o{port} // $gwport, $o{sslmode} // 'disable');
-	my ($out, $err) = ('', '');
-	my @cmd = ('psql', '-X', '-A', '-t', '-v', 'ON_ERROR_STOP=1', '-d', $conn);
-	push @cmd, ('-c', $sql) unless $o{stdin};
-	IPC::Run::run(\@cmd, '<', \($o{stdin} ? $sql : ''), '>', \$out, '2>', \$err);
-	chomp $out;
-	return ($? >> 8, $out, $err);
+	return gateway_psql($sql, port => $gwport, %o);
 }
 
 my ($rc, $out, $err);

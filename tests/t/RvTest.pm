@@ -17,7 +17,8 @@ use Time::HiRes qw(usleep time);
 
 our @EXPORT = qw(start_mock stop_mock mock_get mock_post new_rv_node wait_until
   inline_echo mock_release mock_hold mock_requests wait_for_log log_position
-  set_server_conf reload_and_wait psql_as $wait_secs);
+  set_server_conf reload_and_wait psql_as new_gateway_node gateway_psql rv_base_conf
+  $wait_secs);
 
 # the deadline of every condition wait: generous, so that a slow or loaded
 # machine only makes a test slower (PG_TEST_TIMEOUT_DEFAULT, 180 s default)
@@ -138,17 +139,25 @@ sub mock_requests
 	return mock_get($mock, defined $n ? "/requests?last=$n" : '/requests');
 }
 
+# The postgresql.conf lines of every test node: rvbbit preloaded, its
+# provider the mock.
+sub rv_base_conf
+{
+	my ($mock) = @_;
+	return qq{
+shared_preload_libraries = 'rvbbit'
+rvbbit.api_base = 'http://127.0.0.1:$mock->{port}/v1'
+rvbbit.default_model = 'mock/tap'
+};
+}
+
 # A started node with rvbbit preloaded, talking to the mock.
 sub new_rv_node
 {
 	my ($name, $mock, $extra) = @_;
 	my $node = PostgreSQL::Test::Cluster->new($name);
 	$node->init;
-	$node->append_conf('postgresql.conf', qq{
-shared_preload_libraries = 'rvbbit'
-rvbbit.api_base = 'http://127.0.0.1:$mock->{port}/v1'
-rvbbit.default_model = 'mock/tap'
-rvbbit.worker_idle_timeout = 3
+	$node->append_conf('postgresql.conf', rv_base_conf($mock) . qq{rvbbit.worker_idle_timeout = 3
 # tests hold requests in the mock for as long as they need; a stall is
 # only what a test asks for (030 sets its own)
 rvbbit.stall_timeout = '10min'
@@ -180,6 +189,73 @@ sub psql_as
 	return ($? >> 8, $out, $err);
 }
 
+# A started node whose supervisor runs rvbbit-gateway on a free port of
+# 127.0.0.1 in front of it, talking to the mock.  Options: ssl => DIR
+# (ssl = on with a fresh self-signed certificate for localhost written to
+# DIR/server.crt and DIR/server.key, and rvbbit.gateway_ssl = on), conf =>
+# more postgresql.conf lines, hba => the whole pg_hba.conf (initdb's file
+# trusts loopback connections, which a gateway test must choose itself),
+# sql => run as postgres after CREATE EXTENSION.  Returns ($node, $gwport).
+sub new_gateway_node
+{
+	my ($name, $mock, %o) = @_;
+	my $ssl = '';
+	if (defined $o{ssl})
+	{
+		my ($so, $se) = ('', '');
+		IPC::Run::run([
+				'openssl', 'req', '-new', '-x509', '-nodes', '-days', '2',
+				'-subj', '/CN=localhost', '-newkey', 'rsa:2048',
+				'-keyout', "$o{ssl}/server.key", '-out', "$o{ssl}/server.crt" ],
+			'>', \$so, '2>', \$se)
+		  or die "openssl failed: $se";
+		chmod 0600, "$o{ssl}/server.key";
+		$ssl = qq{ssl = on
+ssl_cert_file = '$o{ssl}/server.crt'
+ssl_key_file = '$o{ssl}/server.key'
+rvbbit.gateway_ssl = on
+};
+	}
+	my $gwport = PostgreSQL::Test::Cluster::get_free_port();
+	my $node = PostgreSQL::Test::Cluster->new($name);
+	$node->init;
+	$node->append_conf('postgresql.conf', rv_base_conf($mock) . qq{max_worker_processes = 32
+listen_addresses = '127.0.0.1'
+rvbbit.gateway_port = $gwport
+rvbbit.gateway_listen_addresses = '127.0.0.1'
+} . $ssl . ($o{conf} // ''));
+	if (defined $o{hba})
+	{
+		open(my $hba, '>', $node->data_dir . '/pg_hba.conf') or die;
+		print $hba $o{hba};
+		close($hba);
+	}
+	$node->start;
+	$node->safe_psql('postgres', 'CREATE EXTENSION rvbbit');
+	$node->safe_psql('postgres', $o{sql}) if defined $o{sql};
+	return ($node, $gwport);
+}
+
+# Run sql through psql (unaligned, tuples only, stop on error) connected to
+# a gateway on 127.0.0.1.  Options: port (required), user (postgres),
+# password (PGPASSWORD when given), sslmode (disable), stdin => 1 (sql on
+# standard input instead of -c, for several statements and \copy).
+# Returns (exit status, stdout without its last newline, stderr).
+sub gateway_psql
+{
+	my ($sql, %o) = @_;
+	my $conn = sprintf('host=127.0.0.1 port=%d dbname=postgres user=%s sslmode=%s',
+		$o{port}, $o{user} // 'postgres', $o{sslmode} // 'disable');
+	local %ENV = %ENV;
+	$ENV{PGPASSWORD} = $o{password} if defined $o{password};
+	my ($out, $err) = ('', '');
+	my @cmd = ('psql', '-X', '-A', '-t', '-v', 'ON_ERROR_STOP=1', '-d', $conn);
+	push @cmd, ('-c', $sql) unless $o{stdin};
+	IPC::Run::run(\@cmd, '<', \($o{stdin} ? $sql : ''), '>', \$out, '2>', \$err);
+	chomp $out;
+	return ($? >> 8, $out, $err);
+}
+
 # Call $check->() every 100 ms until it returns true or $secs pass
 # (default: $wait_secs).
 sub wait_until
@@ -194,7 +270,6 @@ sub wait_until
 	return 0;
 }
 
-# The current end of a node's server log, for wait_for_log.
 # ALTER SYSTEM SET $name = $value (RESET with $value undef), reload, and
 # wait until the server has the new value: until a new session shows it,
 # which happens once the postmaster has reloaded and so has signalled every
@@ -226,6 +301,7 @@ sub reload_and_wait
 	return set_server_conf($node, 'commit_siblings', 100 + $reload_seq % 900);
 }
 
+# The current end of a node's server log, for wait_for_log.
 sub log_position
 {
 	my ($node) = @_;

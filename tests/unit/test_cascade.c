@@ -1,8 +1,8 @@
 /*-------------------------------------------------------------------------
  *
  * test_cascade.c
- *	  Unit tests for the cascade loader (src/cascade.c): YAML to JSON with
- *	  positions of errors, the cascade structure and its error messages,
+ *	  Unit tests for the cascade loader: YAML to JSON (src/rvyaml.c) with
+ *	  positions of errors, and (src/cascade.c) the cascade structure and its error messages,
  *	  rv_cascade_is_inline(), and the shipped example cascades.
  *
  *-------------------------------------------------------------------------
@@ -12,6 +12,7 @@
 
 #include "cascade.h"
 #include "jsonschema.h"
+#include "rvyaml.h"
 #include "unit.h"
 
 /* the error of the last call */

@@ -6,7 +6,8 @@
  * Every grammar form and combination, the tokenizer (quotes, E-strings,
  * dollar quotes, comments, nested parentheses), positions counted in
  * characters, every error message with its detail and position, and
- * large inputs (which must parse in linear time without deep recursion).
+ * large inputs (which must parse in linear time without deep recursion);
+ * and the shared text helpers of src/rvtext.c (buffer, classes, comments).
  *
  *-------------------------------------------------------------------------
  */
@@ -16,6 +17,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "rvtext.h"
 #include "syntax.h"
 #include "unit.h"
 
@@ -811,6 +813,49 @@ test_using_comments(void)
 	rv_statement_free(s);
 }
 
+/* rvtext.c: the growable buffer, the character classes, SQL comments. */
+static void
+test_rvtext(void)
+{
+	RvBuf		b = RV_BUF_INIT;
+	size_t		i;
+	bool		ok = true;
+	const char *c1 = "/* a /* nested */ comment */ x";
+	const char *c2 = "/* open /* */";
+
+	CHECK(rv_buf_append(&b, "", 0) && b.data != NULL && b.len == 0 && b.data[0] == '\0',
+		  "rv_buf_append of nothing makes an empty string");
+	for (i = 0; i < 1000 && ok; i++)
+		ok = rv_buf_append(&b, "ab", 2);
+	CHECK(ok && b.len == 2000 && b.data[1999] == 'b' && b.data[2000] == '\0',
+		  "rv_buf_append grows and keeps the buffer NUL-terminated");
+	CHECK(rv_buf_append(&b, "x\0y", 3) && b.len == 2003 && b.data[2001] == '\0' && b.data[2002] == 'y',
+		  "rv_buf_append copies NUL bytes");
+	CHECK(!rv_buf_reserve(&b, SIZE_MAX - 1) && b.len == 2003,
+		  "rv_buf_reserve refuses a size that overflows, leaving the buffer");
+	rv_buf_free(&b);
+	CHECK(b.data == NULL && b.len == 0 && b.cap == 0, "rv_buf_free empties the buffer");
+	CHECK(rv_buf_append_utf8(&b, 0xE9) && b.len == 2 && memcmp(b.data, "\xC3\xA9", 2) == 0 &&
+		  rv_buf_append_utf8(&b, 0x1F600) && b.len == 6 && memcmp(b.data + 2, "\xF0\x9F\x98\x80", 4) == 0,
+		  "rv_buf_append_utf8 encodes two- and four-byte characters");
+	rv_buf_free(&b);
+
+	CHECK(rv_is_space(' ') && rv_is_space('\v') && !rv_is_space('x') && !rv_is_space('\0'),
+		  "rv_is_space: C white space only");
+	CHECK(rv_is_name_start('_') && rv_is_name_start('Z') && !rv_is_name_start('1') &&
+		  !rv_is_name_start('\xC3') && rv_is_name_char('1'),
+		  "rv_is_name_start / rv_is_name_char: ASCII names");
+	CHECK(rv_is_ident_start('\xC3') && !rv_is_ident_start('$') && rv_is_ident_char('$') &&
+		  rv_is_ident_char('9') && !rv_is_ident_char('-'),
+		  "rv_is_ident_start / rv_is_ident_char: SQL identifiers (non-ASCII bytes, then $)");
+	CHECK(rv_sql_comment_end(c1, strlen(c1), 0) == strlen(c1) - 2,
+		  "rv_sql_comment_end: nested comments end at the outer closing");
+	CHECK(rv_sql_comment_end(c2, strlen(c2), 0) == (size_t) -1,
+		  "rv_sql_comment_end: an unterminated nested comment");
+	CHECK(rv_sql_comment_end("/*/", 3, 0) == (size_t) -1 && rv_sql_comment_end("/**/", 4, 0) == 4,
+		  "rv_sql_comment_end: \"/*/\" is not closed, \"/**/\" is");
+}
+
 int
 main(void)
 {
@@ -828,5 +873,6 @@ main(void)
 	test_option_errors();
 	test_api();
 	test_limits();
+	test_rvtext();
 	return unit_done("syntax");
 }
