@@ -6,7 +6,7 @@
 #                against the host's PostgreSQL 15
 #   make test PG=17 (or 18, 15)  the same against that major version, in a
 #                cached Debian chroot (.build/) that carries it
-#   make test PG=all  15, 17 and 18, and the Debian package of each (not in CI yet)
+#   make test PG=all  15, 17 and 18, and the Debian package of each (what CI runs)
 #   make deb PG=N  build .build/deb/postgresql-N-rvbbit_<version>_amd64.deb
 #   make bench   the benchmark harness (prints figures, asserts nothing)
 #   make test-repeat N=5   the TAP suites N times in a row under a CPU hog,

@@ -110,6 +110,11 @@ SELECT * FROM rvbbit.sql($$FROB 'echo'$$);
 SELECT * FROM rvbbit.sql($$MAP 'echo' USING (SELECT 'x' AS result)$$);
 SELECT * FROM rvbbit.sql($$MAP 'echo' USING (SELECT 'x' AS text) WITH (budget_dollars = 1)$$);
 SELECT * FROM rvbbit.sql($$MAP 'echo' USING (SELECT 'x' AS text) WITH (async = true)$$);
+-- a job's temporary table would vanish with the job's session: refused at submission
+SELECT * FROM rvbbit.sql($$MAP 'echo' USING (SELECT 'x' AS text) WITH (async = true, as_table = 'pg_temp.job_out')$$);
+SET search_path = pg_temp, public;
+SELECT * FROM rvbbit.sql($$MAP 'echo' USING (SELECT 'x' AS text) WITH (async = true, as_table = 'job_out')$$);
+RESET search_path;
 SELECT * FROM rvbbit.sql($$MAP BATCH 5 'echo' USING (SELECT 'x' AS text)$$);
 SELECT * FROM rvbbit.sql($$MAP 'echo' USING (INSERT INTO typed_out DEFAULT VALUES)$$);
 SELECT * FROM rvbbit.sql(NULL);
@@ -169,6 +174,11 @@ SELECT input_rows, cached_rows
   FROM rvbbit.estimate($$MAP 'extract_brand' USING (SELECT * FROM (VALUES ('Apple iPhone 15'), ('Samsung Galaxy S24'), ('Est only')) AS t(product_name))
   WITH (model = 'estimate/model')$$);
 SELECT calls_per_row, models FROM rvbbit.estimate($$MAP 'two_step' USING (SELECT 'kettle' AS description)$$);
+-- more distinct rows than a list's first allocation holds (the units
+-- outlive the SPI connection they were read in: this crashed the server)
+SELECT input_rows, cached_rows, est_output_tokens
+  FROM rvbbit.estimate($$MAP 'extract_brand' USING (SELECT 'p' || g AS product_name FROM generate_series(1, 1000) g)
+  WITH (model = 'estimate/model')$$);
 -- the estimates made no HTTP request
 SELECT mock('/stats')->'requests' AS http_requests;
 

@@ -66,3 +66,11 @@ SELECT (mock('/stats')->>'requests')::int AS before \gset
 EXPLAIN (COSTS OFF) SELECT * FROM rvbbit.map('echo', 'SELECT 1 AS n, ''never'' AS text', 1)
        AS t(n int, text text, result jsonb);
 SELECT (mock('/stats')->>'requests')::int - :before AS requests_by_explain;
+-- a row a budget refused is never returned (as NULL): the statement fails
+-- at it, after the rows before it have gone out
+INSERT INTO rvbbit.model_prices VALUES ('stream/budget', 100000, 100000);
+SET rvbbit.default_max_tokens = 5;
+COPY (SELECT n, result FROM rvbbit.map('echo', 'SELECT n, ''b'' || n AS text FROM generate_series(1, 6) n', 1,
+      '{"model": "stream/budget", "cache": false, "budget_dollars": 4}') AS t(n int, text text, result jsonb)) TO STDOUT;
+RESET rvbbit.default_max_tokens;
+DELETE FROM rvbbit.model_prices WHERE model = 'stream/budget';

@@ -1927,6 +1927,40 @@ cas_quote_len(const char *name)
 }
 
 /*
+ * The length of the UTF-8 sequence at p when it encodes a character that
+ * shows as nothing or as a space (no-break and typographic spaces,
+ * zero-width characters, bidirectional controls, C1 controls, the byte
+ * order mark), else 0.  Such a character makes a name look like another:
+ * "extract_brand" followed by U+00A0, or with U+200B inside.
+ */
+static int
+cas_invisible_len(const unsigned char *p)
+{
+	if (p[0] == 0xC2 && ((p[1] >= 0x80 && p[1] <= 0xA0) || p[1] == 0xAD))
+		return 2;				/* C1 controls, U+00A0, U+00AD */
+	if (p[0] == 0xE1 && ((p[1] == 0x9A && p[2] == 0x80) || (p[1] == 0xA0 && p[2] == 0x8E)))
+		return 3;				/* U+1680, U+180E */
+	if (p[0] == 0xE2 && p[1] == 0x80 &&
+		((p[2] >= 0x80 && p[2] <= 0x8F) || (p[2] >= 0xA8 && p[2] <= 0xAF)))
+		return 3;				/* U+2000-U+200F, U+2028-U+202F */
+	if (p[0] == 0xE2 && p[1] == 0x81 && p[2] >= 0x9F && p[2] <= 0xAF)
+		return 3;				/* U+205F-U+206F */
+	if ((p[0] == 0xE3 && p[1] == 0x80 && p[2] == 0x80) ||
+		(p[0] == 0xEF && p[1] == 0xBB && p[2] == 0xBF))
+		return 3;				/* U+3000, U+FEFF */
+	return 0;
+}
+
+/* The code point of a 2- or 3-byte UTF-8 sequence (for a message). */
+static unsigned int
+cas_utf8_code(const unsigned char *p, int n)
+{
+	if (n == 2)
+		return ((p[0] & 0x1F) << 6) | (p[1] & 0x3F);
+	return ((p[0] & 0x0F) << 12) | ((p[1] & 0x3F) << 6) | (p[2] & 0x3F);
+}
+
+/*
  * rv_cascade_name_normalize: see cascade.h for the rule.  Works on the
  * bytes of the name (any server encoding is ASCII-compatible in the
  * characters the rule looks at); needs no allocation.
@@ -1960,6 +1994,25 @@ rv_cascade_name_normalize(const char *name, char *out, RvError *err)
 				if ((((unsigned char) *q) & 0xC0) != 0x80)
 					chars++;
 			rv_error_detail(err, "Character %d of the name is not allowed.", chars);
+			return false;
+		}
+	}
+	for (p = name; *p; p++)
+	{
+		int			n = cas_invisible_len((const unsigned char *) p);
+
+		if (n > 0)
+		{
+			const char *q;
+			int			chars = 0;
+
+			for (q = name; q <= p; q++)
+				if ((((unsigned char) *q) & 0xC0) != 0x80)
+					chars++;
+			rv_error_set(err, "cascade name contains an invisible or space-like character");
+			rv_error_detail(err, "Character %d of the name (U+%04X) is not allowed: "
+							"it would make a name that looks like another one.",
+							chars, cas_utf8_code((const unsigned char *) p, n));
 			return false;
 		}
 	}

@@ -108,7 +108,8 @@ extern bool rv_cascade_is_inline(const char *text);
  * The one normalisation rule for cascade names, used by create_cascade,
  * drop_cascade and every lookup (registry, rvbbit.cascade_path, the
  * shipped examples):
- *   - the name is not empty, has no control character or backslash and
+ *   - the name is not empty, has no control character or backslash, no
+ *     invisible or space-like Unicode character (U+00A0, U+200B, ...) and
  *     does not begin or end with white space;
  *   - it is relative: no leading "/", no ".." component;
  *   - "." components and repeated or trailing slashes are dropped

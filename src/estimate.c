@@ -245,7 +245,17 @@ est_unit(EstState *est, json_object *what, bool as_rows)
 	json_object_put(scope);
 	if (schema)
 		json_object_put(schema);
-	est->units = lappend(est->units, u);
+	/*
+	 * The list, like the units, must outlive SPI_finish(): the caller
+	 * reads it after that, and SPI's procedure context (current here) is
+	 * freed then.
+	 */
+	{
+		MemoryContext old = MemoryContextSwitchTo(est->cxt);
+
+		est->units = lappend(est->units, u);
+		MemoryContextSwitchTo(old);
+	}
 }
 
 /* The default provider, then rvbbit.providers (SPI connected), in cxt. */

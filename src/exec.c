@@ -95,6 +95,7 @@ static void
 map_outcome_copy(MemoryContext cxt, const MapOutcome *from, MapOutcome *to)
 {
 	to->failed = from->failed;
+	to->budget = from->budget;
 	to->sqlstate = from->sqlstate;
 	to->result = from->result ? MemoryContextStrdup(cxt, from->result) : NULL;
 	to->error = from->error ? MemoryContextStrdup(cxt, from->error) : NULL;
@@ -191,6 +192,7 @@ map_handle_message(MapExec *ex, char *data, Size len)
 			rv_channel_raise(data, len, ERROR);
 		old = MemoryContextSwitchTo(ex->cxt);
 		s->oc.failed = true;
+		s->oc.budget = (head.flags & (RV_RESULT_BUDGET_STMT | RV_RESULT_BUDGET_DAY)) != 0;
 		s->oc.sqlstate = head.sqlstate;
 		s->oc.error = pstrdup(msg);
 		s->oc.error_detail = detail < data + len ? pstrdup(detail) : NULL;
@@ -649,11 +651,13 @@ map_exec_init(MapExec *ex, const char *kind, const char *display,
 	pfree(hdr);
 }
 
-/* Finish: close the channel and warn about failed rows. */
-void
-map_exec_finish(MapExec *ex, bool warn)
+/*
+ * Raise the budget error when a budget refused a call (or the statement's
+ * budget was used up and scheduling stopped early); return otherwise.
+ */
+static void
+map_budget_error(MapExec *ex)
 {
-	rv_channel_close(ex->ch);
 	if (ex->refused_flags & RV_RESULT_BUDGET_DAY)
 		ereport(ERROR,
 				(errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
@@ -663,10 +667,20 @@ map_exec_finish(MapExec *ex, bool warn)
 	if ((ex->refused_flags & RV_RESULT_BUDGET_STMT) || (ex->over_budget && ex->stopped_early))
 		ereport(ERROR,
 				(errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
-				 errmsg("budget of $%.4f reached: spent $%.4f, %lld rows done",
-						ex->opts->budget_dollars, ex->spent, (long long) (ex->nrows - ex->nrefused)),
-				 errdetail("The rows done are cached, so running the statement again pays only for the rest."),
+				 errmsg("budget of $%.4f of the statement reached", ex->opts->budget_dollars),
+				 errdetail("$%.4f was spent. A call is held to its largest possible cost until it is answered, "
+						   "so the next one could have gone past the budget; it was not sent. "
+						   "The rows that were answered are cached, so running the statement again pays only for the rest.",
+						   ex->spent),
 				 errhint("Raise budget_dollars, or add a LIMIT to the USING query.")));
+}
+
+/* Finish: close the channel and warn about failed rows. */
+void
+map_exec_finish(MapExec *ex, bool warn)
+{
+	rv_channel_close(ex->ch);
+	map_budget_error(ex);
 	if (warn && ex->nfailed > 0)
 		ereport(WARNING,
 				(errcode(ex->first_sqlstate ? ex->first_sqlstate : ERRCODE_WARNING),
@@ -675,7 +689,7 @@ map_exec_finish(MapExec *ex, bool warn)
 				 ex->first_error_detail && ex->first_error_detail[0] ?
 				 errdetail("The first error was: %s. %s", ex->first_error, ex->first_error_detail) :
 				 errdetail("The first error was: %s.", ex->first_error ? ex->first_error : "?"),
-				 errhint("Query rvbbit.calls for each call's error, or use on_error => 'fail' to stop at the first one.")));
+				 errhint("Add WITH (on_error = fail) to the statement (\"on_error\": \"fail\" in rvbbit.map's options) to stop at the first failure. rvbbit.calls has the error of every call that was sent; a row that failed before its call (a template error) has none.")));
 	MemoryContextDelete(ex->cxt);
 }
 
@@ -686,6 +700,9 @@ map_slot_value(MapExec *ex, MapSlot *s, bool *isnull)
 	*isnull = false;
 	if (!s->oc.failed)
 		return DirectFunctionCall1(jsonb_in, CStringGetDatum(s->oc.result));
+	/* a row a budget refused is never returned (as NULL): the statement fails at it */
+	if (s->oc.budget)
+		map_budget_error(ex);
 	if (ex->opts->on_error == RV_ON_ERROR_VALUE)
 	{
 		json_object *o = json_object_new_object();

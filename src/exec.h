@@ -21,6 +21,7 @@
 typedef struct MapOutcome
 {
 	bool		failed;
+	bool		budget;			/* a budget refused it: the statement fails there */
 	int			sqlstate;
 	char	   *result;			/* JSON text of the result */
 	char	   *error;			/* the error message of a failed row */

@@ -408,8 +408,17 @@ rv_submit_job(const char *statement, const char *target)
 	{
 		RangeVar   *rv;
 
+		Oid			nsp;
+
 		rv = makeRangeVarFromNameList(rv_stringToQualifiedNameList(target));
-		if (OidIsValid(get_relname_relid(rv->relname, RangeVarGetCreationNamespace(rv))))
+		nsp = RangeVarGetCreationNamespace(rv);
+		if (isAnyTempNamespace(nsp))
+			ereport(ERROR,
+					(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+					 errmsg("an async job cannot create the temporary table \"%s\"", rv->relname),
+					 errdetail("A job runs in its own background session, and a temporary table would vanish when that session ends."),
+					 errhint("Give as_table a regular table name, or run the statement without async.")));
+		if (OidIsValid(get_relname_relid(rv->relname, nsp)))
 			ereport(ERROR,
 					(errcode(ERRCODE_DUPLICATE_TABLE),
 					 errmsg("relation \"%s\" already exists", rv->relname),

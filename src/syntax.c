@@ -28,8 +28,14 @@
 #include "rvtext.h"
 #include "syntax.h"
 
-/* PARALLEL n and BATCH n must lie in 1 .. SYN_MAX_COUNT */
-#define SYN_MAX_COUNT 100000
+/*
+ * PARALLEL n must lie in 1 .. SYN_MAX_PARALLEL and BATCH n in
+ * 1 .. SYN_MAX_BATCH: the bounds of the parallel and batch options in
+ * optlist.h, so that MAP BATCH n and WITH (batch = n) accept the same n
+ * (test_syntax checks both edges).
+ */
+#define SYN_MAX_PARALLEL 100000
+#define SYN_MAX_BATCH 1000
 
 /* token text quoted in a syntax error is cut to about this many bytes */
 #define SYN_MAX_NEAR 200
@@ -930,10 +936,10 @@ syn_ident_value(SynParser *p)
 /*
  * The count after PARALLEL or BATCH (what names the keyword): the current
  * token is a number, or "-" before a number.  Stores the count in *out and
- * consumes it.  Errors: not an integer, or outside 1 .. SYN_MAX_COUNT.
+ * consumes it.  Errors: not an integer, or outside 1 .. max.
  */
 static bool
-syn_parse_count(SynParser *p, const char *what, int *out)
+syn_parse_count(SynParser *p, const char *what, int max, int *out)
 {
 	size_t		k;
 	long		v = 0;
@@ -942,7 +948,7 @@ syn_parse_count(SynParser *p, const char *what, int *out)
 	{
 		/* "-" followed by a number: negative */
 		syn_error_at(p, p->tok.start, "%s must be between 1 and %d",
-					 what, SYN_MAX_COUNT);
+					 what, max);
 		return false;
 	}
 	for (k = p->tok.start; k < p->tok.end; k++)
@@ -952,13 +958,13 @@ syn_parse_count(SynParser *p, const char *what, int *out)
 			syn_error_at(p, p->tok.start, "%s must be an integer", what);
 			return false;
 		}
-		if (v <= SYN_MAX_COUNT)
+		if (v <= max)
 			v = v * 10 + (p->text[k] - '0');
 	}
-	if (v < 1 || v > SYN_MAX_COUNT)
+	if (v < 1 || v > max)
 	{
 		syn_error_at(p, p->tok.start, "%s must be between 1 and %d",
-					 what, SYN_MAX_COUNT);
+					 what, max);
 		return false;
 	}
 	*out = (int) v;
@@ -995,7 +1001,7 @@ syn_parse_map_modifiers(SynParser *p)
 				return false;
 			if (p->tok.kind == SYN_NUMBER || syn_at_negative_number(p))
 			{
-				if (!syn_parse_count(p, "PARALLEL", &stmt->parallel))
+				if (!syn_parse_count(p, "PARALLEL", SYN_MAX_PARALLEL, &stmt->parallel))
 					return false;
 			}
 			else
@@ -1015,7 +1021,7 @@ syn_parse_map_modifiers(SynParser *p)
 				syn_syntax_error(p, "Expected a number of rows after BATCH.");
 				return false;
 			}
-			if (!syn_parse_count(p, "BATCH", &stmt->batch))
+			if (!syn_parse_count(p, "BATCH", SYN_MAX_BATCH, &stmt->batch))
 				return false;
 		}
 		else if (syn_is_kw(p, "distinct"))

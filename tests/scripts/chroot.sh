@@ -146,6 +146,7 @@ LIST
 make_base() {
   [ -f "$root/.rvbbit-base" ] && return 0
   echo "== debootstrap $suite into $root (once; cached)"
+  command -v debootstrap >/dev/null || bash "$here/deps.sh" debootstrap || return 1
   # an interrupted debootstrap may have left its /proc mounted
   mountpoint -q "$root.tmp/proc" && umount -l "$root.tmp/proc"
   rm -rf --one-file-system "$root" "$root.tmp"

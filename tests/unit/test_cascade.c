@@ -529,6 +529,18 @@ main(void)
 			  "name: backslash refused");
 	CHECK_STR(norm("a\nb"), "ERROR: cascade name contains a control character or a backslash",
 			  "name: newline refused");
+	CHECK_STR(norm("extract_brand\xc2\xa0"), "ERROR: cascade name contains an invisible or space-like character",
+			  "name: trailing no-break space refused");
+	CHECK_STR(last.detail, "Character 14 of the name (U+00A0) is not allowed: it would make a name that looks like another one.",
+			  "name: the invisible character's position and code point");
+	CHECK_STR(norm("extract\xe2\x80\x8b" "brand"), "ERROR: cascade name contains an invisible or space-like character",
+			  "name: zero-width space refused");
+	CHECK_STR(norm("\xef\xbb\xbfx"), "ERROR: cascade name contains an invisible or space-like character",
+			  "name: byte order mark refused");
+	CHECK_STR(norm("a\xe2\x80\xae" "b"), "ERROR: cascade name contains an invisible or space-like character",
+			  "name: bidirectional override refused");
+	CHECK_STR(norm("caf\xc3\xa9 \xe2\x82\xac \xe6\x97\xa5"), "caf\xc3\xa9 \xe2\x82\xac \xe6\x97\xa5",
+			  "name: visible non-ASCII letters and symbols kept");
 	CHECK_STR(norm(" x"), "ERROR: cascade name \" x\" begins or ends with white space", "name: leading space refused");
 	CHECK_STR(norm("x.yaml "), "ERROR: cascade name \"x.yaml \" begins or ends with white space",
 			  "name: trailing space refused");

@@ -122,9 +122,9 @@ test_forms(void)
 		CHECK(s->batch == 5 && s->distinct && s->parallel == 3, "BATCH DISTINCT PARALLEL: fields");
 	rv_statement_free(s);
 
-	s = parse_ok("MAP DISTINCT PARALLEL BATCH 100000 'x' USING (select 1)", "DISTINCT PARALLEL BATCH max");
+	s = parse_ok("MAP DISTINCT PARALLEL BATCH 1000 'x' USING (select 1)", "DISTINCT PARALLEL BATCH max");
 	if (s)
-		CHECK(s->batch == 100000 && s->distinct && s->parallel == -1, "DISTINCT PARALLEL BATCH: fields");
+		CHECK(s->batch == 1000 && s->distinct && s->parallel == -1, "DISTINCT PARALLEL BATCH: fields");
 	rv_statement_free(s);
 
 	s = parse_ok("MAP PARALLEL 00012 'x' USING (select 1)", "PARALLEL with leading zeros");
@@ -481,7 +481,9 @@ test_modifiers(void)
 			  "PARALLEL negative");
 	parse_err("MAP PARALLEL 2.5 'x' USING (select 1)", "PARALLEL must be an integer", NULL, 14,
 			  "PARALLEL decimal");
-	parse_err("MAP BATCH 0 'x' USING (select 1)", "BATCH must be between 1 and 100000", NULL, 11, "BATCH 0");
+	parse_err("MAP BATCH 0 'x' USING (select 1)", "BATCH must be between 1 and 1000", NULL, 11, "BATCH 0");
+	/* the same bound as WITH (batch = n), optlist.h */
+	parse_err("MAP BATCH 1001 'x' USING (select 1)", "BATCH must be between 1 and 1000", NULL, 11, "BATCH 1001");
 	parse_err("MAP PARALLEL 2 BATCH 3 PARALLEL 4 'x' USING (select 1)", "PARALLEL specified more than once",
 			  NULL, 24, "PARALLEL twice");
 	parse_err("MAP BATCH 2 BATCH 3 'x' USING (select 1)", "BATCH specified more than once", NULL, 13,
