@@ -312,11 +312,14 @@ jobs_start_runner_args(const JobsRunnerArgs *args)
 
 /*
  * Register a job runner for job_id of role in database dboid that waits
- * for transaction xid first.  Returns false when no background worker
+ * for transaction xid first.  It connects as session_role (the submitting
+ * session user; invalid: as role) and takes outer_role and role as the
+ * submitting session had them.  Returns false when no background worker
  * slot is free.  The runner is not our child: it outlives this backend.
  */
 bool
-jobs_start_runner(int64 job_id, Oid dboid, Oid role, TransactionId xid)
+jobs_start_runner(int64 job_id, Oid dboid, Oid role, Oid session_role,
+				  Oid outer_role, TransactionId xid)
 {
 	JobsRunnerArgs args;
 
@@ -324,10 +327,32 @@ jobs_start_runner(int64 job_id, Oid dboid, Oid role, TransactionId xid)
 	args.job_id = job_id;
 	args.dboid = dboid;
 	args.role = role;
+	args.session_role = session_role;
+	args.outer_role = outer_role;
 	args.xid = xid;
 	args.check = false;
 	args.nchecks = 0;
 	return jobs_start_runner_args(&args);
+}
+
+/* The role a runner started with args connects as. */
+Oid
+jobs_connect_role(const JobsRunnerArgs *args)
+{
+	return OidIsValid(args->session_role) ? args->session_role : args->role;
+}
+
+/*
+ * Whether rvbbit.job_log has 0.3's session_role_oid and outer_role_oid
+ * columns (a database not yet updated has not).
+ */
+bool
+jobs_log_has_session_role(void)
+{
+	Oid			rel = jobs_log_relid();
+
+	return OidIsValid(rel) && get_attnum(rel, "session_role_oid") != InvalidAttrNumber &&
+		get_attnum(rel, "outer_role_oid") != InvalidAttrNumber;
 }
 
 /* ----------------------------------------------------------------
@@ -373,35 +398,45 @@ rv_submit_job(const char *statement, const char *target)
 {
 	TimestampTz incarnation = jobs_incarnation();
 	Oid			role = GetUserId();
+	bool		has_session = jobs_log_has_session_role();
+	Oid			session_role = has_session ? GetSessionUserId() : InvalidOid;
+	Oid			outer_role = has_session ? GetOuterUserId() : InvalidOid;
+	Oid			connect_role = has_session ? session_role : role;
 	char	   *search_path = pstrdup(GetConfigOption("search_path", false, false));
 	char	   *settings = jobs_capture_settings();
 	JobsPriv	priv;
-	Oid			types[7] = {OIDOID, OIDOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, TIMESTAMPTZOID};
-	Datum		vals[7];
-	char		nulls[7] = "       ";
+	Oid			types[9] = {OIDOID, OIDOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, TIMESTAMPTZOID,
+	OIDOID, OIDOID};
+	Datum		vals[9];
+	char		nulls[9] = "         ";
 	bool		isnull;
 	int64		job_id;
 
 	if (RV_BGW_NEEDS_LOGIN)
 	{
 		/*
-		 * The runner is a real connection of the role; before PostgreSQL 17
-		 * a background worker cannot connect as a role without LOGIN.
+		 * The runner is a real connection of the session user (of the
+		 * job's role in a database not updated to 0.3); before PostgreSQL
+		 * 17 a background worker cannot connect as a role without LOGIN.
+		 * A session user normally has LOGIN; SET ROLE to a role without
+		 * it is fine.
 		 */
-		HeapTuple	rtup = SearchSysCache1(AUTHOID, ObjectIdGetDatum(role));
+		HeapTuple	rtup = SearchSysCache1(AUTHOID, ObjectIdGetDatum(connect_role));
 		bool		canlogin;
 
 		if (!HeapTupleIsValid(rtup))
-			elog(ERROR, "cache lookup failed for role %u", role);
+			elog(ERROR, "cache lookup failed for role %u", connect_role);
 		canlogin = ((Form_pg_authid) GETSTRUCT(rtup))->rolcanlogin;
 		ReleaseSysCache(rtup);
 		if (!canlogin)
 			ereport(ERROR,
 					(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
 					 errmsg("role \"%s\" cannot submit jobs because it cannot log in",
-							GetUserNameFromId(role, false)),
-					 errdetail("A job runs in a background connection of the submitting role, and this PostgreSQL version refuses such connections for roles without LOGIN."),
-					 errhint("Grant the role LOGIN, or submit the job as a role that has it.")));
+							GetUserNameFromId(connect_role, false)),
+					 errdetail("A job runs in a background connection of the submitting session user, and this PostgreSQL version refuses such connections for roles without LOGIN."),
+					 errhint(has_session ?
+							 "Submit the job from a session of a role that has LOGIN (SET ROLE to a role without it is fine)." :
+							 "Update the extension with ALTER EXTENSION rvbbit UPDATE, or grant the role LOGIN.")));
 	}
 
 	if (target != NULL)
@@ -438,20 +473,27 @@ rv_submit_job(const char *statement, const char *target)
 		nulls[5] = 'n';
 	}
 	vals[6] = TimestampTzGetDatum(incarnation);
+	vals[7] = ObjectIdGetDatum(session_role);
+	vals[8] = ObjectIdGetDatum(outer_role);
 
 	SPI_connect();
 	jobs_priv_begin(&priv);
-	if (SPI_execute_with_args("INSERT INTO rvbbit.job_log (role_oid, dboid, statement, search_path, "
+	if (SPI_execute_with_args(has_session ?
+							  "INSERT INTO rvbbit.job_log (role_oid, dboid, statement, search_path, "
+							  "settings, target, status, server_started_at, session_role_oid, outer_role_oid) "
+							  "VALUES ($1, $2, $3, $4, $5::jsonb, $6, 'queued', $7, $8, $9) RETURNING id" :
+							  "INSERT INTO rvbbit.job_log (role_oid, dboid, statement, search_path, "
 							  "settings, target, status, server_started_at) "
 							  "VALUES ($1, $2, $3, $4, $5::jsonb, $6, 'queued', $7) RETURNING id",
-							  7, types, vals, nulls, false, 0) != SPI_OK_INSERT_RETURNING ||
+							  has_session ? 9 : 7, types, vals, nulls, false, 0) != SPI_OK_INSERT_RETURNING ||
 		SPI_processed != 1)
 		elog(ERROR, "could not insert into rvbbit.job_log");
 	job_id = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
 	jobs_priv_end(&priv);
 	SPI_finish();
 
-	if (!jobs_start_runner(job_id, MyDatabaseId, role, GetTopTransactionId()))
+	if (!jobs_start_runner(job_id, MyDatabaseId, role, session_role, outer_role,
+						   GetTopTransactionId()))
 		ereport(ERROR,
 				(errcode(ERRCODE_INSUFFICIENT_RESOURCES),
 				 errmsg("could not start a job runner"),

@@ -32,7 +32,10 @@ typedef struct JobsRunnerArgs
 {
 	int64		job_id;
 	Oid			dboid;
-	Oid			role;			/* the submitting role, connected as */
+	Oid			role;			/* the job's role (current user at submission) */
+	Oid			session_role;	/* the submitting session user, connected as;
+								 * invalid: connect as role (jobs before 0.3) */
+	Oid			outer_role;		/* the submitter's SET ROLE role (or invalid) */
 	TransactionId xid;			/* wait until it ends; invalid: don't */
 	bool		check;			/* a check runner (see the header comment) */
 	int			nchecks;		/* check runners started for this job so far */
@@ -51,6 +54,9 @@ extern Oid	jobs_log_relid(void);
 extern void jobs_priv_begin(JobsPriv *priv);
 extern void jobs_priv_end(JobsPriv *priv);
 extern bool jobs_start_runner_args(const JobsRunnerArgs *args);
-extern bool jobs_start_runner(int64 job_id, Oid dboid, Oid role, TransactionId xid);
+extern bool jobs_start_runner(int64 job_id, Oid dboid, Oid role, Oid session_role,
+							  Oid outer_role, TransactionId xid);
+extern bool jobs_log_has_session_role(void);
+extern Oid	jobs_connect_role(const JobsRunnerArgs *args);
 
 #endif							/* RV_JOBS_H */

@@ -170,6 +170,7 @@ jobs_runner_exit(int code, Datum arg)
 					strcmp(SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1), "queued") == 0);
 		if (requeued &&
 			!jobs_start_runner(jobs_runner_job, MyDatabaseId, jobs_runner_args.role,
+							   jobs_runner_args.session_role, jobs_runner_args.outer_role,
 							   GetTopTransactionId()) &&
 			SPI_execute_with_args("UPDATE rvbbit.job_log SET status = 'failed', finished_at = now(), "
 								  "error = 'the job runner was terminated and no background worker "
@@ -241,6 +242,60 @@ jobs_claim(int64 job_id, JobsJob *job)
 }
 
 /*
+ * Take the job's identity, in the runner connected as the submitting
+ * session user: SET ROLE to the submitter's outer role (the session user
+ * must still be allowed to, as for SET ROLE), then the job's role as the
+ * current user the way a SECURITY DEFINER function does
+ * (SECURITY_LOCAL_USERID_CHANGE: the job cannot SET ROLE or SET SESSION
+ * AUTHORIZATION away from it).  Session user, and so the daily budget and
+ * the ALTER ROLE settings, stay the submitter's; no role gains a right its
+ * submitting session did not have.
+ */
+static void
+jobs_take_role(JobsJob *job)
+{
+	Oid			session = jobs_connect_role(&jobs_runner_args);
+	Oid			outer = jobs_runner_args.outer_role;
+	Oid			cur;
+	int			sec;
+
+	/* the runner is connected as the session user; check it, never assume */
+	if (GetSessionUserId() != session || GetUserId() != session)
+		elog(ERROR, "job runner is connected as role %u, not as the job's session user %u",
+			 GetSessionUserId(), session);
+	if (!OidIsValid(jobs_runner_args.session_role))
+		return;					/* a job from before 0.3: connected as its role */
+	if (OidIsValid(outer) && outer != session)
+	{
+		bool		may;
+
+		if (!SearchSysCacheExists1(AUTHOID, ObjectIdGetDatum(outer)))
+			ereport(ERROR,
+					(errcode(ERRCODE_UNDEFINED_OBJECT),
+					 errmsg("the role the job was submitted with SET ROLE no longer exists")));
+#if PG_VERSION_NUM >= 160000
+		may = member_can_set_role(session, outer);
+#else
+		may = is_member_of_role(session, outer);
+#endif
+		if (!may)
+			ereport(ERROR,
+					(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+					 errmsg("role \"%s\" that submitted the job may no longer set role \"%s\"",
+							GetUserNameFromId(session, false), GetUserNameFromId(outer, false)),
+					 errdetail("The job was submitted after SET ROLE %s, and the membership was revoked since.",
+							   quote_identifier(GetUserNameFromId(outer, false))),
+					 errhint("Submit the job again from a session that may set that role.")));
+		SetCurrentRoleId(outer, superuser_arg(outer));
+	}
+	if (job->role != GetUserId())
+	{
+		GetUserIdAndSecContext(&cur, &sec);
+		SetUserIdAndSecContext(job->role, sec | SECURITY_LOCAL_USERID_CHANGE);
+	}
+}
+
+/*
  * Run the claimed job: as its role, with its search_path and settings, run
  * SELECT * FROM rvbbit.sql('<statement>'), store the result of a RUN
  * without target, and mark the job done, all in one transaction.  When the
@@ -290,10 +345,7 @@ jobs_run(JobsJob *job)
 		ereport(ERROR,
 				(errcode(ERRCODE_UNDEFINED_OBJECT),
 				 errmsg("the role that submitted the job no longer exists")));
-	/* the runner is connected as the job's role; check it, never assume */
-	if (GetSessionUserId() != job->role || GetUserId() != job->role)
-		elog(ERROR, "job runner is connected as role %u, not as the job's role %u",
-			 GetSessionUserId(), job->role);
+	jobs_take_role(job);
 
 	/* the job's search_path and saved settings, as the role itself */
 	nestlevel = NewGUCNestLevel();
@@ -425,7 +477,14 @@ jobs_check_main(JobsRunnerArgs *args)
 
 		if (!HeapTupleIsValid(rtup))
 			fail = "the role that submitted the job no longer exists";
-		else
+		else if (args->role != jobs_connect_role(args))
+		{
+			ReleaseSysCache(rtup);
+			rtup = SearchSysCache1(AUTHOID, ObjectIdGetDatum(jobs_connect_role(args)));
+			if (!HeapTupleIsValid(rtup))
+				fail = "the session user that submitted the job no longer exists";
+		}
+		if (fail == NULL)
 		{
 			if (RV_BGW_NEEDS_LOGIN && !((Form_pg_authid) GETSTRUCT(rtup))->rolcanlogin)
 				fail = "the role that submitted the job cannot log in, so no job runner can connect as it";
@@ -529,13 +588,15 @@ rv_jobs_runner_main(Datum main_arg)
 	before_shmem_exit(jobs_runner_exit, (Datum) 0);
 
 	/*
-	 * Connect as the submitting role: from here on this process has that
-	 * role's rights and settings and no others (FATAL when the role is
-	 * gone; the exit callback then starts a check runner).
+	 * Connect as the submitting session user (the job's role for a job from
+	 * before 0.3): from here on this process has that role's rights and
+	 * settings and no others (FATAL when the role is gone; the exit
+	 * callback then starts a check runner).  jobs_take_role() then takes
+	 * the job's role as the submitting session had it.
 	 */
 	if (!OidIsValid(args.role))
 		elog(FATAL, "job runner started without a role");
-	rv_BackgroundWorkerConnectAsRole(args.dboid, args.role);
+	rv_BackgroundWorkerConnectAsRole(args.dboid, jobs_connect_role(&args));
 	jobs_runner_connected = true;
 
 	rv_in_job_runner = true;
@@ -594,6 +655,9 @@ rv_jobs_recover_main(Datum main_arg)
 	int		   *attempts;
 	Oid		   *dbs;
 	Oid		   *roles;
+	Oid		   *sroles;
+	Oid		   *oroles;
+	bool		has_session;
 	int			n;
 	int			i;
 
@@ -611,8 +675,13 @@ rv_jobs_recover_main(Datum main_arg)
 		proc_exit(0);
 	}
 	jobs_priv_begin(&priv);
+	has_session = jobs_log_has_session_role();
 	vals[0] = TimestampTzGetDatum(incarnation);
-	if (SPI_execute_with_args("SELECT id, attempts, dboid, role_oid FROM rvbbit.job_log "
+	if (SPI_execute_with_args(has_session ?
+							  "SELECT id, attempts, dboid, role_oid, session_role_oid, outer_role_oid "
+							  "FROM rvbbit.job_log WHERE status IN ('queued', 'running') "
+							  "AND server_started_at IS DISTINCT FROM $1 ORDER BY id FOR UPDATE" :
+							  "SELECT id, attempts, dboid, role_oid, 0::oid, 0::oid FROM rvbbit.job_log "
 							  "WHERE status IN ('queued', 'running') "
 							  "AND server_started_at IS DISTINCT FROM $1 ORDER BY id FOR UPDATE",
 							  1, types, vals, NULL, false, 0) != SPI_OK_SELECT)
@@ -622,14 +691,21 @@ rv_jobs_recover_main(Datum main_arg)
 	attempts = palloc(sizeof(int) * (n + 1));
 	dbs = palloc(sizeof(Oid) * (n + 1));
 	roles = palloc(sizeof(Oid) * (n + 1));
+	sroles = palloc(sizeof(Oid) * (n + 1));
+	oroles = palloc(sizeof(Oid) * (n + 1));
 	for (i = 0; i < n; i++)
 	{
 		bool		isnull;
+		Datum		d;
 
 		ids[i] = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1, &isnull));
 		attempts[i] = DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 2, &isnull));
 		dbs[i] = DatumGetObjectId(SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 3, &isnull));
 		roles[i] = DatumGetObjectId(SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 4, &isnull));
+		d = SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 5, &isnull);
+		sroles[i] = isnull ? InvalidOid : DatumGetObjectId(d);
+		d = SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 6, &isnull);
+		oroles[i] = isnull ? InvalidOid : DatumGetObjectId(d);
 	}
 
 	for (i = 0; i < n; i++)
@@ -655,7 +731,8 @@ rv_jobs_recover_main(Datum main_arg)
 									  "error = 'resumed after restart' WHERE j.id = $2",
 									  2, types, vals, NULL, false, 0) != SPI_OK_UPDATE)
 				elog(ERROR, "could not update rvbbit.job_log");
-			if (jobs_start_runner(ids[i], MyDatabaseId, roles[i], GetTopTransactionId()))
+			if (jobs_start_runner(ids[i], MyDatabaseId, roles[i], sroles[i], oroles[i],
+								  GetTopTransactionId()))
 				ereport(LOG,
 						(errmsg("resuming rvbbit job %lld after a server restart",
 								(long long) ids[i])));
