@@ -8,17 +8,27 @@
  *	  both.
  *
  * Submitting (rv_submit_job(), in the caller's transaction) inserts a row
- * into rvbbit.job_log with the calling role, its search_path and its
- * rvbbit.* session settings, and registers a dynamic background worker,
+ * into rvbbit.job_log with the calling role (current user), the session
+ * user and the SET ROLE role (outer user; 0.3's columns), its search_path
+ * and its rvbbit.* session settings, and registers a dynamic background worker,
  * the job runner, for it.  The runner waits until the submitting
  * transaction ends (XactLockTableWait on its xid), so it never starts work
  * for a job that was rolled back: it then finds no row and exits quietly.
  *
- * The runner connects to the job's database AS THE SUBMITTING ROLE
- * (BackgroundWorkerInitializeConnectionByOid with the role), so
- * session_user, the role's ALTER ROLE ... SET settings and every privilege
- * check are the role's own, exactly as in a session of that role; nothing
- * of the job's code can reach more rights than the role has.  It claims
+ * The runner connects to the job's database AS THE SUBMITTING SESSION
+ * USER (BackgroundWorkerInitializeConnectionByOid with that role), so
+ * session_user and its ALTER ROLE ... SET settings, the daily budget among
+ * them, are those of the submitting session, exactly like a synchronous
+ * statement (opt_budget_role() in options.c: SET ROLE or SECURITY DEFINER
+ * gives no second budget).  Before running the statement it takes the
+ * submitter's SET ROLE role as SET ROLE would (the session user must still
+ * be allowed to; otherwise the job fails) and then the job's role as
+ * current user as a SECURITY DEFINER function does
+ * (SECURITY_LOCAL_USERID_CHANGE, so the job cannot SET ROLE away from it):
+ * every privilege check is the role's own, and nothing of the job's code
+ * can reach more rights than the submitting statement had.  A job of a
+ * database not updated to 0.3 records no session user and runs connected
+ * as its role, as before.  It claims
  * the job (queued -> running, in its own committed transaction, before any
  * user code runs), then, in a new transaction, sets the job's search_path
  * and saved settings and runs SELECT * FROM rvbbit.sql('<statement>')
