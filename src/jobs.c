@@ -121,6 +121,7 @@
 #include "storage/proc.h"
 #include "storage/procarray.h"
 #include "storage/shmem.h"
+#include "storage/spin.h"
 #include "tcop/tcopprot.h"
 #include "utils/acl.h"
 #include "utils/builtins.h"
@@ -153,19 +154,49 @@ static const char *const jobs_saved_settings[] = {
 	NULL
 };
 
-/* Shared state: the incarnation of the server's shared memory. */
+/* Databases with jobs waiting for a runner slot, remembered at once. */
+#define JOBS_MAX_WAITING_DBS 64
+
+/*
+ * A runner slot: held from registering a job runner until that runner
+ * exits.  rvbbit.max_job_runners (and _per_role, counted by the session
+ * user the job counts against) limit how many are held at once.
+ */
+typedef struct JobsSlot
+{
+	int64		job_id;			/* 0: free */
+	Oid			dboid;
+	Oid			budget_role;
+	uint32		gen;			/* bumped at every reservation */
+} JobsSlot;
+
+/*
+ * Shared state: the incarnation of the server's shared memory, the runner
+ * slots (max_worker_processes of them: no more runners can exist) and the
+ * databases that have queued jobs waiting for a slot.
+ */
 typedef struct JobsShared
 {
 	TimestampTz incarnation;
+	slock_t		mutex;
+	int			nwaiting;
+	Oid			waiting[JOBS_MAX_WAITING_DBS];
+	int			nslots;
+	JobsSlot	slots[FLEXIBLE_ARRAY_MEMBER];
 } JobsShared;
 
 static JobsShared *jobs_shared = NULL;
+
+/* submit: a job of this transaction waits for a slot (marked at commit) */
+static bool jobs_wait_at_commit = false;
 
 /* cancel_job: runners to signal at commit */
 static pid_t jobs_kill_pid[JOBS_MAX_PENDING_KILLS];
 static int	jobs_kill_level[JOBS_MAX_PENDING_KILLS];
 static int	jobs_nkill = 0;
 static bool jobs_xact_callbacks_registered = false;
+
+static void jobs_register_xact_callbacks(void);
 
 PG_FUNCTION_INFO_V1(rvbbit_submit_job);
 PG_FUNCTION_INFO_V1(rvbbit_cancel_job);
@@ -179,7 +210,8 @@ PG_FUNCTION_INFO_V1(rvbbit_cancel_job);
 Size
 rv_jobs_shmem_size(void)
 {
-	return MAXALIGN(sizeof(JobsShared));
+	return MAXALIGN(add_size(offsetof(JobsShared, slots),
+							 mul_size(sizeof(JobsSlot), Max(max_worker_processes, 1))));
 }
 
 /*
@@ -192,9 +224,159 @@ rv_jobs_shmem_init(void)
 {
 	bool		found;
 
-	jobs_shared = ShmemInitStruct("rvbbit jobs", sizeof(JobsShared), &found);
+	jobs_shared = ShmemInitStruct("rvbbit jobs", rv_jobs_shmem_size(), &found);
 	if (!found)
+	{
+		memset(jobs_shared, 0, rv_jobs_shmem_size());
 		jobs_shared->incarnation = GetCurrentTimestamp();
+		SpinLockInit(&jobs_shared->mutex);
+		jobs_shared->nslots = Max(max_worker_processes, 1);
+	}
+}
+
+/* ----------------------------------------------------------------
+ * Runner slots: rvbbit.max_job_runners and _per_role
+ * ----------------------------------------------------------------
+ */
+
+/*
+ * Reserve a runner slot for the job args describes (its budget role is
+ * the session user it connects as).  Returns 1 when reserved (args->slot
+ * and slot_gen set), 0 when a cap is reached (the job's database is then
+ * remembered as waiting), -1 when a slot is already
+ * held for the job (a runner for it exists or is being registered).
+ */
+static int
+jobs_slot_reserve(JobsRunnerArgs *args)
+{
+	Oid			brole = jobs_connect_role(args);
+	int			total = 0;
+	int			mine = 0;
+	int			free_slot = -1;
+	int			cap = Min(rv_max_job_runners, jobs_shared->nslots);
+	int			i;
+	int			result = 0;
+
+	SpinLockAcquire(&jobs_shared->mutex);
+	for (i = 0; i < jobs_shared->nslots; i++)
+	{
+		JobsSlot   *sl = &jobs_shared->slots[i];
+
+		if (sl->job_id == 0)
+		{
+			if (free_slot < 0)
+				free_slot = i;
+			continue;
+		}
+		if (sl->job_id == args->job_id && sl->dboid == args->dboid)
+		{
+			result = -1;
+			break;
+		}
+		total++;
+		if (sl->budget_role == brole)
+			mine++;
+	}
+	if (result == 0 && free_slot >= 0 && total < cap && mine < rv_max_job_runners_per_role)
+	{
+		JobsSlot   *sl = &jobs_shared->slots[free_slot];
+
+		sl->job_id = args->job_id;
+		sl->dboid = args->dboid;
+		sl->budget_role = brole;
+		sl->gen++;
+		args->slot = free_slot;
+		args->slot_gen = sl->gen;
+		result = 1;
+	}
+	else if (result == 0)
+	{
+		/*
+		 * Waiting: remember the database under the same lock, so that a
+		 * runner ending right now dispatches it.
+		 */
+		for (i = 0; i < jobs_shared->nwaiting; i++)
+			if (jobs_shared->waiting[i] == args->dboid)
+				break;
+		if (i == jobs_shared->nwaiting && jobs_shared->nwaiting < JOBS_MAX_WAITING_DBS)
+			jobs_shared->waiting[jobs_shared->nwaiting++] = args->dboid;
+	}
+	SpinLockRelease(&jobs_shared->mutex);
+	return result;
+}
+
+/* Release the slot args holds (nothing when it holds none). */
+void
+jobs_slot_release(const JobsRunnerArgs *args)
+{
+	if (jobs_shared == NULL || args->slot < 0 || args->slot >= jobs_shared->nslots)
+		return;
+	SpinLockAcquire(&jobs_shared->mutex);
+	if (jobs_shared->slots[args->slot].gen == args->slot_gen)
+		jobs_shared->slots[args->slot].job_id = 0;
+	SpinLockRelease(&jobs_shared->mutex);
+}
+
+/* Remember that database dboid has queued jobs waiting for a slot. */
+void
+jobs_mark_waiting(Oid dboid)
+{
+	int			i;
+
+	if (jobs_shared == NULL)
+		return;
+	SpinLockAcquire(&jobs_shared->mutex);
+	for (i = 0; i < jobs_shared->nwaiting; i++)
+		if (jobs_shared->waiting[i] == dboid)
+			break;
+	if (i == jobs_shared->nwaiting && jobs_shared->nwaiting < JOBS_MAX_WAITING_DBS)
+		jobs_shared->waiting[jobs_shared->nwaiting++] = dboid;
+	SpinLockRelease(&jobs_shared->mutex);
+}
+
+/*
+ * When databases have jobs waiting and a runner slot is free, take them
+ * all off the list and register a dispatcher for each (jobs_runner.c),
+ * which starts its database's oldest queued jobs that fit the caps and
+ * puts the database back on the list when some still wait.  Called when a
+ * runner ends and when a transaction that queued a waiting job commits:
+ * each such event is one pass, so nothing loops.  Never raises an error.
+ */
+void
+jobs_kick_dispatcher(void)
+{
+	Oid			dbs[JOBS_MAX_WAITING_DBS];
+	int			ndbs = 0;
+	int			used = 0;
+	int			i;
+
+	if (jobs_shared == NULL)
+		return;
+	SpinLockAcquire(&jobs_shared->mutex);
+	for (i = 0; i < jobs_shared->nslots; i++)
+		if (jobs_shared->slots[i].job_id != 0)
+			used++;
+	if (jobs_shared->nwaiting > 0 && used < Min(rv_max_job_runners, jobs_shared->nslots))
+	{
+		ndbs = jobs_shared->nwaiting;
+		memcpy(dbs, jobs_shared->waiting, sizeof(Oid) * ndbs);
+		jobs_shared->nwaiting = 0;
+	}
+	SpinLockRelease(&jobs_shared->mutex);
+
+	for (i = 0; i < ndbs; i++)
+	{
+		BackgroundWorker worker;
+		BackgroundWorkerHandle *handle;
+
+		rv_bgworker_prepare(&worker, BgWorkerStart_RecoveryFinished, BGW_NEVER_RESTART,
+							"rv_jobs_dispatch_main", "rvbbit job dispatcher");
+		snprintf(worker.bgw_name, BGW_MAXLEN, "rvbbit job dispatcher for database %u", dbs[i]);
+		worker.bgw_main_arg = ObjectIdGetDatum(dbs[i]);
+		worker.bgw_notify_pid = 0;
+		if (!RegisterDynamicBackgroundWorker(&worker, &handle))
+			jobs_mark_waiting(dbs[i]);	/* the next runner to end tries again */
+	}
 }
 
 /*
@@ -301,8 +483,8 @@ jobs_may_manage(Oid me, Oid owner)
  * Register the job runner (or check runner) that args describes.  Returns
  * false when no background worker slot is free.
  */
-bool
-jobs_start_runner_args(const JobsRunnerArgs *args)
+static bool
+jobs_register_runner(const JobsRunnerArgs *args)
 {
 	BackgroundWorker worker;
 	BackgroundWorkerHandle *handle;
@@ -320,6 +502,42 @@ jobs_start_runner_args(const JobsRunnerArgs *args)
 	return RegisterDynamicBackgroundWorker(&worker, &handle);
 }
 
+/* Register the check runner that args describes (it holds no slot). */
+bool
+jobs_start_runner_args(const JobsRunnerArgs *args)
+{
+	JobsRunnerArgs a = *args;
+
+	a.slot = -1;
+	return jobs_register_runner(&a);
+}
+
+/*
+ * Start a (normal) runner for the job args describes, within the caps: a
+ * runner slot is reserved and the runner registered with it; over a cap
+ * the job's database is remembered as waiting (the caller leaves the job
+ * queued).  args->slot is set.
+ */
+JobsLaunch
+jobs_launch(JobsRunnerArgs *args)
+{
+	int			r;
+
+	args->check = false;
+	args->slot = -1;
+	r = jobs_slot_reserve(args);
+	if (r < 0)
+		return JOBS_STARTED;
+	if (r == 0)
+		return JOBS_WAITING;
+	if (!jobs_register_runner(args))
+	{
+		jobs_slot_release(args);
+		return JOBS_NO_WORKER;
+	}
+	return JOBS_STARTED;
+}
+
 /*
  * Register a job runner for job_id of role in database dboid that waits
  * for transaction xid first.  It connects as session_role (the submitting
@@ -327,7 +545,7 @@ jobs_start_runner_args(const JobsRunnerArgs *args)
  * submitting session had them.  Returns false when no background worker
  * slot is free.  The runner is not our child: it outlives this backend.
  */
-bool
+JobsLaunch
 jobs_start_runner(int64 job_id, Oid dboid, Oid role, Oid session_role,
 				  Oid outer_role, TransactionId xid)
 {
@@ -342,7 +560,7 @@ jobs_start_runner(int64 job_id, Oid dboid, Oid role, Oid session_role,
 	args.xid = xid;
 	args.check = false;
 	args.nchecks = 0;
-	return jobs_start_runner_args(&args);
+	return jobs_launch(&args);
 }
 
 /* The role a runner started with args connects as. */
@@ -502,13 +720,26 @@ rv_submit_job(const char *statement, const char *target)
 	jobs_priv_end(&priv);
 	SPI_finish();
 
-	if (!jobs_start_runner(job_id, MyDatabaseId, role, session_role, outer_role,
-						   GetTopTransactionId()))
-		ereport(ERROR,
-				(errcode(ERRCODE_INSUFFICIENT_RESOURCES),
-				 errmsg("could not start a job runner"),
-				 errdetail("All background worker slots are in use."),
-				 errhint("Wait for running jobs to finish, or raise \"max_worker_processes\" and restart the server.")));
+	switch (jobs_start_runner(job_id, MyDatabaseId, role, session_role, outer_role,
+							  GetTopTransactionId()))
+	{
+		case JOBS_STARTED:
+			break;
+		case JOBS_WAITING:
+			jobs_register_xact_callbacks();
+			jobs_wait_at_commit = true;
+			ereport(NOTICE,
+					(errmsg("job %lld is queued until a job runner is free", (long long) job_id),
+					 errdetail("At most %d job runners run at once (rvbbit.max_job_runners), at most %d for one role (rvbbit.max_job_runners_per_role).",
+							   rv_max_job_runners, rv_max_job_runners_per_role)));
+			break;
+		case JOBS_NO_WORKER:
+			ereport(ERROR,
+					(errcode(ERRCODE_INSUFFICIENT_RESOURCES),
+					 errmsg("could not start a job runner"),
+					 errdetail("All background worker slots are in use."),
+					 errhint("Wait for running jobs to finish, or raise \"max_worker_processes\" and restart the server.")));
+	}
 	return job_id;
 }
 
@@ -575,6 +806,13 @@ jobs_xact_callback(XactEvent event, void *arg)
 	switch (event)
 	{
 		case XACT_EVENT_COMMIT:
+			if (jobs_wait_at_commit)
+			{
+				/* the waiting job is visible now: a dispatcher can see it */
+				jobs_wait_at_commit = false;
+				jobs_mark_waiting(MyDatabaseId);
+				jobs_kick_dispatcher();
+			}
 			for (i = 0; i < jobs_nkill; i++)
 			{
 				PGPROC	   *proc = BackendPidGetProc(jobs_kill_pid[i]);
@@ -589,6 +827,7 @@ jobs_xact_callback(XactEvent event, void *arg)
 		case XACT_EVENT_PARALLEL_COMMIT:
 		case XACT_EVENT_PREPARE:
 			jobs_nkill = 0;
+			jobs_wait_at_commit = false;
 			break;
 		default:
 			break;
@@ -622,9 +861,9 @@ jobs_subxact_callback(SubXactEvent event, SubTransactionId mySubid,
 	}
 }
 
-/* Signal runner pid when the current transaction commits. */
+/* Register the transaction callbacks once per backend. */
 static void
-jobs_kill_at_commit(pid_t pid)
+jobs_register_xact_callbacks(void)
 {
 	if (!jobs_xact_callbacks_registered)
 	{
@@ -632,6 +871,13 @@ jobs_kill_at_commit(pid_t pid)
 		RegisterSubXactCallback(jobs_subxact_callback, NULL);
 		jobs_xact_callbacks_registered = true;
 	}
+}
+
+/* Signal runner pid when the current transaction commits. */
+static void
+jobs_kill_at_commit(pid_t pid)
+{
+	jobs_register_xact_callbacks();
 	if (jobs_nkill >= JOBS_MAX_PENDING_KILLS)
 		ereport(ERROR,
 				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
