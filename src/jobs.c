@@ -38,6 +38,19 @@
  * status 'done' commit together.  An error rolls the statement back and
  * records 'failed' with the message.
  *
+ * Runner caps.  At most rvbbit.max_job_runners runners (in the whole
+ * cluster) and rvbbit.max_job_runners_per_role runners of one session
+ * user hold a runner slot (JobsShared.slots) at once; a slot is reserved
+ * before a runner is registered and released when it exits.  A job over a
+ * cap stays 'queued' with no runner and its database goes on the waiting
+ * list (under the slot lock, so no release is missed; a submission marks
+ * it again at commit, when the row is visible).  A runner that exits, or a
+ * commit that queued a waiting job, takes the waiting list and starts one
+ * dispatcher per database (jobs_runner.c), which starts runners for that
+ * database's oldest queued jobs that fit.  A job with a slot already held
+ * is skipped, and a runner claims its job (queued -> running) before it
+ * does anything, so no job runs twice.
+ *
  * rvbbit.cancel_job() marks a job cancelled and, when its transaction
  * commits, sends SIGTERM to the job's runner; the rvbbit worker serving the
  * runner's statement drops its HTTP requests when the runner detaches.
