@@ -202,6 +202,7 @@ static JobsShared *jobs_shared = NULL;
 
 /* submit: a job of this transaction waits for a slot (marked at commit) */
 static bool jobs_wait_at_commit = false;
+static Oid	jobs_wait_role = InvalidOid;	/* its session user */
 
 /* cancel_job: runners to signal at commit */
 static pid_t jobs_kill_pid[JOBS_MAX_PENDING_KILLS];
@@ -352,15 +353,18 @@ jobs_mark_waiting(Oid dboid)
  * all off the list and register a dispatcher for each (jobs_runner.c),
  * which starts its database's oldest queued jobs that fit the caps and
  * puts the database back on the list when some still wait.  Called when a
- * runner ends and when a transaction that queued a waiting job commits:
+ * runner ends (brole invalid) and when a transaction that queued a
+ * waiting job of session user brole commits (only when that role's job
+ * could start now: a role at its cap starts no dispatchers by submitting):
  * each such event is one pass, so nothing loops.  Never raises an error.
  */
 void
-jobs_kick_dispatcher(void)
+jobs_kick_dispatcher(Oid brole)
 {
 	Oid			dbs[JOBS_MAX_WAITING_DBS];
 	int			ndbs = 0;
 	int			used = 0;
+	int			mine = 0;
 	int			i;
 
 	if (jobs_shared == NULL)
@@ -368,8 +372,13 @@ jobs_kick_dispatcher(void)
 	SpinLockAcquire(&jobs_shared->mutex);
 	for (i = 0; i < jobs_shared->nslots; i++)
 		if (jobs_shared->slots[i].job_id != 0)
+		{
 			used++;
-	if (jobs_shared->nwaiting > 0 && used < Min(rv_max_job_runners, jobs_shared->nslots))
+			if (OidIsValid(brole) && jobs_shared->slots[i].budget_role == brole)
+				mine++;
+		}
+	if (jobs_shared->nwaiting > 0 && used < Min(rv_max_job_runners, jobs_shared->nslots) &&
+		(!OidIsValid(brole) || mine < rv_max_job_runners_per_role))
 	{
 		ndbs = jobs_shared->nwaiting;
 		memcpy(dbs, jobs_shared->waiting, sizeof(Oid) * ndbs);
@@ -741,6 +750,7 @@ rv_submit_job(const char *statement, const char *target)
 		case JOBS_WAITING:
 			jobs_register_xact_callbacks();
 			jobs_wait_at_commit = true;
+			jobs_wait_role = connect_role;
 			ereport(NOTICE,
 					(errmsg("job %lld is queued until a job runner is free", (long long) job_id),
 					 errdetail("At most %d job runners run at once (rvbbit.max_job_runners), at most %d for one role (rvbbit.max_job_runners_per_role).",
@@ -824,7 +834,7 @@ jobs_xact_callback(XactEvent event, void *arg)
 				/* the waiting job is visible now: a dispatcher can see it */
 				jobs_wait_at_commit = false;
 				jobs_mark_waiting(MyDatabaseId);
-				jobs_kick_dispatcher();
+				jobs_kick_dispatcher(jobs_wait_role);
 			}
 			for (i = 0; i < jobs_nkill; i++)
 			{

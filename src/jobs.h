@@ -70,7 +70,7 @@ extern JobsLaunch jobs_start_runner(int64 job_id, Oid dboid, Oid role, Oid sessi
 extern JobsLaunch jobs_launch(JobsRunnerArgs *args);
 extern void jobs_slot_release(const JobsRunnerArgs *args);
 extern void jobs_mark_waiting(Oid dboid);
-extern void jobs_kick_dispatcher(void);
+extern void jobs_kick_dispatcher(Oid brole);
 extern bool jobs_log_has_session_role(void);
 extern Oid	jobs_connect_role(const JobsRunnerArgs *args);
 

@@ -221,7 +221,7 @@ jobs_runner_final_exit(int code, Datum arg)
 		return;
 	if (jobs_runner_requeued_waiting)
 		jobs_mark_waiting(MyDatabaseId);
-	jobs_kick_dispatcher();
+	jobs_kick_dispatcher(InvalidOid);
 }
 
 /*
