@@ -154,7 +154,7 @@ mock_post($mock, '/reset');
 ($rc, $o, $e) = as_role('erin', qq{SELECT count(result) FROM rvbbit.map('$cascade',
   \$\$SELECT n, '[[latency:20]] w ' || n AS text FROM generate_series(1, 3000) n\$\$,
   1000, '{"model": "wide/model", "cache": false, "budget_dollars": 5}') AS t(n int, text text, result jsonb)});
-like($e, qr/budget of \$5\.0000 reached/, 'PARALLEL 1000 stops at the statement budget');
+like($e, qr/budget of \$5\.0000 of the statement reached/, 'PARALLEL 1000 stops at the statement budget');
 my ($wcalls, $wspent) = split /\|/, $node->safe_psql('postgres',
 	q{SELECT count(*), sum(cost) FROM rvbbit.calls WHERE model = 'wide/model'});
 diag("PARALLEL 1000: $wcalls calls, \$$wspent");
