@@ -44,6 +44,8 @@ int			rv_default_limit = 1000;
 int			rv_max_connections_per_worker = 900;
 char	   *rv_ca_file = NULL;
 int			rv_requests_per_minute = 0;
+int			rv_max_job_runners = 4;
+int			rv_max_job_runners_per_role = 2;
 int			rv_tokens_per_minute = 0;
 double		rv_budget_dollars_per_day = 0.0;
 int			rv_stall_timeout_ms = 30000;
@@ -218,6 +220,18 @@ static const GucInt guc_ints[] = {
 		"Sets the longest wait before retrying a failed LLM request.",
 		"Retries wait a random time up to an exponentially growing ceiling capped by this; a Retry-After header takes precedence.",
 		&rv_retry_max_delay_ms, 30000, 0, 3600 * 1000, PGC_USERSET, GUC_UNIT_MS
+	},
+	{
+		"rvbbit.max_job_runners",
+		"Sets how many async job runners may run at once, in all databases.",
+		"A job over the limit stays queued and starts when a runner ends.",
+		&rv_max_job_runners, 4, 1, 1024, PGC_SIGHUP, 0
+	},
+	{
+		"rvbbit.max_job_runners_per_role",
+		"Sets how many async job runners may run at once for one role.",
+		"The role is the session user that submitted the job (whose daily budget it counts against). A job over the limit stays queued.",
+		&rv_max_job_runners_per_role, 2, 1, 1024, PGC_SIGHUP, 0
 	},
 	{
 		"rvbbit.default_max_tokens",

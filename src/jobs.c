@@ -8,17 +8,27 @@
  *	  both.
  *
  * Submitting (rv_submit_job(), in the caller's transaction) inserts a row
- * into rvbbit.job_log with the calling role, its search_path and its
- * rvbbit.* session settings, and registers a dynamic background worker,
+ * into rvbbit.job_log with the calling role (current user), the session
+ * user and the SET ROLE role (outer user; 0.3's columns), its search_path
+ * and its rvbbit.* session settings, and registers a dynamic background worker,
  * the job runner, for it.  The runner waits until the submitting
  * transaction ends (XactLockTableWait on its xid), so it never starts work
  * for a job that was rolled back: it then finds no row and exits quietly.
  *
- * The runner connects to the job's database AS THE SUBMITTING ROLE
- * (BackgroundWorkerInitializeConnectionByOid with the role), so
- * session_user, the role's ALTER ROLE ... SET settings and every privilege
- * check are the role's own, exactly as in a session of that role; nothing
- * of the job's code can reach more rights than the role has.  It claims
+ * The runner connects to the job's database AS THE SUBMITTING SESSION
+ * USER (BackgroundWorkerInitializeConnectionByOid with that role), so
+ * session_user and its ALTER ROLE ... SET settings, the daily budget among
+ * them, are those of the submitting session, exactly like a synchronous
+ * statement (opt_budget_role() in options.c: SET ROLE or SECURITY DEFINER
+ * gives no second budget).  Before running the statement it takes the
+ * submitter's SET ROLE role as SET ROLE would (the session user must still
+ * be allowed to; otherwise the job fails) and then the job's role as
+ * current user as a SECURITY DEFINER function does
+ * (SECURITY_LOCAL_USERID_CHANGE, so the job cannot SET ROLE away from it):
+ * every privilege check is the role's own, and nothing of the job's code
+ * can reach more rights than the submitting statement had.  A job of a
+ * database not updated to 0.3 records no session user and runs connected
+ * as its role, as before.  It claims
  * the job (queued -> running, in its own committed transaction, before any
  * user code runs), then, in a new transaction, sets the job's search_path
  * and saved settings and runs SELECT * FROM rvbbit.sql('<statement>')
@@ -27,6 +37,19 @@
  * result row of a RUN without as_table (rvbbit.job_result_log) and the
  * status 'done' commit together.  An error rolls the statement back and
  * records 'failed' with the message.
+ *
+ * Runner caps.  At most rvbbit.max_job_runners runners (in the whole
+ * cluster) and rvbbit.max_job_runners_per_role runners of one session
+ * user hold a runner slot (JobsShared.slots) at once; a slot is reserved
+ * before a runner is registered and released when it exits.  A job over a
+ * cap stays 'queued' with no runner and its database goes on the waiting
+ * list (under the slot lock, so no release is missed; a submission marks
+ * it again at commit, when the row is visible).  A runner that exits, or a
+ * commit that queued a waiting job, takes the waiting list and starts one
+ * dispatcher per database (jobs_runner.c), which starts runners for that
+ * database's oldest queued jobs that fit.  A job with a slot already held
+ * is skipped, and a runner claims its job (queued -> running) before it
+ * does anything, so no job runs twice.
  *
  * rvbbit.cancel_job() marks a job cancelled and, when its transaction
  * commits, sends SIGTERM to the job's runner; the rvbbit worker serving the
@@ -111,6 +134,7 @@
 #include "storage/proc.h"
 #include "storage/procarray.h"
 #include "storage/shmem.h"
+#include "storage/spin.h"
 #include "tcop/tcopprot.h"
 #include "utils/acl.h"
 #include "utils/builtins.h"
@@ -143,19 +167,50 @@ static const char *const jobs_saved_settings[] = {
 	NULL
 };
 
-/* Shared state: the incarnation of the server's shared memory. */
+/* Databases with jobs waiting for a runner slot, remembered at once. */
+#define JOBS_MAX_WAITING_DBS 64
+
+/*
+ * A runner slot: held from registering a job runner until that runner
+ * exits.  rvbbit.max_job_runners (and _per_role, counted by the session
+ * user the job counts against) limit how many are held at once.
+ */
+typedef struct JobsSlot
+{
+	int64		job_id;			/* 0: free */
+	Oid			dboid;
+	Oid			budget_role;
+	uint32		gen;			/* bumped at every reservation */
+} JobsSlot;
+
+/*
+ * Shared state: the incarnation of the server's shared memory, the runner
+ * slots (max_worker_processes of them: no more runners can exist) and the
+ * databases that have queued jobs waiting for a slot.
+ */
 typedef struct JobsShared
 {
 	TimestampTz incarnation;
+	slock_t		mutex;
+	int			nwaiting;
+	Oid			waiting[JOBS_MAX_WAITING_DBS];
+	int			nslots;
+	JobsSlot	slots[FLEXIBLE_ARRAY_MEMBER];
 } JobsShared;
 
 static JobsShared *jobs_shared = NULL;
+
+/* submit: a job of this transaction waits for a slot (marked at commit) */
+static bool jobs_wait_at_commit = false;
+static Oid	jobs_wait_role = InvalidOid;	/* its session user */
 
 /* cancel_job: runners to signal at commit */
 static pid_t jobs_kill_pid[JOBS_MAX_PENDING_KILLS];
 static int	jobs_kill_level[JOBS_MAX_PENDING_KILLS];
 static int	jobs_nkill = 0;
 static bool jobs_xact_callbacks_registered = false;
+
+static void jobs_register_xact_callbacks(void);
 
 PG_FUNCTION_INFO_V1(rvbbit_submit_job);
 PG_FUNCTION_INFO_V1(rvbbit_cancel_job);
@@ -169,7 +224,8 @@ PG_FUNCTION_INFO_V1(rvbbit_cancel_job);
 Size
 rv_jobs_shmem_size(void)
 {
-	return MAXALIGN(sizeof(JobsShared));
+	return MAXALIGN(add_size(offsetof(JobsShared, slots),
+							 mul_size(sizeof(JobsSlot), Max(max_worker_processes, 1))));
 }
 
 /*
@@ -182,9 +238,167 @@ rv_jobs_shmem_init(void)
 {
 	bool		found;
 
-	jobs_shared = ShmemInitStruct("rvbbit jobs", sizeof(JobsShared), &found);
+	jobs_shared = ShmemInitStruct("rvbbit jobs", rv_jobs_shmem_size(), &found);
 	if (!found)
+	{
+		memset(jobs_shared, 0, rv_jobs_shmem_size());
 		jobs_shared->incarnation = GetCurrentTimestamp();
+		SpinLockInit(&jobs_shared->mutex);
+		jobs_shared->nslots = Max(max_worker_processes, 1);
+	}
+}
+
+/* ----------------------------------------------------------------
+ * Runner slots: rvbbit.max_job_runners and _per_role
+ * ----------------------------------------------------------------
+ */
+
+/*
+ * Reserve a runner slot for the job args describes (its budget role is
+ * the session user it connects as).  Returns 1 when reserved (args->slot
+ * and slot_gen set), 0 when a cap is reached (the job's database is then
+ * remembered as waiting), -1 when a slot is already
+ * held for the job (a runner for it exists or is being registered).
+ */
+static int
+jobs_slot_reserve(JobsRunnerArgs *args)
+{
+	Oid			brole = jobs_connect_role(args);
+	int			total = 0;
+	int			mine = 0;
+	int			free_slot = -1;
+	int			cap = Min(rv_max_job_runners, jobs_shared->nslots);
+	int			i;
+	int			result = 0;
+
+	SpinLockAcquire(&jobs_shared->mutex);
+	for (i = 0; i < jobs_shared->nslots; i++)
+	{
+		JobsSlot   *sl = &jobs_shared->slots[i];
+
+		if (sl->job_id == 0)
+		{
+			if (free_slot < 0)
+				free_slot = i;
+			continue;
+		}
+		if (sl->job_id == args->job_id && sl->dboid == args->dboid)
+		{
+			result = -1;
+			break;
+		}
+		total++;
+		if (sl->budget_role == brole)
+			mine++;
+	}
+	if (result == 0 && free_slot >= 0 && total < cap && mine < rv_max_job_runners_per_role)
+	{
+		JobsSlot   *sl = &jobs_shared->slots[free_slot];
+
+		sl->job_id = args->job_id;
+		sl->dboid = args->dboid;
+		sl->budget_role = brole;
+		sl->gen++;
+		args->slot = free_slot;
+		args->slot_gen = sl->gen;
+		result = 1;
+	}
+	else if (result == 0)
+	{
+		/*
+		 * Waiting: remember the database under the same lock, so that a
+		 * runner ending right now dispatches it.
+		 */
+		for (i = 0; i < jobs_shared->nwaiting; i++)
+			if (jobs_shared->waiting[i] == args->dboid)
+				break;
+		if (i == jobs_shared->nwaiting && jobs_shared->nwaiting < JOBS_MAX_WAITING_DBS)
+			jobs_shared->waiting[jobs_shared->nwaiting++] = args->dboid;
+	}
+	SpinLockRelease(&jobs_shared->mutex);
+	return result;
+}
+
+/* Release the slot args holds (nothing when it holds none). */
+void
+jobs_slot_release(const JobsRunnerArgs *args)
+{
+	if (jobs_shared == NULL || args->slot < 0 || args->slot >= jobs_shared->nslots)
+		return;
+	SpinLockAcquire(&jobs_shared->mutex);
+	if (jobs_shared->slots[args->slot].gen == args->slot_gen)
+		jobs_shared->slots[args->slot].job_id = 0;
+	SpinLockRelease(&jobs_shared->mutex);
+}
+
+/* Remember that database dboid has queued jobs waiting for a slot. */
+void
+jobs_mark_waiting(Oid dboid)
+{
+	int			i;
+
+	if (jobs_shared == NULL)
+		return;
+	SpinLockAcquire(&jobs_shared->mutex);
+	for (i = 0; i < jobs_shared->nwaiting; i++)
+		if (jobs_shared->waiting[i] == dboid)
+			break;
+	if (i == jobs_shared->nwaiting && jobs_shared->nwaiting < JOBS_MAX_WAITING_DBS)
+		jobs_shared->waiting[jobs_shared->nwaiting++] = dboid;
+	SpinLockRelease(&jobs_shared->mutex);
+}
+
+/*
+ * When databases have jobs waiting and a runner slot is free, take them
+ * all off the list and register a dispatcher for each (jobs_runner.c),
+ * which starts its database's oldest queued jobs that fit the caps and
+ * puts the database back on the list when some still wait.  Called when a
+ * runner ends (brole invalid) and when a transaction that queued a
+ * waiting job of session user brole commits (only when that role's job
+ * could start now: a role at its cap starts no dispatchers by submitting):
+ * each such event is one pass, so nothing loops.  Never raises an error.
+ */
+void
+jobs_kick_dispatcher(Oid brole)
+{
+	Oid			dbs[JOBS_MAX_WAITING_DBS];
+	int			ndbs = 0;
+	int			used = 0;
+	int			mine = 0;
+	int			i;
+
+	if (jobs_shared == NULL)
+		return;
+	SpinLockAcquire(&jobs_shared->mutex);
+	for (i = 0; i < jobs_shared->nslots; i++)
+		if (jobs_shared->slots[i].job_id != 0)
+		{
+			used++;
+			if (OidIsValid(brole) && jobs_shared->slots[i].budget_role == brole)
+				mine++;
+		}
+	if (jobs_shared->nwaiting > 0 && used < Min(rv_max_job_runners, jobs_shared->nslots) &&
+		(!OidIsValid(brole) || mine < rv_max_job_runners_per_role))
+	{
+		ndbs = jobs_shared->nwaiting;
+		memcpy(dbs, jobs_shared->waiting, sizeof(Oid) * ndbs);
+		jobs_shared->nwaiting = 0;
+	}
+	SpinLockRelease(&jobs_shared->mutex);
+
+	for (i = 0; i < ndbs; i++)
+	{
+		BackgroundWorker worker;
+		BackgroundWorkerHandle *handle;
+
+		rv_bgworker_prepare(&worker, BgWorkerStart_RecoveryFinished, BGW_NEVER_RESTART,
+							"rv_jobs_dispatch_main", "rvbbit job dispatcher");
+		snprintf(worker.bgw_name, BGW_MAXLEN, "rvbbit job dispatcher for database %u", dbs[i]);
+		worker.bgw_main_arg = ObjectIdGetDatum(dbs[i]);
+		worker.bgw_notify_pid = 0;
+		if (!RegisterDynamicBackgroundWorker(&worker, &handle))
+			jobs_mark_waiting(dbs[i]);	/* the next runner to end tries again */
+	}
 }
 
 /*
@@ -291,8 +505,8 @@ jobs_may_manage(Oid me, Oid owner)
  * Register the job runner (or check runner) that args describes.  Returns
  * false when no background worker slot is free.
  */
-bool
-jobs_start_runner_args(const JobsRunnerArgs *args)
+static bool
+jobs_register_runner(const JobsRunnerArgs *args)
 {
 	BackgroundWorker worker;
 	BackgroundWorkerHandle *handle;
@@ -310,13 +524,52 @@ jobs_start_runner_args(const JobsRunnerArgs *args)
 	return RegisterDynamicBackgroundWorker(&worker, &handle);
 }
 
+/* Register the check runner that args describes (it holds no slot). */
+bool
+jobs_start_runner_args(const JobsRunnerArgs *args)
+{
+	JobsRunnerArgs a = *args;
+
+	a.slot = -1;
+	return jobs_register_runner(&a);
+}
+
+/*
+ * Start a (normal) runner for the job args describes, within the caps: a
+ * runner slot is reserved and the runner registered with it; over a cap
+ * the job's database is remembered as waiting (the caller leaves the job
+ * queued).  args->slot is set.
+ */
+JobsLaunch
+jobs_launch(JobsRunnerArgs *args)
+{
+	int			r;
+
+	args->check = false;
+	args->slot = -1;
+	r = jobs_slot_reserve(args);
+	if (r < 0)
+		return JOBS_STARTED;
+	if (r == 0)
+		return JOBS_WAITING;
+	if (!jobs_register_runner(args))
+	{
+		jobs_slot_release(args);
+		return JOBS_NO_WORKER;
+	}
+	return JOBS_STARTED;
+}
+
 /*
  * Register a job runner for job_id of role in database dboid that waits
- * for transaction xid first.  Returns false when no background worker
+ * for transaction xid first.  It connects as session_role (the submitting
+ * session user; invalid: as role) and takes outer_role and role as the
+ * submitting session had them.  Returns false when no background worker
  * slot is free.  The runner is not our child: it outlives this backend.
  */
-bool
-jobs_start_runner(int64 job_id, Oid dboid, Oid role, TransactionId xid)
+JobsLaunch
+jobs_start_runner(int64 job_id, Oid dboid, Oid role, Oid session_role,
+				  Oid outer_role, TransactionId xid)
 {
 	JobsRunnerArgs args;
 
@@ -324,10 +577,32 @@ jobs_start_runner(int64 job_id, Oid dboid, Oid role, TransactionId xid)
 	args.job_id = job_id;
 	args.dboid = dboid;
 	args.role = role;
+	args.session_role = session_role;
+	args.outer_role = outer_role;
 	args.xid = xid;
 	args.check = false;
 	args.nchecks = 0;
-	return jobs_start_runner_args(&args);
+	return jobs_launch(&args);
+}
+
+/* The role a runner started with args connects as. */
+Oid
+jobs_connect_role(const JobsRunnerArgs *args)
+{
+	return OidIsValid(args->session_role) ? args->session_role : args->role;
+}
+
+/*
+ * Whether rvbbit.job_log has 0.3's session_role_oid and outer_role_oid
+ * columns (a database not yet updated has not).
+ */
+bool
+jobs_log_has_session_role(void)
+{
+	Oid			rel = jobs_log_relid();
+
+	return OidIsValid(rel) && get_attnum(rel, "session_role_oid") != InvalidAttrNumber &&
+		get_attnum(rel, "outer_role_oid") != InvalidAttrNumber;
 }
 
 /* ----------------------------------------------------------------
@@ -373,35 +648,45 @@ rv_submit_job(const char *statement, const char *target)
 {
 	TimestampTz incarnation = jobs_incarnation();
 	Oid			role = GetUserId();
+	bool		has_session = jobs_log_has_session_role();
+	Oid			session_role = has_session ? GetSessionUserId() : InvalidOid;
+	Oid			outer_role = has_session ? GetOuterUserId() : InvalidOid;
+	Oid			connect_role = has_session ? session_role : role;
 	char	   *search_path = pstrdup(GetConfigOption("search_path", false, false));
 	char	   *settings = jobs_capture_settings();
 	JobsPriv	priv;
-	Oid			types[7] = {OIDOID, OIDOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, TIMESTAMPTZOID};
-	Datum		vals[7];
-	char		nulls[7] = "       ";
+	Oid			types[9] = {OIDOID, OIDOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, TIMESTAMPTZOID,
+	OIDOID, OIDOID};
+	Datum		vals[9];
+	char		nulls[9] = "         ";
 	bool		isnull;
 	int64		job_id;
 
 	if (RV_BGW_NEEDS_LOGIN)
 	{
 		/*
-		 * The runner is a real connection of the role; before PostgreSQL 17
-		 * a background worker cannot connect as a role without LOGIN.
+		 * The runner is a real connection of the session user (of the
+		 * job's role in a database not updated to 0.3); before PostgreSQL
+		 * 17 a background worker cannot connect as a role without LOGIN.
+		 * A session user normally has LOGIN; SET ROLE to a role without
+		 * it is fine.
 		 */
-		HeapTuple	rtup = SearchSysCache1(AUTHOID, ObjectIdGetDatum(role));
+		HeapTuple	rtup = SearchSysCache1(AUTHOID, ObjectIdGetDatum(connect_role));
 		bool		canlogin;
 
 		if (!HeapTupleIsValid(rtup))
-			elog(ERROR, "cache lookup failed for role %u", role);
+			elog(ERROR, "cache lookup failed for role %u", connect_role);
 		canlogin = ((Form_pg_authid) GETSTRUCT(rtup))->rolcanlogin;
 		ReleaseSysCache(rtup);
 		if (!canlogin)
 			ereport(ERROR,
 					(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
 					 errmsg("role \"%s\" cannot submit jobs because it cannot log in",
-							GetUserNameFromId(role, false)),
-					 errdetail("A job runs in a background connection of the submitting role, and this PostgreSQL version refuses such connections for roles without LOGIN."),
-					 errhint("Grant the role LOGIN, or submit the job as a role that has it.")));
+							GetUserNameFromId(connect_role, false)),
+					 errdetail("A job runs in a background connection of the submitting session user, and this PostgreSQL version refuses such connections for roles without LOGIN."),
+					 errhint(has_session ?
+							 "Submit the job from a session of a role that has LOGIN (SET ROLE to a role without it is fine)." :
+							 "Update the extension with ALTER EXTENSION rvbbit UPDATE, or grant the role LOGIN.")));
 	}
 
 	if (target != NULL)
@@ -438,25 +723,46 @@ rv_submit_job(const char *statement, const char *target)
 		nulls[5] = 'n';
 	}
 	vals[6] = TimestampTzGetDatum(incarnation);
+	vals[7] = ObjectIdGetDatum(session_role);
+	vals[8] = ObjectIdGetDatum(outer_role);
 
 	SPI_connect();
 	jobs_priv_begin(&priv);
-	if (SPI_execute_with_args("INSERT INTO rvbbit.job_log (role_oid, dboid, statement, search_path, "
+	if (SPI_execute_with_args(has_session ?
+							  "INSERT INTO rvbbit.job_log (role_oid, dboid, statement, search_path, "
+							  "settings, target, status, server_started_at, session_role_oid, outer_role_oid) "
+							  "VALUES ($1, $2, $3, $4, $5::jsonb, $6, 'queued', $7, $8, $9) RETURNING id" :
+							  "INSERT INTO rvbbit.job_log (role_oid, dboid, statement, search_path, "
 							  "settings, target, status, server_started_at) "
 							  "VALUES ($1, $2, $3, $4, $5::jsonb, $6, 'queued', $7) RETURNING id",
-							  7, types, vals, nulls, false, 0) != SPI_OK_INSERT_RETURNING ||
+							  has_session ? 9 : 7, types, vals, nulls, false, 0) != SPI_OK_INSERT_RETURNING ||
 		SPI_processed != 1)
 		elog(ERROR, "could not insert into rvbbit.job_log");
 	job_id = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
 	jobs_priv_end(&priv);
 	SPI_finish();
 
-	if (!jobs_start_runner(job_id, MyDatabaseId, role, GetTopTransactionId()))
-		ereport(ERROR,
-				(errcode(ERRCODE_INSUFFICIENT_RESOURCES),
-				 errmsg("could not start a job runner"),
-				 errdetail("All background worker slots are in use."),
-				 errhint("Wait for running jobs to finish, or raise \"max_worker_processes\" and restart the server.")));
+	switch (jobs_start_runner(job_id, MyDatabaseId, role, session_role, outer_role,
+							  GetTopTransactionId()))
+	{
+		case JOBS_STARTED:
+			break;
+		case JOBS_WAITING:
+			jobs_register_xact_callbacks();
+			jobs_wait_at_commit = true;
+			jobs_wait_role = connect_role;
+			ereport(NOTICE,
+					(errmsg("job %lld is queued until a job runner is free", (long long) job_id),
+					 errdetail("At most %d job runners run at once (rvbbit.max_job_runners), at most %d for one role (rvbbit.max_job_runners_per_role).",
+							   rv_max_job_runners, rv_max_job_runners_per_role)));
+			break;
+		case JOBS_NO_WORKER:
+			ereport(ERROR,
+					(errcode(ERRCODE_INSUFFICIENT_RESOURCES),
+					 errmsg("could not start a job runner"),
+					 errdetail("All background worker slots are in use."),
+					 errhint("Wait for running jobs to finish, or raise \"max_worker_processes\" and restart the server.")));
+	}
 	return job_id;
 }
 
@@ -523,6 +829,13 @@ jobs_xact_callback(XactEvent event, void *arg)
 	switch (event)
 	{
 		case XACT_EVENT_COMMIT:
+			if (jobs_wait_at_commit)
+			{
+				/* the waiting job is visible now: a dispatcher can see it */
+				jobs_wait_at_commit = false;
+				jobs_mark_waiting(MyDatabaseId);
+				jobs_kick_dispatcher(jobs_wait_role);
+			}
 			for (i = 0; i < jobs_nkill; i++)
 			{
 				PGPROC	   *proc = BackendPidGetProc(jobs_kill_pid[i]);
@@ -537,6 +850,7 @@ jobs_xact_callback(XactEvent event, void *arg)
 		case XACT_EVENT_PARALLEL_COMMIT:
 		case XACT_EVENT_PREPARE:
 			jobs_nkill = 0;
+			jobs_wait_at_commit = false;
 			break;
 		default:
 			break;
@@ -570,9 +884,9 @@ jobs_subxact_callback(SubXactEvent event, SubTransactionId mySubid,
 	}
 }
 
-/* Signal runner pid when the current transaction commits. */
+/* Register the transaction callbacks once per backend. */
 static void
-jobs_kill_at_commit(pid_t pid)
+jobs_register_xact_callbacks(void)
 {
 	if (!jobs_xact_callbacks_registered)
 	{
@@ -580,6 +894,13 @@ jobs_kill_at_commit(pid_t pid)
 		RegisterSubXactCallback(jobs_subxact_callback, NULL);
 		jobs_xact_callbacks_registered = true;
 	}
+}
+
+/* Signal runner pid when the current transaction commits. */
+static void
+jobs_kill_at_commit(pid_t pid)
+{
+	jobs_register_xact_callbacks();
 	if (jobs_nkill >= JOBS_MAX_PENDING_KILLS)
 		ereport(ERROR,
 				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),

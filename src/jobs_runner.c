@@ -74,6 +74,8 @@ static JobsRunnerArgs jobs_runner_args;
 static bool jobs_runner_connected = false;
 static bool jobs_runner_claimed = false;
 static bool jobs_runner_finished = false;
+/* the exit callback put the job back to the queue over a runner cap */
+static bool jobs_runner_requeued_waiting = false;
 
 pg_noreturn static void jobs_check_main(JobsRunnerArgs *args);
 static MemoryContext jobs_context = NULL;
@@ -81,6 +83,7 @@ static MemoryContext jobs_context = NULL;
 PGDLLEXPORT void rv_jobs_runner_main(Datum main_arg);
 PGDLLEXPORT void rv_jobs_recover_main(Datum main_arg);
 PGDLLEXPORT void rv_jobs_launcher_main(Datum main_arg);
+PGDLLEXPORT void rv_jobs_dispatch_main(Datum main_arg);
 
 /* ----------------------------------------------------------------
  * The job runner
@@ -115,6 +118,9 @@ jobs_runner_exit(int code, Datum arg)
 	Oid			types[3] = {INT8OID, INT4OID, INT4OID};
 	Datum		vals[3];
 
+	/* this runner's slot is free (a new runner for the job reserves anew) */
+	jobs_slot_release(&jobs_runner_args);
+
 	/* without a postmaster, leave the job to the recovery after the restart */
 	if (!PostmasterIsAlive())
 		return;
@@ -147,6 +153,7 @@ jobs_runner_exit(int code, Datum arg)
 	if (jobs_got_sigterm || jobs_worker_lost)
 	{
 		bool		requeued;
+		bool		no_worker = false;
 		Oid			rtypes[4] = {INT8OID, INT4OID, INT4OID, TEXTOID};
 		Datum		rvals[4];
 
@@ -168,15 +175,24 @@ jobs_runner_exit(int code, Datum arg)
 			elog(ERROR, "could not update rvbbit.job_log");
 		requeued = (SPI_processed == 1 &&
 					strcmp(SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1), "queued") == 0);
-		if (requeued &&
-			!jobs_start_runner(jobs_runner_job, MyDatabaseId, jobs_runner_args.role,
-							   GetTopTransactionId()) &&
+		if (requeued)
+		{
+			JobsLaunch	l = jobs_start_runner(jobs_runner_job, MyDatabaseId, jobs_runner_args.role,
+											  jobs_runner_args.session_role,
+											  jobs_runner_args.outer_role,
+											  GetTopTransactionId());
+
+			/* over a cap: it stays queued for a dispatcher (after commit) */
+			jobs_runner_requeued_waiting = (l == JOBS_WAITING);
+			no_worker = (l == JOBS_NO_WORKER);
+		}
+		if (no_worker &&
 			SPI_execute_with_args("UPDATE rvbbit.job_log SET status = 'failed', finished_at = now(), "
 								  "error = 'the job runner was terminated and no background worker "
 								  "slot was free to restart it' WHERE id = $1",
 								  1, types, vals, NULL, false, 0) != SPI_OK_UPDATE)
 			elog(ERROR, "could not update rvbbit.job_log");
-		if (requeued)
+		if (requeued && !no_worker)
 			ereport(LOG,
 					(errmsg("rvbbit job %lld was interrupted and will resume",
 							(long long) jobs_runner_job)));
@@ -190,6 +206,22 @@ jobs_runner_exit(int code, Datum arg)
 		elog(ERROR, "could not update rvbbit.job_log");
 	jobs_priv_end(&priv);
 	rv_bgxact_end(false);
+}
+
+/*
+ * The last exit callback of a runner (registered first, so it runs after
+ * jobs_runner_exit): its runner slot is free; when jobs wait for one,
+ * start a dispatcher.
+ */
+static void
+jobs_runner_final_exit(int code, Datum arg)
+{
+	jobs_slot_release(&jobs_runner_args);
+	if (!PostmasterIsAlive())
+		return;
+	if (jobs_runner_requeued_waiting)
+		jobs_mark_waiting(MyDatabaseId);
+	jobs_kick_dispatcher(InvalidOid);
 }
 
 /*
@@ -238,6 +270,60 @@ jobs_claim(int64 job_id, JobsJob *job)
 	}
 	rv_bgxact_end(false);
 	return claimed;
+}
+
+/*
+ * Take the job's identity, in the runner connected as the submitting
+ * session user: SET ROLE to the submitter's outer role (the session user
+ * must still be allowed to, as for SET ROLE), then the job's role as the
+ * current user the way a SECURITY DEFINER function does
+ * (SECURITY_LOCAL_USERID_CHANGE: the job cannot SET ROLE or SET SESSION
+ * AUTHORIZATION away from it).  Session user, and so the daily budget and
+ * the ALTER ROLE settings, stay the submitter's; no role gains a right its
+ * submitting session did not have.
+ */
+static void
+jobs_take_role(JobsJob *job)
+{
+	Oid			session = jobs_connect_role(&jobs_runner_args);
+	Oid			outer = jobs_runner_args.outer_role;
+	Oid			cur;
+	int			sec;
+
+	/* the runner is connected as the session user; check it, never assume */
+	if (GetSessionUserId() != session || GetUserId() != session)
+		elog(ERROR, "job runner is connected as role %u, not as the job's session user %u",
+			 GetSessionUserId(), session);
+	if (!OidIsValid(jobs_runner_args.session_role))
+		return;					/* a job from before 0.3: connected as its role */
+	if (OidIsValid(outer) && outer != session)
+	{
+		bool		may;
+
+		if (!SearchSysCacheExists1(AUTHOID, ObjectIdGetDatum(outer)))
+			ereport(ERROR,
+					(errcode(ERRCODE_UNDEFINED_OBJECT),
+					 errmsg("the role the job was submitted with SET ROLE no longer exists")));
+#if PG_VERSION_NUM >= 160000
+		may = member_can_set_role(session, outer);
+#else
+		may = is_member_of_role(session, outer);
+#endif
+		if (!may)
+			ereport(ERROR,
+					(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+					 errmsg("role \"%s\" that submitted the job may no longer set role \"%s\"",
+							GetUserNameFromId(session, false), GetUserNameFromId(outer, false)),
+					 errdetail("The job was submitted after SET ROLE %s, and the membership was revoked since.",
+							   quote_identifier(GetUserNameFromId(outer, false))),
+					 errhint("Submit the job again from a session that may set that role.")));
+		SetCurrentRoleId(outer, superuser_arg(outer));
+	}
+	if (job->role != GetUserId())
+	{
+		GetUserIdAndSecContext(&cur, &sec);
+		SetUserIdAndSecContext(job->role, sec | SECURITY_LOCAL_USERID_CHANGE);
+	}
 }
 
 /*
@@ -290,10 +376,7 @@ jobs_run(JobsJob *job)
 		ereport(ERROR,
 				(errcode(ERRCODE_UNDEFINED_OBJECT),
 				 errmsg("the role that submitted the job no longer exists")));
-	/* the runner is connected as the job's role; check it, never assume */
-	if (GetSessionUserId() != job->role || GetUserId() != job->role)
-		elog(ERROR, "job runner is connected as role %u, not as the job's role %u",
-			 GetSessionUserId(), job->role);
+	jobs_take_role(job);
 
 	/* the job's search_path and saved settings, as the role itself */
 	nestlevel = NewGUCNestLevel();
@@ -425,7 +508,14 @@ jobs_check_main(JobsRunnerArgs *args)
 
 		if (!HeapTupleIsValid(rtup))
 			fail = "the role that submitted the job no longer exists";
-		else
+		else if (args->role != jobs_connect_role(args))
+		{
+			ReleaseSysCache(rtup);
+			rtup = SearchSysCache1(AUTHOID, ObjectIdGetDatum(jobs_connect_role(args)));
+			if (!HeapTupleIsValid(rtup))
+				fail = "the session user that submitted the job no longer exists";
+		}
+		if (fail == NULL)
 		{
 			if (RV_BGW_NEEDS_LOGIN && !((Form_pg_authid) GETSTRUCT(rtup))->rolcanlogin)
 				fail = "the role that submitted the job cannot log in, so no job runner can connect as it";
@@ -439,7 +529,7 @@ jobs_check_main(JobsRunnerArgs *args)
 
 			again.check = false;
 			again.xid = InvalidTransactionId;
-			if (!jobs_start_runner_args(&again))
+			if (jobs_launch(&again) == JOBS_NO_WORKER)
 				ereport(LOG,
 						(errmsg("could not restart the runner of rvbbit job %lld: no background worker slot is free",
 								(long long) args->job_id)));
@@ -526,16 +616,19 @@ rv_jobs_runner_main(Datum main_arg)
 	if (args.check)
 		jobs_check_main(&args);
 	rv_bgworker_signals(jobs_sigterm);
+	before_shmem_exit(jobs_runner_final_exit, (Datum) 0);
 	before_shmem_exit(jobs_runner_exit, (Datum) 0);
 
 	/*
-	 * Connect as the submitting role: from here on this process has that
-	 * role's rights and settings and no others (FATAL when the role is
-	 * gone; the exit callback then starts a check runner).
+	 * Connect as the submitting session user (the job's role for a job from
+	 * before 0.3): from here on this process has that role's rights and
+	 * settings and no others (FATAL when the role is gone; the exit
+	 * callback then starts a check runner).  jobs_take_role() then takes
+	 * the job's role as the submitting session had it.
 	 */
 	if (!OidIsValid(args.role))
 		elog(FATAL, "job runner started without a role");
-	rv_BackgroundWorkerConnectAsRole(args.dboid, args.role);
+	rv_BackgroundWorkerConnectAsRole(args.dboid, jobs_connect_role(&args));
 	jobs_runner_connected = true;
 
 	rv_in_job_runner = true;
@@ -594,6 +687,9 @@ rv_jobs_recover_main(Datum main_arg)
 	int		   *attempts;
 	Oid		   *dbs;
 	Oid		   *roles;
+	Oid		   *sroles;
+	Oid		   *oroles;
+	bool		has_session;
 	int			n;
 	int			i;
 
@@ -611,8 +707,13 @@ rv_jobs_recover_main(Datum main_arg)
 		proc_exit(0);
 	}
 	jobs_priv_begin(&priv);
+	has_session = jobs_log_has_session_role();
 	vals[0] = TimestampTzGetDatum(incarnation);
-	if (SPI_execute_with_args("SELECT id, attempts, dboid, role_oid FROM rvbbit.job_log "
+	if (SPI_execute_with_args(has_session ?
+							  "SELECT id, attempts, dboid, role_oid, session_role_oid, outer_role_oid "
+							  "FROM rvbbit.job_log WHERE status IN ('queued', 'running') "
+							  "AND server_started_at IS DISTINCT FROM $1 ORDER BY id FOR UPDATE" :
+							  "SELECT id, attempts, dboid, role_oid, 0::oid, 0::oid FROM rvbbit.job_log "
 							  "WHERE status IN ('queued', 'running') "
 							  "AND server_started_at IS DISTINCT FROM $1 ORDER BY id FOR UPDATE",
 							  1, types, vals, NULL, false, 0) != SPI_OK_SELECT)
@@ -622,14 +723,21 @@ rv_jobs_recover_main(Datum main_arg)
 	attempts = palloc(sizeof(int) * (n + 1));
 	dbs = palloc(sizeof(Oid) * (n + 1));
 	roles = palloc(sizeof(Oid) * (n + 1));
+	sroles = palloc(sizeof(Oid) * (n + 1));
+	oroles = palloc(sizeof(Oid) * (n + 1));
 	for (i = 0; i < n; i++)
 	{
 		bool		isnull;
+		Datum		d;
 
 		ids[i] = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1, &isnull));
 		attempts[i] = DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 2, &isnull));
 		dbs[i] = DatumGetObjectId(SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 3, &isnull));
 		roles[i] = DatumGetObjectId(SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 4, &isnull));
+		d = SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 5, &isnull);
+		sroles[i] = isnull ? InvalidOid : DatumGetObjectId(d);
+		d = SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 6, &isnull);
+		oroles[i] = isnull ? InvalidOid : DatumGetObjectId(d);
 	}
 
 	for (i = 0; i < n; i++)
@@ -655,12 +763,23 @@ rv_jobs_recover_main(Datum main_arg)
 									  "error = 'resumed after restart' WHERE j.id = $2",
 									  2, types, vals, NULL, false, 0) != SPI_OK_UPDATE)
 				elog(ERROR, "could not update rvbbit.job_log");
-			if (jobs_start_runner(ids[i], MyDatabaseId, roles[i], GetTopTransactionId()))
-				ereport(LOG,
-						(errmsg("resuming rvbbit job %lld after a server restart",
-								(long long) ids[i])));
-			else
-				fail = "interrupted by a server restart; no background worker slot was free to resume it";
+			switch (jobs_start_runner(ids[i], MyDatabaseId, roles[i], sroles[i], oroles[i],
+									  GetTopTransactionId()))
+			{
+				case JOBS_STARTED:
+					ereport(LOG,
+							(errmsg("resuming rvbbit job %lld after a server restart",
+									(long long) ids[i])));
+					break;
+				case JOBS_WAITING:
+					ereport(LOG,
+							(errmsg("rvbbit job %lld resumes after a server restart when a job runner is free",
+									(long long) ids[i])));
+					break;
+				case JOBS_NO_WORKER:
+					fail = "interrupted by a server restart; no background worker slot was free to resume it";
+					break;
+			}
 		}
 		if (fail != NULL)
 		{
@@ -679,6 +798,89 @@ rv_jobs_recover_main(Datum main_arg)
 	}
 	jobs_priv_end(&priv);
 	rv_bgxact_end(false);
+	proc_exit(0);
+}
+
+/*
+ * Entry point of a dispatcher (dynamic, started by jobs_kick_dispatcher()
+ * when a runner slot is free and jobs wait for one): start runners for the
+ * queued jobs of this database, oldest first, that fit the caps.  A job
+ * that has a runner already (or one being registered) holds a slot and is
+ * skipped; a runner claims its job (queued -> running) before anything
+ * else, so no job runs twice.  Connected as the bootstrap superuser, it
+ * runs only this fixed code.
+ */
+void
+rv_jobs_dispatch_main(Datum main_arg)
+{
+	Oid			dboid = DatumGetObjectId(main_arg);
+	JobsPriv	priv;
+	Oid			types[1] = {OIDOID};
+	Datum		vals[1];
+	bool		has_session;
+	bool		waiting = false;
+	int			n;
+	int			i;
+	JobsRunnerArgs *jobs;
+
+	rv_bgworker_signals(die);
+	BackgroundWorkerInitializeConnectionByOid(dboid, InvalidOid, 0);
+	SetConfigOption("search_path", "pg_catalog, pg_temp", PGC_USERSET, PGC_S_SESSION);
+	SetConfigOption("default_transaction_isolation", "read committed",
+					PGC_USERSET, PGC_S_SESSION);
+
+	rv_bgxact_begin("rvbbit: starting queued jobs");
+	if (!OidIsValid(jobs_log_relid()))
+	{
+		rv_bgxact_end(false);
+		proc_exit(0);
+	}
+	jobs_priv_begin(&priv);
+	has_session = jobs_log_has_session_role();
+	vals[0] = ObjectIdGetDatum(MyDatabaseId);
+	if (SPI_execute_with_args(has_session ?
+							  "SELECT id, role_oid, session_role_oid, outer_role_oid FROM rvbbit.job_log "
+							  "WHERE status = 'queued' AND dboid = $1 ORDER BY id" :
+							  "SELECT id, role_oid, NULL::oid, NULL::oid FROM rvbbit.job_log "
+							  "WHERE status = 'queued' AND dboid = $1 ORDER BY id",
+							  1, types, vals, NULL, true, 0) != SPI_OK_SELECT)
+		elog(ERROR, "could not read rvbbit.job_log");
+	n = (int) SPI_processed;
+	jobs = palloc0(sizeof(JobsRunnerArgs) * (n + 1));
+	for (i = 0; i < n; i++)
+	{
+		HeapTuple	tup = SPI_tuptable->vals[i];
+		TupleDesc	td = SPI_tuptable->tupdesc;
+		bool		isnull;
+		Datum		d;
+
+		jobs[i].job_id = DatumGetInt64(SPI_getbinval(tup, td, 1, &isnull));
+		jobs[i].dboid = MyDatabaseId;
+		jobs[i].role = DatumGetObjectId(SPI_getbinval(tup, td, 2, &isnull));
+		d = SPI_getbinval(tup, td, 3, &isnull);
+		jobs[i].session_role = isnull ? InvalidOid : DatumGetObjectId(d);
+		d = SPI_getbinval(tup, td, 4, &isnull);
+		jobs[i].outer_role = isnull ? InvalidOid : DatumGetObjectId(d);
+		jobs[i].xid = InvalidTransactionId;
+	}
+	jobs_priv_end(&priv);
+	rv_bgxact_end(false);
+
+	for (i = 0; i < n; i++)
+	{
+		JobsLaunch	l = jobs_launch(&jobs[i]);
+
+		if (l == JOBS_WAITING)
+			waiting = true;		/* others (of other roles) may still fit */
+		else if (l == JOBS_NO_WORKER)
+		{
+			jobs_mark_waiting(MyDatabaseId);
+			break;
+		}
+	}
+	/* the next runner to end (or job to be queued) dispatches again */
+	if (waiting)
+		jobs_mark_waiting(MyDatabaseId);
 	proc_exit(0);
 }
 

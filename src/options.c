@@ -418,14 +418,14 @@ rv_options_pass_json(const RvOptions *o, json_object *obj)
  * The role whose daily budget a call counts against: the session user,
  * whose ALTER ROLE ... SET settings (rvbbit.budget_dollars_per_day among
  * them) are the ones in force, so SET ROLE or a SECURITY DEFINER function
- * does not give a role a second budget.  A job runner runs as the job's
- * submitting role (the current user it set up), which is then also the
- * session user once the runner connects as that role.
+ * does not give a role a second budget.  A job runner connects as the
+ * session user that submitted the job (jobs_runner.c), so a job counts
+ * against that session user too, whatever role it runs as.
  */
 static Oid
 opt_budget_role(void)
 {
-	return rv_in_job_runner ? GetUserId() : GetSessionUserId();
+	return GetSessionUserId();
 }
 
 /*

@@ -55,6 +55,8 @@ extern int	rv_default_limit;
 extern int	rv_max_connections_per_worker;
 extern char *rv_ca_file;
 extern int	rv_requests_per_minute;
+extern int	rv_max_job_runners;
+extern int	rv_max_job_runners_per_role;
 extern int	rv_tokens_per_minute;
 extern double rv_budget_dollars_per_day;
 extern int	rv_stall_timeout_ms;

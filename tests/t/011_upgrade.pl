@@ -3,8 +3,9 @@
 # works (a run, a job), and has exactly the objects of a fresh CREATE
 # EXTENSION rvbbit: same members, function definitions (with their
 # SECURITY DEFINER and SET search_path), view definitions, columns and
-# privileges.  Generic: whatever later sections of the 0.1--0.2 script
-# add is compared too.
+# privileges.  Generic: whatever later sections of the 0.1--0.2 and
+# 0.2--0.3 scripts add is compared too.  The same for a database created
+# at 0.2 and updated (0.2 -> 0.3).
 use strict;
 use warnings;
 use PostgreSQL::Test::Cluster;
@@ -129,6 +130,41 @@ if ($upgraded ne $fresh)
 }
 is($node->safe_psql('fresh', q{SELECT rvbbit.run('} . $echo . q{', '{"text": "fresh"}')}),
 	'"re: fresh"', 'the fresh install works');
+
+# 0.2 -> the default version: a database created at 0.2 (with a job of
+# 0.2, which has no session user recorded) updates to the same objects,
+# and its old job row is kept; a new job records its session user
+$node->safe_psql('postgres', q{CREATE DATABASE from02});
+$node->safe_psql('from02', q{CREATE EXTENSION rvbbit VERSION '0.2'});
+is($node->safe_psql('from02', q{SELECT extversion FROM pg_extension WHERE extname = 'rvbbit'}),
+	'0.2', 'installed as 0.2');
+my $job02 = $node->safe_psql('from02',
+	qq{SELECT * FROM rvbbit.sql(\$\$RUN ASYNC '$summ' USING (SELECT 'job at 0.2' AS text)\$\$)});
+ok(wait_until(sub { $node->safe_psql('from02', "SELECT status FROM rvbbit.jobs WHERE job_id = $job02") eq 'done' }),
+	'an async job completes under 0.2');
+my $cols02 = $node->safe_psql('from02', q{SELECT string_agg(quote_ident(attname), ', ' ORDER BY attnum)
+  FROM pg_attribute WHERE attrelid = 'rvbbit.job_log'::regclass AND attnum > 0 AND NOT attisdropped});
+my $rows02 = qq{SELECT string_agg(md5(row($cols02)::text), ',' ORDER BY id) FROM rvbbit.job_log j};
+my $before02 = $node->safe_psql('from02', $rows02);
+$node->safe_psql('from02', q{ALTER EXTENSION rvbbit UPDATE});
+is($node->safe_psql('from02', q{SELECT extversion FROM pg_extension WHERE extname = 'rvbbit'}),
+	$default, "0.2 updated to the default version $default");
+is($node->safe_psql('from02', $rows02), $before02, 'the 0.2 job row is unchanged');
+my $upgraded02 = $node->safe_psql('from02', $catalog);
+is($upgraded02, $fresh, 'the extension updated from 0.2 has exactly the objects of a fresh install');
+if ($upgraded02 ne $fresh)
+{
+	my %f = map { $_ => 1 } split /\n/, $fresh;
+	diag("only after the update from 0.2: $_") for grep { !$f{$_} } split /\n/, $upgraded02;
+}
+my $job03 = $node->safe_psql('from02',
+	qq{SELECT * FROM rvbbit.sql(\$\$RUN ASYNC '$summ' USING (SELECT 'job after 0.2' AS text)\$\$)});
+ok(wait_until(sub { $node->safe_psql('from02', "SELECT status FROM rvbbit.jobs WHERE job_id = $job03") eq 'done' }),
+	'a new job completes after the update from 0.2');
+is($node->safe_psql('from02', "SELECT session_role_oid::regrole FROM rvbbit.job_log WHERE id = $job03"),
+	'postgres', 'and records its session user');
+is($node->safe_psql('postgres', "SELECT session_role_oid::regrole || ' ' || outer_role_oid::regrole FROM rvbbit.job_log WHERE id = $job2"),
+	'postgres up_user', 'the job after the update from 0.1 records session user and SET ROLE role');
 
 $node->stop;
 stop_mock($mock);
