@@ -658,7 +658,7 @@ rv_submit_job(const char *statement, const char *target)
 	Oid			types[9] = {OIDOID, OIDOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, TIMESTAMPTZOID,
 	OIDOID, OIDOID};
 	Datum		vals[9];
-	char		nulls[9] = "         ";
+	char		nulls[] = "         ";	/* one per argument (and a NUL) */
 	bool		isnull;
 	int64		job_id;
 

@@ -339,10 +339,10 @@ jobs_run(JobsJob *job)
 	JobsPriv	priv;
 	Oid			types[3] = {INT8OID, INT8OID, INT4OID};
 	Datum		vals[3];
-	char		nulls[3] = "   ";
+	char		nulls[] = "   ";	/* one per argument (and a NUL) */
 	Oid			rtypes[2] = {INT8OID, JSONBOID};
 	Datum		rvals[2];
-	char		rnulls[2] = "  ";
+	char		rnulls[] = "  ";	/* one per argument (and a NUL) */
 	char	  **names;
 	char	  **values;
 	int			nsettings;
