@@ -24,6 +24,7 @@
 #include <string.h>
 
 #include "cascade.h"
+#include "rvtext.h"
 #include "jsonschema.h"
 #include "rvyaml.h"
 
@@ -905,19 +906,6 @@ cas_utf8_code(const unsigned char *p, int n)
 	return ((p[0] & 0x0F) << 12) | ((p[1] & 0x3F) << 6) | (p[2] & 0x3F);
 }
 
-/* The character position (not byte) of p in name, from 1. */
-static int
-cas_char_pos(const char *name, const char *p)
-{
-	const char *q;
-	int			chars = 0;
-
-	for (q = name; q <= p; q++)
-		if ((((unsigned char) *q) & 0xC0) != 0x80)
-			chars++;
-	return chars;
-}
-
 /*
  * The characters a cascade name may not hold: control characters, a
  * backslash, invisible or space-like Unicode characters.  Fills err and
@@ -935,7 +923,8 @@ cas_name_chars_ok(const char *name, RvError *err)
 		if (c < 0x20 || c == 0x7f || c == '\\')
 		{
 			rv_error_set(err, "cascade name contains a control character or a backslash");
-			rv_error_detail(err, "Character %d of the name is not allowed.", cas_char_pos(name, p));
+			rv_error_detail(err, "Character %d of the name is not allowed.",
+							(int) rv_utf8_count(name, (size_t) (p - name) + 1));
 			return false;
 		}
 	}
@@ -948,7 +937,8 @@ cas_name_chars_ok(const char *name, RvError *err)
 			rv_error_set(err, "cascade name contains an invisible or space-like character");
 			rv_error_detail(err, "Character %d of the name (U+%04X) is not allowed: "
 							"it would make a name that looks like another one.",
-							cas_char_pos(name, p), cas_utf8_code((const unsigned char *) p, n));
+							(int) rv_utf8_count(name, (size_t) (p - name) + 1),
+							cas_utf8_code((const unsigned char *) p, n));
 			return false;
 		}
 	}
