@@ -250,7 +250,15 @@ map_exec_start(MapExec *ex, MapNextRow next_row, void *arg)
 	ex->next_row = next_row;
 	ex->next_arg = arg;
 	ex->batch = ex->opts->batch > 0 ? ex->opts->batch : 0;
-	ex->max_inflight = ex->parallel * (ex->batch > 0 ? ex->batch : 1);
+	/*
+	 * Rows are sent ahead: PARALLEL and a quarter more are with the worker,
+	 * which starts at most PARALLEL of them at once (the header says how
+	 * many) and starts the next one as soon as a call finishes, without
+	 * waiting for this backend to read the result and send another row.
+	 * The quarter is what an early stop (LIMIT, a closed cursor) can cost
+	 * beyond the calls in flight: rows the worker started before it knew.
+	 */
+	ex->max_inflight = (ex->parallel + (ex->parallel + 3) / 4) * (ex->batch > 0 ? ex->batch : 1);
 	initStringInfo(&ex->scope);
 	initStringInfo(&ex->bbuf);
 	MemoryContextSwitchTo(old);
@@ -638,7 +646,7 @@ void
 map_exec_init(MapExec *ex, const char *kind, const char *display,
 			  const char *def, const RvOptions *opts, int parallel)
 {
-	char	   *hdr = rv_header_json(display, def, opts);
+	char	   *hdr = rv_header_json(display, def, opts, parallel);
 
 	memset(ex, 0, sizeof(MapExec));
 	ex->opts = opts;

@@ -433,7 +433,7 @@ opt_budget_role(void)
  * in force, and the options with a header column.
  */
 char *
-rv_header_json(const char *display, const char *def, const RvOptions *o)
+rv_header_json(const char *display, const char *def, const RvOptions *o, int parallel)
 {
 	json_object *h = json_object_new_object();
 	char	   *out;
@@ -450,6 +450,8 @@ rv_header_json(const char *display, const char *def, const RvOptions *o)
 	json_object_object_add(h, "default_max_tokens", json_object_new_int(rv_default_max_tokens));
 	json_object_object_add(h, "budget_day", json_object_new_double(rv_budget_dollars_per_day));
 	json_object_object_add(h, "budget_role", json_object_new_int64(opt_budget_role()));
+	/* the worker starts at most this many of the statement's tasks at once */
+	json_object_object_add(h, "parallel", json_object_new_int(parallel));
 	for (i = 0; i < RV_NOPTIONS; i++)
 		if (rv_option_defs[i].header)
 			opt_add_json(h, rv_option_defs[i].header, &rv_option_defs[i], o, true);

@@ -90,6 +90,7 @@ extern void rv_default_options(RvOptions *o);
 extern void rv_parse_options(Jsonb *jb, RvOptions *o, RvOptWhere where);
 extern void rv_parse_options_json(json_object *obj, RvOptions *o, RvOptWhere where);
 extern void rv_options_pass_json(const RvOptions *o, json_object *obj);
-extern char *rv_header_json(const char *display, const char *def, const RvOptions *o);
+extern char *rv_header_json(const char *display, const char *def, const RvOptions *o,
+							 int parallel);
 
 #endif							/* RV_OPTIONS_H */

@@ -158,6 +158,7 @@ wk_take_pending(void)
 		s->seghdr = hdr;
 		s->progress = hdr->progress_index >= 0 ? rv_progress_get(hdr->progress_index) : NULL;
 		dlist_init(&s->outbox);
+		dlist_init(&s->held);
 		shm_mq_set_receiver(req, MyProc);
 		shm_mq_set_sender(res, MyProc);
 		s->inq = shm_mq_attach(req, seg, NULL);

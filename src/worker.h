@@ -79,6 +79,9 @@ typedef struct WkStmt
 	uint64		stmt_reserved;	/* expected cost of its calls in flight, micros */
 	int			batch;			/* MAP BATCH n, 0 when not batching */
 	uint64		fair_tag;		/* fair-queuing tag of its last ready task */
+	int			parallel;		/* at most this many tasks started, 0: no cap */
+	int			admitted;		/* tasks started and not yet finished */
+	dlist_head	held;			/* tasks sent ahead, waiting for a place */
 } WkStmt;
 
 /* A message waiting in a statement's outbox. */
@@ -127,6 +130,7 @@ typedef struct WkTask
 	RvHttpReq	req;
 	bool		in_http;
 	bool		counted;		/* holds a cluster-wide concurrency slot */
+	bool		admitted;		/* counted in its statement's admitted */
 	RvBudgetHold hold;			/* daily budget reserved for the call in flight */
 	uint64		stmt_reserved;	/* statement budget reserved for it, micros */
 	/* MAP BATCH: the task answers several rows with one request */
@@ -167,7 +171,8 @@ extern void wk_task_fail(WkTask *t, int sqlstate, const char *msg,
 						 const char *detail, const char *hint);
 extern void wk_task_free(WkTask *t);
 extern double wk_task_charge_unanswered(WkTask *t);
-extern void wk_batch_task(WkStmt *s, const int64 *seqs, int k, json_object *rows, int from);
+extern WkTask *wk_batch_task(WkStmt *s, const int64 *seqs, int k, json_object *rows, int from);
+extern void wk_stmt_admit(WkTask *t, bool force);
 extern void wk_ready_push(WkTask *t);
 extern void wk_dispatch(void);
 extern void wk_http_done(RvHttpReq *req);

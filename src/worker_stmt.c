@@ -157,6 +157,7 @@ wk_stmt_header(WkStmt *s, const char *json, Size len)
 		json_object_put(hdr);
 		return;
 	}
+	s->parallel = (int) wk_json_int(hdr, "parallel", 0);
 	s->batch = (int) wk_json_int(hdr, "batch", 0);
 	if (s->batch > 0 && (s->cascade->ncells != 1 || s->cascade->cells[0].output_schema == NULL))
 	{
@@ -253,7 +254,7 @@ wk_stmt_batch(WkStmt *s, const char *data, Size len)
 			json_object_put(scope);
 	}
 	if (i == k)
-		wk_batch_task(s, seqs, (int) k, rows, 0);
+		wk_stmt_admit(wk_batch_task(s, seqs, (int) k, rows, 0), false);
 	json_object_put(rows);
 	pfree(seqs);
 }
@@ -288,6 +289,27 @@ wk_stmt_row(WkStmt *s, const char *data, Size len)
 	if (!json_object_object_get_ex(scope, "state", NULL))
 		json_object_object_add(scope, "state", json_object_new_object());
 	t->state = WT_PREPARE;
+	wk_stmt_admit(t, false);
+}
+
+/*
+ * Start a new task (WT_PREPARE) of its statement, or, when the statement
+ * already has PARALLEL tasks started, hold it until one of them finishes
+ * (wk_task_free).  The backend sends rows ahead so that a finished call's
+ * place is refilled here at once.  force: start it whatever the count.
+ */
+void
+wk_stmt_admit(WkTask *t, bool force)
+{
+	WkStmt	   *s = t->stmt;
+
+	if (!force && s->parallel > 0 && s->admitted >= s->parallel)
+	{
+		dlist_push_tail(&s->held, &t->node);
+		return;
+	}
+	t->admitted = true;
+	s->admitted++;
 	dlist_push_tail(&wk_prepare, &t->node);
 }
 
@@ -371,6 +393,9 @@ wk_stmt_abort_tasks(WkStmt *s)
 	dlist_head *queues[] = {&wk_prepare, &wk_lookup, &wk_ready, &wk_retry, &wk_inflight};
 	int			q;
 
+	/* the rows sent ahead first, so that freeing a task starts none */
+	while (!dlist_is_empty(&s->held))
+		wk_task_free(dlist_container(WkTask, node, dlist_pop_head_node(&s->held)));
 	for (q = 0; q < (int) lengthof(queues); q++)
 	{
 		dlist_mutable_iter it;

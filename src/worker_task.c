@@ -152,6 +152,20 @@ wk_task_free(WkTask *t)
 		pfree(t->seqs);
 	free(t->model_ref);
 	t->stmt->ntasks--;
+	if (t->admitted)
+	{
+		WkStmt	   *s = t->stmt;
+
+		s->admitted--;
+		/* a place is free: start the next row sent ahead */
+		if (!s->closing && !dlist_is_empty(&s->held) &&
+			(s->parallel <= 0 || s->admitted < s->parallel))
+		{
+			WkTask	   *n = dlist_container(WkTask, node, dlist_pop_head_node(&s->held));
+
+			wk_stmt_admit(n, true);
+		}
+	}
 	pfree(t);
 }
 
@@ -422,8 +436,9 @@ wk_task_split_batch(WkTask *t)
 {
 	int			half = t->nbatch / 2;
 
-	wk_batch_task(t->stmt, t->seqs, half, t->batch_rows, 0);
-	wk_batch_task(t->stmt, t->seqs + half, t->nbatch - half, t->batch_rows, half);
+	/* the two halves take the batch's place at once, past the cap */
+	wk_stmt_admit(wk_batch_task(t->stmt, t->seqs, half, t->batch_rows, 0), true);
+	wk_stmt_admit(wk_batch_task(t->stmt, t->seqs + half, t->nbatch - half, t->batch_rows, half), true);
 	wk_task_free(t);
 }
 
@@ -964,8 +979,9 @@ wk_http_done(RvHttpReq *req)
  * Make a MAP BATCH task for k rows: seqs[0..k) whose inputs are
  * rows[from..from+k).  The template sees rows and row_count; the request
  * asks for an array of exactly k items of the cell's output_schema.
+ * The caller hands the new task (state WT_PREPARE) to wk_stmt_admit().
  */
-void
+WkTask *
 wk_batch_task(WkStmt *s, const int64 *seqs, int k, json_object *rows, int from)
 {
 	WkTask	   *t = MemoryContextAllocZero(s->cxt, sizeof(WkTask));
@@ -994,7 +1010,7 @@ wk_batch_task(WkStmt *s, const int64 *seqs, int k, json_object *rows, int from)
 						   json_object_get(s->cascade->cells[0].output_schema));
 	s->ntasks++;
 	t->state = WT_PREPARE;
-	dlist_push_tail(&wk_prepare, &t->node);
+	return t;
 }
 
 typedef enum WkReserve

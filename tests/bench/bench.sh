@@ -6,7 +6,8 @@
 # same requests sent by `curl --parallel` (the ceiling):
 #
 #   latency runs   mock latency BENCH_LATENCY_MS (100), N = BENCH_N (2000)
-#                  rows at parallel BENCH_PARALLEL ("10 50 200")
+#                  rows at parallel BENCH_PARALLEL ("10 50 200 1000"); a
+#                  run has at least 10 x parallel rows (10,000 at 1,000)
 #   zero latency   N = BENCH_N0 (20000) at parallel BENCH_PARALLEL0 ("50 200")
 #   first row      time to the first row of a cursor over a 1,000-row MAP
 #                  at 1 s latency, PARALLEL 10 (BENCH_TTFR_N, BENCH_TTFR_MS)
@@ -34,7 +35,7 @@ BENCH_N0=${BENCH_N0:-20000}
 BENCH_MEM_N=${BENCH_MEM_N:-100000}
 BENCH_SKIP_MEM=${BENCH_SKIP_MEM:-0}
 BENCH_LATENCY_MS=${BENCH_LATENCY_MS:-100}
-BENCH_PARALLEL=${BENCH_PARALLEL:-"10 50 200"}
+BENCH_PARALLEL=${BENCH_PARALLEL:-"10 50 200 1000"}
 BENCH_PARALLEL0=${BENCH_PARALLEL0:-"50 200"}
 BENCH_MEM_PARALLEL=${BENCH_MEM_PARALLEL:-200}
 
@@ -69,7 +70,9 @@ die() {
 
 # psql as the superuser over the cluster's socket; -X ignores ~/.psqlrc
 pg_sql() {
-  psql -X -q -At -v ON_ERROR_STOP=1 -h "$work/pg" -p "$PG_PORT" -U postgres -d postgres "$@"
+  # the server's own psql, not Debian's wrapper (a Perl program that takes
+  # about 50 ms of CPU to start: 20 of them at once distort the fair run)
+  "$PG_BINDIR/psql" -X -q -At -v ON_ERROR_STOP=1 -h "$work/pg" -p "$PG_PORT" -U postgres -d postgres "$@"
 }
 
 now() { date +%s.%N; }
@@ -104,12 +107,14 @@ print(d["requests"], d["max_in_flight"], d["by_status"].get("200", 0))' ||
 map_query() {
   local n="$1" par="$2"
   local cascade_lit=${CASCADE//\'/\'\'}
+  local opts=${MAP_OPTS:-'{"cache": false}'}
+  # MAP_OPTS (default: no cache); MAP_TAG makes the inputs new (cache misses)
   cat <<SQL
 SELECT count(*), count(*) FILTER (WHERE result IS NULL),
        extract(epoch FROM clock_timestamp() - statement_timestamp())
 FROM rvbbit.map('$cascade_lit',
-                'SELECT n, ''x'' || n AS text FROM generate_series(1, $n) n',
-                $par, '{"cache": false}') AS t(n int, text text, result jsonb);
+                'SELECT n, ''x${MAP_TAG:-}'' || n AS text FROM generate_series(1, $n) n',
+                $par, '$opts') AS t(n int, text text, result jsonb);
 SQL
 }
 
@@ -159,12 +164,22 @@ curl_config() {
 
 # run_curl N PARALLEL: sets CURL_S, CURL_OK (responses with status 200)
 run_curl() {
-  local n="$1" par="$2" cfg t0 t1
-  cfg=$(curl_config "$n" "${CURL_URL:-}" "${CURL_TAG:-mock}" "${CURL_EXTRA:-}")
+  local n="$1" par="$2" cfg t0 t1 k i pids=()
+  # curl 7.88 caps --parallel-max at 300: above 250, k processes share the
+  # requests and the parallelism (k divides both; the bench's values do)
+  k=$(( (par + 249) / 250 ))
+  cfg=$(curl_config "$((n / k))" "${CURL_URL:-}" "${CURL_TAG:-mock}" "${CURL_EXTRA:-}")
   t0=$(now)
-  curl --no-progress-meter --parallel --parallel-immediate --parallel-max "$par" \
-    -K "$cfg" >"$work/curl.codes" 2>"$work/curl.err"
+  for i in $(seq 1 "$k"); do
+    curl --no-progress-meter --parallel --parallel-immediate --parallel-max "$((par / k))" \
+      -K "$cfg" >"$work/curl.codes.$i" 2>"$work/curl.err.$i" &
+    pids+=($!)
+  done
+  wait "${pids[@]}"
   t1=$(now)
+  cat "$work"/curl.codes.* >"$work/curl.codes"
+  cat "$work"/curl.err.* >"$work/curl.err"
+  rm -f "$work"/curl.codes.* "$work"/curl.err.*
   CURL_S=$(calc "$t1 - $t0")
   CURL_OK=$(grep -c '^200$' "$work/curl.codes")
   if [ "$CURL_OK" -ne "$n" ]; then
@@ -342,7 +357,7 @@ echo
 echo "== MAP against curl --parallel (mock latency $BENCH_LATENCY_MS ms, then 0 ms)"
 print_header
 for p in $BENCH_PARALLEL; do
-  bench_row "${BENCH_LATENCY_MS}ms" "$BENCH_N" "$p" "$BENCH_LATENCY_MS"
+  bench_row "${BENCH_LATENCY_MS}ms" "$(( BENCH_N > 10 * p ? BENCH_N : 10 * p ))" "$p" "$BENCH_LATENCY_MS"
 done
 mock_latency 0
 for p in $BENCH_PARALLEL0; do
@@ -409,18 +424,25 @@ echo
 echo "== fair sharing ($BENCH_FAIR_SESSIONS sessions x parallel 10 x $BENCH_FAIR_N rows, mock latency $BENCH_LATENCY_MS ms)"
 mock_latency "$BENCH_LATENCY_MS"
 mock_reset
-t0=$(now)
+# every session connects first and starts its MAP at the same instant
+# (pg_sleep_until), and prints when its statement started and ended by the
+# server's clock: "together" is the first start to the last end, so client
+# start-up is not in it (the one-session figure has none either)
+fair_at=$(awk -v t="$(date +%s.%N)" 'BEGIN { printf "%.3f", t + 2 }')
 fair_pids=()
 for i in $(seq 1 "$BENCH_FAIR_SESSIONS"); do
-  (map_query "$BENCH_FAIR_N" 10 | pg_sql -F ' ' >"$work/fair.$i" 2>"$work/fair.$i.err") &
+  ({ echo "SELECT pg_sleep_until(to_timestamp($fair_at)) \\g /dev/null"
+     map_query "$BENCH_FAIR_N" 10 | sed 's/^SELECT count/SELECT extract(epoch FROM statement_timestamp()), extract(epoch FROM clock_timestamp()), count/'
+   } | pg_sql -F ' ' >"$work/fair.$i" 2>"$work/fair.$i.err") &
   fair_pids+=($!)
 done
 # only these: a bare wait would also wait for the mock
 wait "${fair_pids[@]}"
-t1=$(now)
-fair_wall=$(calc "$t1 - $t0")
-fair_times=$(for i in $(seq 1 "$BENCH_FAIR_SESSIONS"); do awk '{print $3}' "$work/fair.$i"; done)
-fair_bad=$(for i in $(seq 1 "$BENCH_FAIR_SESSIONS"); do awk -v n="$BENCH_FAIR_N" '$1 != n || $2 != 0' "$work/fair.$i"; done | wc -l)
+# each line: start end rows nulls seconds
+fair_wall=$(cat "$work"/fair.[0-9]* | awk 'NR == 1 { a = $1; b = $2 } { if ($1 < a) a = $1; if ($2 > b) b = $2 }
+  END { printf "%.6f", b - a }')
+fair_times=$(for i in $(seq 1 "$BENCH_FAIR_SESSIONS"); do awk '{print $5}' "$work/fair.$i"; done)
+fair_bad=$(for i in $(seq 1 "$BENCH_FAIR_SESSIONS"); do awk -v n="$BENCH_FAIR_N" 'NF != 5 || $3 != n || $4 != 0' "$work/fair.$i"; done | wc -l)
 [ "$fair_bad" -eq 0 ] || { echo "bench: $fair_bad fair-sharing sessions did not complete" >&2; PROBLEMS=$((PROBLEMS + 1)); }
 fmin=$(sort -g <<<"$fair_times" | head -1)
 fmax=$(sort -g <<<"$fair_times" | tail -1)
@@ -486,7 +508,10 @@ NGINX
       base="https://127.0.0.1:$ng_tls/v1"; extra="--http2 --cacert $ng/cert.pem"
     fi
     PGOPTIONS="-c rvbbit.api_base=$base" run_map 200 50   # warm-up (and the HTTP/2 probe)
-    PGOPTIONS="-c rvbbit.api_base=$base" run_map "$BENCH_NGINX_N" "$BENCH_NGINX_PAR"
+    # cache and call log on, as a user runs it: every row a new input, so
+    # each is looked up, missed, sent, cached and logged
+    MAP_OPTS='{}' MAP_TAG="$proto-" PGOPTIONS="-c rvbbit.api_base=$base" \
+      run_map "$BENCH_NGINX_N" "$BENCH_NGINX_PAR"
     if [ "$MAP_ROWS" -ne "$BENCH_NGINX_N" ] || [ "$MAP_NULLS" -ne 0 ]; then
       echo "bench: nginx $proto MAP returned $MAP_ROWS rows ($MAP_NULLS without a result)" >&2
       PROBLEMS=$((PROBLEMS + 1))
@@ -499,6 +524,33 @@ NGINX
     summary "nginx $proto rows/s, $BENCH_NGINX_N rows, parallel $BENCH_NGINX_PAR" "$(calc "int($BENCH_NGINX_N / $MAP_SQL_S)")" \
       "$(calc "int($BENCH_NGINX_N / $CURL_S)")" "$(printf '%.3f' "$(calc "$CURL_S / $MAP_SQL_S")")" "curl on nginx / x curl's rate"
   done
+  h2_rate=$(calc "$BENCH_NGINX_N / $MAP_SQL_S")
+
+  # PARALLEL 5,000 over HTTP/2 with the server under a 1,024-file limit:
+  # the streams share a few connections, so every row must come back and
+  # the rate should stay near the PARALLEL 200 one (its ceiling here)
+  : "${BENCH_H2_PAR:=5000}"
+  echo
+  echo "== PARALLEL $BENCH_H2_PAR over TLS + HTTP/2, server restarted with ulimit -n 1024"
+  pg_stop "$work/pg"
+  ( ulimit -n 1024 && pg_start "$work/pg" ) || die "the server did not restart under ulimit -n 1024"
+  pg_sql -c "ALTER SYSTEM SET rvbbit.max_concurrency = $BENCH_H2_PAR" -c "SELECT pg_reload_conf()" >/dev/null
+  base="https://127.0.0.1:$ng_tls/v1"
+  PGOPTIONS="-c rvbbit.api_base=$base" run_map 200 50
+  h2_n=$(( BENCH_NGINX_N > 4 * BENCH_H2_PAR ? BENCH_NGINX_N : 4 * BENCH_H2_PAR ))
+  MAP_OPTS='{}' MAP_TAG="h2big-" PGOPTIONS="-c rvbbit.api_base=$base" run_map "$h2_n" "$BENCH_H2_PAR"
+  wlim=$(pg_sql -c "SELECT (regexp_match(pg_read_file('/proc/' || pid || '/limits'), 'Max open files\s+(\d+)'))[1]
+                    FROM pg_stat_activity WHERE backend_type = 'rvbbit worker' LIMIT 1")
+  printf '%s rows at parallel %s: %s returned, %s without a result, %.3f s, %.0f rows/s (worker open-file limit %s)\n' \
+    "$h2_n" "$BENCH_H2_PAR" "$MAP_ROWS" "$MAP_NULLS" "$MAP_SQL_S" "$(calc "$h2_n / $MAP_SQL_S")" "${wlim:-?}"
+  if [ "$MAP_ROWS" -ne "$h2_n" ] || [ "$MAP_NULLS" -ne 0 ]; then
+    echo "bench: PARALLEL $BENCH_H2_PAR over HTTP/2 returned $MAP_ROWS rows ($MAP_NULLS without a result)" >&2
+    PROBLEMS=$((PROBLEMS + 1))
+  fi
+  summary "h2tls rows/s, $h2_n rows, parallel $BENCH_H2_PAR, 1024 files" "$(calc "int($h2_n / $MAP_SQL_S)")" \
+    "$(calc "int($h2_rate)")" "$(printf '%.3f' "$(calc "$h2_n / $MAP_SQL_S / $h2_rate")")" "MAP at parallel $BENCH_NGINX_PAR over h2 / x its rate"
+  pg_sql -c "ALTER SYSTEM RESET rvbbit.max_concurrency" -c "SELECT pg_reload_conf()" >/dev/null
+
   kill "$ng_pid" 2>/dev/null
   wait "$ng_pid" 2>/dev/null
   pg_sql -c "ALTER SYSTEM RESET rvbbit.ca_file" -c "SELECT pg_reload_conf()" >/dev/null
@@ -515,6 +567,17 @@ if [ "$BENCH_SKIP_MEM" != 1 ]; then
   mem_run "$BENCH_MEM_N"
   [ -n "$small_kb" ] && summary "backend VmHWM MB, $BENCH_MEM_N rows" "$(printf '%.1f' "$(calc "$MEM_AFTER_KB / 1024")")" \
     "$(printf '%.1f' "$(calc "$small_kb / 1024")")" "$(printf '%.3f' "$(calc "$MEM_AFTER_KB / $small_kb")")" "$small rows / 1.0 is flat"
+  # the USING query alone in a fresh session: generate_series keeps its
+  # rows in a tuplestore of up to work_mem, which the MAP's figure includes
+  plain_kb=$(pg_sql 2>"$work/psql.err" <<SQL
+SELECT pg_backend_pid() AS bpid \gset
+SELECT count(*) FROM (SELECT n, 'x' || n AS text FROM generate_series(1, $BENCH_MEM_N) n) s \g /dev/null
+SELECT (regexp_match(pg_read_file('/proc/' || :bpid || '/status'), 'VmHWM:\s+(\d+) kB'))[1];
+SQL
+  ) || die "the plain USING query failed"
+  printf '%8s rows  the USING query alone: backend VmHWM %6.1f MB\n' "$BENCH_MEM_N" "$(calc "$plain_kb / 1024")"
+  summary "backend VmHWM MB, $BENCH_MEM_N rows" "$(printf '%.1f' "$(calc "$MEM_AFTER_KB / 1024")")" \
+    "$(printf '%.1f' "$(calc "$plain_kb / 1024")")" "$(printf '%.3f' "$(calc "$MEM_AFTER_KB / $plain_kb")")" "the USING query alone / x it"
 fi
 
 fi # BENCH_GATEWAY_ONLY
