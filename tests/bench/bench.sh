@@ -565,7 +565,7 @@ if [ "$BENCH_SKIP_MEM" != 1 ]; then
   [ "$small" -ge 1 ] && mem_run "$small"
   small_kb=$MEM_AFTER_KB
   mem_run "$BENCH_MEM_N"
-  [ -n "$small_kb" ] && summary "backend VmHWM MB, $BENCH_MEM_N rows" "$(printf '%.1f' "$(calc "$MEM_AFTER_KB / 1024")")" \
+  [ -n "$small_kb" ] && summary "backend VmHWM MB, $BENCH_MEM_N vs $small rows" "$(printf '%.1f' "$(calc "$MEM_AFTER_KB / 1024")")" \
     "$(printf '%.1f' "$(calc "$small_kb / 1024")")" "$(printf '%.3f' "$(calc "$MEM_AFTER_KB / $small_kb")")" "$small rows / 1.0 is flat"
   # the USING query alone in a fresh session: generate_series keeps its
   # rows in a tuplestore of up to work_mem, which the MAP's figure includes
@@ -576,7 +576,7 @@ SELECT (regexp_match(pg_read_file('/proc/' || :bpid || '/status'), 'VmHWM:\s+(\d
 SQL
   ) || die "the plain USING query failed"
   printf '%8s rows  the USING query alone: backend VmHWM %6.1f MB\n' "$BENCH_MEM_N" "$(calc "$plain_kb / 1024")"
-  summary "backend VmHWM MB, $BENCH_MEM_N rows" "$(printf '%.1f' "$(calc "$MEM_AFTER_KB / 1024")")" \
+  summary "backend VmHWM MB, $BENCH_MEM_N rows vs no MAP" "$(printf '%.1f' "$(calc "$MEM_AFTER_KB / 1024")")" \
     "$(printf '%.1f' "$(calc "$plain_kb / 1024")")" "$(printf '%.3f' "$(calc "$MEM_AFTER_KB / $plain_kb")")" "the USING query alone / x it"
 fi
 
