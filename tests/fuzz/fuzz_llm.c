@@ -4,17 +4,21 @@
  *	  Fuzz target for llm.c: the input is taken as a provider response body
  *	  (both flavours), as an error body, and as model output to extract JSON
  *	  from; it also goes into a request body as the system prompt and the
- *	  schema name.
+ *	  schema name.  The reply scanner is checked against the json-c path
+ *	  (llm_diff.h): whenever it takes a body, both must read the same
+ *	  fields.
  *
  * Build with tests/unit/Makefile (fuzz_llm), under libFuzzer or driver.c.
  *
  *-------------------------------------------------------------------------
  */
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "llm.h"
+#include "llm_diff.h"
 
 int			LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
@@ -28,6 +32,7 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	char	   *text;
 	char	   *s;
 	int			f;
+	char		why[256];
 
 	for (f = RV_FLAVOR_OPENAI; f <= RV_FLAVOR_ANTHROPIC; f++)
 	{
@@ -42,6 +47,11 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		else if (!err.set || resp.content != NULL)
 			abort();
 		rv_llm_response_free(&resp);
+		if (llm_diff_reply((RvFlavor) f, (const char *) data, size, why, sizeof(why)) < 0)
+		{
+			fprintf(stderr, "fuzz_llm: %s\n", why);
+			abort();
+		}
 	}
 
 	s = rv_llm_error_message((const char *) data, size);
