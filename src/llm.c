@@ -19,6 +19,7 @@
  *-------------------------------------------------------------------------
  */
 #include <ctype.h>
+#include <inttypes.h>
 #include <limits.h>
 #include <math.h>
 #include <stdbool.h>
@@ -608,113 +609,233 @@ llm_schema_name(const char *name, char *out)
 }
 
 /*
- * A JSON number for a temperature, printed with at most 15 significant
- * digits so that 0.7 goes out as 0.7.  NULL for NaN and infinities (the
- * caller then leaves the temperature out) or when out of memory.
+ * The request body is written directly, byte for byte as json-c writes the
+ * tree the earlier code built (JSON_C_TO_STRING_PLAIN |
+ * JSON_C_TO_STRING_NOSLASHESCAPE): members in the order they were added,
+ * strings escaped as json_escape_str() escapes them.  The body is what the
+ * cache key is computed from, so that is no detail: tests/fuzz/llm_diff.h
+ * keeps a copy of the tree builder, and the unit tests and the fuzz target
+ * compare the two.
  */
-static json_object *
-llm_new_temperature(double t)
-{
-	char		buf[64];
+#define LLM_JSON_FLAGS (JSON_C_TO_STRING_PLAIN | JSON_C_TO_STRING_NOSLASHESCAPE)
 
-	if (!isfinite(t))
-		return NULL;
-	snprintf(buf, sizeof(buf), "%.15g", t);
-	return json_object_new_double_s(t, buf);
+/* trees nested deeper than this are written by json-c itself */
+#define LLM_WRITE_DEPTH 64
+
+/* Append the NUL-terminated s. */
+static bool
+llm_put(RvBuf *b, const char *s)
+{
+	return rv_buf_append(b, s, strlen(s));
 }
 
 /*
- * Add key: value to obj, taking ownership of value.  Returns false (and
- * drops value) when value is NULL or the add fails.
+ * Append s[0..n) as a JSON string, as json-c's json_escape_str() writes it:
+ * '"', '\\' and the control characters \b \f \n \r \t with a backslash,
+ * other bytes below 0x20 (NUL included) as \u00xx, '/' and every other
+ * byte as they are.
  */
 static bool
-llm_add(json_object *obj, const char *key, json_object *value)
+llm_put_str(RvBuf *b, const char *s, size_t n)
 {
-	if (value == NULL)
+	static const char hex[] = "0123456789abcdef";
+	size_t		start = 0;
+	size_t		i;
+
+	if (!rv_buf_reserve(b, n + 2))
 		return false;
-	if (json_object_object_add(obj, key, value) != 0)
+	b->data[b->len++] = '"';
+	for (i = 0; i < n; i++)
 	{
-		json_object_put(value);
-		return false;
+		unsigned char c = (unsigned char) s[i];
+		char		esc[7];
+		size_t		elen = 2;
+
+		if (c >= 0x20 && c != '"' && c != '\\')
+			continue;
+		esc[0] = '\\';
+		switch (c)
+		{
+			case '\b':
+				esc[1] = 'b';
+				break;
+			case '\f':
+				esc[1] = 'f';
+				break;
+			case '\n':
+				esc[1] = 'n';
+				break;
+			case '\r':
+				esc[1] = 'r';
+				break;
+			case '\t':
+				esc[1] = 't';
+				break;
+			case '"':
+			case '\\':
+				esc[1] = (char) c;
+				break;
+			default:
+				memcpy(esc + 1, "u00", 3);
+				esc[4] = hex[c >> 4];
+				esc[5] = hex[c & 15];
+				elen = 6;
+				break;
+		}
+		if (!rv_buf_append(b, s + start, i - start) || !rv_buf_append(b, esc, elen))
+			return false;
+		start = i + 1;
 	}
-	return true;
+	return rv_buf_append(b, s + start, n - start) && rv_buf_append(b, "\"", 1);
+}
+
+/* Append a member name and its colon: ,"name": (no comma before the first). */
+static bool
+llm_put_key(RvBuf *b, bool *first, const char *name)
+{
+	if (!*first && !rv_buf_append(b, ",", 1))
+		return false;
+	*first = false;
+	return llm_put_str(b, name, strlen(name)) && rv_buf_append(b, ":", 1);
 }
 
 /*
- * Build the messages array for an OpenAI request: the system prompt first
- * (when there is one), then references to the caller's messages.  NULL when
- * out of memory.
+ * Append the JSON text of v (NULL: null) as json-c's
+ * json_object_to_json_string_ext(v, LLM_JSON_FLAGS) writes it.  Numbers
+ * with a fraction are left to json-c (a double keeps the text it was
+ * parsed from, or is printed with json-c's own format), and so are trees
+ * nested deeper than LLM_WRITE_DEPTH.
  */
-static json_object *
-llm_openai_messages(const RvLlmRequest *req)
+static bool
+llm_put_json(RvBuf *b, json_object *v, int depth)
 {
-	json_object *arr = json_object_new_array();
-	size_t		i;
-	size_t		n;
+	char		num[32];
 
-	if (arr == NULL)
-		return NULL;
+	if (depth > LLM_WRITE_DEPTH && v != NULL)
+	{
+		const char *s = json_object_to_json_string_ext(v, LLM_JSON_FLAGS);
+
+		return s != NULL && llm_put(b, s);
+	}
+	switch (json_object_get_type(v))
+	{
+		case json_type_null:
+			return rv_buf_append(b, "null", 4);
+		case json_type_boolean:
+			return json_object_get_boolean(v) ? rv_buf_append(b, "true", 4) :
+				rv_buf_append(b, "false", 5);
+		case json_type_int:
+			{
+				int64_t		n = json_object_get_int64(v);
+
+				/* an unsigned value above INT64_MAX reads as INT64_MAX */
+				if (n == INT64_MAX)
+					snprintf(num, sizeof(num), "%" PRIu64, json_object_get_uint64(v));
+				else
+					snprintf(num, sizeof(num), "%" PRId64, n);
+				return llm_put(b, num);
+			}
+		case json_type_string:
+			return llm_put_str(b, json_object_get_string(v),
+							   (size_t) json_object_get_string_len(v));
+		case json_type_array:
+			{
+				size_t		n = json_object_array_length(v);
+				size_t		i;
+
+				if (!rv_buf_append(b, "[", 1))
+					return false;
+				for (i = 0; i < n; i++)
+					if ((i > 0 && !rv_buf_append(b, ",", 1)) ||
+						!llm_put_json(b, json_object_array_get_idx(v, i), depth + 1))
+						return false;
+				return rv_buf_append(b, "]", 1);
+			}
+		case json_type_object:
+			{
+				json_object_iter it;
+				bool		first = true;
+
+				if (!rv_buf_append(b, "{", 1))
+					return false;
+				json_object_object_foreachC(v, it)
+				{
+					if (!llm_put_key(b, &first, it.key) ||
+						!llm_put_json(b, it.val, depth + 1))
+						return false;
+				}
+				return rv_buf_append(b, "}", 1);
+			}
+		case json_type_double:
+		default:
+			{
+				const char *s = json_object_to_json_string_ext(v, LLM_JSON_FLAGS);
+
+				return s != NULL && llm_put(b, s);
+			}
+	}
+}
+
+/* Append a decimal integer. */
+static bool
+llm_put_int(RvBuf *b, int n)
+{
+	char		num[16];
+
+	snprintf(num, sizeof(num), "%d", n);
+	return llm_put(b, num);
+}
+
+/*
+ * The OpenAI messages array: the system prompt first (when there is one),
+ * then the caller's messages (when they are an array).
+ */
+static bool
+llm_put_openai_messages(RvBuf *b, const RvLlmRequest *req)
+{
+	bool		any = false;
+
+	if (!rv_buf_append(b, "[", 1))
+		return false;
 	if (req->system != NULL)
 	{
-		json_object *m = json_object_new_object();
-
-		if (m == NULL ||
-			!llm_add(m, "role", json_object_new_string("system")) ||
-			!llm_add(m, "content", json_object_new_string(req->system)) ||
-			json_object_array_add(arr, m) != 0)
-		{
-			json_object_put(m);
-			json_object_put(arr);
-			return NULL;
-		}
+		if (!llm_put(b, "{\"role\":\"system\",\"content\":") ||
+			!llm_put_str(b, req->system, strlen(req->system)) ||
+			!rv_buf_append(b, "}", 1))
+			return false;
+		any = true;
 	}
 	if (req->messages != NULL && json_object_is_type(req->messages, json_type_array))
 	{
-		n = json_object_array_length(req->messages);
+		size_t		n = json_object_array_length(req->messages);
+		size_t		i;
+
 		for (i = 0; i < n; i++)
 		{
-			json_object *m = json_object_array_get_idx(req->messages, i);
-
-			if (json_object_array_add(arr, json_object_get(m)) != 0)
-			{
-				json_object_put(m);
-				json_object_put(arr);
-				return NULL;
-			}
+			if ((any && !rv_buf_append(b, ",", 1)) ||
+				!llm_put_json(b, json_object_array_get_idx(req->messages, i), 1))
+				return false;
+			any = true;
 		}
 	}
-	return arr;
+	return rv_buf_append(b, "]", 1);
 }
 
 /*
- * Build the OpenAI response_format member for an output schema.  NULL when
- * out of memory.
+ * The OpenAI response_format member's value for an output schema:
+ * {"type":"json_schema","json_schema":{"name":...,"schema":...,"strict":false}}.
  */
-static json_object *
-llm_openai_response_format(const RvLlmRequest *req)
+static bool
+llm_put_response_format(RvBuf *b, const RvLlmRequest *req)
 {
-	json_object *rf = json_object_new_object();
-	json_object *js = json_object_new_object();
 	char		name[LLM_SCHEMA_NAME_MAX + 1];
 
-	if (rf == NULL || js == NULL)
-	{
-		json_object_put(rf);
-		json_object_put(js);
-		return NULL;
-	}
 	llm_schema_name(req->schema_name, name);
-	/* rf owns js from here on, even when this fails */
-	if (!llm_add(rf, "type", json_object_new_string("json_schema")) ||
-		!llm_add(rf, "json_schema", js) ||
-		!llm_add(js, "name", json_object_new_string(name)) ||
-		!llm_add(js, "schema", json_object_get(req->output_schema)) ||
-		!llm_add(js, "strict", json_object_new_boolean(0)))
-	{
-		json_object_put(rf);
-		return NULL;
-	}
-	return rf;
+	return llm_put(b, "{\"type\":\"json_schema\",\"json_schema\":{\"name\":") &&
+		llm_put_str(b, name, strlen(name)) &&
+		llm_put(b, ",\"schema\":") &&
+		llm_put_json(b, req->output_schema, 2) &&
+		llm_put(b, ",\"strict\":false}}");
 }
 
 /*
@@ -728,106 +849,93 @@ llm_anthropic_system(const RvLlmRequest *req, bool *oom)
 {
 	static const char instr[] =
 	"Reply with only a JSON value that matches this JSON Schema: ";
-	const char *schema;
-	size_t		slen;
-	size_t		ilen;
-	size_t		total;
-	char	   *r;
+	RvBuf		r = RV_BUF_INIT;
+	bool		ok;
 
 	*oom = false;
 	if (req->output_schema == NULL)
 	{
+		char	   *s;
+
 		if (req->system == NULL)
 			return NULL;
-		r = llm_strndup(req->system, strlen(req->system));
-		*oom = (r == NULL);
-		return r;
+		s = llm_strndup(req->system, strlen(req->system));
+		*oom = (s == NULL);
+		return s;
 	}
-	schema = json_object_to_json_string_ext(req->output_schema,
-											JSON_C_TO_STRING_PLAIN |
-											JSON_C_TO_STRING_NOSLASHESCAPE);
-	if (schema == NULL)
+	ok = rv_buf_reserve(&r, 0);
+	if (ok && req->system != NULL && req->system[0] != '\0')
+		ok = llm_put(&r, req->system) && llm_put(&r, "\n\n");
+	ok = ok && llm_put(&r, instr) && llm_put_json(&r, req->output_schema, 0);
+	if (!ok)
 	{
+		rv_buf_free(&r);
 		*oom = true;
 		return NULL;
 	}
-	slen = req->system != NULL ? strlen(req->system) : 0;
-	ilen = strlen(instr);
-	total = slen + (slen > 0 ? 2 : 0) + ilen + strlen(schema) + 1;
-	r = malloc(total);
-	if (r == NULL)
-	{
-		*oom = true;
-		return NULL;
-	}
-	if (slen > 0)
-		snprintf(r, total, "%s\n\n%s%s", req->system, instr, schema);
-	else
-		snprintf(r, total, "%s%s", instr, schema);
-	return r;
+	return r.data;
 }
 
 char *
 rv_llm_build_body(const RvLlmRequest *req)
 {
-	json_object *root;
-	const char *s;
-	char	   *result = NULL;
-	bool		ok = true;
+	RvBuf		b = RV_BUF_INIT;
+	bool		first = true;
+	bool		ok;
 
 	if (req == NULL)
 		return NULL;
-	root = json_object_new_object();
-	if (root == NULL)
-		return NULL;
-
-	if (req->model != NULL)
-		ok = llm_add(root, "model", json_object_new_string(req->model));
+	/* one allocation for most bodies */
+	ok = rv_buf_reserve(&b, 512) && rv_buf_append(&b, "{", 1);
+	if (ok && req->model != NULL)
+		ok = llm_put_key(&b, &first, "model") &&
+			llm_put_str(&b, req->model, strlen(req->model));
 
 	if (req->flavor == RV_FLAVOR_ANTHROPIC)
 	{
-		bool		oom;
-		char	   *system = llm_anthropic_system(req, &oom);
+		bool		oom = false;
+		char	   *system = ok ? llm_anthropic_system(req, &oom) : NULL;
 
-		ok = ok && !oom;
-		ok = ok && llm_add(root, "max_tokens",
-						   json_object_new_int(req->max_tokens > 0 ?
-											   req->max_tokens :
-											   LLM_ANTHROPIC_MAX_TOKENS));
+		ok = ok && !oom &&
+			llm_put_key(&b, &first, "max_tokens") &&
+			llm_put_int(&b, req->max_tokens > 0 ? req->max_tokens : LLM_ANTHROPIC_MAX_TOKENS);
 		if (ok && system != NULL)
-			ok = llm_add(root, "system", json_object_new_string(system));
+			ok = llm_put_key(&b, &first, "system") &&
+				llm_put_str(&b, system, strlen(system));
 		free(system);
-		if (ok)
-		{
-			json_object *msgs;
-
-			if (req->messages != NULL)
-				msgs = json_object_get(req->messages);
-			else
-				msgs = json_object_new_array();
-			ok = llm_add(root, "messages", msgs);
-		}
+		ok = ok && llm_put_key(&b, &first, "messages") &&
+			(req->messages != NULL ? llm_put_json(&b, req->messages, 1) :
+			 rv_buf_append(&b, "[]", 2));
 	}
 	else
 	{
-		ok = ok && llm_add(root, "messages", llm_openai_messages(req));
+		ok = ok && llm_put_key(&b, &first, "messages") &&
+			llm_put_openai_messages(&b, req);
 		if (ok && req->max_tokens > 0)
-			ok = llm_add(root, "max_tokens", json_object_new_int(req->max_tokens));
+			ok = llm_put_key(&b, &first, "max_tokens") && llm_put_int(&b, req->max_tokens);
 		if (ok && req->output_schema != NULL)
-			ok = llm_add(root, "response_format", llm_openai_response_format(req));
+			ok = llm_put_key(&b, &first, "response_format") &&
+				llm_put_response_format(&b, req);
 	}
-	if (ok && req->has_temperature && isfinite(req->temperature))
-		ok = llm_add(root, "temperature", llm_new_temperature(req->temperature));
 
-	if (ok)
+	/*
+	 * The temperature with at most 15 significant digits, so that 0.7 goes
+	 * out as 0.7; left out when it is NaN or infinite.
+	 */
+	if (ok && req->has_temperature && isfinite(req->temperature))
 	{
-		s = json_object_to_json_string_ext(root, JSON_C_TO_STRING_PLAIN |
-										   JSON_C_TO_STRING_NOSLASHESCAPE);
-		if (s != NULL)
-			result = llm_strndup(s, strlen(s));
+		char		num[64];
+
+		snprintf(num, sizeof(num), "%.15g", req->temperature);
+		ok = llm_put_key(&b, &first, "temperature") && llm_put(&b, num);
 	}
-	json_object_put(root);
-	return result;
+	ok = ok && rv_buf_append(&b, "}", 1);
+	if (!ok)
+	{
+		rv_buf_free(&b);
+		return NULL;
+	}
+	return b.data;
 }
 
 /*

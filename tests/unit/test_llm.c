@@ -7,6 +7,7 @@
  *
  *-------------------------------------------------------------------------
  */
+#include <math.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -1011,6 +1012,106 @@ test_scan(void)
 	CHECK(taken >= 1000, desc);
 }
 
+/* ---- the body writer against the json-c tree builder ---- */
+
+static void
+test_body_diff(void)
+{
+	static const char *const texts[] = {
+		"", "Hello", "quote \" backslash \\ slash / </script>", "\b\f\n\r\t \x01\x1f\x7f",
+		"h\xc3\xa9llo \xe6\x97\xa5\xe6\x9c\xac \xf0\x9f\x8e\x89", "\xff\xfe invalid \xc0\x80 bytes",
+		"{{ input.text }} {\"json\": [1, 2]}",
+	};
+	static const char *const trees[] = {
+		"{\"role\":\"user\",\"content\":\"x\"}",
+		"{\"role\":\"assistant\",\"content\":\"a\\u0000b\\n\",\"extra\":[1,-2,3.50,1e5,true,false,null,{}],\"k\\\"\":{}}",
+		"{\"big\":18446744073709551615,\"max\":9223372036854775807,\"min\":-9223372036854775808,"
+		"\"d\":0.1,\"e\":-0.0,\"f\":1E+2,\"g\":123456789.123456789}",
+		"[[[],{}],\"s\",0]",
+		"null",
+		"\"just a string\"",
+		"{\"type\":\"object\",\"properties\":{\"a\":{\"type\":\"integer\",\"minimum\":0.5}},\"required\":[\"a\"]}",
+	};
+	static const double temps[] = {0.0, 0.7, 1.0, 0.1 + 0.2, 1e-20, -0.0, 2.5e300};
+	char		why[256];
+	char		desc[160];
+	int			bad = 0;
+	int			runs = 0;
+	size_t		t;
+	size_t		m;
+	int			f;
+	int			variant;
+
+	for (f = RV_FLAVOR_OPENAI; f <= RV_FLAVOR_ANTHROPIC; f++)
+		for (t = 0; t < sizeof(texts) / sizeof(texts[0]); t++)
+			for (m = 0; m < sizeof(trees) / sizeof(trees[0]); m++)
+				for (variant = 0; variant < 8; variant++)
+				{
+					RvLlmRequest req;
+					json_object *msgs = json_object_new_array();
+					json_object *tree = json_tokener_parse(trees[m]);
+					json_object *schema = NULL;
+					json_object *um = json_object_new_object();
+
+					json_object_object_add(um, "role", json_object_new_string("user"));
+					json_object_object_add(um, "content", json_object_new_string(texts[t]));
+					json_object_array_add(msgs, um);
+					json_object_array_add(msgs, json_object_get(tree));
+					/* doubles made in C print with json-c's own format */
+					json_object_array_add(msgs, json_object_new_double(variant * 0.25 + 1.0 / 3));
+					if (variant & 2)
+						schema = json_tokener_parse(trees[6]);
+
+					memset(&req, 0, sizeof(req));
+					req.flavor = (RvFlavor) f;
+					req.model = (variant & 1) ? texts[t] : NULL;
+					req.system = (variant & 4) ? texts[t] : NULL;
+					req.messages = (variant == 7) ? NULL : (variant == 5 ? tree : msgs);
+					req.has_temperature = (variant != 3);
+					req.temperature = temps[(t + m + (size_t) variant) % (sizeof(temps) / sizeof(temps[0]))];
+					req.max_tokens = (variant & 1) ? 0 : 100 * variant;
+					req.output_schema = schema;
+					req.schema_name = texts[t];
+					runs++;
+					if (!llm_diff_body(&req, why, sizeof(why)) && bad++ < 5)
+						printf("# flavour %d text %zu tree %zu variant %d: %s\n", f, t, m, variant, why);
+					json_object_put(msgs);
+					json_object_put(tree);
+					json_object_put(schema);
+				}
+	snprintf(desc, sizeof(desc), "%d request bodies: written the same as by the json-c tree", runs);
+	CHECK(bad == 0, desc);
+
+	/* NaN and infinities leave the temperature out; deep trees */
+	{
+		RvLlmRequest req;
+		json_object *msgs = json_object_new_array();
+		json_object *deep = json_object_new_array();
+		json_object *cur = deep;
+		int			k;
+
+		for (k = 0; k < 100; k++)
+		{
+			json_object *next = json_object_new_object();
+
+			json_object_array_add(cur, next);
+			cur = json_object_new_array();
+			json_object_object_add(next, "k", cur);
+		}
+		json_object_array_add(msgs, deep);
+		memset(&req, 0, sizeof(req));
+		req.model = "m";
+		req.messages = msgs;
+		req.has_temperature = true;
+		req.temperature = NAN;
+		CHECK(llm_diff_body(&req, why, sizeof(why)), "NaN temperature: same body");
+		req.temperature = INFINITY;
+		req.flavor = RV_FLAVOR_ANTHROPIC;
+		CHECK(llm_diff_body(&req, why, sizeof(why)), "infinite temperature, 200 levels deep: same body");
+		json_object_put(msgs);
+	}
+}
+
 int
 main(void)
 {
@@ -1022,5 +1123,6 @@ main(void)
 	test_error_message();
 	test_extract();
 	test_scan();
+	test_body_diff();
 	return unit_done("llm");
 }
