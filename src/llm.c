@@ -10,13 +10,16 @@
  * tests and the fuzz target alike.
  *
  * Every body is parsed with a depth-limited strict json_tokener that must
- * consume the whole input; provider bodies may be several megabytes, so no
- * function here does more than a small constant number of passes over its
- * input.
+ * consume the whole input, except a 2xx reply of the common shape, which
+ * the reply scanner reads in one pass without building a tree (and gives up
+ * on anything else, for the tokener to decide); provider bodies may be
+ * several megabytes, so no function here does more than a small constant
+ * number of passes over its input.
  *
  *-------------------------------------------------------------------------
  */
 #include <ctype.h>
+#include <inttypes.h>
 #include <limits.h>
 #include <math.h>
 #include <stdbool.h>
@@ -210,9 +213,14 @@ llm_parse(const char *text, size_t len, json_object **out, char *why,
 			jerr = json_tokener_continue;
 	}
 	json_tokener_reset(tok);
-	if (len > LLM_TOK_KEEP_MAX)
+	/*
+	 * Not kept: a tokener whose string buffer grew with a large input, and
+	 * one that failed, since json_tokener_reset() leaves a pending \u high
+	 * surrogate behind (a body cut after "\ud83d\u") and the next body's
+	 * first \u escape would be decoded as if it followed it.
+	 */
+	if (len > LLM_TOK_KEEP_MAX || jerr != json_tokener_success)
 	{
-		/* its string buffer grew with the input: do not keep that */
 		json_tokener_free(tok);
 		llm_tok = NULL;
 	}
@@ -601,113 +609,233 @@ llm_schema_name(const char *name, char *out)
 }
 
 /*
- * A JSON number for a temperature, printed with at most 15 significant
- * digits so that 0.7 goes out as 0.7.  NULL for NaN and infinities (the
- * caller then leaves the temperature out) or when out of memory.
+ * The request body is written directly, byte for byte as json-c writes the
+ * tree the earlier code built (JSON_C_TO_STRING_PLAIN |
+ * JSON_C_TO_STRING_NOSLASHESCAPE): members in the order they were added,
+ * strings escaped as json_escape_str() escapes them.  The body is what the
+ * cache key is computed from, so that is no detail: tests/fuzz/llm_diff.h
+ * keeps a copy of the tree builder, and the unit tests and the fuzz target
+ * compare the two.
  */
-static json_object *
-llm_new_temperature(double t)
-{
-	char		buf[64];
+#define LLM_JSON_FLAGS (JSON_C_TO_STRING_PLAIN | JSON_C_TO_STRING_NOSLASHESCAPE)
 
-	if (!isfinite(t))
-		return NULL;
-	snprintf(buf, sizeof(buf), "%.15g", t);
-	return json_object_new_double_s(t, buf);
+/* trees nested deeper than this are written by json-c itself */
+#define LLM_WRITE_DEPTH 64
+
+/* Append the NUL-terminated s. */
+static bool
+llm_put(RvBuf *b, const char *s)
+{
+	return rv_buf_append(b, s, strlen(s));
 }
 
 /*
- * Add key: value to obj, taking ownership of value.  Returns false (and
- * drops value) when value is NULL or the add fails.
+ * Append s[0..n) as a JSON string, as json-c's json_escape_str() writes it:
+ * '"', '\\' and the control characters \b \f \n \r \t with a backslash,
+ * other bytes below 0x20 (NUL included) as \u00xx, '/' and every other
+ * byte as they are.
  */
 static bool
-llm_add(json_object *obj, const char *key, json_object *value)
+llm_put_str(RvBuf *b, const char *s, size_t n)
 {
-	if (value == NULL)
+	static const char hex[] = "0123456789abcdef";
+	size_t		start = 0;
+	size_t		i;
+
+	if (!rv_buf_reserve(b, n + 2))
 		return false;
-	if (json_object_object_add(obj, key, value) != 0)
+	b->data[b->len++] = '"';
+	for (i = 0; i < n; i++)
 	{
-		json_object_put(value);
-		return false;
+		unsigned char c = (unsigned char) s[i];
+		char		esc[7];
+		size_t		elen = 2;
+
+		if (c >= 0x20 && c != '"' && c != '\\')
+			continue;
+		esc[0] = '\\';
+		switch (c)
+		{
+			case '\b':
+				esc[1] = 'b';
+				break;
+			case '\f':
+				esc[1] = 'f';
+				break;
+			case '\n':
+				esc[1] = 'n';
+				break;
+			case '\r':
+				esc[1] = 'r';
+				break;
+			case '\t':
+				esc[1] = 't';
+				break;
+			case '"':
+			case '\\':
+				esc[1] = (char) c;
+				break;
+			default:
+				memcpy(esc + 1, "u00", 3);
+				esc[4] = hex[c >> 4];
+				esc[5] = hex[c & 15];
+				elen = 6;
+				break;
+		}
+		if (!rv_buf_append(b, s + start, i - start) || !rv_buf_append(b, esc, elen))
+			return false;
+		start = i + 1;
 	}
-	return true;
+	return rv_buf_append(b, s + start, n - start) && rv_buf_append(b, "\"", 1);
+}
+
+/* Append a member name and its colon: ,"name": (no comma before the first). */
+static bool
+llm_put_key(RvBuf *b, bool *first, const char *name)
+{
+	if (!*first && !rv_buf_append(b, ",", 1))
+		return false;
+	*first = false;
+	return llm_put_str(b, name, strlen(name)) && rv_buf_append(b, ":", 1);
 }
 
 /*
- * Build the messages array for an OpenAI request: the system prompt first
- * (when there is one), then references to the caller's messages.  NULL when
- * out of memory.
+ * Append the JSON text of v (NULL: null) as json-c's
+ * json_object_to_json_string_ext(v, LLM_JSON_FLAGS) writes it.  Numbers
+ * with a fraction are left to json-c (a double keeps the text it was
+ * parsed from, or is printed with json-c's own format), and so are trees
+ * nested deeper than LLM_WRITE_DEPTH.
  */
-static json_object *
-llm_openai_messages(const RvLlmRequest *req)
+static bool
+llm_put_json(RvBuf *b, json_object *v, int depth)
 {
-	json_object *arr = json_object_new_array();
-	size_t		i;
-	size_t		n;
+	char		num[32];
 
-	if (arr == NULL)
-		return NULL;
+	if (depth > LLM_WRITE_DEPTH && v != NULL)
+	{
+		const char *s = json_object_to_json_string_ext(v, LLM_JSON_FLAGS);
+
+		return s != NULL && llm_put(b, s);
+	}
+	switch (json_object_get_type(v))
+	{
+		case json_type_null:
+			return rv_buf_append(b, "null", 4);
+		case json_type_boolean:
+			return json_object_get_boolean(v) ? rv_buf_append(b, "true", 4) :
+				rv_buf_append(b, "false", 5);
+		case json_type_int:
+			{
+				int64_t		n = json_object_get_int64(v);
+
+				/* an unsigned value above INT64_MAX reads as INT64_MAX */
+				if (n == INT64_MAX)
+					snprintf(num, sizeof(num), "%" PRIu64, json_object_get_uint64(v));
+				else
+					snprintf(num, sizeof(num), "%" PRId64, n);
+				return llm_put(b, num);
+			}
+		case json_type_string:
+			return llm_put_str(b, json_object_get_string(v),
+							   (size_t) json_object_get_string_len(v));
+		case json_type_array:
+			{
+				size_t		n = json_object_array_length(v);
+				size_t		i;
+
+				if (!rv_buf_append(b, "[", 1))
+					return false;
+				for (i = 0; i < n; i++)
+					if ((i > 0 && !rv_buf_append(b, ",", 1)) ||
+						!llm_put_json(b, json_object_array_get_idx(v, i), depth + 1))
+						return false;
+				return rv_buf_append(b, "]", 1);
+			}
+		case json_type_object:
+			{
+				json_object_iter it;
+				bool		first = true;
+
+				if (!rv_buf_append(b, "{", 1))
+					return false;
+				json_object_object_foreachC(v, it)
+				{
+					if (!llm_put_key(b, &first, it.key) ||
+						!llm_put_json(b, it.val, depth + 1))
+						return false;
+				}
+				return rv_buf_append(b, "}", 1);
+			}
+		case json_type_double:
+		default:
+			{
+				const char *s = json_object_to_json_string_ext(v, LLM_JSON_FLAGS);
+
+				return s != NULL && llm_put(b, s);
+			}
+	}
+}
+
+/* Append a decimal integer. */
+static bool
+llm_put_int(RvBuf *b, int n)
+{
+	char		num[16];
+
+	snprintf(num, sizeof(num), "%d", n);
+	return llm_put(b, num);
+}
+
+/*
+ * The OpenAI messages array: the system prompt first (when there is one),
+ * then the caller's messages (when they are an array).
+ */
+static bool
+llm_put_openai_messages(RvBuf *b, const RvLlmRequest *req)
+{
+	bool		any = false;
+
+	if (!rv_buf_append(b, "[", 1))
+		return false;
 	if (req->system != NULL)
 	{
-		json_object *m = json_object_new_object();
-
-		if (m == NULL ||
-			!llm_add(m, "role", json_object_new_string("system")) ||
-			!llm_add(m, "content", json_object_new_string(req->system)) ||
-			json_object_array_add(arr, m) != 0)
-		{
-			json_object_put(m);
-			json_object_put(arr);
-			return NULL;
-		}
+		if (!llm_put(b, "{\"role\":\"system\",\"content\":") ||
+			!llm_put_str(b, req->system, strlen(req->system)) ||
+			!rv_buf_append(b, "}", 1))
+			return false;
+		any = true;
 	}
 	if (req->messages != NULL && json_object_is_type(req->messages, json_type_array))
 	{
-		n = json_object_array_length(req->messages);
+		size_t		n = json_object_array_length(req->messages);
+		size_t		i;
+
 		for (i = 0; i < n; i++)
 		{
-			json_object *m = json_object_array_get_idx(req->messages, i);
-
-			if (json_object_array_add(arr, json_object_get(m)) != 0)
-			{
-				json_object_put(m);
-				json_object_put(arr);
-				return NULL;
-			}
+			if ((any && !rv_buf_append(b, ",", 1)) ||
+				!llm_put_json(b, json_object_array_get_idx(req->messages, i), 1))
+				return false;
+			any = true;
 		}
 	}
-	return arr;
+	return rv_buf_append(b, "]", 1);
 }
 
 /*
- * Build the OpenAI response_format member for an output schema.  NULL when
- * out of memory.
+ * The OpenAI response_format member's value for an output schema:
+ * {"type":"json_schema","json_schema":{"name":...,"schema":...,"strict":false}}.
  */
-static json_object *
-llm_openai_response_format(const RvLlmRequest *req)
+static bool
+llm_put_response_format(RvBuf *b, const RvLlmRequest *req)
 {
-	json_object *rf = json_object_new_object();
-	json_object *js = json_object_new_object();
 	char		name[LLM_SCHEMA_NAME_MAX + 1];
 
-	if (rf == NULL || js == NULL)
-	{
-		json_object_put(rf);
-		json_object_put(js);
-		return NULL;
-	}
 	llm_schema_name(req->schema_name, name);
-	/* rf owns js from here on, even when this fails */
-	if (!llm_add(rf, "type", json_object_new_string("json_schema")) ||
-		!llm_add(rf, "json_schema", js) ||
-		!llm_add(js, "name", json_object_new_string(name)) ||
-		!llm_add(js, "schema", json_object_get(req->output_schema)) ||
-		!llm_add(js, "strict", json_object_new_boolean(0)))
-	{
-		json_object_put(rf);
-		return NULL;
-	}
-	return rf;
+	return llm_put(b, "{\"type\":\"json_schema\",\"json_schema\":{\"name\":") &&
+		llm_put_str(b, name, strlen(name)) &&
+		llm_put(b, ",\"schema\":") &&
+		llm_put_json(b, req->output_schema, 2) &&
+		llm_put(b, ",\"strict\":false}}");
 }
 
 /*
@@ -721,106 +849,93 @@ llm_anthropic_system(const RvLlmRequest *req, bool *oom)
 {
 	static const char instr[] =
 	"Reply with only a JSON value that matches this JSON Schema: ";
-	const char *schema;
-	size_t		slen;
-	size_t		ilen;
-	size_t		total;
-	char	   *r;
+	RvBuf		r = RV_BUF_INIT;
+	bool		ok;
 
 	*oom = false;
 	if (req->output_schema == NULL)
 	{
+		char	   *s;
+
 		if (req->system == NULL)
 			return NULL;
-		r = llm_strndup(req->system, strlen(req->system));
-		*oom = (r == NULL);
-		return r;
+		s = llm_strndup(req->system, strlen(req->system));
+		*oom = (s == NULL);
+		return s;
 	}
-	schema = json_object_to_json_string_ext(req->output_schema,
-											JSON_C_TO_STRING_PLAIN |
-											JSON_C_TO_STRING_NOSLASHESCAPE);
-	if (schema == NULL)
+	ok = rv_buf_reserve(&r, 0);
+	if (ok && req->system != NULL && req->system[0] != '\0')
+		ok = llm_put(&r, req->system) && llm_put(&r, "\n\n");
+	ok = ok && llm_put(&r, instr) && llm_put_json(&r, req->output_schema, 0);
+	if (!ok)
 	{
+		rv_buf_free(&r);
 		*oom = true;
 		return NULL;
 	}
-	slen = req->system != NULL ? strlen(req->system) : 0;
-	ilen = strlen(instr);
-	total = slen + (slen > 0 ? 2 : 0) + ilen + strlen(schema) + 1;
-	r = malloc(total);
-	if (r == NULL)
-	{
-		*oom = true;
-		return NULL;
-	}
-	if (slen > 0)
-		snprintf(r, total, "%s\n\n%s%s", req->system, instr, schema);
-	else
-		snprintf(r, total, "%s%s", instr, schema);
-	return r;
+	return r.data;
 }
 
 char *
 rv_llm_build_body(const RvLlmRequest *req)
 {
-	json_object *root;
-	const char *s;
-	char	   *result = NULL;
-	bool		ok = true;
+	RvBuf		b = RV_BUF_INIT;
+	bool		first = true;
+	bool		ok;
 
 	if (req == NULL)
 		return NULL;
-	root = json_object_new_object();
-	if (root == NULL)
-		return NULL;
-
-	if (req->model != NULL)
-		ok = llm_add(root, "model", json_object_new_string(req->model));
+	/* one allocation for most bodies */
+	ok = rv_buf_reserve(&b, 512) && rv_buf_append(&b, "{", 1);
+	if (ok && req->model != NULL)
+		ok = llm_put_key(&b, &first, "model") &&
+			llm_put_str(&b, req->model, strlen(req->model));
 
 	if (req->flavor == RV_FLAVOR_ANTHROPIC)
 	{
-		bool		oom;
-		char	   *system = llm_anthropic_system(req, &oom);
+		bool		oom = false;
+		char	   *system = ok ? llm_anthropic_system(req, &oom) : NULL;
 
-		ok = ok && !oom;
-		ok = ok && llm_add(root, "max_tokens",
-						   json_object_new_int(req->max_tokens > 0 ?
-											   req->max_tokens :
-											   LLM_ANTHROPIC_MAX_TOKENS));
+		ok = ok && !oom &&
+			llm_put_key(&b, &first, "max_tokens") &&
+			llm_put_int(&b, req->max_tokens > 0 ? req->max_tokens : LLM_ANTHROPIC_MAX_TOKENS);
 		if (ok && system != NULL)
-			ok = llm_add(root, "system", json_object_new_string(system));
+			ok = llm_put_key(&b, &first, "system") &&
+				llm_put_str(&b, system, strlen(system));
 		free(system);
-		if (ok)
-		{
-			json_object *msgs;
-
-			if (req->messages != NULL)
-				msgs = json_object_get(req->messages);
-			else
-				msgs = json_object_new_array();
-			ok = llm_add(root, "messages", msgs);
-		}
+		ok = ok && llm_put_key(&b, &first, "messages") &&
+			(req->messages != NULL ? llm_put_json(&b, req->messages, 1) :
+			 rv_buf_append(&b, "[]", 2));
 	}
 	else
 	{
-		ok = ok && llm_add(root, "messages", llm_openai_messages(req));
+		ok = ok && llm_put_key(&b, &first, "messages") &&
+			llm_put_openai_messages(&b, req);
 		if (ok && req->max_tokens > 0)
-			ok = llm_add(root, "max_tokens", json_object_new_int(req->max_tokens));
+			ok = llm_put_key(&b, &first, "max_tokens") && llm_put_int(&b, req->max_tokens);
 		if (ok && req->output_schema != NULL)
-			ok = llm_add(root, "response_format", llm_openai_response_format(req));
+			ok = llm_put_key(&b, &first, "response_format") &&
+				llm_put_response_format(&b, req);
 	}
-	if (ok && req->has_temperature && isfinite(req->temperature))
-		ok = llm_add(root, "temperature", llm_new_temperature(req->temperature));
 
-	if (ok)
+	/*
+	 * The temperature with at most 15 significant digits, so that 0.7 goes
+	 * out as 0.7; left out when it is NaN or infinite.
+	 */
+	if (ok && req->has_temperature && isfinite(req->temperature))
 	{
-		s = json_object_to_json_string_ext(root, JSON_C_TO_STRING_PLAIN |
-										   JSON_C_TO_STRING_NOSLASHESCAPE);
-		if (s != NULL)
-			result = llm_strndup(s, strlen(s));
+		char		num[64];
+
+		snprintf(num, sizeof(num), "%.15g", req->temperature);
+		ok = llm_put_key(&b, &first, "temperature") && llm_put(&b, num);
 	}
-	json_object_put(root);
-	return result;
+	ok = ok && rv_buf_append(&b, "}", 1);
+	if (!ok)
+	{
+		rv_buf_free(&b);
+		return NULL;
+	}
+	return b.data;
 }
 
 /*
@@ -1029,9 +1144,861 @@ llm_parse_anthropic(json_object *root, const char *body, size_t len,
 	return true;
 }
 
+/* ----------------------------------------------------------------
+ * The reply scanner
+ *
+ * A 2xx reply is read here in one pass, without a json-c tree (building
+ * and freeing one cost an eighth of the worker's instructions per row):
+ * the scanner validates the whole text and records where the members
+ * that llm_parse_openai() and llm_parse_anthropic() read are; only those
+ * strings are then decoded.  It answers only when it is sure to give what
+ * the json-c path gives: a reply of the common successful shape in a text
+ * json-c's strict tokener reads the same way.  For anything else
+ * (malformed JSON, an error object, a refusal, content parts in an OpenAI
+ * reply, a token count with a fraction, deep nesting, an escaped member
+ * name where members are looked up) it gives up, and the json-c path
+ * decides, with its error messages.
+ *
+ * What it accepts is RFC 8259 JSON, within what json-c accepts:
+ * - white space: space, tab, LF and CR, as json-c;
+ * - strings: raw control characters 0x01-0x1F are taken as they are (not
+ *   valid JSON, but json-c takes them); a NUL byte ends json-c's input, so
+ *   the scanner gives up on one; other bytes must be well-formed UTF-8
+ *   (json-c's own check is looser); escapes are RFC 8259's, decoded as
+ *   json-c decodes them, unpaired surrogates becoming U+FFFD;
+ * - numbers: RFC 8259's grammar; integers of at most 18 digits (json-c
+ *   rejects some longer ones);
+ * - nesting: at most LLM_SCAN_DEPTH containers (json-c: LLM_JSON_DEPTH);
+ * - duplicate member names: the last one wins, as in json-c (whose object
+ *   add replaces the value), and what was recorded under an earlier one is
+ *   forgotten.
+ * ----------------------------------------------------------------
+ */
+
+/* containers nested in a reply the scanner reads (json-c takes a few more) */
+#define LLM_SCAN_DEPTH (LLM_JSON_DEPTH - 4)
+
+/* integers the scanner reads itself: up to 18 digits fit an int64_t */
+#define LLM_SCAN_INT_DIGITS 18
+
+/* What the scanner recorded of one JSON value. */
+typedef enum LlmKind
+{
+	LV_ABSENT = 0,				/* the member is not there */
+	LV_NULL,
+	LV_BOOL,
+	LV_INT,						/* an integer: num */
+	LV_NUMBER,					/* a number with a fraction or exponent */
+	LV_STRING,					/* raw text at off, len bytes, between the quotes */
+	LV_ARRAY,					/* num elements */
+	LV_OBJECT
+} LlmKind;
+
+typedef struct LlmVal
+{
+	LlmKind		kind;
+	bool		escaped;		/* LV_STRING: has a backslash escape */
+	size_t		off;
+	size_t		len;
+	int64_t		num;
+} LlmVal;
+
+/*
+ * The members the scanner records, for both flavours, in the order of the
+ * key tables below: every member's slot comes before those of what is
+ * under it, so that "what is under slot k" is the range [k, end).
+ */
+typedef enum LlmSlot
+{
+	/* openai */
+	LS_O_ERROR,
+	LS_O_CHOICES,
+	LS_O_CHOICE,				/* choices[0] */
+	LS_O_CH_ERROR,
+	LS_O_CH_FINISH,
+	LS_O_MESSAGE,
+	LS_O_CONTENT,
+	LS_O_MODEL,
+	LS_O_ID,
+	LS_O_USAGE,
+	LS_O_PROMPT,
+	LS_O_COMPLETION,
+	LS_O_CACHED,
+	LS_O_DETAILS,
+	LS_O_DETAILS_CACHED,
+	/* anthropic */
+	LS_A_TYPE,
+	LS_A_ERROR,
+	LS_A_CONTENT,
+	LS_A_PART_TYPE,				/* of the content part being read */
+	LS_A_PART_TEXT,
+	LS_A_STOP,
+	LS_A_MODEL,
+	LS_A_ID,
+	LS_A_USAGE,
+	LS_A_IN,
+	LS_A_OUT,
+	LS_A_CACHE_WRITE,
+	LS_A_CACHE_READ,
+	LS_NSLOTS
+} LlmSlot;
+
+/* How a looked-up member's value is read. */
+typedef enum LlmKeyMode
+{
+	LK_VALUE,					/* recorded as it is */
+	LK_OBJECT,					/* an object: its members are looked up in sub */
+	LK_FIRST,					/* an array: element 0 goes to slot + 1, its
+								 * members looked up in sub */
+	LK_PARTS					/* an array of content parts: each part's
+								 * members are looked up in sub ("type" to
+								 * slot + 1, "text" to slot + 2), and the
+								 * text of each "text" part is appended to
+								 * LlmScan.parts */
+} LlmKeyMode;
+
+typedef struct LlmKey
+{
+	const char *name;			/* NULL ends a table */
+	unsigned char len;
+	unsigned char slot;
+	unsigned char end;			/* one past the last slot under this one */
+	unsigned char mode;			/* LlmKeyMode */
+	const struct LlmKey *sub;
+} LlmKey;
+
+#define LLM_KEY(name, slot, end, mode, sub) {name, sizeof(name) - 1, slot, end, mode, sub}
+#define LLM_VALUE(name, slot) LLM_KEY(name, slot, (slot) + 1, LK_VALUE, NULL)
+#define LLM_KEYS_END {NULL, 0, 0, 0, 0, NULL}
+
+static const LlmKey llm_o_details_keys[] = {
+	LLM_VALUE("cached_tokens", LS_O_DETAILS_CACHED),
+	LLM_KEYS_END
+};
+
+static const LlmKey llm_o_usage_keys[] = {
+	LLM_VALUE("prompt_tokens", LS_O_PROMPT),
+	LLM_VALUE("completion_tokens", LS_O_COMPLETION),
+	LLM_VALUE("cached_tokens", LS_O_CACHED),
+	LLM_KEY("prompt_tokens_details", LS_O_DETAILS, LS_O_DETAILS_CACHED + 1,
+			LK_OBJECT, llm_o_details_keys),
+	LLM_KEYS_END
+};
+
+static const LlmKey llm_o_message_keys[] = {
+	LLM_VALUE("content", LS_O_CONTENT),
+	LLM_KEYS_END
+};
+
+static const LlmKey llm_o_choice_keys[] = {
+	LLM_VALUE("error", LS_O_CH_ERROR),
+	LLM_VALUE("finish_reason", LS_O_CH_FINISH),
+	LLM_KEY("message", LS_O_MESSAGE, LS_O_CONTENT + 1, LK_OBJECT, llm_o_message_keys),
+	LLM_KEYS_END
+};
+
+static const LlmKey llm_o_root_keys[] = {
+	LLM_VALUE("error", LS_O_ERROR),
+	LLM_KEY("choices", LS_O_CHOICES, LS_O_CONTENT + 1, LK_FIRST, llm_o_choice_keys),
+	LLM_VALUE("model", LS_O_MODEL),
+	LLM_VALUE("id", LS_O_ID),
+	LLM_KEY("usage", LS_O_USAGE, LS_O_DETAILS_CACHED + 1, LK_OBJECT, llm_o_usage_keys),
+	LLM_KEYS_END
+};
+
+static const LlmKey llm_a_part_keys[] = {
+	LLM_VALUE("type", LS_A_PART_TYPE),
+	LLM_VALUE("text", LS_A_PART_TEXT),
+	LLM_KEYS_END
+};
+
+static const LlmKey llm_a_usage_keys[] = {
+	LLM_VALUE("input_tokens", LS_A_IN),
+	LLM_VALUE("output_tokens", LS_A_OUT),
+	LLM_VALUE("cache_creation_input_tokens", LS_A_CACHE_WRITE),
+	LLM_VALUE("cache_read_input_tokens", LS_A_CACHE_READ),
+	LLM_KEYS_END
+};
+
+static const LlmKey llm_a_root_keys[] = {
+	LLM_VALUE("type", LS_A_TYPE),
+	LLM_VALUE("error", LS_A_ERROR),
+	LLM_KEY("content", LS_A_CONTENT, LS_A_PART_TEXT + 1, LK_PARTS, llm_a_part_keys),
+	LLM_VALUE("stop_reason", LS_A_STOP),
+	LLM_VALUE("model", LS_A_MODEL),
+	LLM_VALUE("id", LS_A_ID),
+	LLM_KEY("usage", LS_A_USAGE, LS_A_CACHE_READ + 1, LK_OBJECT, llm_a_usage_keys),
+	LLM_KEYS_END
+};
+
+typedef struct LlmScan
+{
+	const unsigned char *p;		/* the body */
+	size_t		len;
+	size_t		i;				/* the next byte to read */
+	int			depth;			/* containers open */
+	LlmVal		slot[LS_NSLOTS];
+	RvBuf		parts;			/* LK_PARTS: the text of the "text" parts */
+	bool		any_part;		/* ... and whether there was one */
+} LlmScan;
+
+static bool llm_scan_value(LlmScan *s, LlmVal *v);
+static bool llm_scan_object(LlmScan *s, const LlmKey *keys);
+
+/* Skip JSON white space. */
+static inline void
+llm_scan_ws(LlmScan *s)
+{
+	while (s->i < s->len)
+	{
+		unsigned char c = s->p[s->i];
+
+		if (c != ' ' && c != '\n' && c != '\r' && c != '\t')
+			break;
+		s->i++;
+	}
+}
+
+static inline bool
+llm_is_hex(unsigned char c)
+{
+	return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F');
+}
+
+/* The value of the four hex digits at p (checked by llm_scan_string()). */
+static uint32_t
+llm_hex4(const unsigned char *p)
+{
+	uint32_t	v = 0;
+	int			k;
+
+	for (k = 0; k < 4; k++)
+	{
+		unsigned char c = p[k];
+
+		v = (v << 4) | (uint32_t) (c <= '9' ? c - '0' : (c | 0x20) - 'a' + 10);
+	}
+	return v;
+}
+
+/*
+ * Decode the raw text src[0..len) of a JSON string (checked by
+ * llm_scan_string()) into dst, which has room for len bytes, as json-c's
+ * tokener decodes it: a \u escape of a high surrogate followed by one of a
+ * low surrogate is one character; a high surrogate followed by anything
+ * else becomes U+FFFD (and a \u escape after it is decoded on its own), as
+ * does a lone low surrogate; \u0000 is a NUL byte.  Returns the number of
+ * bytes written.
+ */
+static size_t
+llm_unescape(const unsigned char *src, size_t len, char *dst)
+{
+	size_t		i = 0;
+	size_t		o = 0;
+
+	while (i < len)
+	{
+		unsigned char c = src[i];
+		uint32_t	cp;
+
+		if (c != '\\')
+		{
+			dst[o++] = (char) c;
+			i++;
+			continue;
+		}
+		c = src[i + 1];
+		i += 2;
+		switch (c)
+		{
+			case 'b':
+				dst[o++] = '\b';
+				continue;
+			case 'f':
+				dst[o++] = '\f';
+				continue;
+			case 'n':
+				dst[o++] = '\n';
+				continue;
+			case 'r':
+				dst[o++] = '\r';
+				continue;
+			case 't':
+				dst[o++] = '\t';
+				continue;
+			case 'u':
+				break;
+			default:
+				dst[o++] = (char) c;	/* '"', '\\', '/' */
+				continue;
+		}
+		cp = llm_hex4(src + i);
+		i += 4;
+		while ((cp & 0xFC00) == 0xD800)
+		{
+			uint32_t	lo;
+
+			if (i + 1 >= len || src[i] != '\\' || src[i + 1] != 'u')
+			{
+				cp = 0xFFFD;
+				break;
+			}
+			lo = llm_hex4(src + i + 2);
+			i += 6;
+			if ((lo & 0xFC00) == 0xDC00)
+			{
+				cp = (((cp & 0x3FF) << 10) | (lo & 0x3FF)) + 0x10000;
+				break;
+			}
+			o += rv_utf8_encode(0xFFFD, dst + o);
+			cp = lo;
+		}
+		if ((cp & 0xFC00) == 0xDC00)
+			cp = 0xFFFD;
+		o += rv_utf8_encode(cp, dst + o);
+	}
+	return o;
+}
+
+/*
+ * Read the string at s->i (its opening quote); record it in v (kind, raw
+ * text, whether it has escapes).  False when it is not a string the
+ * scanner takes.
+ */
+static bool
+llm_scan_string(LlmScan *s, LlmVal *v)
+{
+	const unsigned char *p = s->p;
+	size_t		len = s->len;
+	size_t		i = s->i + 1;
+	bool		escaped = false;
+
+	for (;;)
+	{
+		unsigned char c;
+
+		if (i >= len)
+			return false;
+		c = p[i];
+		if (c == '"')
+			break;
+		if (c == '\\')
+		{
+			escaped = true;
+			if (i + 1 >= len)
+				return false;
+			switch (p[i + 1])
+			{
+				case '"':
+				case '\\':
+				case '/':
+				case 'b':
+				case 'f':
+				case 'n':
+				case 'r':
+				case 't':
+					i += 2;
+					break;
+				case 'u':
+					if (len - i < 6 || !llm_is_hex(p[i + 2]) || !llm_is_hex(p[i + 3]) ||
+						!llm_is_hex(p[i + 4]) || !llm_is_hex(p[i + 5]))
+						return false;
+					i += 6;
+					break;
+				default:
+					return false;
+			}
+		}
+		else if (c >= 0x80)
+		{
+			size_t		n = rv_utf8_valid_len(p + i, len - i);
+
+			if (n == 0)
+				return false;
+			i += n;
+		}
+		else if (c == '\0')
+			return false;
+		else
+			i++;
+	}
+	if (v != NULL)
+	{
+		v->kind = LV_STRING;
+		v->escaped = escaped;
+		v->off = s->i + 1;
+		v->len = i - s->i - 1;
+	}
+	s->i = i + 1;
+	return true;
+}
+
+/* Read the number at s->i into v (LV_INT or LV_NUMBER). */
+static bool
+llm_scan_number(LlmScan *s, LlmVal *v)
+{
+	const unsigned char *p = s->p;
+	size_t		len = s->len;
+	size_t		i = s->i;
+	size_t		digits;
+	bool		neg = false;
+	bool		integer = true;
+	int64_t		n = 0;
+
+	if (p[i] == '-')
+	{
+		neg = true;
+		i++;
+	}
+	digits = i;
+	if (i < len && p[i] == '0')
+		i++;
+	else if (i < len && p[i] >= '1' && p[i] <= '9')
+	{
+		while (i < len && rv_is_digit((char) p[i]))
+			i++;
+	}
+	else
+		return false;
+	digits = i - digits;
+	if (i < len && p[i] == '.')
+	{
+		integer = false;
+		i++;
+		if (i >= len || !rv_is_digit((char) p[i]))
+			return false;
+		while (i < len && rv_is_digit((char) p[i]))
+			i++;
+	}
+	if (i < len && (p[i] == 'e' || p[i] == 'E'))
+	{
+		integer = false;
+		i++;
+		if (i < len && (p[i] == '+' || p[i] == '-'))
+			i++;
+		if (i >= len || !rv_is_digit((char) p[i]))
+			return false;
+		while (i < len && rv_is_digit((char) p[i]))
+			i++;
+	}
+	if (integer)
+	{
+		size_t		k;
+		size_t		start = s->i + (neg ? 1 : 0);
+
+		if (digits > LLM_SCAN_INT_DIGITS)
+			return false;
+		for (k = start; k < i; k++)
+			n = n * 10 + (p[k] - '0');
+	}
+	if (v != NULL)
+	{
+		v->kind = integer ? LV_INT : LV_NUMBER;
+		v->num = neg ? -n : n;
+	}
+	s->i = i;
+	return true;
+}
+
+/* Read the literal word (true, false, null) at s->i as kind. */
+static bool
+llm_scan_word(LlmScan *s, const char *word, size_t n, LlmKind kind, LlmVal *v)
+{
+	if (s->len - s->i < n || memcmp(s->p + s->i, word, n) != 0)
+		return false;
+	s->i += n;
+	if (v != NULL)
+		v->kind = kind;
+	return true;
+}
+
+/*
+ * Read the array at s->i (its '['), recording it in v (or nothing when v is
+ * NULL); k is the member it is the value of, for LK_FIRST and LK_PARTS,
+ * else NULL.
+ */
+static bool
+llm_scan_array(LlmScan *s, LlmVal *v, const LlmKey *k)
+{
+	int64_t		n = 0;
+
+	if (++s->depth > LLM_SCAN_DEPTH)
+		return false;
+	s->i++;
+	if (k != NULL && k->mode == LK_PARTS)
+	{
+		s->parts.len = 0;
+		if (s->parts.data != NULL)
+			s->parts.data[0] = '\0';
+		s->any_part = false;
+	}
+	llm_scan_ws(s);
+	if (s->i < s->len && s->p[s->i] == ']')
+		s->i++;
+	else
+	{
+		for (;;)
+		{
+			bool		ok;
+
+			if (s->i >= s->len)
+				return false;
+			if (k != NULL && k->mode == LK_FIRST && n == 0)
+			{
+				LlmVal	   *e = &s->slot[k->slot + 1];
+
+				if (s->p[s->i] == '{')
+				{
+					e->kind = LV_OBJECT;
+					ok = llm_scan_object(s, k->sub);
+				}
+				else
+					ok = llm_scan_value(s, e);
+			}
+			else if (k != NULL && k->mode == LK_PARTS && s->p[s->i] == '{')
+			{
+				LlmVal	   *type = &s->slot[k->slot + 1];
+				LlmVal	   *text = &s->slot[k->slot + 2];
+
+				memset(type, 0, 2 * sizeof(LlmVal));
+				ok = llm_scan_object(s, k->sub);
+				/* the json-c path: llm_part_text() with allow_untyped false */
+				if (ok && type->kind == LV_STRING)
+				{
+					if (type->escaped)
+						return false;	/* it compares the decoded type */
+					if (type->len == 4 && memcmp(s->p + type->off, "text", 4) == 0 &&
+						text->kind == LV_STRING)
+					{
+						if (!rv_buf_reserve(&s->parts, text->len))
+							return false;
+						s->parts.len += llm_unescape(s->p + text->off, text->len,
+													 s->parts.data + s->parts.len);
+						s->parts.data[s->parts.len] = '\0';
+						s->any_part = true;
+					}
+				}
+			}
+			else
+				ok = llm_scan_value(s, NULL);
+			if (!ok)
+				return false;
+			n++;
+			llm_scan_ws(s);
+			if (s->i >= s->len)
+				return false;
+			if (s->p[s->i] == ']')
+			{
+				s->i++;
+				break;
+			}
+			if (s->p[s->i] != ',')
+				return false;
+			s->i++;
+			llm_scan_ws(s);
+		}
+	}
+	s->depth--;
+	if (v != NULL)
+	{
+		v->kind = LV_ARRAY;
+		v->num = n;
+	}
+	return true;
+}
+
+/*
+ * Read the object at s->i (its '{'), looking its members up in keys (NULL:
+ * none).  A looked-up member's slots are cleared before its value is
+ * read, so that the last of duplicate names wins.
+ */
+static bool
+llm_scan_object(LlmScan *s, const LlmKey *keys)
+{
+	if (++s->depth > LLM_SCAN_DEPTH)
+		return false;
+	s->i++;
+	llm_scan_ws(s);
+	if (s->i < s->len && s->p[s->i] == '}')
+		s->i++;
+	else
+	{
+		for (;;)
+		{
+			LlmVal		name;
+			const LlmKey *k = NULL;
+			bool		ok;
+
+			if (s->i >= s->len || s->p[s->i] != '"' || !llm_scan_string(s, &name))
+				return false;
+			llm_scan_ws(s);
+			if (s->i >= s->len || s->p[s->i] != ':')
+				return false;
+			s->i++;
+			llm_scan_ws(s);
+			if (s->i >= s->len)
+				return false;
+			if (keys != NULL)
+			{
+				/* json-c looks names up decoded and cut at a NUL */
+				if (name.escaped)
+					return false;
+				for (k = keys; k->name != NULL; k++)
+					if (k->len == name.len && memcmp(k->name, s->p + name.off, name.len) == 0)
+						break;
+				if (k->name == NULL)
+					k = NULL;
+			}
+			if (k == NULL)
+				ok = llm_scan_value(s, NULL);
+			else
+			{
+				LlmVal	   *v = &s->slot[k->slot];
+				unsigned char c = s->p[s->i];
+
+				memset(v, 0, (size_t) (k->end - k->slot) * sizeof(LlmVal));
+				if (c == '{' && k->mode == LK_OBJECT)
+				{
+					v->kind = LV_OBJECT;
+					ok = llm_scan_object(s, k->sub);
+				}
+				else if (c == '[' && (k->mode == LK_FIRST || k->mode == LK_PARTS))
+					ok = llm_scan_array(s, v, k);
+				else
+					ok = llm_scan_value(s, v);
+			}
+			if (!ok)
+				return false;
+			llm_scan_ws(s);
+			if (s->i >= s->len)
+				return false;
+			if (s->p[s->i] == '}')
+			{
+				s->i++;
+				break;
+			}
+			if (s->p[s->i] != ',')
+				return false;
+			s->i++;
+			llm_scan_ws(s);
+		}
+	}
+	s->depth--;
+	return true;
+}
+
+/* Read the value at s->i (there is a byte there), recording it in v or not. */
+static bool
+llm_scan_value(LlmScan *s, LlmVal *v)
+{
+	switch (s->p[s->i])
+	{
+		case '{':
+			if (v != NULL)
+				v->kind = LV_OBJECT;
+			return llm_scan_object(s, NULL);
+		case '[':
+			return llm_scan_array(s, v, NULL);
+		case '"':
+			return llm_scan_string(s, v);
+		case 't':
+			return llm_scan_word(s, "true", 4, LV_BOOL, v);
+		case 'f':
+			return llm_scan_word(s, "false", 5, LV_BOOL, v);
+		case 'n':
+			return llm_scan_word(s, "null", 4, LV_NULL, v);
+		case '-':
+		case '0':
+		case '1':
+		case '2':
+		case '3':
+		case '4':
+		case '5':
+		case '6':
+		case '7':
+		case '8':
+		case '9':
+			return llm_scan_number(s, v);
+		default:
+			return false;
+	}
+}
+
+/*
+ * A token count as llm_get_count() reads it: false when the scanner cannot
+ * tell (a number with a fraction or exponent).
+ */
+static bool
+llm_scan_count(const LlmVal *v, long *out)
+{
+	if (v->kind == LV_NUMBER)
+		return false;
+	*out = (v->kind == LV_INT && v->num >= 0) ? (long) v->num : -1;
+	return true;
+}
+
+/* Is v absent or null (what an "error" member may be in a success)? */
+static bool
+llm_scan_no_error(const LlmVal *v)
+{
+	return v->kind == LV_ABSENT || v->kind == LV_NULL;
+}
+
+/* The decoded string v as a malloc'd copy; NULL when v is no string or out of memory. */
+static char *
+llm_scan_dup(const LlmScan *s, const LlmVal *v)
+{
+	char	   *r;
+	size_t		n;
+
+	if (v->kind != LV_STRING)
+		return NULL;
+	r = malloc(v->len + 1);
+	if (r == NULL)
+		return NULL;
+	if (!v->escaped)
+	{
+		memcpy(r, s->p + v->off, v->len);
+		n = v->len;
+	}
+	else
+		n = llm_unescape(s->p + v->off, v->len, r);
+	r[n] = '\0';
+	return r;
+}
+
+/* Fill out from the slots of an OpenAI reply, as llm_parse_openai() does. */
+static bool
+llm_scan_openai(const LlmScan *s, RvLlmResponse *out)
+{
+	const LlmVal *v = s->slot;
+	long		in;
+	long		outt;
+	long		cached;
+	long		flat;
+
+	if (!llm_scan_no_error(&v[LS_O_ERROR]) ||
+		v[LS_O_CHOICES].kind != LV_ARRAY || v[LS_O_CHOICES].num == 0 ||
+		v[LS_O_CHOICE].kind != LV_OBJECT || !llm_scan_no_error(&v[LS_O_CH_ERROR]) ||
+		v[LS_O_MESSAGE].kind != LV_OBJECT || v[LS_O_CONTENT].kind != LV_STRING)
+		return false;
+	if (!llm_scan_count(&v[LS_O_PROMPT], &in) ||
+		!llm_scan_count(&v[LS_O_COMPLETION], &outt) ||
+		!llm_scan_count(&v[LS_O_DETAILS_CACHED], &cached) ||
+		!llm_scan_count(&v[LS_O_CACHED], &flat))
+		return false;
+	out->content = llm_scan_dup(s, &v[LS_O_CONTENT]);
+	if (out->content == NULL)
+		return false;
+	out->finish_reason = llm_scan_dup(s, &v[LS_O_CH_FINISH]);
+	out->truncated = rv_llm_is_truncation(out->finish_reason);
+	out->model = llm_scan_dup(s, &v[LS_O_MODEL]);
+	out->id = llm_scan_dup(s, &v[LS_O_ID]);
+	out->input_tokens = in;
+	out->output_tokens = outt;
+	out->cached_tokens = cached >= 0 ? cached : flat;
+	if (out->cached_tokens >= 0 && out->input_tokens >= 0 &&
+		out->cached_tokens > out->input_tokens)
+		out->cached_tokens = out->input_tokens;
+	return true;
+}
+
+/* Fill out from the slots of an Anthropic reply, as llm_parse_anthropic() does. */
+static bool
+llm_scan_anthropic(LlmScan *s, RvLlmResponse *out)
+{
+	const LlmVal *v = s->slot;
+	const LlmVal *type = &v[LS_A_TYPE];
+	long		c1;
+	long		c2;
+
+	if (type->kind == LV_STRING &&
+		(type->escaped ||
+		 (type->len == 5 && memcmp(s->p + type->off, "error", 5) == 0)))
+		return false;
+	if (!llm_scan_no_error(&v[LS_A_ERROR]))
+		return false;
+	if (!llm_scan_count(&v[LS_A_IN], &out->input_tokens) ||
+		!llm_scan_count(&v[LS_A_OUT], &out->output_tokens) ||
+		!llm_scan_count(&v[LS_A_CACHE_WRITE], &c1) ||
+		!llm_scan_count(&v[LS_A_CACHE_READ], &c2))
+		return false;
+	if (v[LS_A_CONTENT].kind == LV_ARRAY && s->any_part)
+	{
+		out->content = s->parts.data;
+		s->parts.data = NULL;
+		s->parts.len = s->parts.cap = 0;
+	}
+	else if (v[LS_A_CONTENT].kind == LV_STRING)
+		out->content = llm_scan_dup(s, &v[LS_A_CONTENT]);
+	if (out->content == NULL)
+		return false;
+	out->finish_reason = llm_scan_dup(s, &v[LS_A_STOP]);
+	out->truncated = rv_llm_is_truncation(out->finish_reason);
+	out->model = llm_scan_dup(s, &v[LS_A_MODEL]);
+	out->id = llm_scan_dup(s, &v[LS_A_ID]);
+	out->cached_tokens = c2;
+	if (out->input_tokens >= 0)
+	{
+		if (c1 > 0)
+			out->input_tokens = (c1 > LONG_MAX - out->input_tokens) ?
+				LONG_MAX : out->input_tokens + c1;
+		if (c2 > 0)
+			out->input_tokens = (c2 > LONG_MAX - out->input_tokens) ?
+				LONG_MAX : out->input_tokens + c2;
+	}
+	return true;
+}
+
+bool
+rv_llm_scan_response(RvFlavor flavor, const char *body, size_t len,
+					 RvLlmResponse *out)
+{
+	LlmScan		s;
+	bool		ok;
+
+	memset(out, 0, sizeof(RvLlmResponse));
+	out->input_tokens = -1;
+	out->output_tokens = -1;
+	out->cached_tokens = -1;
+	if (body == NULL || len > (size_t) INT_MAX)
+		return false;
+
+	memset(&s, 0, sizeof(s));
+	s.p = (const unsigned char *) body;
+	s.len = len;
+	llm_scan_ws(&s);
+	ok = s.i < s.len && s.p[s.i] == '{' &&
+		llm_scan_object(&s, flavor == RV_FLAVOR_ANTHROPIC ? llm_a_root_keys : llm_o_root_keys);
+	if (ok)
+	{
+		llm_scan_ws(&s);
+		ok = (s.i == s.len);
+	}
+	if (ok)
+		ok = flavor == RV_FLAVOR_ANTHROPIC ? llm_scan_anthropic(&s, out) :
+			llm_scan_openai(&s, out);
+	rv_buf_free(&s.parts);
+	if (!ok)
+	{
+		rv_llm_response_free(out);
+		return false;
+	}
+	return true;
+}
+
 bool
 rv_llm_parse_response(RvFlavor flavor, const char *body, size_t len,
 					  RvLlmResponse *out, RvError *err)
+{
+	if (rv_llm_scan_response(flavor, body, len, out))
+		return true;
+	return rv_llm_parse_response_tree(flavor, body, len, out, err);
+}
+
+bool
+rv_llm_parse_response_tree(RvFlavor flavor, const char *body, size_t len,
+						   RvLlmResponse *out, RvError *err)
 {
 	json_object *root;
 	char		why[160];

@@ -106,6 +106,20 @@ extern char *rv_llm_build_body(const RvLlmRequest *req);
 extern bool rv_llm_parse_response(RvFlavor flavor, const char *body, size_t len,
 								  RvLlmResponse *out, RvError *err);
 
+/*
+ * The two halves of rv_llm_parse_response(), for the tests that compare
+ * them.  rv_llm_scan_response() reads the body in one pass without a
+ * json-c tree: it returns true with out filled when the body is a reply of
+ * the common successful shape it is sure to read as the other does, and
+ * false (out empty) when it cannot tell, and rv_llm_parse_response_tree()
+ * (json-c) decides.  Both give the same out for any body the first one
+ * takes.
+ */
+extern bool rv_llm_scan_response(RvFlavor flavor, const char *body, size_t len,
+								 RvLlmResponse *out);
+extern bool rv_llm_parse_response_tree(RvFlavor flavor, const char *body, size_t len,
+									   RvLlmResponse *out, RvError *err);
+
 extern void rv_llm_response_free(RvLlmResponse *resp);
 
 /*

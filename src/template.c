@@ -29,6 +29,7 @@
  *-------------------------------------------------------------------------
  */
 #include <math.h>
+#include <stddef.h>
 #include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -4354,13 +4355,19 @@ rv_template_render(const RvTemplate *tmpl, json_object *scope,
 		rv_error_set(err, "template is missing");
 		return NULL;
 	}
-	/* the context holds the loop frames: keep it off the stack */
-	c = calloc(1, sizeof(TplCtx));
+	/*
+	 * The context holds the loop frames: keep it off the stack.  Only the
+	 * fields before them are cleared; a frame is set up when a loop pushes
+	 * it (clearing all 65 of them cost more than rendering a short prompt).
+	 */
+	c = malloc(sizeof(TplCtx));
 	if (c == NULL)
 	{
 		rv_error_set(err, "out of memory");
 		return NULL;
 	}
+	memset(c, 0, offsetof(TplCtx, frames));
+	c->nframes = 0;
 	c->tmpl = tmpl;
 	c->scope = scope;
 	c->strict = strict_input;

@@ -7,6 +7,7 @@
  *
  *-------------------------------------------------------------------------
  */
+#include <math.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -14,6 +15,7 @@
 
 #include "llm.h"
 #include "unit.h"
+#include "../fuzz/llm_diff.h"
 
 /* Parse a built body back; the caller puts the result. */
 static json_object *
@@ -636,6 +638,480 @@ test_provider_fields(void)
 	rv_llm_response_free(&r);
 }
 
+/* ---- the reply scanner against the json-c path ---- */
+
+typedef struct ScanCase
+{
+	RvFlavor	flavor;
+	int			fast;			/* 1: the scanner must take it; 0: must give up */
+	const char *body;
+	size_t		len;			/* 0: strlen(body) */
+} ScanCase;
+
+#define OA RV_FLAVOR_OPENAI
+#define AN RV_FLAVOR_ANTHROPIC
+/* an OpenAI reply around a content string's JSON text */
+/* a body with NUL bytes, and its length */
+#define WITH_NUL(s) s, sizeof(s) - 1
+#define OA_CONTENT(c) "{\"choices\":[{\"message\":{\"content\":" c "},\"finish_reason\":\"stop\"}]}"
+
+static const ScanCase scan_cases[] = {
+	/* the common reply, as the profile's nginx sends it */
+	{OA, 1, "{\"id\":\"fixed\",\"object\":\"chat.completion\",\"created\":1,\"model\":\"m\",\"choices\":[{\"index\":0,"
+	 "\"message\":{\"role\":\"assistant\",\"content\":\"ok\"},\"finish_reason\":\"stop\"}],"
+	 "\"usage\":{\"prompt_tokens\":3,\"completion_tokens\":1,\"total_tokens\":4}}", 0},
+	{OA, 1, " \t\r\n{ \"choices\" : [ { \"message\" : { \"content\" : \"x\" } } ] } \n\n", 0},
+	/* escapes */
+	{OA, 1, OA_CONTENT("\"line1\\nline2 \\\"q\\\" \\\\ \\/ \\b\\f\\r\\t end\""), 0},
+	{OA, 1, OA_CONTENT("\"\\u0041\\u00e9\\u65e5\\u20AC\\uFFFF\""), 0},
+	{OA, 1, OA_CONTENT("\"pair \\ud83c\\udf89 \\uD834\\uDD1E\""), 0},
+	{OA, 1, OA_CONTENT("\"lone high \\ud800 end\""), 0},
+	{OA, 1, OA_CONTENT("\"lone high at the end \\ud800\""), 0},
+	{OA, 1, OA_CONTENT("\"lone low \\udc00 x\""), 0},
+	{OA, 1, OA_CONTENT("\"high then letter \\ud800\\u0041\""), 0},
+	{OA, 1, OA_CONTENT("\"high high low \\ud800\\ud800\\udc00\""), 0},
+	{OA, 1, OA_CONTENT("\"high then escape \\ud800\\n\\ud801\\\\\""), 0},
+	{OA, 1, OA_CONTENT("\"low low \\udfff\\udfff\""), 0},
+	{OA, 1, OA_CONTENT("\"nul \\u0000 inside\""), 0},
+	{OA, 1, OA_CONTENT("\"\""), 0},
+	/* raw UTF-8 and raw control characters (json-c takes those) */
+	{OA, 1, OA_CONTENT("\"h\xc3\xa9llo \xe6\x97\xa5\xe6\x9c\xac \xf0\x9f\x8e\x89 \xf4\x8f\xbf\xbf\""), 0},
+	{OA, 1, OA_CONTENT("\"raw\ttab and\x01 \x1f and \x7f\""), 0},
+	{OA, 1, OA_CONTENT("\"raw\nnewline\""), 0},
+	/* invalid UTF-8: the scanner leaves it to json-c (which is looser) */
+	{OA, 0, OA_CONTENT("\"\xff\""), 0},
+	{OA, 0, OA_CONTENT("\"overlong \xc0\x80\""), 0},
+	{OA, 0, OA_CONTENT("\"surrogate \xed\xa0\x80\""), 0},
+	{OA, 0, OA_CONTENT("\"above \xf4\x90\x80\x80\""), 0},
+	{OA, 0, OA_CONTENT("\"cut \xe6\x97\""), 0},
+	{OA, 0, WITH_NUL("{\"choices\":[{\"message\":{\"content\":\"a\0b\"}}]}")},
+	{OA, 0, WITH_NUL("{\"choices\":[{\"message\":{\"content\":\"ab\"}}]}\0")},
+	/* nulls, other types and missing members */
+	{OA, 1, "{\"id\":null,\"model\":7,\"choices\":[{\"message\":{\"content\":\"x\"},\"finish_reason\":null}],\"usage\":null}", 0},
+	{OA, 1, "{\"choices\":[{\"message\":{\"content\":\"x\"}}],\"usage\":{\"prompt_tokens\":\"12\",\"completion_tokens\":true}}", 0},
+	{OA, 1, "{\"choices\":[{\"message\":{\"content\":\"x\"}}],\"usage\":[1,2]}", 0},
+	{OA, 1, "{\"choices\":[{\"message\":{\"content\":\"x\"},\"error\":null}],\"error\":null}", 0},
+	{OA, 0, "{\"choices\":[{\"message\":{\"content\":\"x\"}}],\"error\":\"\"}", 0},
+	{OA, 0, "{\"choices\":[{\"message\":{\"content\":\"x\"}}],\"error\":{\"message\":\"m\"}}", 0},
+	{OA, 0, "{\"choices\":[{\"message\":{\"content\":\"x\"},\"error\":{\"message\":\"m\"}}]}", 0},
+	{OA, 0, "{\"choices\":[{\"message\":{\"content\":null,\"refusal\":\"no\"}}]}", 0},
+	{OA, 0, "{\"choices\":[{\"message\":{\"content\":[{\"type\":\"text\",\"text\":\"a\"}]}}]}", 0},
+	{OA, 0, "{\"choices\":[{\"message\":{\"role\":\"assistant\"}}]}", 0},
+	{OA, 0, "{\"choices\":[{\"message\":\"x\"}]}", 0},
+	{OA, 0, "{\"choices\":[null]}", 0},
+	{OA, 0, "{\"choices\":[]}", 0},
+	{OA, 0, "{\"choices\":{\"message\":{\"content\":\"x\"}}}", 0},
+	{OA, 0, "{}", 0},
+	/* the first of several choices */
+	{OA, 1, "{\"choices\":[{\"message\":{\"content\":\"first\"},\"finish_reason\":\"length\"},"
+	 "{\"message\":{\"content\":\"second\"},\"finish_reason\":\"stop\"}]}", 0},
+	{OA, 1, "{\"choices\":[{\"message\":{\"content\":\"x\"},\"finish_reason\":\"max_tokens\"}]}", 0},
+	/* duplicate names: the last one wins, also for what is under it */
+	{OA, 1, "{\"choices\":[{\"message\":{\"content\":\"one\",\"content\":\"two\"}}]}", 0},
+	{OA, 1, "{\"model\":\"a\",\"model\":\"b\",\"id\":\"x\",\"id\":null,"
+	 "\"choices\":[{\"message\":{\"content\":\"x\"}}]}", 0},
+	{OA, 1, "{\"choices\":[{\"message\":{\"content\":\"one\"},\"finish_reason\":\"stop\"}],"
+	 "\"choices\":[{\"message\":{\"content\":\"two\"}}]}", 0},
+	{OA, 1, "{\"usage\":{\"prompt_tokens\":5,\"prompt_tokens_details\":{\"cached_tokens\":2}},"
+	 "\"choices\":[{\"message\":{\"content\":\"x\"}}],\"usage\":{\"completion_tokens\":1}}", 0},
+	{OA, 0, "{\"choices\":[{\"message\":{\"content\":\"x\"},\"message\":{\"role\":\"assistant\"}}]}", 0},
+	{OA, 0, "{\"choices\":[{\"message\":{\"content\":\"x\"}}],\"choices\":[]}", 0},
+	/* token counts */
+	{OA, 1, "{\"choices\":[{\"message\":{\"content\":\"x\"}}],\"usage\":{\"prompt_tokens\":100,"
+	 "\"completion_tokens\":0,\"prompt_tokens_details\":{\"cached_tokens\":40}}}", 0},
+	{OA, 1, "{\"choices\":[{\"message\":{\"content\":\"x\"}}],\"usage\":{\"prompt_tokens\":10,\"cached_tokens\":40}}", 0},
+	{OA, 1, "{\"choices\":[{\"message\":{\"content\":\"x\"}}],\"usage\":{\"prompt_tokens\":10,\"cached_tokens\":4,"
+	 "\"prompt_tokens_details\":{\"cached_tokens\":null}}}", 0},
+	{OA, 1, "{\"choices\":[{\"message\":{\"content\":\"x\"}}],\"usage\":{\"prompt_tokens\":-0,\"completion_tokens\":-7}}", 0},
+	{OA, 1, "{\"choices\":[{\"message\":{\"content\":\"x\"}}],\"usage\":{\"prompt_tokens\":999999999999999999}}", 0},
+	{OA, 0, "{\"choices\":[{\"message\":{\"content\":\"x\"}}],\"usage\":{\"prompt_tokens\":9223372036854775807}}", 0},
+	{OA, 0, "{\"choices\":[{\"message\":{\"content\":\"x\"}}],\"usage\":{\"prompt_tokens\":18446744073709551616}}", 0},
+	{OA, 0, "{\"choices\":[{\"message\":{\"content\":\"x\"}}],\"usage\":{\"prompt_tokens\":12.0}}", 0},
+	{OA, 0, "{\"choices\":[{\"message\":{\"content\":\"x\"}}],\"usage\":{\"completion_tokens\":1e2}}", 0},
+	/* numbers elsewhere */
+	{OA, 1, "{\"created\":1.5e300,\"x\":[-0.0,0,1E+2,2e-5,1e999,-1.25],\"choices\":[{\"message\":{\"content\":\"x\"}}]}", 0},
+	{OA, 0, "{\"created\":123456789012345678901234567890,\"choices\":[{\"message\":{\"content\":\"x\"}}]}", 0},
+	{OA, 0, "{\"created\":-123456789012345678901,\"choices\":[{\"message\":{\"content\":\"x\"}}]}", 0},
+	{OA, 0, "{\"created\":01,\"choices\":[{\"message\":{\"content\":\"x\"}}]}", 0},
+	{OA, 0, "{\"created\":1.,\"choices\":[{\"message\":{\"content\":\"x\"}}]}", 0},
+	{OA, 0, "{\"created\":-,\"choices\":[{\"message\":{\"content\":\"x\"}}]}", 0},
+	{OA, 0, "{\"created\":NaN,\"choices\":[{\"message\":{\"content\":\"x\"}}]}", 0},
+	{OA, 0, "{\"created\":-Infinity,\"choices\":[{\"message\":{\"content\":\"x\"}}]}", 0},
+	{OA, 0, "{\"created\":True,\"choices\":[{\"message\":{\"content\":\"x\"}}]}", 0},
+	/* member names */
+	{OA, 1, "{\"x\":{\"a\\nb\":1,\"\\u0063\":[]},\"choices\":[{\"message\":{\"content\":\"x\"}}]}", 0},
+	{OA, 0, "{\"choices\":[{\"message\":{\"\\u0063ontent\":\"x\"}}]}", 0},
+	{OA, 0, "{\"choices\":[{\"message\":{\"content\\u0000junk\":\"x\"}}]}", 0},
+	{OA, 0, "{'choices':[{\"message\":{\"content\":\"x\"}}]}", 0},
+	/* syntax json-c strict refuses, or that the scanner leaves to it */
+	{OA, 0, "{\"choices\":[{\"message\":{\"content\":\"x\"}}]} x", 0},
+	{OA, 0, "{\"choices\":[{\"message\":{\"content\":\"x\"}}]}{}", 0},
+	{OA, 0, "{\"choices\":[{\"message\":{\"content\":\"x\"}},]}", 0},
+	{OA, 0, "{\"choices\":[{\"message\":{\"content\":\"x\"}}],}", 0},
+	{OA, 0, "{\"choices\":[{\"message\":{\"content\":\"x\"}}] /* c */}", 0},
+	{OA, 0, "{\"choices\":[{\"message\":{\"content\":\"x\\q\"}}]}", 0},
+	{OA, 0, "{\"choices\":[{\"message\":{\"content\":\"x\\u12G4\"}}]}", 0},
+	{OA, 0, "{\"choices\":[{\"message\":{\"content\":\"x\"}}]", 0},
+	{OA, 0, "{\"choices\":[{\"message\":{\"content\":\"x", 0},
+	{OA, 0, "\f{\"choices\":[{\"message\":{\"content\":\"x\"}}]}", 0},
+	{OA, 0, "", 0},
+	{OA, 0, "null", 0},
+	{OA, 0, "[]", 0},
+	{OA, 0, "\"x\"", 0},
+	{OA, 0, "12", 0},
+	/* anthropic */
+	{AN, 1, "{\"id\":\"msg_1\",\"type\":\"message\",\"role\":\"assistant\",\"model\":\"claude-3-5-haiku\","
+	 "\"content\":[{\"type\":\"text\",\"text\":\"Hi\"}],\"stop_reason\":\"end_turn\",\"stop_sequence\":null,"
+	 "\"usage\":{\"input_tokens\":10,\"output_tokens\":2}}", 0},
+	{AN, 1, "{\"content\":[{\"type\":\"thinking\",\"thinking\":\"hmm\"},{\"type\":\"text\",\"text\":\"a\\n\"},"
+	 "{\"type\":\"tool_use\",\"input\":{}},{\"text\":\"untyped\"},null,7,{\"type\":\"text\",\"text\":5},"
+	 "{\"text\":\"b\\u00e9\",\"type\":\"text\"}],\"stop_reason\":\"max_tokens\"}", 0},
+	{AN, 1, "{\"content\":[{\"type\":\"text\",\"text\":\"x\"}],\"usage\":{\"input_tokens\":10,\"output_tokens\":2,"
+	 "\"cache_creation_input_tokens\":100,\"cache_read_input_tokens\":1000}}", 0},
+	{AN, 1, "{\"content\":[{\"type\":\"text\",\"text\":\"x\"}],\"usage\":{\"output_tokens\":2,"
+	 "\"cache_read_input_tokens\":1000}}", 0},
+	{AN, 1, "{\"content\":[{\"type\":\"text\",\"text\":\"x\"}],\"usage\":{\"input_tokens\":999999999999999999,"
+	 "\"cache_creation_input_tokens\":999999999999999999,\"cache_read_input_tokens\":999999999999999999}}", 0},
+	{AN, 1, "{\"content\":\"plain\",\"type\":7}", 0},
+	{AN, 1, "{\"content\":[{\"type\":\"text\",\"text\":\"one\"}],\"content\":\"two\"}", 0},
+	{AN, 1, "{\"content\":\"one\",\"content\":[{\"type\":\"text\",\"text\":\"two\"}]}", 0},
+	{AN, 1, "{\"content\":[{\"type\":\"text\",\"text\":\"one\"}],\"content\":[{\"type\":\"text\",\"text\":\"two\"}]}", 0},
+	{AN, 1, "{\"content\":[{\"type\":\"text\",\"text\":\"a\",\"text\":\"b\",\"type\":\"text\"}]}", 0},
+	{AN, 1, "{\"type\":\"message\",\"error\":null,\"content\":[{\"type\":\"text\",\"text\":\"\"}]}", 0},
+	{AN, 0, "{\"type\":\"error\",\"error\":{\"type\":\"overloaded_error\",\"message\":\"Overloaded\"}}", 0},
+	{AN, 0, "{\"type\":\"error\",\"content\":[{\"type\":\"text\",\"text\":\"x\"}]}", 0},
+	{AN, 0, "{\"type\":\"err\\u006fr\",\"content\":[{\"type\":\"text\",\"text\":\"x\"}]}", 0},
+	{AN, 0, "{\"error\":\"x\",\"content\":[{\"type\":\"text\",\"text\":\"x\"}]}", 0},
+	{AN, 0, "{\"content\":[{\"type\":\"tool_use\",\"input\":{}}],\"stop_reason\":\"tool_use\"}", 0},
+	{AN, 0, "{\"content\":[]}", 0},
+	{AN, 0, "{\"content\":[{\"type\":\"te\\u0078t\",\"text\":\"x\"}]}", 0},
+	{AN, 0, "{\"content\":{\"type\":\"text\",\"text\":\"x\"}}", 0},
+	{AN, 0, "{\"content\":[{\"type\":\"text\",\"text\":\"x\"}],\"usage\":{\"input_tokens\":1.5}}", 0},
+	{AN, 0, "{\"id\":\"x\"}", 0},
+};
+
+/* A reply with a member nested depth containers deep (the root not counted). */
+static char *
+scan_nested(int depth)
+{
+	char	   *b = malloc(6 * (size_t) depth + 100);
+	size_t		o;
+	int			k;
+
+	o = (size_t) sprintf(b, "{\"x\":");
+	for (k = 0; k < depth; k++)
+		o += (size_t) sprintf(b + o, "%s", (k % 2) ? "[" : "{\"k\":");
+	b[o++] = '1';
+	for (k = depth - 1; k >= 0; k--)
+		b[o++] = (k % 2) ? ']' : '}';
+	sprintf(b + o, ",\"choices\":[{\"message\":{\"content\":\"deep\"}}]}");
+	return b;
+}
+
+/*
+ * Does rv_llm_parse_response() give what rv_llm_parse_response_tree()
+ * gives, error messages included?
+ */
+static bool
+scan_same_as_tree(RvFlavor flavor, const char *body, size_t len)
+{
+	RvLlmResponse a;
+	RvLlmResponse b;
+	RvError		ea;
+	RvError		eb;
+	bool		oka;
+	bool		okb;
+	bool		same;
+
+	rv_error_clear(&ea);
+	rv_error_clear(&eb);
+	oka = rv_llm_parse_response(flavor, body, len, &a, &ea);
+	okb = rv_llm_parse_response_tree(flavor, body, len, &b, &eb);
+	same = (oka == okb);
+	if (same && oka)
+		same = llm_diff_same_str(a.content, b.content) &&
+			llm_diff_same_str(a.finish_reason, b.finish_reason) &&
+			llm_diff_same_str(a.model, b.model) && llm_diff_same_str(a.id, b.id) &&
+			a.input_tokens == b.input_tokens && a.output_tokens == b.output_tokens &&
+			a.cached_tokens == b.cached_tokens && a.truncated == b.truncated;
+	else if (same)
+		same = strcmp(ea.message, eb.message) == 0 && strcmp(ea.detail, eb.detail) == 0 &&
+			strcmp(ea.hint, eb.hint) == 0;
+	if (oka)
+		rv_llm_response_free(&a);
+	if (okb)
+		rv_llm_response_free(&b);
+	return same;
+}
+
+static uint64_t scan_rng_state = 0x2545F4914F6CDD1DULL;
+
+static uint64_t
+scan_rng(void)
+{
+	scan_rng_state ^= scan_rng_state << 13;
+	scan_rng_state ^= scan_rng_state >> 7;
+	scan_rng_state ^= scan_rng_state << 17;
+	return scan_rng_state;
+}
+
+/* Mutate buf[0..*len) (room for cap bytes) once. */
+static void
+scan_mutate(char *buf, size_t *len, size_t cap)
+{
+	static const char *const tokens[] = {
+		"\\u", "\\ud83d", "\\udc00", "\\\"", "\"", "\\", "{", "}", "[", "]", ",", ":", "null",
+		"\"content\":", "\"choices\":", "\"usage\":", "\"error\":", "\"text\"", "\"type\":",
+		"\"message\":", "\"prompt_tokens\":", "-", "0", "1e5", ".5", "\xc3\xa9", "\xff", "\xed\xa0\x80",
+		"\x01", " ", "\n", "\"x\":[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[1]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]],",
+		"12345678901234567890", "\"finish_reason\":\"length\",", "\"cache_read_input_tokens\":",
+	};
+	size_t		n = *len;
+	size_t		at = n ? (size_t) (scan_rng() % n) : 0;
+
+	switch (scan_rng() % 5)
+	{
+		case 0:					/* flip a byte */
+			if (n > 0)
+				buf[at] = (char) scan_rng();
+			break;
+		case 1:					/* delete a run */
+			if (n > 0)
+			{
+				size_t		k = 1 + (size_t) (scan_rng() % 4);
+
+				if (k > n - at)
+					k = n - at;
+				memmove(buf + at, buf + at + k, n - at - k);
+				*len = n - k;
+			}
+			break;
+		case 2:					/* duplicate a run */
+		default:
+			{
+				const char *t = tokens[scan_rng() % (sizeof(tokens) / sizeof(tokens[0]))];
+				size_t		k = strlen(t);
+
+				if (n + k < cap)
+				{
+					memmove(buf + at + k, buf + at, n - at);
+					memcpy(buf + at, t, k);
+					*len = n + k;
+				}
+			}
+			break;
+	}
+}
+
+static void
+test_scan(void)
+{
+	size_t		i;
+	int			k;
+	char		why[256];
+	char		desc[128];
+	int			bad = 0;
+	int			taken = 0;
+	int			runs = 0;
+	int			depths[] = {1, 10, 40, 58, 59, 60, 61, 62, 63, 64, 70};
+
+	for (i = 0; i < sizeof(scan_cases) / sizeof(scan_cases[0]); i++)
+	{
+		const ScanCase *c = &scan_cases[i];
+		size_t		len = c->len ? c->len : strlen(c->body);
+		int			r = llm_diff_reply(c->flavor, c->body, len, why, sizeof(why));
+
+		snprintf(desc, sizeof(desc), "scan case %zu: %s (%.50s)", i,
+				 c->fast ? "the scanner takes it, same as json-c" : "the scanner leaves it to json-c",
+				 c->body);
+		for (k = 0; desc[k] != '\0'; k++)
+			if ((unsigned char) desc[k] < 0x20 || (unsigned char) desc[k] >= 0x7F)
+				desc[k] = '?';
+		if (r != (c->fast ? 1 : 0) && why[0] != '\0')
+			printf("# %s\n", why);
+		CHECK(r == (c->fast ? 1 : 0), desc);
+		snprintf(desc, sizeof(desc), "scan case %zu: rv_llm_parse_response() answers as json-c", i);
+		CHECK(scan_same_as_tree(c->flavor, c->body, len), desc);
+	}
+
+	/*
+	 * json-c's tokener kept a \u high surrogate pending after a body cut
+	 * in the \u escape that follows it, and decoded the next body's first
+	 * \u escape after it
+	 */
+	{
+		static const char cut[] = "{\"choices\":[{\"message\":{\"content\":\"\\ud83d\\u";
+		static const char pair[] = OA_CONTENT("\"\\ud83c\\udf89\"");
+		RvLlmResponse r;
+		RvError		err;
+
+		rv_error_clear(&err);
+		CHECK(!rv_llm_parse_response_tree(OA, cut, strlen(cut), &r, &err),
+			  "a body cut after a high surrogate is malformed");
+		rv_error_clear(&err);
+		CHECK(rv_llm_parse_response_tree(OA, pair, strlen(pair), &r, &err) &&
+			  strcmp(r.content, "\xf0\x9f\x8e\x89") == 0,
+			  "the next body's surrogate pair is one character (json-c path)");
+		rv_llm_response_free(&r);
+	}
+
+	/* nesting: up to LLM_SCAN_DEPTH containers in all the scanner takes */
+	for (i = 0; i < sizeof(depths) / sizeof(depths[0]); i++)
+	{
+		char	   *b = scan_nested(depths[i]);
+		int			r = llm_diff_reply(OA, b, strlen(b), why, sizeof(why));
+
+		snprintf(desc, sizeof(desc), "a member %d containers deep: %s", depths[i],
+				 depths[i] + 1 <= LLM_DIFF_SCAN_DEPTH ? "taken" : "left to json-c");
+		CHECK(r == (depths[i] + 1 <= LLM_DIFF_SCAN_DEPTH ? 1 : 0), desc);
+		CHECK(scan_same_as_tree(OA, b, strlen(b)), "deep nesting: same answer as json-c");
+		free(b);
+	}
+
+	/* mutations of every case: the scanner never disagrees with json-c */
+	for (i = 0; i < sizeof(scan_cases) / sizeof(scan_cases[0]); i++)
+	{
+		const ScanCase *c = &scan_cases[i];
+		size_t		len0 = c->len ? c->len : strlen(c->body);
+
+		for (k = 0; k < 400; k++)
+		{
+			char		buf[2048];
+			size_t		len = len0;
+			int			m;
+			int			nm = 1 + (int) (scan_rng() % 3);
+			int			r;
+
+			if (len0 >= sizeof(buf))
+				break;
+			memcpy(buf, c->body, len0);
+			for (m = 0; m < nm; m++)
+				scan_mutate(buf, &len, sizeof(buf));
+			r = llm_diff_reply(c->flavor, buf, len, why, sizeof(why));
+			runs++;
+			if (r == 1)
+				taken++;
+			if (r < 0 || !scan_same_as_tree(c->flavor, buf, len))
+			{
+				if (bad++ < 5)
+				{
+					size_t		b;
+
+					for (b = 0; b < len; b++)
+						if ((unsigned char) buf[b] < 0x20 || (unsigned char) buf[b] >= 0x7F)
+							buf[b] = '?';
+					printf("# mutation of case %zu: %s: %.*s\n", i, why[0] ? why : "answers differ",
+						   (int) len, buf);
+				}
+			}
+		}
+	}
+	snprintf(desc, sizeof(desc), "%d mutated replies: the scanner agrees with json-c", runs);
+	CHECK(bad == 0, desc);
+	snprintf(desc, sizeof(desc), "the scanner took %d of the %d mutated replies", taken, runs);
+	CHECK(taken >= 1000, desc);
+}
+
+/* ---- the body writer against the json-c tree builder ---- */
+
+static void
+test_body_diff(void)
+{
+	static const char *const texts[] = {
+		"", "Hello", "quote \" backslash \\ slash / </script>", "\b\f\n\r\t \x01\x1f\x7f",
+		"h\xc3\xa9llo \xe6\x97\xa5\xe6\x9c\xac \xf0\x9f\x8e\x89", "\xff\xfe invalid \xc0\x80 bytes",
+		"{{ input.text }} {\"json\": [1, 2]}",
+	};
+	static const char *const trees[] = {
+		"{\"role\":\"user\",\"content\":\"x\"}",
+		"{\"role\":\"assistant\",\"content\":\"a\\u0000b\\n\",\"extra\":[1,-2,3.50,1e5,true,false,null,{}],\"k\\\"\":{}}",
+		"{\"big\":18446744073709551615,\"max\":9223372036854775807,\"min\":-9223372036854775808,"
+		"\"d\":0.1,\"e\":-0.0,\"f\":1E+2,\"g\":123456789.123456789}",
+		"[[[],{}],\"s\",0]",
+		"null",
+		"\"just a string\"",
+		"{\"type\":\"object\",\"properties\":{\"a\":{\"type\":\"integer\",\"minimum\":0.5}},\"required\":[\"a\"]}",
+	};
+	static const double temps[] = {0.0, 0.7, 1.0, 0.1 + 0.2, 1e-20, -0.0, 2.5e300};
+	char		why[256];
+	char		desc[160];
+	int			bad = 0;
+	int			runs = 0;
+	size_t		t;
+	size_t		m;
+	int			f;
+	int			variant;
+
+	for (f = RV_FLAVOR_OPENAI; f <= RV_FLAVOR_ANTHROPIC; f++)
+		for (t = 0; t < sizeof(texts) / sizeof(texts[0]); t++)
+			for (m = 0; m < sizeof(trees) / sizeof(trees[0]); m++)
+				for (variant = 0; variant < 8; variant++)
+				{
+					RvLlmRequest req;
+					json_object *msgs = json_object_new_array();
+					json_object *tree = json_tokener_parse(trees[m]);
+					json_object *schema = NULL;
+					json_object *um = json_object_new_object();
+
+					json_object_object_add(um, "role", json_object_new_string("user"));
+					json_object_object_add(um, "content", json_object_new_string(texts[t]));
+					json_object_array_add(msgs, um);
+					json_object_array_add(msgs, json_object_get(tree));
+					/* doubles made in C print with json-c's own format */
+					json_object_array_add(msgs, json_object_new_double(variant * 0.25 + 1.0 / 3));
+					if (variant & 2)
+						schema = json_tokener_parse(trees[6]);
+
+					memset(&req, 0, sizeof(req));
+					req.flavor = (RvFlavor) f;
+					req.model = (variant & 1) ? texts[t] : NULL;
+					req.system = (variant & 4) ? texts[t] : NULL;
+					req.messages = (variant == 7) ? NULL : (variant == 5 ? tree : msgs);
+					req.has_temperature = (variant != 3);
+					req.temperature = temps[(t + m + (size_t) variant) % (sizeof(temps) / sizeof(temps[0]))];
+					req.max_tokens = (variant & 1) ? 0 : 100 * variant;
+					req.output_schema = schema;
+					req.schema_name = texts[t];
+					runs++;
+					if (!llm_diff_body(&req, why, sizeof(why)) && bad++ < 5)
+						printf("# flavour %d text %zu tree %zu variant %d: %s\n", f, t, m, variant, why);
+					json_object_put(msgs);
+					json_object_put(tree);
+					json_object_put(schema);
+				}
+	snprintf(desc, sizeof(desc), "%d request bodies: written the same as by the json-c tree", runs);
+	CHECK(bad == 0, desc);
+
+	/* NaN and infinities leave the temperature out; deep trees */
+	{
+		RvLlmRequest req;
+		json_object *msgs = json_object_new_array();
+		json_object *deep = json_object_new_array();
+		json_object *cur = deep;
+		int			k;
+
+		for (k = 0; k < 100; k++)
+		{
+			json_object *next = json_object_new_object();
+
+			json_object_array_add(cur, next);
+			cur = json_object_new_array();
+			json_object_object_add(next, "k", cur);
+		}
+		json_object_array_add(msgs, deep);
+		memset(&req, 0, sizeof(req));
+		req.model = "m";
+		req.messages = msgs;
+		req.has_temperature = true;
+		req.temperature = NAN;
+		CHECK(llm_diff_body(&req, why, sizeof(why)), "NaN temperature: same body");
+		req.temperature = INFINITY;
+		req.flavor = RV_FLAVOR_ANTHROPIC;
+		CHECK(llm_diff_body(&req, why, sizeof(why)), "infinite temperature, 200 levels deep: same body");
+		json_object_put(msgs);
+	}
+}
+
 int
 main(void)
 {
@@ -646,5 +1122,7 @@ main(void)
 	test_huge();
 	test_error_message();
 	test_extract();
+	test_scan();
+	test_body_diff();
 	return unit_done("llm");
 }
