@@ -22,7 +22,7 @@ OBJS = src/rvbbit.o src/guc.o src/shmem.o src/bgw.o src/pool.o src/channel.o src
        src/map.o src/catalog.o src/options.o src/providers.o src/exec.o src/stmt.o src/registry.o src/progress.o src/mapscan.o src/rewrite.o src/jobs.o src/jobs_runner.o src/request.o src/estimate.o src/ratelimit.o src/budget.o src/rverror.o src/rvtext.o src/template.o \
        src/jsonschema.o src/rvyaml.o src/cascade.o src/llm.o src/syntax.o src/colbuf.o \
        src/gateway_sup.o
-DATA = sql/rvbbit--0.1.sql sql/rvbbit--0.1--0.2.sql sql/rvbbit--0.2--0.3.sql
+DATA = sql/rvbbit--0.1.sql sql/rvbbit--0.1--0.2.sql sql/rvbbit--0.2--0.3.sql sql/rvbbit--0.3--0.4.sql
 PGFILEDESC = "rvbbit - LLM workflows from SQL"
 
 # pg_regress suites, run against a temporary instance with the library

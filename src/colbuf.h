@@ -8,6 +8,9 @@
  * arrays costs a copy per value, where the JSON text it used before was
  * built with json-c, printed, and parsed again by jsonb_in and
  * jsonb_to_recordset (about a third of the worker's instructions per row).
+ * The worker now writes most batches itself from values[] and nulls[]
+ * (worker_db.c, wk_write_direct); the arrays are for the INSERT it falls
+ * back to.
  *
  *-------------------------------------------------------------------------
  */

@@ -135,6 +135,31 @@
 #endif
 
 /*
+ * Index entries for a tuple just inserted, and the ON CONFLICT pre-check
+ * (executor/executor.h): 16 added ExecInsertIndexTuples' onlySummarizing
+ * (false: every index, as for an INSERT); 18 added the TID of a tuple
+ * ExecCheckIndexConstraints is to ignore (invalid_tid: an item pointer
+ * set with ItemPointerSetInvalid, the tuple not being inserted yet).
+ * rv_ExecInsertIndexTuples is the plain INSERT's call: not an UPDATE, a
+ * duplicate key is an error, no arbiter indexes.
+ */
+#if PG_VERSION_NUM >= 160000
+#define rv_ExecInsertIndexTuples(rri, slot, estate) \
+	ExecInsertIndexTuples((rri), (slot), (estate), false, false, NULL, NIL, false)
+#else
+#define rv_ExecInsertIndexTuples(rri, slot, estate) \
+	ExecInsertIndexTuples((rri), (slot), (estate), false, false, NULL, NIL)
+#endif
+#if PG_VERSION_NUM >= 180000
+#define rv_ExecCheckIndexConstraints(rri, slot, estate, conflict_tid, invalid_tid, arbiters) \
+	ExecCheckIndexConstraints((rri), (slot), (estate), (conflict_tid), (invalid_tid), (arbiters))
+#else
+#define rv_ExecCheckIndexConstraints(rri, slot, estate, conflict_tid, invalid_tid, arbiters) \
+	((void) (invalid_tid), \
+	 ExecCheckIndexConstraints((rri), (slot), (estate), (conflict_tid), (arbiters)))
+#endif
+
+/*
  * A function that does not return (c.h): 18 replaced the postfix
  * pg_attribute_noreturn() with the prefix pg_noreturn (C11 _Noreturn).
  * Declare such a function as

@@ -122,6 +122,8 @@ typedef struct WkTask
 	char	   *body;			/* malloc'd request body */
 	size_t		body_len;
 	char		key[65];		/* cache key of the request */
+	bool		key_absent;		/* its cache lookup found no entry (a hint for
+								 * wk_flush_writes; worker_db.c) */
 	const char *model;			/* model name sent (no prefix) */
 	char	   *model_ref;		/* malloc'd model as written (with prefix) */
 	WkProvider *provider;

@@ -11,15 +11,22 @@
 
 #include "pgjsonc.h"
 
+#include "access/table.h"
+#include "access/tableam.h"
 #include "access/xact.h"
 #include "catalog/namespace.h"
 #include "catalog/pg_type_d.h"
+#include "catalog/pg_index.h"
+#include "executor/executor.h"
 #include "executor/spi.h"
 #include "miscadmin.h"
+#include "nodes/makefuncs.h"
 #include "pgstat.h"
+#include "rewrite/rewriteHandler.h"
 #include "utils/builtins.h"
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
+#include "utils/rel.h"
 
 #include "budget.h"
 #include "colbuf.h"
@@ -57,6 +64,14 @@ static const Oid wk_call_types[WL_NCOLS] = {
 
 static RvColBuf wk_cache_rows;
 static RvColBuf wk_call_rows;
+
+/*
+ * Beside each queued cache entry: whether the cache lookup of its request
+ * found no entry (WkTask.key_absent with rvbbit.cache on), so the direct
+ * write skips the ON CONFLICT pre-check for it (see wk_write_direct).
+ */
+static bool *wk_cache_absent = NULL;
+static int	wk_cache_absent_cap = 0;
 
 /* the keys of one cache lookup */
 static const Oid wk_lookup_types[1] = {TEXTOID};
@@ -351,6 +366,7 @@ wk_cache_lookup(void)
 		json_object *hit = NULL;
 
 		dlist_delete(&t->node);
+		t->key_absent = hits != NULL && !json_object_object_get_ex(hits, t->key, NULL);
 		if (hits && json_object_object_get_ex(hits, t->key, &hit) &&
 			(t->stmt->cache_max_age_s < 0 ||
 			 json_object_get_double(json_object_object_get(hit, "age")) <= t->stmt->cache_max_age_s))
@@ -422,70 +438,436 @@ wk_insert_sql(const char *table, const char *const *cols, int n,
 }
 
 /*
- * Write the queued cache entries and call records in one transaction.
- * A failure is logged; the results still go to the backends.
+ * The direct writes.  An INSERT ... SELECT unnest(...) through SPI cost
+ * about 77,000 instructions per row (cache entry and call record): the
+ * executor's start-up for every batch, the set-returning functions, the
+ * ON CONFLICT machinery.  For the tables as the extension creates them the
+ * worker writes the rows itself, the way COPY FROM does: one tuple slot a
+ * row, table_multi_insert, then the index entries with the executor's own
+ * ExecInsertIndexTuples (so the unique checks, and any index an
+ * administrator added, work as for an INSERT).  What the INSERT did, this
+ * does too:
+ *
+ *	- columns without a value get their default (call_log.id its nextval,
+ *	  called_at and created_at now()), evaluated row by row in the buffer's
+ *	  order, so call_log ids are in the same order as before;
+ *	- NOT NULL and CHECK constraints (ExecConstraints raises the same
+ *	  errors), and a bigint value for an int column is range-checked like
+ *	  the assignment cast ("integer out of range");
+ *	- the cache's ON CONFLICT (key) DO NOTHING: a key that comes twice in
+ *	  the batch is written once (its first row).  A row whose request the
+ *	  worker looked up and did not find (the usual case: the reply was
+ *	  paid for because the key was not there) goes straight in.  Any other
+ *	  row (rvbbit.cache off, or an entry too old to use) is checked against
+ *	  the table first (ExecCheckIndexConstraints, the pre-check of INSERT
+ *	  ... ON CONFLICT: it waits for a transaction still inserting the key)
+ *	  and skipped when the key is there.  If another worker committed the
+ *	  key since the lookup or the check, the unique index raises
+ *	  unique_violation (waiting first for a transaction still inserting it)
+ *	  and wk_flush_writes() writes the whole batch again with the INSERT
+ *	  statements, whose ON CONFLICT skips the row.  The pre-check of every
+ *	  row cost about 10,000 instructions; a batch written twice is rare
+ *	  (the backend already sends a statement's identical requests once).
+ *
+ * Only a plain table qualifies: a table with a trigger, a rule or a stored
+ * generated column (none of which the extension creates; an administrator
+ * could), a column of another type than the buffer's, or, for the cache, a
+ * unique index other than the primary key on (key), is written with the
+ * INSERT statement instead.  Row-level security does not apply (the worker
+ * is the bootstrap superuser, see rv_worker_main), nor do privileges.  The
+ * tuples are WAL-logged like any insert.
+ */
+
+/* What a direct write knows about its table, for one batch. */
+typedef struct WkDirect
+{
+	Relation	rel;
+	TupleDesc	td;
+	EState	   *estate;
+	ResultRelInfo *rri;
+	int			natts;
+	int		   *col_of_att;		/* [natts]: buffer column, or -1 */
+	bool	   *narrow;			/* [natts]: int8 buffer value to an int4 column */
+	ExprState **defexpr;		/* [natts]: the default of a column without a
+								 * buffer column, or NULL */
+	List	   *arbiters;		/* the cache: its unique index on (key) */
+} WkDirect;
+
+/*
+ * Whether rel can be written directly (see above) with the columns of b
+ * named by cols; fills d's column map.  Needs the indexes open (for
+ * on_conflict: the one unique index, on the buffer's column 0).  Runs in
+ * the batch's executor memory.
+ */
+static bool
+wk_direct_setup(WkDirect *d, const RvColBuf *b, const char *const *cols,
+				bool on_conflict)
+{
+	Relation	rel = d->rel;
+	TupleDesc	td = d->td;
+	int			i;
+
+	if (rel->rd_rel->relkind != RELKIND_RELATION || rel->trigdesc != NULL ||
+		rel->rd_rules != NULL)
+		return false;
+
+	d->natts = td->natts;
+	d->col_of_att = palloc(sizeof(int) * td->natts);
+	d->narrow = palloc0(sizeof(bool) * td->natts);
+	d->defexpr = palloc0(sizeof(ExprState *) * td->natts);
+	for (i = 0; i < td->natts; i++)
+	{
+		Form_pg_attribute att = TupleDescAttr(td, i);
+		int			c;
+
+		d->col_of_att[i] = -1;
+		if (att->attisdropped)
+			continue;
+		if (att->attgenerated != '\0')
+			return false;		/* a generated column (stored or virtual) */
+		for (c = 0; c < b->ncols; c++)
+			if (strcmp(NameStr(att->attname), cols[c]) == 0)
+				break;
+		if (c < b->ncols)
+		{
+			if (att->atttypid == INT4OID && b->types[c] == INT8OID)
+				d->narrow[i] = true;
+			else if (att->atttypid != b->types[c])
+				return false;
+			d->col_of_att[i] = c;
+		}
+		else
+		{
+			Expr	   *def = (Expr *) build_column_default(rel, i + 1);
+
+			if (def != NULL)
+				d->defexpr[i] = ExecPrepareExpr(def, d->estate);
+		}
+	}
+
+	d->arbiters = NIL;
+	for (i = 0; i < d->rri->ri_NumIndices; i++)
+	{
+		Relation	ind = d->rri->ri_IndexRelationDescs[i];
+		Form_pg_index fi = ind->rd_index;
+
+		if (!fi->indisunique && !fi->indisexclusion)
+			continue;
+		if (!on_conflict)
+			continue;			/* an INSERT's unique check: the same */
+		if (d->arbiters != NIL || fi->indisexclusion || fi->indnkeyatts != 1 ||
+			fi->indkey.values[0] == 0 || d->col_of_att[fi->indkey.values[0] - 1] != 0 ||
+			d->rri->ri_IndexRelationInfo[i]->ii_Predicate != NIL)
+			return false;
+		d->arbiters = list_make1_oid(RelationGetRelid(ind));
+	}
+	if (on_conflict && d->arbiters == NIL)
+		return false;
+	return true;
+}
+
+/* Fill slot with row r of b (and the defaults), checking the constraints. */
+static void
+wk_direct_fill(WkDirect *d, const RvColBuf *b, int r, TupleTableSlot *slot)
+{
+	ExprContext *econtext = GetPerTupleExprContext(d->estate);
+	bool		check = d->td->constr != NULL && d->td->constr->num_check > 0;
+	int			i;
+
+	ExecClearTuple(slot);
+	for (i = 0; i < d->natts; i++)
+	{
+		int			c = d->col_of_att[i];
+
+		if (c >= 0)
+		{
+			slot->tts_isnull[i] = b->nulls[c][r];
+			slot->tts_values[i] = b->values[c][r];
+			if (d->narrow[i] && !b->nulls[c][r])
+			{
+				int64		v = DatumGetInt64(b->values[c][r]);
+
+				if (v < PG_INT32_MIN || v > PG_INT32_MAX)
+					ereport(ERROR,
+							(errcode(ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE),
+							 errmsg("integer out of range")));
+				slot->tts_values[i] = Int32GetDatum((int32) v);
+			}
+		}
+		else if (d->defexpr[i] != NULL)
+			slot->tts_values[i] = ExecEvalExpr(d->defexpr[i], econtext,
+											   &slot->tts_isnull[i]);
+		else
+		{
+			slot->tts_values[i] = (Datum) 0;
+			slot->tts_isnull[i] = true;
+		}
+		if (slot->tts_isnull[i] && TupleDescAttr(d->td, i)->attnotnull)
+			check = true;
+	}
+	ExecStoreVirtualTuple(slot);
+	if (check)
+		ExecConstraints(d->rri, slot, d->estate);
+}
+
+/* The order of the cache rows by key, then by row number. */
+static int
+wk_key_cmp(const void *a, const void *b, void *arg)
+{
+	const RvColBuf *buf = (const RvColBuf *) arg;
+	int			ra = *(const int *) a;
+	int			rb = *(const int *) b;
+	text	   *ka = (text *) DatumGetPointer(buf->values[WC_KEY][ra]);
+	text	   *kb = (text *) DatumGetPointer(buf->values[WC_KEY][rb]);
+	int			la = VARSIZE_ANY_EXHDR(ka);
+	int			lb = VARSIZE_ANY_EXHDR(kb);
+	int			cmp = memcmp(VARDATA_ANY(ka), VARDATA_ANY(kb), Min(la, lb));
+
+	if (cmp == 0 && la != lb)
+		cmp = la < lb ? -1 : 1;
+	if (cmp == 0)
+		cmp = ra < rb ? -1 : ra > rb ? 1 : 0;
+	return cmp;
+}
+
+/*
+ * For the cache: which rows to write, in buffer order: the first row of
+ * each key (the key column is never NULL: wk_queue_cache_write sets it).
+ */
+static bool *
+wk_first_of_key(const RvColBuf *b)
+{
+	bool	   *first = palloc(sizeof(bool) * b->nrows);
+	int		   *order = palloc(sizeof(int) * b->nrows);
+	int			i;
+
+	for (i = 0; i < b->nrows; i++)
+		order[i] = i;
+	if (b->nrows > 1)
+		qsort_arg(order, b->nrows, sizeof(int), wk_key_cmp, (void *) b);
+	for (i = 0; i < b->nrows; i++)
+	{
+		text	   *k = (text *) DatumGetPointer(b->values[WC_KEY][order[i]]);
+		text	   *prev = i > 0 ? (text *) DatumGetPointer(b->values[WC_KEY][order[i - 1]]) : NULL;
+
+		first[order[i]] = prev == NULL ||
+			VARSIZE_ANY_EXHDR(k) != VARSIZE_ANY_EXHDR(prev) ||
+			memcmp(VARDATA_ANY(k), VARDATA_ANY(prev), VARSIZE_ANY_EXHDR(k)) != 0;
+	}
+	pfree(order);
+	return first;
+}
+
+/*
+ * Insert the rows of b into rvbbit.relname directly (see above); for the
+ * cache (on_conflict) the rows whose key is there already are skipped,
+ * checked first unless absent[row] says the lookup found no entry.
+ * Returns false, having written nothing, when the table is not of a shape
+ * this handles: the caller runs the INSERT statement then.  Runs in the
+ * caller's transaction; errors are raised (unique_violation when another
+ * worker committed a cache key after the check).
+ */
+static bool
+wk_write_direct(RvColBuf *b, const char *relname, const char *const *cols,
+				bool on_conflict, const bool *absent)
+{
+	Oid			relid = get_relname_relid(relname, get_namespace_oid("rvbbit", false));
+	MemoryContext old;
+	WkDirect	d;
+	TupleTableSlot **slots;
+	bool	   *first = NULL;
+	int			nslots = 0;
+	int			r;
+
+	if (!OidIsValid(relid))
+		return false;
+	memset(&d, 0, sizeof(d));
+	d.estate = CreateExecutorState();
+	old = MemoryContextSwitchTo(d.estate->es_query_cxt);
+	d.estate->es_output_cid = GetCurrentCommandId(true);
+	d.rel = table_open(relid, RowExclusiveLock);
+	d.td = RelationGetDescr(d.rel);
+	d.rri = makeNode(ResultRelInfo);
+	InitResultRelInfo(d.rri, d.rel, 0, NULL, 0);
+	ExecOpenIndices(d.rri, on_conflict);
+
+	if (!wk_direct_setup(&d, b, cols, on_conflict))
+	{
+		ExecCloseIndices(d.rri);
+		table_close(d.rel, NoLock);
+		MemoryContextSwitchTo(old);
+		FreeExecutorState(d.estate);
+		return false;
+	}
+
+	if (on_conflict)
+		first = wk_first_of_key(b);
+	slots = palloc(sizeof(TupleTableSlot *) * b->nrows);
+	for (r = 0; r < b->nrows; r++)
+	{
+		TupleTableSlot *slot;
+
+		if (first != NULL && !first[r])
+			continue;
+		slot = table_slot_create(d.rel, &d.estate->es_tupleTable);
+		wk_direct_fill(&d, b, r, slot);
+		if (on_conflict && !absent[r])
+		{
+			ItemPointerData conflict_tid;
+			ItemPointerData invalid_tid;
+
+			ItemPointerSetInvalid(&invalid_tid);
+			if (!rv_ExecCheckIndexConstraints(d.rri, slot, d.estate, &conflict_tid,
+											  &invalid_tid, d.arbiters))
+				continue;		/* the key is there: DO NOTHING */
+		}
+		slots[nslots++] = slot;
+	}
+
+	if (nslots > 0)
+	{
+		int			i;
+
+		table_multi_insert(d.rel, slots, nslots, d.estate->es_output_cid, 0, NULL);
+		for (i = 0; i < nslots; i++)
+		{
+			List	   *recheck;
+
+			ResetPerTupleExprContext(d.estate);
+			recheck = rv_ExecInsertIndexTuples(d.rri, slots[i], d.estate);
+			Assert(recheck == NIL);
+			(void) recheck;
+		}
+	}
+
+	ExecResetTupleTable(d.estate->es_tupleTable, false);
+	ExecCloseIndices(d.rri);
+	table_close(d.rel, NoLock);
+	MemoryContextSwitchTo(old);
+	FreeExecutorState(d.estate);
+	return true;
+}
+
+/* The INSERT statement writing the cache entries. */
+static void
+wk_write_cache_sql(void)
+{
+	Datum		args[RV_COLBUF_MAX_COLS];
+
+	rv_colbuf_arrays(&wk_cache_rows, args);
+	if (wk_cache_plan == NULL)
+		wk_kept_plan(&wk_cache_plan,
+					 wk_insert_sql("rvbbit.cache", wk_cache_cols, WC_NCOLS, NULL,
+								   " ON CONFLICT (key) DO NOTHING"),
+					 &wk_cache_rows);
+	if (SPI_execute_plan(wk_cache_plan, args, NULL, false, 0) != SPI_OK_INSERT)
+		elog(ERROR, "could not write rvbbit.cache");
+}
+
+/* The INSERT statement writing the call records. */
+static void
+wk_write_calls_sql(void)
+{
+	/*
+	 * A database still at 0.1 (not yet ALTER EXTENSION ... UPDATE) has none
+	 * of 0.2's columns: budget_role_oid and the provider's reply fields all
+	 * came with the 0.2 script.
+	 */
+	bool		has_br = wk_call_log_has_budget_role();
+	Datum		args[RV_COLBUF_MAX_COLS];
+
+	rv_colbuf_arrays(&wk_call_rows, args);
+	if (wk_call_plan[has_br] == NULL)
+	{
+		bool		skip[WL_NCOLS] = {0};
+
+		if (!has_br)
+		{
+			skip[WL_BUDGET_ROLE_OID] = true;
+			skip[WL_RESPONSE_MODEL] = true;
+			skip[WL_RESPONSE_ID] = true;
+			skip[WL_FINISH_REASON] = true;
+			skip[WL_CACHED_TOKENS] = true;
+		}
+		wk_kept_plan(&wk_call_plan[has_br],
+					 wk_insert_sql("rvbbit.call_log", wk_call_cols, WL_NCOLS, skip, ""),
+					 &wk_call_rows);
+	}
+	if (SPI_execute_plan(wk_call_plan[has_br], args, NULL, false, 0) != SPI_OK_INSERT)
+		elog(ERROR, "could not write rvbbit.call_log");
+}
+
+/*
+ * One transaction writing the queued rows: directly, or (by_sql, or when
+ * a table is not of the shape for that) with the INSERT statements.
+ */
+static void
+wk_flush_xact(bool by_sql)
+{
+	rv_bgxact_begin("rvbbit: recording calls");
+	if (wk_cache_rows.nrows > 0 &&
+		(by_sql || !wk_write_direct(&wk_cache_rows, "cache", wk_cache_cols, true,
+									 wk_cache_absent)))
+		wk_write_cache_sql();
+	if (wk_call_rows.nrows > 0 &&
+		(by_sql || !wk_write_direct(&wk_call_rows, "call_log", wk_call_cols, false,
+									 NULL)))
+		wk_write_calls_sql();
+	rv_bgxact_end(false);
+}
+
+/*
+ * Write the queued cache entries and call records in one transaction.  A
+ * unique_violation on rvbbit.cache in the direct writes (another
+ * transaction committed a key since the lookup or the check) makes it
+ * write them once more with the INSERT statements, whose ON CONFLICT
+ * skips that entry; any other failure is logged.  The results still go to
+ * the backends.
  */
 void
 wk_flush_writes(void)
 {
-	bool		have_cache = wk_cache_rows.nrows > 0;
-	bool		have_calls = wk_call_rows.nrows > 0;
+	volatile bool again = false;
 
-	if (!have_cache && !have_calls)
+	if (wk_cache_rows.nrows == 0 && wk_call_rows.nrows == 0)
 		return;
 
 	PG_TRY();
 	{
-		Datum		args[RV_COLBUF_MAX_COLS];
-
-		rv_bgxact_begin("rvbbit: recording calls");
-		if (have_cache)
-		{
-			rv_colbuf_arrays(&wk_cache_rows, args);
-			if (wk_cache_plan == NULL)
-				wk_kept_plan(&wk_cache_plan,
-							 wk_insert_sql("rvbbit.cache", wk_cache_cols, WC_NCOLS, NULL,
-										   " ON CONFLICT (key) DO NOTHING"),
-							 &wk_cache_rows);
-			if (SPI_execute_plan(wk_cache_plan, args, NULL, false, 0) != SPI_OK_INSERT)
-				elog(ERROR, "could not write rvbbit.cache");
-		}
-		if (have_calls)
-		{
-			/*
-			 * A database still at 0.1 (not yet ALTER EXTENSION ... UPDATE)
-			 * has none of 0.2's columns: budget_role_oid and the provider's
-			 * reply fields all came with the 0.2 script.
-			 */
-			bool		has_br = wk_call_log_has_budget_role();
-
-			rv_colbuf_arrays(&wk_call_rows, args);
-			if (wk_call_plan[has_br] == NULL)
-			{
-				bool		skip[WL_NCOLS] = {0};
-
-				if (!has_br)
-				{
-					skip[WL_BUDGET_ROLE_OID] = true;
-					skip[WL_RESPONSE_MODEL] = true;
-					skip[WL_RESPONSE_ID] = true;
-					skip[WL_FINISH_REASON] = true;
-					skip[WL_CACHED_TOKENS] = true;
-				}
-				wk_kept_plan(&wk_call_plan[has_br],
-							 wk_insert_sql("rvbbit.call_log", wk_call_cols, WL_NCOLS, skip, ""),
-							 &wk_call_rows);
-			}
-			if (SPI_execute_plan(wk_call_plan[has_br], args, NULL, false, 0) != SPI_OK_INSERT)
-				elog(ERROR, "could not write rvbbit.call_log");
-		}
-		rv_bgxact_end(false);
+		wk_flush_xact(false);
 	}
 	PG_CATCH();
 	{
-		wk_xact_abort();
+		ErrorData  *edata;
+
+		MemoryContextSwitchTo(wk_loop_cxt);
+		edata = CopyErrorData();
+		if (edata->sqlerrcode == ERRCODE_UNIQUE_VIOLATION &&
+			edata->table_name != NULL && strcmp(edata->table_name, "cache") == 0)
+		{
+			FlushErrorState();
+			rv_bgxact_abort();
+			elog(DEBUG1, "rvbbit worker: a cache entry of this batch was written by another transaction; writing the batch again with INSERT");
+			again = true;
+		}
+		else
+			wk_xact_abort();
+		FreeErrorData(edata);
 	}
 	PG_END_TRY();
+
+	if (again)
+	{
+		PG_TRY();
+		{
+			wk_flush_xact(true);
+		}
+		PG_CATCH();
+		{
+			wk_xact_abort();
+		}
+		PG_END_TRY();
+	}
 
 	rv_colbuf_reset(&wk_cache_rows);
 	rv_colbuf_reset(&wk_call_rows);
@@ -545,6 +927,16 @@ wk_queue_cache_write(WkTask *t, const char *content, long tin, long tout)
 	WkStmt	   *s = t->stmt;
 	int			r = rv_colbuf_add_row(b);
 
+	if (r >= wk_cache_absent_cap)
+	{
+		int			cap = Max(64, 2 * wk_cache_absent_cap);
+
+		wk_cache_absent = wk_cache_absent == NULL ?
+			MemoryContextAlloc(TopMemoryContext, sizeof(bool) * cap) :
+			repalloc(wk_cache_absent, sizeof(bool) * cap);
+		wk_cache_absent_cap = cap;
+	}
+	wk_cache_absent[r] = s->cache_read && t->key_absent;
 	rv_colbuf_set_text(b, r, WC_KEY, t->key);
 	rv_colbuf_set_text(b, r, WC_MODEL, t->model_ref);
 	rv_colbuf_set_text(b, r, WC_CASCADE, s->cascade_name);

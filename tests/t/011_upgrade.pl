@@ -2,10 +2,12 @@
 # through ALTER EXTENSION rvbbit UPDATE, ends at the default version,
 # works (a run, a job), and has exactly the objects of a fresh CREATE
 # EXTENSION rvbbit: same members, function definitions (with their
-# SECURITY DEFINER and SET search_path), view definitions, columns and
-# privileges.  Generic: whatever later sections of the 0.1--0.2 and
-# 0.2--0.3 scripts add is compared too.  The same for a database created
-# at 0.2 and updated (0.2 -> 0.3).
+# SECURITY DEFINER and SET search_path), view definitions, columns (with
+# their collations) and privileges.  Generic: whatever later sections of
+# the upgrade scripts add is compared too.  The same for a database
+# created at 0.2 and one created at 0.3, each updated to the default
+# version; the 0.3 one keeps its cache entries through 0.4's change of
+# the cache key's collation to "C".
 use strict;
 use warnings;
 use PostgreSQL::Test::Cluster;
@@ -55,7 +57,7 @@ sub cols_of
 my %c = map { $_ => cols_of("rvbbit.$_") } qw(call_log cache job_log job_result_log model_prices);
 my $snapshot = qq{SELECT (SELECT string_agg(name || '=' || md5(definition) || '/' || owner::text, ',' ORDER BY name) FROM rvbbit.cascades)
   || '|' || (SELECT count(*) FROM rvbbit.call_log) || '|' || (SELECT string_agg(md5(row($c{call_log})::text), ',' ORDER BY id) FROM rvbbit.call_log c)
-  || '|' || (SELECT string_agg(md5(row($c{cache})::text), ',' ORDER BY key) FROM rvbbit.cache k)
+  || '|' || (SELECT string_agg(md5(row($c{cache})::text), ',' ORDER BY key COLLATE "C") FROM rvbbit.cache k)
   || '|' || (SELECT string_agg(md5(row($c{job_log})::text), ',' ORDER BY id) FROM rvbbit.job_log j)
   || '|' || (SELECT string_agg(md5(row($c{job_result_log})::text), ',' ORDER BY job_id) FROM rvbbit.job_result_log r)
   || '|' || (SELECT string_agg(md5(row($c{model_prices})::text), ',' ORDER BY model) FROM rvbbit.model_prices m)};
@@ -102,6 +104,7 @@ SELECT 'relation ' || c.oid::regclass || ' ' || c.relkind::text || ' ' || coales
 UNION ALL
 SELECT 'column ' || a.attrelid::regclass || '.' || a.attname || ' ' || format_type(a.atttypid, a.atttypmod)
        || ' ' || a.attnotnull || ' ' || coalesce(pg_get_expr(ad.adbin, ad.adrelid), '') || ' acl=' || coalesce(a.attacl::text, '')
+       || ' collation=' || coalesce(nullif(a.attcollation, 0)::regcollation::text, '')
   FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid
   LEFT JOIN pg_attrdef ad ON ad.adrelid = a.attrelid AND ad.adnum = a.attnum
  WHERE c.relnamespace = 'rvbbit'::regnamespace AND a.attnum > 0 AND NOT a.attisdropped
@@ -165,6 +168,46 @@ is($node->safe_psql('from02', "SELECT session_role_oid::regrole FROM rvbbit.job_
 	'postgres', 'and records its session user');
 is($node->safe_psql('postgres', "SELECT session_role_oid::regrole || ' ' || outer_role_oid::regrole FROM rvbbit.job_log WHERE id = $job2"),
 	'postgres up_user', 'the job after the update from 0.1 records session user and SET ROLE role');
+
+# 0.3 -> the default version: a database created at 0.3 with cache
+# entries and calls; 0.4 compares the cache keys under "C" (the view on
+# the table made again, the primary key rebuilt), and keeps every entry,
+# which is still found by the next run of the same request
+$node->safe_psql('postgres', q{CREATE DATABASE from03});
+$node->safe_psql('from03', q{CREATE EXTENSION rvbbit VERSION '0.3'});
+is($node->safe_psql('from03', q{SELECT extversion FROM pg_extension WHERE extname = 'rvbbit'}),
+	'0.3', 'installed as 0.3');
+$node->safe_psql('from03', qq{SELECT rvbbit.run('$echo', '{"text": "at 0.3"}')});
+$node->safe_psql('from03', qq{SET ROLE up_user; SELECT rvbbit.run('$echo', '{"text": "at 0.3 by up_user"}')});
+my $cols03 = $node->safe_psql('from03', q{SELECT string_agg(quote_ident(attname), ', ' ORDER BY attnum)
+  FROM pg_attribute WHERE attrelid = 'rvbbit.cache'::regclass AND attnum > 0 AND NOT attisdropped});
+my $cache03 = qq{SELECT count(*) || ' ' || string_agg(md5(row($cols03)::text), ',' ORDER BY key COLLATE "C") FROM rvbbit.cache k};
+my $before03 = $node->safe_psql('from03', $cache03);
+like($before03, qr/^2 /, 'two cache entries made under 0.3');
+$node->safe_psql('from03', q{ALTER EXTENSION rvbbit UPDATE});
+is($node->safe_psql('from03', q{SELECT extversion FROM pg_extension WHERE extname = 'rvbbit'}),
+	$default, "0.3 updated to the default version $default");
+is($node->safe_psql('from03', $cache03), $before03, 'every cache entry of 0.3 unchanged');
+is($node->safe_psql('from03', q{SELECT c.collname FROM pg_attribute a JOIN pg_collation c ON c.oid = a.attcollation
+  WHERE a.attrelid = 'rvbbit.cache'::regclass AND a.attname = 'key'}), 'C', 'the cache key is compared under "C"');
+is($node->safe_psql('from03', q{SET enable_seqscan = off; EXPLAIN (COSTS OFF)
+  SELECT key FROM rvbbit.cache WHERE key = ANY ('{a,b}'::text[])}) =~ /cache_pkey/ ? 1 : 0,
+	1, 'the worker\'s lookup (key = ANY of a text array) uses the primary key');
+my $upgraded03 = $node->safe_psql('from03', $catalog);
+is($upgraded03, $fresh, 'the extension updated from 0.3 has exactly the objects of a fresh install');
+if ($upgraded03 ne $fresh)
+{
+	my %f = map { $_ => 1 } split /\n/, $fresh;
+	diag("only after the update from 0.3: $_") for grep { !$f{$_} } split /\n/, $upgraded03;
+}
+is($node->safe_psql('from03', qq{SET ROLE up_user; SELECT rvbbit.run('$echo', '{"text": "at 0.3 by up_user"}')}),
+	'"re: at 0.3 by up_user"', 'a request cached under 0.3 is answered after the update');
+is($node->safe_psql('from03', q{SELECT status || ' ' || role_oid::regrole FROM rvbbit.call_log ORDER BY id DESC LIMIT 1}),
+	'cached up_user', 'from the cache');
+is($node->safe_psql('from03', q{SET ROLE up_user; SELECT count(*) FROM rvbbit.cache_entries}),
+	'1', 'the remade rvbbit.cache_entries shows a role its own entries');
+$node->safe_psql('from03', qq{SELECT rvbbit.run('$echo', '{"text": "after 0.3"}')});
+is($node->safe_psql('from03', q{SELECT count(*) FROM rvbbit.cache}), '3', 'a new entry is written after the update');
 
 $node->stop;
 stop_mock($mock);

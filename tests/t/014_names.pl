@@ -133,7 +133,7 @@ is($node->safe_psql('up2', q{SELECT extversion || ':' || (SELECT count(*) FROM r
 	'0.1:4', 'nothing changed by the stopped update');
 $node->safe_psql('up2', q{DELETE FROM rvbbit.cascades WHERE name = 'plain.yaml'});
 $node->safe_psql('up2', 'ALTER EXTENSION rvbbit UPDATE');
-is($node->safe_psql('up2', q{SELECT extversion FROM pg_extension WHERE extname = 'rvbbit'}), '0.3',
+is($node->safe_psql('up2', q{SELECT extversion FROM pg_extension WHERE extname = 'rvbbit'}), '0.4',
 	'the update goes through once one of the two is gone');
 $node->stop;
 
