@@ -1359,6 +1359,26 @@ llm_scan_ws(LlmScan *s)
 	}
 }
 
+/*
+ * After a member of an array or an object: skip white space, then either
+ * the closing byte (*done set) or a comma and the white space after it.
+ * False when neither follows.
+ */
+static inline bool
+llm_scan_next(LlmScan *s, char close, bool *done)
+{
+	llm_scan_ws(s);
+	if (s->i >= s->len)
+		return false;
+	*done = s->p[s->i] == close;
+	if (!*done && s->p[s->i] != ',')
+		return false;
+	s->i++;
+	if (!*done)
+		llm_scan_ws(s);
+	return true;
+}
+
 static inline bool
 llm_is_hex(unsigned char c)
 {
@@ -1640,6 +1660,7 @@ llm_scan_array(LlmScan *s, LlmVal *v, const LlmKey *k)
 		for (;;)
 		{
 			bool		ok;
+			bool		done;
 
 			if (s->i >= s->len)
 				return false;
@@ -1684,18 +1705,10 @@ llm_scan_array(LlmScan *s, LlmVal *v, const LlmKey *k)
 			if (!ok)
 				return false;
 			n++;
-			llm_scan_ws(s);
-			if (s->i >= s->len)
+			if (!llm_scan_next(s, ']', &done))
 				return false;
-			if (s->p[s->i] == ']')
-			{
-				s->i++;
+			if (done)
 				break;
-			}
-			if (s->p[s->i] != ',')
-				return false;
-			s->i++;
-			llm_scan_ws(s);
 		}
 	}
 	s->depth--;
@@ -1728,6 +1741,7 @@ llm_scan_object(LlmScan *s, const LlmKey *keys)
 			LlmVal		name;
 			const LlmKey *k = NULL;
 			bool		ok;
+			bool		done;
 
 			if (s->i >= s->len || s->p[s->i] != '"' || !llm_scan_string(s, &name))
 				return false;
@@ -1769,18 +1783,10 @@ llm_scan_object(LlmScan *s, const LlmKey *keys)
 			}
 			if (!ok)
 				return false;
-			llm_scan_ws(s);
-			if (s->i >= s->len)
+			if (!llm_scan_next(s, '}', &done))
 				return false;
-			if (s->p[s->i] == '}')
-			{
-				s->i++;
+			if (done)
 				break;
-			}
-			if (s->p[s->i] != ',')
-				return false;
-			s->i++;
-			llm_scan_ws(s);
 		}
 	}
 	s->depth--;
