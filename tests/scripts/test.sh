@@ -125,8 +125,20 @@ mock_stop
 
 echo "== TAP tests"
 if want tap && ls "$RV_ROOT"/tests/t/*.pl >/dev/null 2>&1; then
+  # The suites of 17 and 18 run side by side in chroots that share the
+  # host's network but not PostgreSQL::Test::Cluster's port reservations
+  # (each has its own PG_TEST_PORT_DIR, written by its own postgres uid), so
+  # each major takes its TCP ports from its own slice of the range
+  # 10200-32767 (RvTest.pm): a port one suite has reserved but not yet
+  # bound is never handed to another.
+  case "$PG_MAJOR" in
+    15) port_slice=10200 ;;
+    17) port_slice=17700 ;;
+    18) port_slice=25200 ;;
+    *) port_slice= ;;
+  esac
   (cd "$work/tree" && as_pg env PATH="$PG_BINDIR:$PATH" PG_REGRESS="$PG_REGRESS" \
-      RV_ROOT="$work/tree" PYTHON="$PYTHON" \
+      RV_ROOT="$work/tree" PYTHON="$PYTHON" RV_PORT_SLICE="$port_slice" \
       prove -I "$PG_PERL" -I "$work/tree/tests/t" ${RVBBIT_TAP:-tests/t/*.pl} >"$work/tap.log" 2>&1)
   rc=$?
   grep -E '^tests/t|^Files=|^Result' "$work/tap.log"

@@ -26,6 +26,21 @@ our $wait_secs = $PostgreSQL::Test::Utils::timeout_default;
 
 my $root = $ENV{RV_ROOT} or die "RV_ROOT is not set";
 
+# RV_PORT_SLICE=N (tests/scripts/test.sh, per PostgreSQL major): this test's
+# TCP ports come from N .. N+7499, starting at a random point of the first
+# 7,000 (a test file takes a few dozen at most, one after the other), so
+# that suites of different majors running side by side on one network never
+# pick the same port.  Cluster's own INIT block picks a random start in the
+# whole range; this one runs after it.
+INIT
+{
+	if (($ENV{RV_PORT_SLICE} // '') =~ /^([0-9]+)$/)
+	{
+		$PostgreSQL::Test::Cluster::last_port_assigned =
+		  $1 + int(rand(7000));
+	}
+}
+
 # mocks this test started, stopped at exit even when the test dies
 my @started_mocks;
 my $parent_pid = $$;
