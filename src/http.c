@@ -324,6 +324,7 @@ http_req_init(RvHttp *http, RvHttpReq *req, const char *const *headers, int nhea
 	req->stalled = false;
 	req->connected = false;
 	req->sent = false;
+	req->closed_early = false;
 	req->resp_len = 0;
 	req->resp_limit = resp_limit;
 	req->next_done = NULL;
@@ -672,6 +673,18 @@ http_collect(RvHttp *http)
 				req->errbuf[0] = '\0';
 			}
 		}
+		/*
+		 * A server that answers before it has read the request body (nginx
+		 * answering from a fixed "return") closes the stream while libcurl
+		 * 7.88 is still sending the body in DATA frames; curl then fails
+		 * the transfer in its send path (CURLE_HTTP2_STREAM, no message)
+		 * before it has read the response waiting in the stream.  No reply
+		 * reached us, and the server did not need the body to answer: the
+		 * worker retries at once instead of after a backoff that stalls the
+		 * reorder window.
+		 */
+		if (req->code == CURLE_HTTP2_STREAM && req->status == 0 && req->errbuf[0] == '\0')
+			req->closed_early = true;
 		/* curl reports the low-speed limit as a timeout: "Operation too slow" */
 		if (req->code == CURLE_OPERATION_TIMEDOUT && req->stall_ms > 0 &&
 			strstr(req->errbuf, "too slow") != NULL)

@@ -42,6 +42,9 @@ typedef struct RvHttpReq
 								 * of stall_ms, not the total timeout */
 	bool		connected;		/* a connection to the server was made */
 	bool		sent;			/* the request was written to the server */
+	bool		closed_early;	/* HTTP/2: the server closed the stream while
+								 * the body was still being sent (see
+								 * http_collect) */
 	char		errbuf[CURL_ERROR_SIZE];
 	double		latency_ms;		/* from curl's total time */
 	bool		held;			/* waiting for the first TLS handshake (http.c) */

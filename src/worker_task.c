@@ -800,6 +800,7 @@ wk_http_transport_error(WkTask *t, RvHttpReq *req, WkBreaker *b, double charged)
 	char	   *errmsg = NULL;
 	bool		retry = false;
 	bool		unreachable = false;
+	bool		now = false;	/* retry without a backoff */
 	int			sqlstate = ERRCODE_EXTERNAL_ROUTINE_EXCEPTION;
 	char	   *msg = NULL;
 	char	   *hint = NULL;
@@ -827,6 +828,14 @@ wk_http_transport_error(WkTask *t, RvHttpReq *req, WkBreaker *b, double charged)
 		retry = true;
 		/* a slow reply is not an unreachable server */
 	}
+	else if (req->closed_early)
+	{
+		sqlstate = ERRCODE_CONNECTION_FAILURE;
+		msg = psprintf("could not complete the request to the LLM provider");
+		errmsg = psprintf("the provider closed the HTTP/2 stream before the request body was sent");
+		retry = true;
+		now = true;
+	}
 	else
 	{
 		sqlstate = ERRCODE_CONNECTION_FAILURE;
@@ -846,7 +855,7 @@ wk_http_transport_error(WkTask *t, RvHttpReq *req, WkBreaker *b, double charged)
 				   status, -1, -1, charged, req->latency_ms, errmsg);
 	rv_http_req_release(req);
 	if (retry && t->tries <= s->max_retries)
-		wk_task_retry_later(t, -1);
+		wk_task_retry_later(t, now ? 0 : -1);
 	else if (retry && t->tries > 1)
 		wk_task_fail(t, sqlstate, msg,
 					 errmsg != msg ? psprintf("%s (after %d attempts).", errmsg, t->tries) :
