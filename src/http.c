@@ -31,10 +31,49 @@
 #include "http.h"
 
 /*
- * Easy handles kept for reuse (curl_easy_reset): creating and freeing one
- * per request was about 4% of the worker's instructions per row.
+ * Easy handles kept for reuse: creating and freeing one per request was
+ * about 4% of the worker's instructions per row, and resetting one and
+ * setting its two dozen options again most of the rest of libcurl's set-up
+ * cost.  A kept handle keeps its options: those that never change are set
+ * once (http_handle_new), and a request sets only what differs from the
+ * handle's last one (http_req_options).
  */
 #define HTTP_SPARE_MAX 256
+
+typedef struct HttpHeaders HttpHeaders;
+
+/* An easy handle and the options it was last given. */
+typedef struct HttpHandle
+{
+	CURL	   *easy;
+	int			gen;			/* RvHttp.gen it was configured for */
+	char	   *url;			/* malloc'd copy of its CURLOPT_URL, or NULL */
+	long		timeout_ms;
+	long		connect_ms;
+	long		low_speed_time; /* 0: no low-speed limit */
+	bool		pipewait;
+	struct curl_slist *list;	/* the header list it was given */
+	RvHttpReq  *req;			/* the request it carries (CURLOPT_PRIVATE
+								 * is the handle) */
+} HttpHandle;
+
+/*
+ * A request's header lines (the caller's, then User-Agent) as the curl list
+ * the handle is given.  The last list made is kept: the next request with
+ * the same lines (the same provider and key: nearly always) shares it
+ * instead of copying them into a new list.  Counted references; the lines
+ * (an API key among them) are zeroed when the last one goes.
+ */
+struct HttpHeaders
+{
+	int			refs;
+	int			n;				/* the caller's lines */
+	size_t		len;			/* of text */
+	char	   *text;			/* the caller's lines, each NUL-terminated */
+	struct curl_slist *list;
+};
+
+#define HTTP_USER_AGENT "User-Agent: rvbbit/0.1"
 
 struct RvHttp
 {
@@ -57,9 +96,12 @@ struct RvHttp
 	int64		timer_deadline_us;	/* -1: none */
 	RvHttpReq  *done_head;
 	RvHttpReq  *done_tail;
-	/* easy handles of finished transfers, reset, for the next ones */
-	CURL	   *spare[HTTP_SPARE_MAX];
+	/* easy handles of finished transfers, for the next ones */
+	HttpHandle *spare[HTTP_SPARE_MAX];
 	int			nspare;
+	int			gen;			/* bumped when a handle-wide option changes */
+	bool		no_proxy_env;	/* no proxy variable in the environment */
+	HttpHeaders *last_headers;	/* the last header list made, or NULL */
 };
 
 /* Monotonic clock in microseconds. */
@@ -209,6 +251,176 @@ http_header_cb(char *buffer, size_t size, size_t nitems, void *userdata)
 	return n;
 }
 
+/* Drop a reference to a header list; the last one zeroes and frees it. */
+static void
+http_headers_unref(HttpHeaders *h)
+{
+	struct curl_slist *l;
+
+	if (h == NULL || --h->refs > 0)
+		return;
+	for (l = h->list; l != NULL; l = l->next)
+		explicit_bzero(l->data, strlen(l->data));
+	curl_slist_free_all(h->list);
+	explicit_bzero(h->text, h->len);
+	free(h->text);
+	free(h);
+}
+
+/*
+ * The header list of a request with these lines (a new reference): the
+ * last one made when its lines are the same, else a new one.  NULL when
+ * out of memory.
+ */
+static HttpHeaders *
+http_headers_get(RvHttp *http, const char *const *headers, int nheaders)
+{
+	HttpHeaders *h = http->last_headers;
+	struct curl_slist *l;
+	size_t		len = 0;
+	char	   *p;
+	int			i;
+
+	if (h != NULL && h->n == nheaders)
+	{
+		const char *t = h->text;
+
+		for (i = 0; i < nheaders; i++)
+		{
+			if (strcmp(t, headers[i]) != 0)
+				break;
+			t += strlen(t) + 1;
+		}
+		if (i == nheaders)
+		{
+			h->refs++;
+			return h;
+		}
+	}
+
+	for (i = 0; i < nheaders; i++)
+		len += strlen(headers[i]) + 1;
+	h = calloc(1, sizeof(HttpHeaders));
+	if (h == NULL)
+		return NULL;
+	h->refs = 1;
+	h->n = nheaders;
+	h->len = len;
+	h->text = malloc(Max(len, 1));
+	if (h->text == NULL)
+	{
+		free(h);
+		return NULL;
+	}
+	p = h->text;
+	for (i = 0; i < nheaders; i++)
+	{
+		size_t		k = strlen(headers[i]) + 1;
+
+		memcpy(p, headers[i], k);
+		p += k;
+		l = curl_slist_append(h->list, headers[i]);
+		if (l == NULL)
+		{
+			http_headers_unref(h);
+			return NULL;
+		}
+		h->list = l;
+	}
+	/* a header line, not CURLOPT_USERAGENT: curl formats that per request */
+	l = curl_slist_append(h->list, HTTP_USER_AGENT);
+	if (l == NULL)
+	{
+		http_headers_unref(h);
+		return NULL;
+	}
+	h->list = l;
+
+	/* the new list is the one kept for the next request */
+	http_headers_unref(http->last_headers);
+	h->refs++;
+	http->last_headers = h;
+	return h;
+}
+
+static void
+http_handle_free(HttpHandle *hh)
+{
+	if (hh == NULL)
+		return;
+	if (hh->easy != NULL)
+		curl_easy_cleanup(hh->easy);
+	free(hh->url);
+	free(hh);
+}
+
+/*
+ * Give a handle the options that are the same for every request (again,
+ * after a reset, when a handle-wide option changed).
+ */
+static void
+http_handle_configure(RvHttp *http, HttpHandle *hh)
+{
+	CURL	   *e = hh->easy;
+
+	hh->gen = http->gen;
+	free(hh->url);
+	hh->url = NULL;
+	hh->timeout_ms = hh->connect_ms = -1;
+	hh->low_speed_time = 0;
+	hh->pipewait = false;
+	hh->list = NULL;
+	curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
+	curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
+	curl_easy_setopt(e, CURLOPT_POST, 1L);
+	curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, http_write_cb);
+	curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, http_header_cb);
+	curl_easy_setopt(e, CURLOPT_PRIVATE, hh);
+	curl_easy_setopt(e, CURLOPT_ACCEPT_ENCODING, "");
+	curl_easy_setopt(e, CURLOPT_TCP_KEEPALIVE, 1L);
+	/* HTTP/2 over TLS when the server offers it (ALPN), else HTTP/1.1 */
+	curl_easy_setopt(e, CURLOPT_HTTP_VERSION, (long) CURL_HTTP_VERSION_2TLS);
+	if (http->no_proxy_env)
+	{
+		/* no proxy, and no environment lookups for one (rv_http_create) */
+		curl_easy_setopt(e, CURLOPT_PROXY, "");
+		curl_easy_setopt(e, CURLOPT_NOPROXY, "");
+	}
+	if (http->share)
+		curl_easy_setopt(e, CURLOPT_SHARE, http->share);
+	if (http->ca_file)
+		curl_easy_setopt(e, CURLOPT_CAINFO, http->ca_file);
+}
+
+/* A kept handle (configured again if need be), or a new one; NULL: no memory. */
+static HttpHandle *
+http_handle_get(RvHttp *http)
+{
+	HttpHandle *hh;
+
+	if (http->nspare > 0)
+	{
+		hh = http->spare[--http->nspare];
+		if (hh->gen != http->gen)
+		{
+			curl_easy_reset(hh->easy);
+			http_handle_configure(http, hh);
+		}
+		return hh;
+	}
+	hh = calloc(1, sizeof(HttpHandle));
+	if (hh == NULL)
+		return NULL;
+	hh->easy = curl_easy_init();
+	if (hh->easy == NULL)
+	{
+		free(hh);
+		return NULL;
+	}
+	http_handle_configure(http, hh);
+	return hh;
+}
+
 RvHttp *
 rv_http_create(int max_connections, char *errbuf, size_t errlen)
 {
@@ -236,6 +448,28 @@ rv_http_create(int max_connections, char *errbuf, size_t errlen)
 		return NULL;
 	}
 	http->timer_deadline_us = -1;
+
+	/*
+	 * libcurl looks up the proxy variables (http_proxy, no_proxy, ...) in
+	 * the environment for every transfer: a dozen getenv() scans of the
+	 * worker's environment each.  The environment of a running worker
+	 * does not change, so when none is set the handles are told "no
+	 * proxy" once (http_handle_new); when one is, libcurl goes on looking
+	 * them up and honours them as before.
+	 */
+	{
+		static const char *const vars[] = {
+			"http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY",
+			"all_proxy", "ALL_PROXY", "no_proxy", "NO_PROXY",
+			"socks_proxy", "SOCKS_PROXY"
+		};
+		int			i;
+
+		http->no_proxy_env = true;
+		for (i = 0; i < (int) lengthof(vars); i++)
+			if (getenv(vars[i]) != NULL)
+				http->no_proxy_env = false;
+	}
 	curl_multi_setopt(http->multi, CURLMOPT_SOCKETFUNCTION, http_socket_cb);
 	curl_multi_setopt(http->multi, CURLMOPT_SOCKETDATA, http);
 	curl_multi_setopt(http->multi, CURLMOPT_TIMERFUNCTION, http_timer_cb);
@@ -278,6 +512,7 @@ rv_http_set_ca_file(RvHttp *http, const char *path)
 {
 	free(http->ca_file);
 	http->ca_file = NULL;
+	http->gen++;				/* kept handles are configured again */
 	if (path == NULL || path[0] == '\0')
 		return true;
 	http->ca_file = strdup(path);
@@ -290,7 +525,9 @@ rv_http_destroy(RvHttp *http)
 	if (http == NULL)
 		return;
 	while (http->nspare > 0)
-		curl_easy_cleanup(http->spare[--http->nspare]);
+		http_handle_free(http->spare[--http->nspare]);
+	http_headers_unref(http->last_headers);
+	http->last_headers = NULL;
 	curl_multi_cleanup(http->multi);
 	if (http->share)
 		curl_share_cleanup(http->share);
@@ -306,16 +543,17 @@ rv_http_fd(RvHttp *http)
 }
 
 /*
- * Reset a request's outcome and give it an easy handle (a kept one when there is one), a copy of the body
- * and the header list.  Returns false (errbuf set, nothing left to free)
- * on failure.
+ * Reset a request's outcome and give it an easy handle (a kept one when
+ * there is one), a copy of the body and the header list.  Returns false
+ * (errbuf set, nothing left to free) on failure.
  */
 static bool
 http_req_init(RvHttp *http, RvHttpReq *req, const char *const *headers, int nheaders,
 			  const char *body, size_t body_len, size_t resp_limit)
 {
-	int			i;
-
+	req->handle = NULL;
+	req->headers = NULL;
+	req->body = NULL;
 	req->status = 0;
 	req->retry_after_ms = -1;
 	req->code = CURLE_OK;
@@ -331,83 +569,104 @@ http_req_init(RvHttp *http, RvHttpReq *req, const char *const *headers, int nhea
 	req->in_multi = false;
 	req->http = http;
 
-	req->easy = http->nspare > 0 ? http->spare[--http->nspare] : curl_easy_init();
-	if (req->easy == NULL)
+	req->handle = http_handle_get(http);
+	if (req->handle == NULL)
 	{
 		snprintf(req->errbuf, sizeof(req->errbuf), "curl_easy_init failed");
 		return false;
 	}
+	req->easy = req->handle->easy;
+	req->handle->req = req;
 	req->body = malloc(body_len + 1);
 	if (req->body == NULL)
 	{
 		snprintf(req->errbuf, sizeof(req->errbuf), "out of memory");
-		curl_easy_cleanup(req->easy);
-		req->easy = NULL;
+		rv_http_req_release(req);
 		return false;
 	}
 	memcpy(req->body, body, body_len);
 	req->body[body_len] = '\0';
 
-	for (i = 0; i < nheaders; i++)
+	req->headers = http_headers_get(http, headers, nheaders);
+	if (req->headers == NULL)
 	{
-		struct curl_slist *l = curl_slist_append(req->headers, headers[i]);
-
-		if (l == NULL)
-		{
-			snprintf(req->errbuf, sizeof(req->errbuf), "out of memory");
-			rv_http_req_release(req);
-			return false;
-		}
-		req->headers = l;
+		snprintf(req->errbuf, sizeof(req->errbuf), "out of memory");
+		rv_http_req_release(req);
+		return false;
 	}
 	return true;
 }
 
-/* The options of a request's transfer (curl copies the URL). */
-static void
+/*
+ * The options of a request's transfer: those that differ from the handle's
+ * last request (curl copies the URL).  Returns false when out of memory.
+ */
+static bool
 http_req_options(RvHttp *http, RvHttpReq *req, const char *url,
 				 size_t body_len, long timeout_ms)
 {
-	curl_easy_setopt(req->easy, CURLOPT_URL, url);
-	curl_easy_setopt(req->easy, CURLOPT_PROTOCOLS_STR, "http,https");
-	curl_easy_setopt(req->easy, CURLOPT_NOSIGNAL, 1L);
-	curl_easy_setopt(req->easy, CURLOPT_POST, 1L);
-	curl_easy_setopt(req->easy, CURLOPT_POSTFIELDS, req->body);
-	curl_easy_setopt(req->easy, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t) body_len);
-	curl_easy_setopt(req->easy, CURLOPT_HTTPHEADER, req->headers);
-	curl_easy_setopt(req->easy, CURLOPT_WRITEFUNCTION, http_write_cb);
-	curl_easy_setopt(req->easy, CURLOPT_WRITEDATA, req);
-	curl_easy_setopt(req->easy, CURLOPT_HEADERFUNCTION, http_header_cb);
-	curl_easy_setopt(req->easy, CURLOPT_HEADERDATA, req);
-	curl_easy_setopt(req->easy, CURLOPT_ERRORBUFFER, req->errbuf);
-	curl_easy_setopt(req->easy, CURLOPT_PRIVATE, req);
-	curl_easy_setopt(req->easy, CURLOPT_TIMEOUT_MS, timeout_ms);
-	curl_easy_setopt(req->easy, CURLOPT_CONNECTTIMEOUT_MS,
-					 Min(timeout_ms, req->stall_ms > 0 ? Min(req->stall_ms, 30000L) : 30000L));
-	if (req->stall_ms > 0)
+	HttpHandle *hh = req->handle;
+	CURL	   *e = hh->easy;
+	long		connect_ms;
+	long		low_speed_time;
+	bool		pipewait;
+
+	if (hh->url == NULL || strcmp(hh->url, url) != 0)
 	{
-		/* under 1 byte/s for stall_ms (curl counts whole seconds) */
-		curl_easy_setopt(req->easy, CURLOPT_LOW_SPEED_LIMIT, 1L);
-		curl_easy_setopt(req->easy, CURLOPT_LOW_SPEED_TIME,
-						 Max((req->stall_ms + 999) / 1000, 1L));
+		free(hh->url);
+		hh->url = strdup(url);
+		if (hh->url == NULL)
+			return false;
+		if (curl_easy_setopt(e, CURLOPT_URL, url) != CURLE_OK)
+		{
+			free(hh->url);
+			hh->url = NULL;
+			return false;
+		}
 	}
-	curl_easy_setopt(req->easy, CURLOPT_ACCEPT_ENCODING, "");
-	curl_easy_setopt(req->easy, CURLOPT_USERAGENT, "rvbbit/0.1");
-	curl_easy_setopt(req->easy, CURLOPT_TCP_KEEPALIVE, 1L);
-	/* HTTP/2 over TLS when the server offers it (ALPN), else HTTP/1.1 */
-	curl_easy_setopt(req->easy, CURLOPT_HTTP_VERSION, (long) CURL_HTTP_VERSION_2TLS);
+	curl_easy_setopt(e, CURLOPT_POSTFIELDS, req->body);
+	curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t) body_len);
+	if (hh->list != req->headers->list)
+	{
+		curl_easy_setopt(e, CURLOPT_HTTPHEADER, req->headers->list);
+		hh->list = req->headers->list;
+	}
+	curl_easy_setopt(e, CURLOPT_WRITEDATA, req);
+	curl_easy_setopt(e, CURLOPT_HEADERDATA, req);
+	curl_easy_setopt(e, CURLOPT_ERRORBUFFER, req->errbuf);
+	if (hh->timeout_ms != timeout_ms)
+	{
+		curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, timeout_ms);
+		hh->timeout_ms = timeout_ms;
+	}
+	connect_ms = Min(timeout_ms, req->stall_ms > 0 ? Min(req->stall_ms, 30000L) : 30000L);
+	if (hh->connect_ms != connect_ms)
+	{
+		curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, connect_ms);
+		hh->connect_ms = connect_ms;
+	}
+	/* under 1 byte/s for stall_ms (curl counts whole seconds); 0: none */
+	low_speed_time = req->stall_ms > 0 ? Max((req->stall_ms + 999) / 1000, 1L) : 0;
+	if (hh->low_speed_time != low_speed_time)
+	{
+		curl_easy_setopt(e, CURLOPT_LOW_SPEED_LIMIT, low_speed_time > 0 ? 1L : 0L);
+		curl_easy_setopt(e, CURLOPT_LOW_SPEED_TIME, low_speed_time);
+		hh->low_speed_time = low_speed_time;
+	}
+
 	/*
 	 * HTTPS: wait for a connection that can multiplex rather than open
 	 * another.  Not for http:// (HTTP/1.1 only): there it would hold every
 	 * transfer until the first one's reply told that the host does not
 	 * multiplex.
 	 */
-	if (pg_strncasecmp(url, "https://", 8) == 0)
-		curl_easy_setopt(req->easy, CURLOPT_PIPEWAIT, 1L);
-	if (http->share)
-		curl_easy_setopt(req->easy, CURLOPT_SHARE, http->share);
-	if (http->ca_file)
-		curl_easy_setopt(req->easy, CURLOPT_CAINFO, http->ca_file);
+	pipewait = pg_strncasecmp(url, "https://", 8) == 0;
+	if (hh->pipewait != pipewait)
+	{
+		curl_easy_setopt(e, CURLOPT_PIPEWAIT, pipewait ? 1L : 0L);
+		hh->pipewait = pipewait;
+	}
+	return true;
 }
 
 bool
@@ -420,7 +679,12 @@ rv_http_start(RvHttp *http, RvHttpReq *req, const char *url,
 
 	if (!http_req_init(http, req, headers, nheaders, body, body_len, resp_limit))
 		return false;
-	http_req_options(http, req, url, body_len, timeout_ms);
+	if (!http_req_options(http, req, url, body_len, timeout_ms))
+	{
+		snprintf(req->errbuf, sizeof(req->errbuf), "out of memory");
+		rv_http_req_release(req);
+		return false;
+	}
 
 	/*
 	 * libcurl (7.88) opens a connection per transfer when many start before
@@ -510,24 +774,32 @@ http_release_held(RvHttp *http)
 void
 rv_http_req_release(RvHttpReq *req)
 {
-	if (req->easy != NULL)
+	HttpHandle *hh = req->handle;
+
+	if (hh != NULL)
 	{
 		RvHttp	   *http = req->http;
 
-		/* out of curl's hands: keep it for the next request */
+		hh->req = NULL;
+		/*
+		 * Out of curl's hands: keep it for the next request.  It keeps
+		 * pointers to this request's body, header list and error buffer,
+		 * which curl reads only during a transfer; the next request sets
+		 * its own before it starts.
+		 */
 		if (http != NULL && !req->in_multi && http->nspare < HTTP_SPARE_MAX &&
-			http->probe != req->easy)
+			http->probe != hh->easy)
 		{
-			curl_easy_reset(req->easy);
-			http->spare[http->nspare++] = req->easy;
+			curl_easy_setopt(hh->easy, CURLOPT_ERRORBUFFER, NULL);
+			http->spare[http->nspare++] = hh;
 		}
 		else
-			curl_easy_cleanup(req->easy);
+			http_handle_free(hh);	/* curl_easy_cleanup leaves the multi */
 	}
+	req->handle = NULL;
 	req->easy = NULL;
 	req->in_multi = false;
-	if (req->headers != NULL)
-		curl_slist_free_all(req->headers);
+	http_headers_unref(req->headers);
 	req->headers = NULL;
 	free(req->body);
 	req->body = NULL;
@@ -605,11 +877,13 @@ http_collect(RvHttp *http)
 	while ((msg = curl_multi_info_read(http->multi, &left)) != NULL)
 	{
 		RvHttpReq  *req = NULL;
+		HttpHandle *hh = NULL;
 		double		total = 0;
 
 		if (msg->msg != CURLMSG_DONE)
 			continue;
-		curl_easy_getinfo(msg->easy_handle, CURLINFO_PRIVATE, (char **) &req);
+		curl_easy_getinfo(msg->easy_handle, CURLINFO_PRIVATE, (char **) &hh);
+		req = hh ? hh->req : NULL;
 		if (req == NULL)
 			continue;
 		req->code = msg->data.result;

@@ -27,7 +27,8 @@ typedef struct RvHttpReq
 
 	/* owned by http.c, valid after completion */
 	CURL	   *easy;
-	struct curl_slist *headers;
+	struct HttpHandle *handle;	/* the easy handle and its options */
+	struct HttpHeaders *headers;	/* the header list (shared) */
 	char	   *body;			/* request body (malloc'd copy) */
 	char	   *resp;			/* response body (malloc'd, NUL-terminated) */
 	size_t		resp_len;

@@ -1483,6 +1483,7 @@ class Server:
         started = time.monotonic()
         rec = {"path": path, "model": None, "body": None,
                "auth": "authorization" in headers or "x-api-key" in headers,
+               "host": headers.get("host"),
                "status": None, "t": round(started, 4)}
         st.records.append(rec)
         try:

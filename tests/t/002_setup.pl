@@ -39,6 +39,16 @@ $node->safe_psql('postgres', q{ALTER SYSTEM SET rvbbit.api_key = 'sk-right-key'}
 ok(reload_and_wait($node), 'the server reloaded its configuration');
 is($node->safe_psql('postgres', qq{SELECT rvbbit.run('$echo', '{"text": "hi"}')}), '"re: hi"',
 	'the right key works');
+# and a wrong key again: the worker keeps the last request's header lines for
+# the next one, and must notice that the key changed
+$node->safe_psql('postgres', q{ALTER SYSTEM SET rvbbit.api_key = 'sk-wrong-again-0815'});
+ok(reload_and_wait($node), 'the server reloaded its configuration');
+($ret, $out, $err) = $node->psql('postgres', qq{SELECT rvbbit.run('$echo', '{"text": "hi again"}')});
+like($err, qr/LLM provider rejected the request with HTTP 401/, 'the changed key is sent, not the last one');
+$node->safe_psql('postgres', q{ALTER SYSTEM SET rvbbit.api_key = 'sk-right-key'});
+ok(reload_and_wait($node), 'the server reloaded its configuration');
+is($node->safe_psql('postgres', qq{SELECT rvbbit.run('$echo', '{"text": "hi 3"}')}), '"re: hi 3"',
+	'the right key works again');
 # a key from the server's environment (used when rvbbit.api_key is empty)
 $node->safe_psql('postgres', q{ALTER SYSTEM SET rvbbit.api_key = ''});
 $node->stop;
@@ -58,7 +68,7 @@ ok(reload_and_wait($node), 'the server reloaded its configuration');
 $node->safe_psql('postgres', q{SELECT 1});
 $node->stop;
 my $log = slurp_file($node->logfile);
-unlike($log, qr/sk-wrong-secret-4711|sk-right-key|sk-set-in-session|sk-set-by-alter-system/,
+unlike($log, qr/sk-wrong-secret-4711|sk-wrong-again-0815|sk-right-key|sk-set-in-session|sk-set-by-alter-system/,
 	'no key in the server log');
 like($log, qr/api_key \.\.\. \(hidden by rvbbit\)/, 'the log says what was hidden');
 stop_mock($mock);
