@@ -152,6 +152,8 @@ map_handle_message(MapExec *ex, char *data, Size len)
 	if (s->done)
 		return;
 	ex->inflight--;
+	ex->inflight_bytes -= s->sent_bytes;
+	s->sent_bytes = 0;
 	rv_map_counters_add(&ex->counters, &head);
 	if (ex->ch->progress)
 	{
@@ -259,6 +261,13 @@ map_exec_start(MapExec *ex, MapNextRow next_row, void *arg)
 	 * beyond the calls in flight: rows the worker started before it knew.
 	 */
 	ex->max_inflight = (ex->parallel + (ex->parallel + 3) / 4) * (ex->batch > 0 ? ex->batch : 1);
+
+	/*
+	 * rvbbit.max_bytes_in_flight: no new row is read while the rows with
+	 * the worker add up to this much (always at least one row or batch in
+	 * flight), so PARALLEL x row size no longer decides the worker's memory.
+	 */
+	ex->max_inflight_bytes = (int64) rv_max_bytes_in_flight_kb * 1024;
 	initStringInfo(&ex->scope);
 	initStringInfo(&ex->bbuf);
 	MemoryContextSwitchTo(old);
@@ -283,9 +292,12 @@ map_send_row(MapExec *ex, bool *progress)
 {
 	MapSlot    *s = &ex->slots[(ex->next_seq - 1) % ex->window];
 
-	if (!rv_channel_try_send(ex->ch, RV_MSG_ROW, ex->next_seq - 1,
-							 s->scope, strlen(s->scope) + 1))
+	Size		n = strlen(s->scope) + 1;
+
+	if (!rv_channel_try_send(ex->ch, RV_MSG_ROW, ex->next_seq - 1, s->scope, n))
 		return false;
+	s->sent_bytes = n;
+	ex->inflight_bytes += n;
 	pfree(s->scope);
 	s->scope = NULL;
 	ex->need_send = false;
@@ -302,6 +314,8 @@ map_send_batch(MapExec *ex, bool *progress)
 	if (!rv_channel_try_send(ex->ch, RV_MSG_BATCH, 0, ex->bbuf.data, ex->bbuf.len))
 		return false;
 	ex->inflight += ex->bk;
+	ex->inflight_bytes += ex->batch_bytes;
+	ex->batch_bytes = 0;
 	ex->bk = 0;
 	ex->batch_ready = false;
 	*progress = true;
@@ -402,6 +416,8 @@ map_batch_add(MapExec *ex, MapSlot *s, int64 seq)
 	appendBinaryStringInfo(&ex->bbuf, (char *) &seq, sizeof(int64));
 	appendBinaryStringInfo(&ex->bbuf, (char *) &n, sizeof(uint32));
 	appendBinaryStringInfo(&ex->bbuf, s->scope, n);
+	s->sent_bytes = n;
+	ex->batch_bytes += n;
 	pfree(s->scope);
 	s->scope = NULL;
 	if (++ex->bk >= (uint32) ex->batch)
@@ -446,6 +462,9 @@ map_fill(MapExec *ex, bool *progress)
 		}
 		/* a new request only when it fits: a whole batch, or one row */
 		if (ex->bk == 0 && ex->inflight + Max(ex->batch, 1) > ex->max_inflight)
+			break;
+		/* nor more bytes than rvbbit.max_bytes_in_flight (beyond one row) */
+		if (ex->bk == 0 && ex->inflight > 0 && ex->inflight_bytes >= ex->max_inflight_bytes)
 			break;
 		/* budget_dollars: schedule nothing more once the spend reached it */
 		if (ex->over_budget)
@@ -616,6 +635,8 @@ map_exec_drain(MapExec *ex)
 			{
 				ex->slots[head.seq % ex->window].done = true;
 				ex->inflight--;
+				ex->inflight_bytes -= ex->slots[head.seq % ex->window].sent_bytes;
+				ex->slots[head.seq % ex->window].sent_bytes = 0;
 				rv_map_counters_add(&ex->counters, &head);
 				ex->spent += head.cost;
 			}

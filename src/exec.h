@@ -38,6 +38,7 @@ typedef struct MapSlot
 	HeapTuple	input;			/* map: the input row */
 	char	   *scope;			/* the JSON to send, until sent */
 	char	   *dkey;			/* what identical rows are recognised by */
+	Size		sent_bytes;		/* of its scope, while sent and not answered */
 	MapOutcome	oc;
 } MapSlot;
 
@@ -91,6 +92,9 @@ typedef struct MapExec
 	int64		next_seq;		/* rows read */
 	int64		emitted;		/* rows handed out */
 	int			inflight;		/* rows sent and not answered */
+	int64		inflight_bytes; /* their scopes' bytes */
+	int64		max_inflight_bytes; /* rvbbit.max_bytes_in_flight */
+	int64		batch_bytes;	/* scopes' bytes of the batch being filled */
 	bool		input_eof;
 	bool		end_sent;
 	bool		need_send;		/* the last row read waits to be sent */

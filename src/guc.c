@@ -41,6 +41,7 @@ int			rv_worker_idle_timeout_s = 60;
 int			rv_max_retries = 3;
 int			rv_default_parallel = 10;
 int			rv_default_limit = 1000;
+int			rv_max_bytes_in_flight_kb = 256 * 1024;
 int			rv_max_connections_per_worker = 900;
 char	   *rv_ca_file = NULL;
 int			rv_requests_per_minute = 0;
@@ -196,6 +197,12 @@ static const GucInt guc_ints[] = {
 		"Sets the automatic LIMIT on the input of RVBBIT MAP statements.",
 		"0 means no limit.",
 		&rv_default_limit, 1000, 0, INT_MAX, PGC_USERSET, 0
+	},
+	{
+		"rvbbit.max_bytes_in_flight",
+		"Sets how many bytes of input rows one statement keeps with the worker.",
+		"A statement reads no further input row while the rows sent and not yet answered add up to this much; one row or batch is always let through.",
+		&rv_max_bytes_in_flight_kb, 256 * 1024, 64, INT_MAX, PGC_SUSET, GUC_UNIT_KB
 	},
 	{
 		"rvbbit.requests_per_minute",

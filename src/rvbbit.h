@@ -52,6 +52,7 @@ extern int	rv_worker_idle_timeout_s;
 extern int	rv_max_retries;
 extern int	rv_default_parallel;
 extern int	rv_default_limit;
+extern int	rv_max_bytes_in_flight_kb;
 extern int	rv_max_connections_per_worker;
 extern char *rv_ca_file;
 extern int	rv_requests_per_minute;
