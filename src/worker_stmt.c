@@ -413,11 +413,10 @@ wk_stmt_abort_tasks(WkStmt *s)
 
 				rv_http_cancel(wk_http, &t->req);
 				t->in_http = false;
-				/* abandoned in flight: charged (and recorded) when budgeted */
+				/* abandoned in flight: charged its expected cost, and recorded */
 				charged = wk_task_charge_unanswered(t);
-				if (charged > 0)
-					wk_record_call(t, "error", 0, -1, -1, charged, 0,
-								   "the statement ended while the request was in flight");
+				wk_record_call(t, "error", 0, -1, -1, charged, 0,
+							   "the statement ended while the request was in flight");
 			}
 			wk_task_free(t);
 		}

@@ -88,6 +88,8 @@ wk_task_settle(WkTask *t, uint64 actual)
 	s->stmt_spent += actual;
 }
 
+static double wk_cost(WkStmt *s, const char *model_ref, long tin, long tout, long tcached);
+
 /* Give back the budget a task reserved for a call that cost nothing. */
 static void
 wk_task_unreserve(WkTask *t)
@@ -100,14 +102,20 @@ wk_task_unreserve(WkTask *t)
  * connection, or its statement ended while it was in flight) may still be
  * billed by the provider, which usually finishes the answer: settle its
  * reservation at the expected cost instead of giving it back, so that
- * cancelling or timing out calls cannot spend past a budget.  Returns the
- * dollars charged (0 when no budget asked for an estimate).
+ * cancelling or timing out calls cannot spend past a budget.  Without a
+ * budget nothing was reserved: the expected cost is worked out here, so
+ * that the call is recorded at it and counts towards the role's day (a
+ * daily budget set later that day sees it).  Returns the dollars charged
+ * (0 for a model without a price).
  */
 double
 wk_task_charge_unanswered(WkTask *t)
 {
 	uint64		est = Max(t->hold.micros, t->stmt_reserved);
 
+	if (est == 0)
+		est = (uint64) (wk_cost(t->stmt, t->model_ref, (long) (t->body_len / 4) + 1,
+								t->send.max_tokens, 0) * 1e6);
 	wk_task_settle(t, est);
 	t->cost += est / 1e6;
 	return est / 1e6;

@@ -76,6 +76,33 @@ is($node->safe_psql('postgres', q{SELECT count(*) FROM rvbbit.calls WHERE role::
   AND status = 'error' AND cost > 0 AND error = 'the statement ended while the request was in flight'}),
 	'3', 'each abandoned call is charged its expected cost');
 
+# --- the same without any budget: the calls are still charged their expected
+# cost and recorded (they count towards the role's day), so a daily budget
+# set later that day sees them
+$node->safe_psql('postgres', 'CREATE ROLE nora LOGIN; GRANT rvbbit_user TO nora');
+($rc, $o, $e) = as_role('nora', map_sql(2, 2, '[[hold:nora]] t', ', "timeout": 200, "max_retries": 0'));
+is($node->safe_psql('postgres',
+	q{SELECT count(*) FROM rvbbit.calls WHERE role::text = 'nora' AND status = 'error' AND cost > 0}),
+	'2', 'without a budget, timed-out calls are recorded at their expected cost');
+$bg = $node->background_psql('postgres', on_error_stop => 0, extra_params => [ '-U', 'nora' ]);
+$bg->query_until(qr/^$/, map_sql(3, 3, '[[hold:nora2]] c') . ";\n");
+ok(wait_until(sub { mock_get($mock, '/stats')->{held} >= 3 }), "nora's 3 calls are in flight");
+$node->safe_psql('postgres',
+	q{SELECT pg_cancel_backend(pid) FROM pg_stat_activity WHERE usename = 'nora' AND state = 'active'});
+ok(wait_until(sub {
+	$node->safe_psql('postgres', q{SELECT count(*) FROM rvbbit.calls WHERE role::text = 'nora'
+	  AND error = 'the statement ended while the request was in flight'}) >= 3 }),
+	'without a budget, calls abandoned by a cancel are recorded');
+$bg->quit;
+is($node->safe_psql('postgres', q{SELECT count(*) FROM rvbbit.calls WHERE role::text = 'nora'
+  AND error = 'the statement ended while the request was in flight' AND cost > 0}),
+	'3', '... each at its expected cost');
+my $nspent = spent('nora');
+$node->safe_psql('postgres', sprintf(q{ALTER ROLE nora SET rvbbit.budget_dollars_per_day = %.6f}, $nspent * 0.9));
+($rc, $o, $e) = as_role('nora', qq{SELECT rvbbit.run('$cascade', '{"text": "nora after"}', '{"model": "adv/model", "cache": false}')});
+like($e, qr/daily budget of \$[0-9.]+ for role "nora" reached/,
+	"a daily budget set later counts the unanswered calls made without one (\$$nspent)");
+
 # --- the breaker is per role: bob's stalls do not fail alice's rows
 my $pos = log_position($node);
 ($rc, $o, $e) = as_role('bob', "SET rvbbit.stall_timeout = '1s'; "
