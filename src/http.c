@@ -89,6 +89,8 @@ struct RvHttp
 		HTTP_TLS_KNOWN
 	}			tls_state;
 	CURL	   *probe;			/* that transfer, while probing */
+	RvHttpReq  *complete;		/* bodies received whole (http_write_cb),
+								 * looked at by rv_http_drive */
 	RvHttpReq  *held_head;		/* HTTPS transfers waiting for it */
 	RvHttpReq  *held_tail;
 	int			epfd;
@@ -193,6 +195,14 @@ http_write_cb(char *ptr, size_t size, size_t nmemb, void *userdata)
 	memcpy(req->resp + req->resp_len, ptr, n);
 	req->resp_len += n;
 	req->resp[req->resp_len] = '\0';
+	/* the whole body as announced: rv_http_drive may end a stuck transfer */
+	if (req->clen >= 0 && (int64) req->resp_len == req->clen && !req->on_complete &&
+		req->http != NULL)
+	{
+		req->on_complete = true;
+		req->next_complete = req->http->complete;
+		req->http->complete = req;
+	}
 	return n;
 }
 
@@ -209,6 +219,26 @@ http_header_cb(char *buffer, size_t size, size_t nitems, void *userdata)
 	size_t		n = size * nitems;
 	const char *name = "retry-after:";
 	size_t		nl = strlen(name);
+
+	/* a new response (after a 100 Continue, say): its own length */
+	if (n > 5 && memcmp(buffer, "HTTP/", 5) == 0)
+		req->clen = -1;
+	else if (n > 15 && pg_strncasecmp(buffer, "content-length:", 15) == 0 && req->clen != -2)
+	{
+		char		tmp[32];
+		size_t		k = Min(n - 15, sizeof(tmp) - 1);
+		char	   *end;
+		long long	v;
+
+		memcpy(tmp, buffer + 15, k);
+		tmp[k] = '\0';
+		v = strtoll(tmp, &end, 10);
+		while (*end == ' ' || *end == '\t' || *end == '\r' || *end == '\n')
+			end++;
+		req->clen = (end != tmp && *end == '\0' && v >= 0) ? (int64) v : -1;
+	}
+	else if (n > 17 && pg_strncasecmp(buffer, "content-encoding:", 17) == 0)
+		req->clen = -2;			/* the body we see is decoded: no length */
 
 	if (n > nl && pg_strncasecmp(buffer, name, nl) == 0)
 	{
@@ -563,6 +593,9 @@ http_req_init(RvHttp *http, RvHttpReq *req, const char *const *headers, int nhea
 	req->connected = false;
 	req->sent = false;
 	req->closed_early = false;
+	req->clen = -1;
+	req->on_complete = false;
+	req->next_complete = NULL;
 	req->resp_len = 0;
 	req->resp_limit = resp_limit;
 	req->next_done = NULL;
@@ -867,6 +900,74 @@ rv_http_timeout(RvHttp *http)
 	return (long) ((http->timer_deadline_us - now + 999) / 1000);
 }
 
+/* A transfer used this HTTP version. */
+static void
+http_saw_version(RvHttp *http, long version)
+{
+	if ((version == CURL_HTTP_VERSION_2_0 || version == CURL_HTTP_VERSION_3) &&
+		!http->multiplexed)
+	{
+		/*
+		 * From now on a host gets at most RV_HTTP_H2_HOST_CONNECTIONS
+		 * connections: transfers beyond their streams wait in curl's queue
+		 * for a free stream instead of each opening a connection of its own
+		 * while the next one is being set up.
+		 */
+		http->multiplexed = true;
+		curl_multi_setopt(http->multi, CURLMOPT_MAX_HOST_CONNECTIONS,
+						  (long) RV_HTTP_H2_HOST_CONNECTIONS);
+	}
+}
+
+/*
+ * HTTP/2 transfers whose final reply arrived whole (as long as its
+ * Content-Length) but which curl has not ended.  A server that answers
+ * before it has read the request body (nginx's fixed "return") closes the
+ * stream; a large body then waits for flow-control window the server will
+ * never give, and libcurl 7.88 keeps the transfer open, uploading nothing,
+ * until the stall timeout, then reports a reply it has in full as "sent
+ * nothing".  The reply is complete, so the transfer ends here, as done.
+ * HTTP/1.1 transfers are left alone: curl ends them when the body is in, and
+ * removing one early would close its connection.
+ */
+static void
+http_end_complete(RvHttp *http)
+{
+	while (http->complete != NULL)
+	{
+		RvHttpReq  *req = http->complete;
+		long		version = 0;
+		long		status = 0;
+		double		total = 0;
+
+		http->complete = req->next_complete;
+		req->next_complete = NULL;
+		req->on_complete = false;
+		if (!req->in_multi || req->easy == NULL)
+			continue;			/* curl ended it (http_collect) */
+		curl_easy_getinfo(req->easy, CURLINFO_HTTP_VERSION, &version);
+		if (version != CURL_HTTP_VERSION_2_0 && version != CURL_HTTP_VERSION_3)
+			continue;
+		curl_easy_getinfo(req->easy, CURLINFO_RESPONSE_CODE, &status);
+		if (status < 200)
+			continue;
+		http_saw_version(http, version);
+		curl_easy_getinfo(req->easy, CURLINFO_TOTAL_TIME, &total);
+		req->status = status;
+		req->code = CURLE_OK;
+		req->errbuf[0] = '\0';
+		req->latency_ms = total * 1000.0;
+		req->connected = true;
+		req->sent = true;
+		if (curl_multi_remove_handle(http->multi, req->easy) == CURLM_OK)
+			req->in_multi = false;
+		http->in_flight--;
+		if (req->easy == http->probe)
+			http_release_held(http);
+		http_push_done(http, req);
+	}
+}
+
 /* Move finished transfers from curl to our done list. */
 static void
 http_collect(RvHttp *http)
@@ -893,19 +994,7 @@ http_collect(RvHttp *http)
 			long		version = 0;
 
 			curl_easy_getinfo(msg->easy_handle, CURLINFO_HTTP_VERSION, &version);
-			if ((version == CURL_HTTP_VERSION_2_0 || version == CURL_HTTP_VERSION_3) &&
-				!http->multiplexed)
-			{
-				/*
-				 * From now on a host gets at most RV_HTTP_H2_HOST_CONNECTIONS
-				 * connections: transfers beyond their streams wait in curl's
-				 * queue for a free stream instead of each opening a
-				 * connection of its own while the next one is being set up.
-				 */
-				http->multiplexed = true;
-				curl_multi_setopt(http->multi, CURLMOPT_MAX_HOST_CONNECTIONS,
-								  (long) RV_HTTP_H2_HOST_CONNECTIONS);
-			}
+			http_saw_version(http, version);
 		}
 		req->latency_ms = total * 1000.0;
 		{
@@ -1006,6 +1095,7 @@ rv_http_drive(RvHttp *http)
 		curl_multi_socket_action(http->multi, CURL_SOCKET_TIMEOUT, 0, &running);
 	}
 	http_collect(http);
+	http_end_complete(http);
 }
 
 RvHttpReq *

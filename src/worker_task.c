@@ -825,7 +825,8 @@ wk_http_transport_error(WkTask *t, RvHttpReq *req, WkBreaker *b, double charged)
 		hint = "Check the provider; raise rvbbit.stall_timeout for a server that is slow to start its reply.";
 		errmsg = msg;
 		retry = true;
-		unreachable = true;
+		/* any HTTP answer means the server is there (README: breaker) */
+		unreachable = (req->status == 0);
 	}
 	else if (req->code == CURLE_OPERATION_TIMEDOUT)
 	{
