@@ -405,12 +405,16 @@ wk_idle_exit(TimestampTz *idle_since)
 		busy = true;
 		return false;
 	}
-	if (busy)
+	if (busy && TimestampDifferenceExceeds(*idle_since, GetCurrentTimestamp(), 1000))
 	{
 		/*
-		 * The last statement ended: give the heap that its transfers used
+		 * No statement for a second: give the heap that the transfers used
 		 * back to the system (a PARALLEL 5,000 statement over HTTP/2 leaves
-		 * some 300 MB of freed libcurl buffers that glibc would keep).
+		 * some 300 MB of freed libcurl buffers that glibc would keep).  Not
+		 * at the end of every statement: with short statements one after
+		 * the other (rvbbit.run per row from an application), trimming,
+		 * its madvise and TLB flushes were most of the worker's time.  The
+		 * worker's wait lasts at most a second, so this runs within two.
 		 */
 		busy = false;
 #ifdef __GLIBC__
