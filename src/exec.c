@@ -126,6 +126,15 @@ map_memo_store(MapExec *ex, MapSlot *s)
 	map_outcome_copy(ex->cxt->parent, &s->oc, &m->oc);
 }
 
+/* A row sent to the worker was answered: it is no longer in flight. */
+static void
+map_slot_answered(MapExec *ex, MapSlot *s)
+{
+	ex->inflight--;
+	ex->inflight_bytes -= s->sent_bytes;
+	s->sent_bytes = 0;
+}
+
 /*
  * Handle one message from the worker: fill the row's slot (and those of
  * the rows waiting for the same input), update the counters.
@@ -151,9 +160,7 @@ map_handle_message(MapExec *ex, char *data, Size len)
 	s = &ex->slots[head.seq % ex->window];
 	if (s->done)
 		return;
-	ex->inflight--;
-	ex->inflight_bytes -= s->sent_bytes;
-	s->sent_bytes = 0;
+	map_slot_answered(ex, s);
 	rv_map_counters_add(&ex->counters, &head);
 	if (ex->ch->progress)
 	{
@@ -634,9 +641,7 @@ map_exec_drain(MapExec *ex)
 				!ex->slots[head.seq % ex->window].done)
 			{
 				ex->slots[head.seq % ex->window].done = true;
-				ex->inflight--;
-				ex->inflight_bytes -= ex->slots[head.seq % ex->window].sent_bytes;
-				ex->slots[head.seq % ex->window].sent_bytes = 0;
+				map_slot_answered(ex, &ex->slots[head.seq % ex->window]);
 				rv_map_counters_add(&ex->counters, &head);
 				ex->spent += head.cost;
 			}

@@ -35,7 +35,7 @@
  * about 4% of the worker's instructions per row, and resetting one and
  * setting its two dozen options again most of the rest of libcurl's set-up
  * cost.  A kept handle keeps its options: those that never change are set
- * once (http_handle_new), and a request sets only what differs from the
+ * once (http_handle_configure), and a request sets only what differs from the
  * handle's last one (http_req_options).
  */
 #define HTTP_SPARE_MAX 256
@@ -484,7 +484,7 @@ rv_http_create(int max_connections, char *errbuf, size_t errlen)
 	 * the environment for every transfer: a dozen getenv() scans of the
 	 * worker's environment each.  The environment of a running worker
 	 * does not change, so when none is set the handles are told "no
-	 * proxy" once (http_handle_new); when one is, libcurl goes on looking
+	 * proxy" once (http_handle_configure); when one is, libcurl goes on looking
 	 * them up and honours them as before.
 	 */
 	{
@@ -900,6 +900,21 @@ rv_http_timeout(RvHttp *http)
 	return (long) ((http->timer_deadline_us - now + 999) / 1000);
 }
 
+/*
+ * A transfer ended (its outcome is set): out of the multi handle, the held
+ * transfers started if it was the probe, onto the done list.
+ */
+static void
+http_finish(RvHttp *http, RvHttpReq *req)
+{
+	if (curl_multi_remove_handle(http->multi, req->easy) == CURLM_OK)
+		req->in_multi = false;
+	http->in_flight--;
+	if (req->easy == http->probe)
+		http_release_held(http);
+	http_push_done(http, req);
+}
+
 /* A transfer used this HTTP version. */
 static void
 http_saw_version(RvHttp *http, long version)
@@ -959,12 +974,7 @@ http_end_complete(RvHttp *http)
 		req->latency_ms = total * 1000.0;
 		req->connected = true;
 		req->sent = true;
-		if (curl_multi_remove_handle(http->multi, req->easy) == CURLM_OK)
-			req->in_multi = false;
-		http->in_flight--;
-		if (req->easy == http->probe)
-			http_release_held(http);
-		http_push_done(http, req);
+		http_finish(http, req);
 	}
 }
 
@@ -1052,12 +1062,7 @@ http_collect(RvHttp *http)
 		if (req->code == CURLE_OPERATION_TIMEDOUT && req->stall_ms > 0 &&
 			strstr(req->errbuf, "too slow") != NULL)
 			req->stalled = true;
-		if (curl_multi_remove_handle(http->multi, msg->easy_handle) == CURLM_OK)
-			req->in_multi = false;
-		http->in_flight--;
-		if (msg->easy_handle == http->probe)
-			http_release_held(http);
-		http_push_done(http, req);
+		http_finish(http, req);
 	}
 }
 

@@ -25,11 +25,17 @@ is($node->safe_psql('postgres', qq{SELECT rvbbit.run('$echo', '{"text": "direct"
 my $recs = mock_requests($mock, 1);
 is($recs->[0]{host}, "127.0.0.1:$mock->{port}", 'a direct request is for the mock itself');
 
+# restart the server with these variables in its environment (only)
+sub restart_with_env
+{
+	my (%env) = @_;
+	$node->stop;
+	local @ENV{ keys %env } = values %env;
+	$node->start;
+}
+
 # http_proxy: the provider's host does not exist; only the proxy can answer
-$node->stop;
-$ENV{http_proxy} = "http://127.0.0.1:$mock->{port}";
-$node->start;
-delete $ENV{http_proxy};
+restart_with_env(http_proxy => "http://127.0.0.1:$mock->{port}");
 $node->safe_psql('postgres', q{ALTER SYSTEM SET rvbbit.api_base = 'http://llm.rvbbit-proxy-test.invalid/v1'});
 ok(reload_and_wait($node), 'the server reloaded its configuration');
 is($node->safe_psql('postgres', qq{SELECT rvbbit.run('$echo', '{"text": "via proxy"}')}), '"re: via proxy"',
@@ -43,12 +49,7 @@ is($node->safe_psql('postgres', qq{SELECT count(*) FILTER (WHERE result #>> '{}'
 	'50', 'every row of a MAP went through the proxy');
 
 # no_proxy: the proxy is a closed port, the provider (the mock) is exempt
-$node->stop;
-$ENV{http_proxy} = 'http://127.0.0.1:1';
-$ENV{no_proxy} = '127.0.0.1';
-$node->start;
-delete $ENV{http_proxy};
-delete $ENV{no_proxy};
+restart_with_env(http_proxy => 'http://127.0.0.1:1', no_proxy => '127.0.0.1');
 $node->safe_psql('postgres', qq{ALTER SYSTEM SET rvbbit.api_base = 'http://127.0.0.1:$mock->{port}/v1'});
 ok(reload_and_wait($node), 'the server reloaded its configuration');
 is($node->safe_psql('postgres', qq{SELECT rvbbit.run('$echo', '{"text": "exempt"}')}), '"re: exempt"',
@@ -57,10 +58,7 @@ $recs = mock_requests($mock, 1);
 is($recs->[0]{host}, "127.0.0.1:$mock->{port}", 'the exempt host was called directly');
 
 # and a proxy that is down fails the call with the connection error
-$node->stop;
-$ENV{http_proxy} = 'http://127.0.0.1:1';
-$node->start;
-delete $ENV{http_proxy};
+restart_with_env(http_proxy => 'http://127.0.0.1:1');
 my ($ret, $out, $err) = $node->psql('postgres',
 	qq{SELECT rvbbit.run('$echo', '{"text": "dead proxy"}', '{"max_retries": 0}')});
 like($err, qr/could not complete the request to the LLM provider/, 'a proxy that is down fails the call');
