@@ -168,6 +168,21 @@ http_timer_cb(CURLM *multi, long timeout_ms, void *userp)
 	return 0;
 }
 
+/*
+ * The reply's body came whole: as many bytes as its Content-Length (curl
+ * counts both as received, before any decoding).  False without one.
+ */
+static bool
+http_reply_whole(CURL *easy)
+{
+	curl_off_t	clen = -1;
+	curl_off_t	got = -1;
+
+	curl_easy_getinfo(easy, CURLINFO_CONTENT_LENGTH_DOWNLOAD_T, &clen);
+	curl_easy_getinfo(easy, CURLINFO_SIZE_DOWNLOAD_T, &got);
+	return clen >= 0 && got == clen;
+}
+
 /* CURLOPT_WRITEFUNCTION: append to the response buffer (malloc'd). */
 static size_t
 http_write_cb(char *ptr, size_t size, size_t nmemb, void *userdata)
@@ -196,8 +211,7 @@ http_write_cb(char *ptr, size_t size, size_t nmemb, void *userdata)
 	req->resp_len += n;
 	req->resp[req->resp_len] = '\0';
 	/* the whole body as announced: rv_http_drive may end a stuck transfer */
-	if (req->clen >= 0 && (int64) req->resp_len == req->clen && !req->on_complete &&
-		req->http != NULL)
+	if (!req->on_complete && req->http != NULL && http_reply_whole(req->easy))
 	{
 		req->on_complete = true;
 		req->next_complete = req->http->complete;
@@ -219,26 +233,6 @@ http_header_cb(char *buffer, size_t size, size_t nitems, void *userdata)
 	size_t		n = size * nitems;
 	const char *name = "retry-after:";
 	size_t		nl = strlen(name);
-
-	/* a new response (after a 100 Continue, say): its own length */
-	if (n > 5 && memcmp(buffer, "HTTP/", 5) == 0)
-		req->clen = -1;
-	else if (n > 15 && pg_strncasecmp(buffer, "content-length:", 15) == 0 && req->clen != -2)
-	{
-		char		tmp[32];
-		size_t		k = Min(n - 15, sizeof(tmp) - 1);
-		char	   *end;
-		long long	v;
-
-		memcpy(tmp, buffer + 15, k);
-		tmp[k] = '\0';
-		v = strtoll(tmp, &end, 10);
-		while (*end == ' ' || *end == '\t' || *end == '\r' || *end == '\n')
-			end++;
-		req->clen = (end != tmp && *end == '\0' && v >= 0) ? (int64) v : -1;
-	}
-	else if (n > 17 && pg_strncasecmp(buffer, "content-encoding:", 17) == 0)
-		req->clen = -2;			/* the body we see is decoded: no length */
 
 	if (n > nl && pg_strncasecmp(buffer, name, nl) == 0)
 	{
@@ -593,7 +587,6 @@ http_req_init(RvHttp *http, RvHttpReq *req, const char *const *headers, int nhea
 	req->connected = false;
 	req->sent = false;
 	req->closed_early = false;
-	req->clen = -1;
 	req->on_complete = false;
 	req->next_complete = NULL;
 	req->resp_len = 0;
@@ -1035,12 +1028,7 @@ http_collect(RvHttp *http)
 			req->code != CURLE_ABORTED_BY_CALLBACK && req->code != CURLE_OPERATION_TIMEDOUT &&
 			req->status >= 200 && !req->too_big)
 		{
-			curl_off_t	clen = -1;
-			curl_off_t	got = -1;
-
-			curl_easy_getinfo(msg->easy_handle, CURLINFO_CONTENT_LENGTH_DOWNLOAD_T, &clen);
-			curl_easy_getinfo(msg->easy_handle, CURLINFO_SIZE_DOWNLOAD_T, &got);
-			if (clen >= 0 && got == clen)
+			if (http_reply_whole(msg->easy_handle))
 			{
 				req->code = CURLE_OK;
 				req->errbuf[0] = '\0';

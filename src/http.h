@@ -43,8 +43,6 @@ typedef struct RvHttpReq
 								 * of stall_ms, not the total timeout */
 	bool		connected;		/* a connection to the server was made */
 	bool		sent;			/* the request was written to the server */
-	int64		clen;			/* the reply's Content-Length, -1 if none
-								 * (or encoded: the body is decoded) */
 	bool		on_complete;	/* on http.c's list of whole bodies */
 	struct RvHttpReq *next_complete;
 	bool		closed_early;	/* HTTP/2: the server closed the stream while
