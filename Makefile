@@ -18,7 +18,7 @@
 
 EXTENSION = rvbbit
 MODULE_big = rvbbit
-OBJS = src/rvbbit.o src/guc.o src/shmem.o src/bgw.o src/pool.o src/channel.o src/worker.o src/worker_stmt.o src/worker_task.o src/worker_db.o src/http.o \
+OBJS = src/rvbbit.o src/guc.o src/shmem.o src/bgw.o src/pool.o src/channel.o src/worker.o src/worker_stmt.o src/worker_task.o src/worker_db.o src/http.o src/http1.o \
        src/map.o src/catalog.o src/options.o src/providers.o src/exec.o src/stmt.o src/registry.o src/progress.o src/mapscan.o src/rewrite.o src/jobs.o src/jobs_runner.o src/request.o src/estimate.o src/ratelimit.o src/budget.o src/rverror.o src/rvtext.o src/template.o \
        src/jsonschema.o src/rvyaml.o src/cascade.o src/llm.o src/syntax.o src/colbuf.o \
        src/gateway_sup.o

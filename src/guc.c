@@ -43,6 +43,7 @@ int			rv_default_parallel = 10;
 int			rv_default_limit = 1000;
 int			rv_max_bytes_in_flight_kb = 256 * 1024;
 int			rv_max_connections_per_worker = 900;
+bool		rv_builtin_http = true;
 char	   *rv_ca_file = NULL;
 int			rv_requests_per_minute = 0;
 int			rv_max_job_runners = 4;
@@ -281,4 +282,9 @@ rv_define_gucs(void)
 							 &rv_budget_dollars_per_day,
 							 0.0, 0.0, 1e12,
 							 PGC_SUSET, 0, NULL, NULL, NULL);
+	DefineCustomBoolVariable("rvbbit.builtin_http",
+							 "Sends plain http:// requests to an IP address with rvbbit's own HTTP/1.1 client.",
+							 "Off: libcurl sends them, as it sends every other request.",
+							 &rv_builtin_http, true,
+							 PGC_SIGHUP, 0, NULL, NULL, NULL);
 }

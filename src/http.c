@@ -29,6 +29,8 @@
 #include <unistd.h>
 
 #include "http.h"
+#include "http1.h"
+#include "rvbbit.h"
 
 /*
  * Easy handles kept for reuse: creating and freeing one per request was
@@ -104,11 +106,12 @@ struct RvHttp
 	int			gen;			/* bumped when a handle-wide option changes */
 	bool		no_proxy_env;	/* no proxy variable in the environment */
 	HttpHeaders *last_headers;	/* the last header list made, or NULL */
+	H1Pool	   *h1;				/* rvbbit's own HTTP/1.1 client (http1.c) */
 };
 
 /* Monotonic clock in microseconds. */
-static int64
-http_now_us(void)
+int64
+rv_http_now_us(void)
 {
 	struct timespec ts;
 
@@ -137,7 +140,7 @@ http_socket_cb(CURL *easy, curl_socket_t s, int what, void *userp, void *socketp
 	}
 
 	memset(&ev, 0, sizeof(ev));
-	ev.data.fd = s;
+	ev.data.u64 = (uint64) (uint32) s;	/* untagged: curl's (http1.c tags its own) */
 	if (what == CURL_POLL_IN || what == CURL_POLL_INOUT)
 		ev.events |= EPOLLIN;
 	if (what == CURL_POLL_OUT || what == CURL_POLL_INOUT)
@@ -164,7 +167,7 @@ http_timer_cb(CURLM *multi, long timeout_ms, void *userp)
 	if (timeout_ms < 0)
 		http->timer_deadline_us = -1;
 	else
-		http->timer_deadline_us = http_now_us() + (int64) timeout_ms * 1000;
+		http->timer_deadline_us = rv_http_now_us() + (int64) timeout_ms * 1000;
 	return 0;
 }
 
@@ -221,10 +224,55 @@ http_write_cb(char *ptr, size_t size, size_t nmemb, void *userdata)
 }
 
 /*
- * CURLOPT_HEADERFUNCTION: pick up Retry-After, in seconds ("120") or as an
- * HTTP-date ("Wed, 21 Oct 2026 07:28:00 GMT"; a date in the past means
- * now).  Only the last response's header counts (curl calls this for each
- * response of a redirect chain; we follow none).
+ * A Retry-After value in milliseconds: seconds ("120") or an HTTP-date
+ * ("Wed, 21 Oct 2026 07:28:00 GMT"; a date in the past means now).  -1
+ * when it is neither, or a day or more away.
+ */
+long
+rv_http_retry_after(const char *value, size_t len)
+{
+	char		tmp[128];
+	size_t		k = Min(len, sizeof(tmp) - 1);
+	char	   *p = tmp;
+	char	   *end;
+	double		secs;
+
+	memcpy(tmp, value, k);
+	tmp[k] = '\0';
+	while (*p == ' ' || *p == '\t')
+		p++;
+	/* trailing CR LF */
+	end = p + strlen(p);
+	while (end > p && (end[-1] == '\r' || end[-1] == '\n' || end[-1] == ' '))
+		*--end = '\0';
+	secs = strtod(p, &end);
+	if (end != p && *end == '\0')
+	{
+		if (secs >= 0 && secs < 86400)
+			return (long) (secs * 1000);
+	}
+	else if (*p != '\0')
+	{
+		time_t		when = curl_getdate(p, NULL);
+
+		if (when != (time_t) -1)
+		{
+			time_t		now = time(NULL);
+			double		d = difftime(when, now);
+
+			if (d < 0)
+				d = 0;
+			if (d < 86400)
+				return (long) (d * 1000);
+		}
+	}
+	return -1;
+}
+
+/*
+ * CURLOPT_HEADERFUNCTION: pick up Retry-After.  Only the last response's
+ * header counts (curl calls this for each response of a redirect chain;
+ * we follow none).
  */
 static size_t
 http_header_cb(char *buffer, size_t size, size_t nitems, void *userdata)
@@ -236,41 +284,10 @@ http_header_cb(char *buffer, size_t size, size_t nitems, void *userdata)
 
 	if (n > nl && pg_strncasecmp(buffer, name, nl) == 0)
 	{
-		char		tmp[128];
-		size_t		k = Min(n - nl, sizeof(tmp) - 1);
-		char	   *p = tmp;
-		char	   *end;
-		double		secs;
+		long		ms = rv_http_retry_after(buffer + nl, n - nl);
 
-		memcpy(tmp, buffer + nl, k);
-		tmp[k] = '\0';
-		while (*p == ' ' || *p == '\t')
-			p++;
-		/* trailing CR LF */
-		end = p + strlen(p);
-		while (end > p && (end[-1] == '\r' || end[-1] == '\n' || end[-1] == ' '))
-			*--end = '\0';
-		secs = strtod(p, &end);
-		if (end != p && *end == '\0')
-		{
-			if (secs >= 0 && secs < 86400)
-				req->retry_after_ms = (long) (secs * 1000);
-		}
-		else if (*p != '\0')
-		{
-			time_t		when = curl_getdate(p, NULL);
-
-			if (when != (time_t) -1)
-			{
-				time_t		now = time(NULL);
-				double		d = difftime(when, now);
-
-				if (d < 0)
-					d = 0;
-				if (d < 86400)
-					req->retry_after_ms = (long) (d * 1000);
-			}
-		}
+		if (ms >= 0)
+			req->retry_after_ms = ms;
 	}
 	return n;
 }
@@ -445,6 +462,18 @@ http_handle_get(RvHttp *http)
 	return hh;
 }
 
+static void http_push_done(RvHttp *http, RvHttpReq *req);
+
+/* http1.c ended a request */
+static void
+http_h1_done(void *arg, RvHttpReq *req)
+{
+	RvHttp	   *http = (RvHttp *) arg;
+
+	http->in_flight--;
+	http_push_done(http, req);
+}
+
 RvHttp *
 rv_http_create(int max_connections, char *errbuf, size_t errlen)
 {
@@ -472,6 +501,15 @@ rv_http_create(int max_connections, char *errbuf, size_t errlen)
 		return NULL;
 	}
 	http->timer_deadline_us = -1;
+	http->h1 = rv_h1_create(http->epfd, max_connections, http_h1_done, http);
+	if (http->h1 == NULL)
+	{
+		snprintf(errbuf, errlen, "out of memory");
+		curl_multi_cleanup(http->multi);
+		close(http->epfd);
+		free(http);
+		return NULL;
+	}
 
 	/*
 	 * libcurl looks up the proxy variables (http_proxy, no_proxy, ...) in
@@ -552,6 +590,7 @@ rv_http_destroy(RvHttp *http)
 		http_handle_free(http->spare[--http->nspare]);
 	http_headers_unref(http->last_headers);
 	http->last_headers = NULL;
+	rv_h1_destroy(http->h1);
 	curl_multi_cleanup(http->multi);
 	if (http->share)
 		curl_share_cleanup(http->share);
@@ -594,6 +633,9 @@ http_req_init(RvHttp *http, RvHttpReq *req, const char *const *headers, int nhea
 	req->next_done = NULL;
 	req->in_multi = false;
 	req->http = http;
+	req->h1 = false;
+	req->h1_conn = NULL;
+	req->h1_out = NULL;
 
 	req->handle = http_handle_get(http);
 	if (req->handle == NULL)
@@ -702,6 +744,36 @@ rv_http_start(RvHttp *http, RvHttpReq *req, const char *url,
 			  size_t resp_limit)
 {
 	CURLMcode	mc;
+
+	/*
+	 * Plain http:// to an IP address, no proxy: rvbbit's own HTTP/1.1
+	 * client (http1.c), at a fraction of curl's cost per request.
+	 */
+	if (rv_builtin_http && http->no_proxy_env && rv_h1_parse_url(req, url))
+	{
+		req->handle = NULL;
+		req->easy = NULL;
+		req->headers = NULL;
+		req->body = NULL;
+		req->resp_len = 0;
+		req->status = 0;
+		req->retry_after_ms = -1;
+		req->code = CURLE_OK;
+		req->errbuf[0] = '\0';
+		req->too_big = req->stalled = req->connected = req->sent = false;
+		req->closed_early = req->on_complete = req->held = req->in_multi = false;
+		req->next_complete = req->next_done = NULL;
+		req->http = http;
+		http->in_flight++;		/* first: the request may end at once */
+		if (!rv_h1_start(http->h1, req, url, headers, nheaders, HTTP_USER_AGENT,
+						 body, body_len, timeout_ms, resp_limit))
+		{
+			http->in_flight--;
+			req->h1 = false;
+			return false;
+		}
+		return true;
+	}
 
 	if (!http_req_init(http, req, headers, nheaders, body, body_len, resp_limit))
 		return false;
@@ -825,6 +897,7 @@ rv_http_req_release(RvHttpReq *req)
 	req->handle = NULL;
 	req->easy = NULL;
 	req->in_multi = false;
+	req->h1 = false;
 	http_headers_unref(req->headers);
 	req->headers = NULL;
 	free(req->body);
@@ -837,6 +910,13 @@ rv_http_req_release(RvHttpReq *req)
 void
 rv_http_cancel(RvHttp *http, RvHttpReq *req)
 {
+	if (req->h1)
+	{
+		if (rv_h1_cancel(http->h1, req))
+			http->in_flight--;
+		rv_http_req_release(req);
+		return;
+	}
 	if (req->held)
 	{
 		RvHttpReq **p = &http->held_head;
@@ -884,13 +964,17 @@ long
 rv_http_timeout(RvHttp *http)
 {
 	int64		now;
+	int64		at = http->timer_deadline_us;
+	int64		h1 = rv_h1_next_timer(http->h1);
 
-	if (http->timer_deadline_us < 0)
+	if (h1 >= 0 && (at < 0 || h1 < at))
+		at = h1;
+	if (at < 0)
 		return -1;
-	now = http_now_us();
-	if (http->timer_deadline_us <= now)
+	now = rv_http_now_us();
+	if (at <= now)
 		return 0;
-	return (long) ((http->timer_deadline_us - now + 999) / 1000);
+	return (long) ((at - now + 999) / 1000);
 }
 
 /*
@@ -1071,21 +1155,33 @@ rv_http_drive(RvHttp *http)
 		{
 			int			flags = 0;
 
+			if (events[i].data.u64 & RV_H1_TAG)
+			{
+				rv_h1_event(http->h1, (int) (uint32) events[i].data.u64, events[i].events);
+				continue;
+			}
 			if (events[i].events & EPOLLIN)
 				flags |= CURL_CSELECT_IN;
 			if (events[i].events & EPOLLOUT)
 				flags |= CURL_CSELECT_OUT;
 			if (events[i].events & (EPOLLERR | EPOLLHUP))
 				flags |= CURL_CSELECT_ERR;
-			curl_multi_socket_action(http->multi, events[i].data.fd, flags, &running);
+			curl_multi_socket_action(http->multi, (curl_socket_t) (uint32) events[i].data.u64,
+									 flags, &running);
 		}
 		if (n < (int) lengthof(events))
 			break;
 	}
-	if (http->timer_deadline_us >= 0 && http->timer_deadline_us <= http_now_us())
+	if (http->timer_deadline_us >= 0 && http->timer_deadline_us <= rv_http_now_us())
 	{
 		http->timer_deadline_us = -1;
 		curl_multi_socket_action(http->multi, CURL_SOCKET_TIMEOUT, 0, &running);
+	}
+	{
+		int64		h1 = rv_h1_next_timer(http->h1);
+
+		if (h1 >= 0 && h1 <= rv_http_now_us())
+			rv_h1_timers(http->h1, rv_http_now_us());
 	}
 	http_collect(http);
 	http_end_complete(http);

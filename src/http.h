@@ -13,6 +13,8 @@
 #ifndef RV_HTTP_H
 #define RV_HTTP_H
 
+#include <sys/socket.h>
+
 #include <curl/curl.h>
 
 typedef struct RvHttp RvHttp;
@@ -54,6 +56,25 @@ typedef struct RvHttpReq
 	bool		in_multi;		/* easy is added to the multi handle (http.c) */
 	struct RvHttp *http;		/* the context that started it (http.c) */
 	struct RvHttpReq *next_done;	/* also links the held requests */
+
+	/* rvbbit's own HTTP/1.1 client (http1.c) */
+	bool		h1;				/* carried by http1.c, not by curl */
+	bool		h1_queued;		/* waiting for a connection */
+	bool		h1_fresh;		/* needs a new connection: a reused one died */
+	bool		h1_got;			/* a byte of the reply arrived */
+	struct H1Conn *h1_conn;		/* the connection carrying it */
+	struct RvHttpReq *h1_next;	/* the queue waiting for connections */
+	char	   *h1_out;			/* the request: head, then body */
+	size_t		h1_out_len;
+	size_t		h1_head_len;	/* zeroed when freed: it holds the key */
+	int64		h1_start_us;
+	int64		h1_progress_us; /* when a byte was last sent or received */
+	long		h1_timeout_ms;
+	long		h1_connect_ms;
+	int			h1_path_off;	/* where the path starts in the URL */
+	socklen_t	h1_addrlen;
+	struct sockaddr_storage h1_addr;
+	char		h1_host[64];	/* "127.0.0.1:8080", "[::1]:8080": Host */
 } RvHttpReq;
 
 /*

@@ -54,6 +54,7 @@ extern int	rv_default_parallel;
 extern int	rv_default_limit;
 extern int	rv_max_bytes_in_flight_kb;
 extern int	rv_max_connections_per_worker;
+extern bool rv_builtin_http;
 extern char *rv_ca_file;
 extern int	rv_requests_per_minute;
 extern int	rv_max_job_runners;

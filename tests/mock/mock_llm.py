@@ -31,6 +31,16 @@ Directives embedded in the prompt steer the answer:
     [[fault:huge]]         200 with a 6 MB reply
     [[fault:empty]]        200 with an empty body
     [[fault:close]]        close the connection without answering
+    [[fault:wire:MODE]]    a normal reply framed another way on the wire
+                           (tests the worker's HTTP/1.1 client): chunked (in
+                           chunks, with an extension and a trailer), eof (no
+                           Content-Length, ends with the connection), trickle
+                           (7 bytes at a time), continue (after 100 Continue
+                           and 103 Early Hints), lf (bare LF line ends),
+                           http10 (HTTP/1.0, closes), drop (keep-alive said,
+                           the connection closed after the reply);
+                           malformed: badstatus, badchunk, badlength,
+                           bigheaders (200 kB of header lines)
     [[fault:echoheaders]]  401 whose error message repeats the request headers
                            (Authorization, x-api-key: tests that keys never
                            reach logs, errors or rvbbit.calls)
@@ -843,6 +853,7 @@ class State:
         self.tok_prompt = 0
         self.tok_completion = 0
         self.aborted = 0
+        self.connections = 0
         self.fail_counts = {}
         self.invalid_counts = {}
         self.stall_counts = {}
@@ -939,6 +950,7 @@ class State:
             "max_per_minute": self.max_per_minute,
             "tokens": {"prompt": self.tok_prompt, "completion": self.tok_completion},
             "aborted": self.aborted,
+            "connections": self.connections,
             "now": time.monotonic(),
         }
 
@@ -1045,7 +1057,7 @@ class State:
                 echoed = "; ".join("%s: %s" % (k, v) for k, v in sorted(headers.items()))
                 return Plan(401, error_body(flavour, 401, message="bad request headers: " + echoed),
                             delay=delay)
-            if fault not in ("truncated", "huge"):
+            if fault not in ("truncated", "huge") and not fault.startswith("wire:"):
                 parts = fault.split(":")
                 try:
                     code = int(parts[0])
@@ -1133,6 +1145,8 @@ class State:
         out = compact(doc).encode("utf-8", "surrogatepass")
         if fault == "truncated":
             return Plan(200, out, delay=delay, action="truncated", tokens=(p, c))
+        if fault is not None and fault.startswith("wire:"):
+            return Plan(200, out, delay=delay, action=fault, tokens=(p, c))
         return Plan(200, out, delay=delay, tokens=(p, c))
 
     def error_plan(self, flavour, code, model_name, delay, retry, message=None) -> Plan:
@@ -1342,6 +1356,75 @@ async def read_body(conn: Conn, headers: dict) -> bytes:
             raise BadRequest(400, "bad chunk terminator")
 
 
+async def send_wire(conn: Conn, mode: str, body: bytes, keep: bool) -> bool:
+    """Send a 200 reply framed as mode ([[fault:wire:MODE]]); return whether
+    the connection stays open."""
+    w = conn.writer
+    ka = "Connection: keep-alive" if keep else "Connection: close"
+    ctype = "Content-Type: application/json"
+
+    def head(*lines, status="HTTP/1.1 200 OK", eol="\r\n"):
+        return (eol.join((status,) + lines) + eol + eol).encode("latin-1")
+
+    if mode == "chunked" or mode == "badchunk":
+        out = [head(ctype, "Transfer-Encoding: chunked", ka)]
+        third = max(1, len(body) // 3)
+        pieces = [body[:third], body[third:2 * third], body[2 * third:]]
+        for i, piece in enumerate(x for x in pieces if x):
+            size = b"zz" if mode == "badchunk" else b"%x" % len(piece)
+            ext = b";note=1" if i == 0 else b""
+            out.append(size + ext + b"\r\n" + piece + b"\r\n")
+        out.append(b"0\r\nX-Trailer: yes\r\n\r\n")
+        w.write(b"".join(out))
+        await w.drain()
+        return keep and mode == "chunked"
+    if mode == "eof":
+        w.write(head(ctype, "Connection: close") + body)
+        await w.drain()
+        return False
+    if mode == "trickle":
+        data = head(ctype, "Content-Length: %d" % len(body), ka) + body
+        for i in range(0, len(data), 7):
+            w.write(data[i:i + 7])
+            await w.drain()
+            await asyncio.sleep(0.002)
+        return keep
+    if mode == "continue":
+        w.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        w.write(b"HTTP/1.1 103 Early Hints\r\nLink: </x>; rel=preload\r\n\r\n")
+        w.write(head(ctype, "Content-Length: %d" % len(body), ka) + body)
+        await w.drain()
+        return keep
+    if mode == "lf":
+        w.write(head(ctype, "Content-Length: %d" % len(body), ka, eol="\n") + body)
+        await w.drain()
+        return keep
+    if mode == "http10":
+        w.write(head(ctype, "Content-Length: %d" % len(body), status="HTTP/1.0 200 OK") + body)
+        await w.drain()
+        return False
+    if mode == "drop":
+        w.write(head(ctype, "Content-Length: %d" % len(body), "Connection: keep-alive") + body)
+        await w.drain()
+        return False
+    if mode == "badstatus":
+        w.write(head(ctype, "Content-Length: %d" % len(body), ka, status="HTTP/1.1 2x0 OK") + body)
+        await w.drain()
+        return False
+    if mode == "badlength":
+        w.write(head(ctype, "Content-Length: %d" % len(body), "Content-Length: 7", ka) + body)
+        await w.drain()
+        return False
+    if mode == "bigheaders":
+        filler = tuple("X-Filler-%d: %s" % (i, "f" * 1000) for i in range(200))
+        w.write(head(*((ctype, "Content-Length: %d" % len(body), ka) + filler)) + body)
+        await w.drain()
+        return False
+    w.write(head("Content-Length: 0", "Connection: close", status="HTTP/1.1 500 Unknown wire mode"))
+    await w.drain()
+    return False
+
+
 def parse_head(head: bytes):
     """Parse a request head into (method, target, version, headers)."""
     text = head.decode("latin-1")
@@ -1372,6 +1455,7 @@ class Server:
         conn = Conn(reader, writer)
         st = self.state
         st.conns.add(conn)
+        st.connections += 1
         conn.start()
         try:
             while True:
@@ -1484,6 +1568,8 @@ class Server:
         rec = {"path": path, "model": None, "body": None,
                "auth": "authorization" in headers or "x-api-key" in headers,
                "host": headers.get("host"),
+               "accept_encoding": headers.get("accept-encoding"),
+               "user_agent": headers.get("user-agent"),
                "status": None, "t": round(started, 4)}
         st.records.append(rec)
         try:
@@ -1517,6 +1603,16 @@ class Server:
                 head = response_head(plan.status, 1000, False, plan.headers)
                 await send(conn, head, plan.body[:100])
                 return False
+            if plan.action.startswith("wire:"):
+                p, c = plan.tokens
+                st.tok_prompt += p
+                st.tok_completion += c
+                try:
+                    return await send_wire(conn, plan.action[5:], plan.body, keep)
+                except (ConnectionError, OSError):
+                    st.aborted += 1
+                    rec["aborted"] = True
+                    return False
             head = response_head(plan.status, len(plan.body), keep, plan.headers)
             p, c = plan.tokens
             st.tok_prompt += p

@@ -509,6 +509,37 @@ class MockTest(unittest.TestCase):
         status, headers, raw = chat(self.port, "[[fault:empty]]")
         self.assertEqual((status, raw, headers["content-length"]), (200, b"", "0"))
 
+    def test_fault_wire_good(self):
+        """[[fault:wire:MODE]]: the same reply, framed as MODE."""
+        for mode in ("chunked", "eof", "trickle", "lf", "http10", "drop"):
+            status, headers, raw = chat(self.port, "[[fault:wire:%s]] w" % mode)
+            self.assertEqual(status, 200, mode)
+            self.assertEqual(content_of(json.loads(raw)), "re: w", mode)
+            if mode == "chunked":
+                self.assertIn("chunked", headers.get("transfer-encoding", ""))
+            if mode == "eof":
+                self.assertNotIn("content-length", headers)
+
+    def test_fault_wire_continue_socket(self):
+        """[[fault:wire:continue]]: 100 and 103 come before the reply."""
+        with socket.create_connection(("127.0.0.1", self.port), timeout=30) as s:
+            s.sendall(raw_post("/v1/chat/completions", llm_body("[[fault:wire:continue]] c")))
+            f = s.makefile("rb")
+            self.assertEqual(read_head(f)[0], 100)
+            self.assertEqual(read_head(f)[0], 103)
+            status, _, body = read_response(f)
+            self.assertEqual(status, 200)
+            self.assertEqual(content_of(json.loads(body)), "re: c")
+
+    def test_fault_wire_bad(self):
+        """[[fault:wire:badstatus]] and the others are malformed on purpose."""
+        with socket.create_connection(("127.0.0.1", self.port), timeout=30) as s:
+            s.sendall(raw_post("/v1/chat/completions", llm_body("[[fault:wire:badstatus]] b")))
+            self.assertTrue(s.makefile("rb").readline().startswith(b"HTTP/1.1 2x0"))
+        with socket.create_connection(("127.0.0.1", self.port), timeout=30) as s:
+            s.sendall(raw_post("/v1/chat/completions", llm_body("[[fault:wire:bigheaders]] b")))
+            self.assertGreater(len(s.makefile("rb").read()), 200000)
+
     def test_fault_close_socket(self):
         """[[fault:close]]: the connection closes without a byte."""
         with socket.create_connection(("127.0.0.1", self.port), timeout=30) as s:
