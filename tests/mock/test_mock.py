@@ -899,7 +899,8 @@ class MockTest(unittest.TestCase):
         self.assertGreaterEqual(now, recs[-1]["t"])
         self.assertEqual(st, {"requests": 0, "in_flight": 0, "held": 0, "max_in_flight": 0,
                               "by_status": {}, "max_per_minute": 0,
-                              "tokens": {"prompt": 0, "completion": 0}, "aborted": 0})
+                              "tokens": {"prompt": 0, "completion": 0}, "aborted": 0,
+                              "connections": 1})  # the /stats request's own
         self.assertEqual(json.loads(request(self.port, "GET", "/requests?last=5")[2]), [])
 
     def test_requests_keeps_1000(self):
