@@ -69,6 +69,7 @@ typedef struct RvHttpReq
 	size_t		h1_head_len;	/* zeroed when freed: it holds the key */
 	int64		h1_start_us;
 	int64		h1_progress_us; /* when a byte was last sent or received */
+	int64		h1_connect_us;	/* when the current connect began */
 	long		h1_timeout_ms;
 	long		h1_connect_ms;
 	int			h1_path_off;	/* where the path starts in the URL */

@@ -40,6 +40,7 @@
 
 #define H1_IN_SIZE		16384	/* receive buffer of a connection */
 #define H1_HEAD_MAX		(64 * 1024) /* a reply's header block */
+#define H1_PREALLOC_MAX (64 * 1024) /* body room taken before it arrives */
 #define H1_LINE_MAX		1024	/* a chunk-size line */
 #define H1_IDLE_MAX_US	(115 * (int64) 1000000) /* curl's 118 s, less */
 
@@ -635,14 +636,16 @@ h1_head(H1Pool *pool, H1Conn *c, const char *h, size_t n)
 		}
 		c->remain = clen;
 		c->ps = clen > 0 ? P_LENGTH : P_DONE;
-		if (clen > 0 && (size_t) clen + 1 > req->resp_cap)
+		/* room for the announced body, up to a bound: it grows as it comes */
+		if (clen > 0 && (size_t) Min(clen, H1_PREALLOC_MAX) + 1 > req->resp_cap)
 		{
-			char	   *r = realloc(req->resp, clen + 1);
+			size_t		want = (size_t) Min(clen, H1_PREALLOC_MAX) + 1;
+			char	   *r = realloc(req->resp, want);
 
 			if (r != NULL)
 			{
 				req->resp = r;
-				req->resp_cap = clen + 1;
+				req->resp_cap = want;
 			}
 		}
 	}
@@ -698,6 +701,12 @@ h1_parse(H1Pool *pool, H1Conn *c)
 							return false;
 						}
 						return true;
+					}
+					if ((size_t) (e - p) > H1_HEAD_MAX)
+					{
+						h1_fail(pool, req, CURLE_WEIRD_SERVER_REPLY,
+								"the server's reply headers are longer than %d bytes", H1_HEAD_MAX);
+						return false;
 					}
 					c->in_off = e - c->in;
 					c->scan = c->in_off;
@@ -1009,13 +1018,30 @@ h1_connect(H1Pool *pool, RvHttpReq *req)
 	if (errno == EINPROGRESS)
 	{
 		c->state = H1_CONNECTING;
-		h1_timer_at(pool, req->h1_start_us + (int64) req->h1_connect_ms * 1000);
+		/* the connect and the stall clocks start now, not when queued */
+		req->h1_connect_us = req->h1_progress_us = rv_http_now_us();
+		h1_timer_at(pool, req->h1_connect_us + (int64) req->h1_connect_ms * 1000);
 		h1_want(pool, c, EPOLLOUT);
 		return true;
 	}
 	h1_fail(pool, req, CURLE_COULDNT_CONNECT, "Failed to connect to %s: %s",
 			req->h1_host, strerror(errno));
 	return true;
+}
+
+/*
+ * Has an idle connection nothing to read?  Bytes the server sent past the
+ * last reply (still in the kernel when that reply ended at a buffer's end,
+ * or come since) or its close make it unusable: a request sent on it would
+ * take those bytes for its answer.
+ */
+static bool
+h1_quiet(const H1Conn *c)
+{
+	char		b;
+	ssize_t		n = recv(c->fd, &b, 1, MSG_PEEK | MSG_DONTWAIT);
+
+	return n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK);
 }
 
 static bool
@@ -1049,9 +1075,9 @@ h1_assign(H1Pool *pool, RvHttpReq *req)
 				now = rv_http_now_us();
 			*p = c->next_idle;
 			c->next_idle = NULL;
-			if (now - c->idle_since_us > H1_IDLE_MAX_US)
+			if (now - c->idle_since_us > H1_IDLE_MAX_US || !h1_quiet(c))
 			{
-				h1_close(pool, c);	/* too old to trust */
+				h1_close(pool, c);	/* too old to trust, closed, or not quiet */
 				continue;
 			}
 			h1_begin(pool, c, req);
@@ -1210,7 +1236,7 @@ h1_deadline(const RvHttpReq *req, int64 now, int *which)
 
 	*which = 0;
 	if (req->h1_conn != NULL && req->h1_conn->state == H1_CONNECTING)
-		d = Min(d, req->h1_start_us + (int64) req->h1_connect_ms * 1000);
+		d = Min(d, req->h1_connect_us + (int64) req->h1_connect_ms * 1000);
 	if (req->stall_ms > 0 && !req->h1_queued)
 		d = Min(d, req->h1_progress_us + (int64) req->stall_ms * 1000);
 	if (d <= now)
@@ -1218,7 +1244,7 @@ h1_deadline(const RvHttpReq *req, int64 now, int *which)
 		if (total <= now)
 			*which = 1;
 		else if (req->h1_conn != NULL && req->h1_conn->state == H1_CONNECTING &&
-				 req->h1_start_us + (int64) req->h1_connect_ms * 1000 <= now)
+				 req->h1_connect_us + (int64) req->h1_connect_ms * 1000 <= now)
 			*which = 2;
 		else
 			*which = 3;

@@ -828,6 +828,15 @@ wk_http_transport_error(WkTask *t, RvHttpReq *req, WkBreaker *b, double charged)
 		/* any HTTP answer means the server is there (README: breaker) */
 		unreachable = (req->status == 0);
 	}
+	else if (req->code == CURLE_OPERATION_TIMEDOUT && !req->connected && !req->sent)
+	{
+		/* no connection in time: not a slow answer */
+		sqlstate = ERRCODE_CONNECTION_FAILURE;
+		msg = psprintf("could not connect to the LLM provider in time");
+		errmsg = psprintf("%s", req->errbuf[0] ? req->errbuf : curl_easy_strerror(req->code));
+		hint = "Check that the provider's host and port are reachable from the database server.";
+		retry = true;
+	}
 	else if (req->code == CURLE_OPERATION_TIMEDOUT)
 	{
 		sqlstate = ERRCODE_CONNECTION_FAILURE;

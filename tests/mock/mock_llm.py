@@ -39,8 +39,11 @@ Directives embedded in the prompt steer the answer:
                            and 103 Early Hints), lf (bare LF line ends),
                            http10 (HTTP/1.0, closes), drop (keep-alive said,
                            the connection closed after the reply);
+                           stale16k (a reply of exactly 16 kB, then a
+                           second reply nobody asked for);
                            malformed: badstatus, badchunk, badlength,
-                           bigheaders (200 kB of header lines)
+                           bigheaders (200 kB of header lines), midheaders
+                           (100 kB, in one write)
     [[fault:echoheaders]]  401 whose error message repeats the request headers
                            (Authorization, x-api-key: tests that keys never
                            reach logs, errors or rvbbit.calls)
@@ -1413,6 +1416,32 @@ async def send_wire(conn: Conn, mode: str, body: bytes, keep: bool) -> bool:
         return False
     if mode == "badlength":
         w.write(head(ctype, "Content-Length: %d" % len(body), "Content-Length: 7", ka) + body)
+        await w.drain()
+        return False
+    if mode == "stale16k":
+        # the reply fills a 16 kB receive buffer exactly, and a second,
+        # unasked-for reply follows in the same write: a client that reuses
+        # the connection without looking takes it for the next answer
+        def reply(text, pad=""):
+            lines = [ctype, "Content-Length: %d" % len(text), ka]
+            if pad:
+                lines.append("X-Pad: " + pad)
+            return head(*lines) + text
+        first = reply(body, "p")
+        pad = 16384 - len(first) + 1
+        if pad < 1:
+            raise BadRequest(400, "stale16k: the reply is longer than 16 kB")
+        first = reply(body, "p" * pad)
+        stale = json.loads(body)
+        stale["choices"][0]["message"]["content"] = "STALE ANSWER"
+        w.write(first + reply(json.dumps(stale).encode("utf-8")))
+        await w.drain()
+        return keep
+    if mode == "midheaders":
+        # 100 kB of header lines, sent at once: over the 64 kB limit even
+        # when the whole block is in one read
+        filler = tuple("X-Filler-%d: %s" % (i, "f" * 1000) for i in range(100))
+        w.write(head(*((ctype, "Content-Length: %d" % len(body), ka) + filler)) + body)
         await w.drain()
         return False
     if mode == "bigheaders":

@@ -531,6 +531,27 @@ class MockTest(unittest.TestCase):
             self.assertEqual(status, 200)
             self.assertEqual(content_of(json.loads(body)), "re: c")
 
+    def test_fault_wire_stale16k_socket(self):
+        """[[fault:wire:stale16k]]: a 16,384-byte reply, then a second one."""
+        with socket.create_connection(("127.0.0.1", self.port), timeout=30) as s:
+            s.sendall(raw_post("/v1/chat/completions", llm_body("[[fault:wire:stale16k]] k")))
+            f = s.makefile("rb")
+            status, headers, body = read_response(f)
+            self.assertEqual(status, 200)
+            self.assertEqual(content_of(json.loads(body)), "re: k")
+            self.assertIn("x-pad", headers)
+            status, _, body = read_response(f)
+            self.assertEqual(content_of(json.loads(body)), "STALE ANSWER")
+        with socket.create_connection(("127.0.0.1", self.port), timeout=30) as s:
+            s.sendall(raw_post("/v1/chat/completions", llm_body("[[fault:wire:stale16k]] k")))
+            data = b""
+            while data.count(b"HTTP/1.1 200") < 2 or not data.endswith(b"}"):
+                chunk = s.recv(65536)
+                if not chunk:
+                    break
+                data += chunk
+            self.assertEqual(data.index(b"HTTP/1.1 200", 1), 16384)
+
     def test_fault_wire_bad(self):
         """[[fault:wire:badstatus]] and the others are malformed on purpose."""
         with socket.create_connection(("127.0.0.1", self.port), timeout=30) as s:
@@ -539,6 +560,9 @@ class MockTest(unittest.TestCase):
         with socket.create_connection(("127.0.0.1", self.port), timeout=30) as s:
             s.sendall(raw_post("/v1/chat/completions", llm_body("[[fault:wire:bigheaders]] b")))
             self.assertGreater(len(s.makefile("rb").read()), 200000)
+        with socket.create_connection(("127.0.0.1", self.port), timeout=30) as s:
+            s.sendall(raw_post("/v1/chat/completions", llm_body("[[fault:wire:midheaders]] b")))
+            self.assertGreater(len(s.makefile("rb").read()), 100000)
 
     def test_fault_close_socket(self):
         """[[fault:close]]: the connection closes without a byte."""

@@ -7,6 +7,8 @@
 #   ends, HTTP/1.0;
 # - a connection the server closed after a keep-alive reply is not a lost
 #   row: the next request goes on a new connection;
+# - a reply with bytes nobody asked for behind it (in the kernel when the
+#   reply filled the receive buffer) does not answer the next row;
 # - malformed replies fail the call with what was wrong, and never crash;
 # - connections are kept alive: a MAP of 300 rows at PARALLEL 10 opens at
 #   most 10;
@@ -60,12 +62,27 @@ is($node->safe_psql('postgres', qq{SELECT count(*) FILTER (WHERE result #>> '{}'
   '{"cache": false}') AS t(n int, text text, result jsonb)}),
 	'100', 'a MAP of chunked replies has every row');
 
+# a reply that ends exactly where the 16 kB receive buffer does, with a
+# second reply nobody asked for behind it in the kernel: the connection is
+# not reused, so no row takes that reply for its answer
+mock_post($mock, '/reset');
+is($node->safe_psql('postgres', qq{SELECT count(*) FILTER (WHERE result #>> '{}' = 're: s' || n)
+  FROM rvbbit.map('$echo', \$\$SELECT n, CASE WHEN n % 2 = 0 THEN '[[fault:wire:stale16k]] s' ELSE 's' END || n AS text
+  FROM generate_series(1, 60) n\$\$, 4,
+  '{"cache": false, "max_retries": 0}') AS t(n int, text text, result jsonb)}),
+	'60', 'rows after a reply with unasked-for bytes behind it get their own answers');
+is($node->safe_psql('postgres', qq{SELECT count(*) FILTER (WHERE result #>> '{}' = 're: s' || n)
+  FROM rvbbit.map('$echo', \$\$SELECT n, '[[fault:wire:stale16k]] s' || n AS text FROM generate_series(1, 60) n\$\$, 4,
+  '{"cache": false, "max_retries": 0}') AS t(n int, text text, result jsonb)}),
+	'60', 'every row of a MAP of such replies has its own answer');
+
 # --- malformed replies: a clear error, the worker lives on
 my %bad = (
 	badstatus  => qr/not HTTP\/1\.1/,
 	badchunk   => qr/malformed chunk/,
 	badlength  => qr/invalid Content-Length/,
 	bigheaders => qr/headers are longer than/,
+	midheaders => qr/headers are longer than/,
 	truncated  => qr/bytes remaining to read/,
 	close      => qr/Empty reply from server/);
 for my $mode (sort keys %bad)
