@@ -16,9 +16,10 @@
 #                  nginx (BENCH_NGINX_N, BENCH_NGINX_PAR; BENCH_SKIP_NGINX=1)
 #   fair sharing   20 sessions x PARALLEL 10 at once against one session at
 #                  PARALLEL 200 (BENCH_FAIR_SESSIONS, BENCH_FAIR_N)
-#   memory         peak RSS (VmHWM) of the backend running a MAP over
-#                  BENCH_MEM_N (100000) rows at zero latency, parallel 200,
-#                  and over a tenth of that; BENCH_SKIP_MEM=1 skips it
+#   memory         private memory (RssAnon, sampled every 50 ms) and peak
+#                  RSS (VmHWM) of the backend and the worker running a MAP
+#                  over BENCH_MEM_N (100000) rows at zero latency, parallel
+#                  200, and over a tenth of that; BENCH_SKIP_MEM=1 skips it
 #
 # It prints figures and asserts nothing about them.  It exits non-zero only
 # when something could not run: a build or start-up failure, a query error,
@@ -109,11 +110,15 @@ map_query() {
   local cascade_lit=${CASCADE//\'/\'\'}
   local opts=${MAP_OPTS:-'{"cache": false}'}
   # MAP_OPTS (default: no cache); MAP_TAG makes the inputs new (cache misses)
+  # MAP_FROM=table reads the rows from that table (n, text) instead of
+  # generate_series, which keeps its rows in a tuplestore of up to work_mem
+  local using="SELECT n, ''x${MAP_TAG:-}'' || n AS text FROM generate_series(1, $n) n"
+  [ -n "${MAP_FROM:-}" ] && using="SELECT n, text FROM $MAP_FROM WHERE n <= $n"
   cat <<SQL
 SELECT count(*), count(*) FILTER (WHERE result IS NULL),
        extract(epoch FROM clock_timestamp() - statement_timestamp())
 FROM rvbbit.map('$cascade_lit',
-                'SELECT n, ''x${MAP_TAG:-}'' || n AS text FROM generate_series(1, $n) n',
+                '$using',
                 $par, '$opts') AS t(n int, text text, result jsonb);
 SQL
 }
@@ -256,54 +261,69 @@ worker_count() {
   pg_sql -c "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'rvbbit worker'"
 }
 
-# mem_run N: one psql session; prints its backend's VmHWM before and after
-# a MAP over N rows, the workers' VmHWM, and the MAP's time
+# status_kb PID FIELD: a field of /proc/PID/status in kB (empty when gone)
+status_kb() {
+  awk -v f="$2:" '$1 == f { print $2 }' "/proc/$1/status" 2>/dev/null
+}
+
+# mem_run N: one psql session running a MAP over N rows.  Peak RSS (VmHWM)
+# counts the shared buffers a process has touched: the worker writes a
+# call-log row and index entries per row, so its VmHWM grows with the
+# rows while its private memory does not.  So besides VmHWM this samples
+# each process's private memory (RssAnon) every 50 ms and keeps the peak.
+# Sets MEM_BACKEND_KB, MEM_WORKER_KB (private peaks), MEM_AFTER_KB (the
+# backend's VmHWM).
 mem_run() {
-  local n="$1" out
-  out=$(pg_sql -F ' ' 2>"$work/psql.err" <<SQL
-SELECT pg_backend_pid() AS bpid \gset
-CREATE TEMP TABLE hwm AS
-  SELECT (regexp_match(pg_read_file('/proc/' || :bpid || '/status'),
-                       'VmHWM:\s+(\d+) kB'))[1]::bigint AS kb;
+  local n="$1" i psql_pid bpid="" wpid="" v
+  local b_anon=0 w_anon=0 b_hwm=0 b_shm=0 b_before=""
+  # a fresh worker, so that its peak is this run's
+  pg_sql -c "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE backend_type = 'rvbbit worker'" >/dev/null
+  for i in $(seq 1 100); do
+    [ "$(worker_count)" = 0 ] && break
+    sleep 0.1
+  done
+  PGAPPNAME=rvbbit_bench_mem pg_sql -F ' ' >"$work/mem.out" 2>"$work/psql.err" <<SQL &
+SELECT pg_sleep(0.3);
 $(map_query "$n" "$BENCH_MEM_PARALLEL")
-SELECT (SELECT kb FROM hwm),
-       (regexp_match(pg_read_file('/proc/' || :bpid || '/status'),
-                     'VmHWM:\s+(\d+) kB'))[1]::bigint,
-       (regexp_match(pg_read_file('/proc/' || :bpid || '/status'),
-                     'VmRSS:\s+(\d+) kB'))[1]::bigint;
-SELECT coalesce(string_agg(pid || ':' ||
-         (regexp_match(pg_read_file('/proc/' || pid || '/status'),
-                       'VmHWM:\s+(\d+) kB'))[1] || ':' ||
-         (regexp_match(pg_read_file('/proc/' || pid || '/status'),
-                       'RssAnon:\s+(\d+) kB'))[1], ' '), '-')
-FROM pg_stat_activity WHERE backend_type = 'rvbbit worker';
 SQL
-  ) || {
+  psql_pid=$!
+  while kill -0 "$psql_pid" 2>/dev/null; do
+    [ -z "$bpid" ] && bpid=$(pg_sql -c "SELECT pid FROM pg_stat_activity WHERE application_name = 'rvbbit_bench_mem' LIMIT 1")
+    [ -z "$wpid" ] && wpid=$(pg_sql -c "SELECT pid FROM pg_stat_activity WHERE backend_type = 'rvbbit worker' LIMIT 1")
+    if [ -n "$bpid" ]; then
+      v=$(status_kb "$bpid" RssAnon)
+      if [ -n "$v" ]; then
+        [ -z "$b_before" ] && b_before=$(status_kb "$bpid" VmHWM)
+        [ "$v" -gt "$b_anon" ] && b_anon=$v
+        b_hwm=$(status_kb "$bpid" VmHWM || echo "$b_hwm")
+        b_shm=$(status_kb "$bpid" RssShmem || echo "$b_shm")
+      fi
+    fi
+    if [ -n "$wpid" ]; then
+      v=$(status_kb "$wpid" RssAnon)
+      [ -n "$v" ] && [ "$v" -gt "$w_anon" ] && w_anon=$v
+    fi
+    sleep 0.05
+  done
+  wait "$psql_pid" || {
     cat "$work/psql.err" >&2
     die "memory run over $n rows failed"
   }
-  local map_line kb_line w_line rows nulls secs before after rss
-  map_line=$(sed -n 1p <<<"$out")
-  kb_line=$(sed -n 2p <<<"$out")
-  w_line=$(sed -n 3p <<<"$out")
-  read -r rows nulls secs <<<"$map_line"
-  read -r before after rss <<<"$kb_line"
+  local rows nulls secs w_hwm w_shm
+  read -r rows nulls secs <<<"$(grep -v '^$' "$work/mem.out" | tail -1)"
   if [ "$rows" -ne "$n" ] || [ "$nulls" -ne 0 ]; then
     echo "bench: memory MAP returned $rows rows ($nulls without a result)" >&2
     PROBLEMS=$((PROBLEMS + 1))
   fi
-  local workers="" w pid hwm anon
-  for w in $w_line; do
-    [ "$w" = "-" ] && continue
-    IFS=: read -r pid hwm anon <<<"$w"
-    workers+="${workers:+; }worker $pid VmHWM $(awk "BEGIN { printf \"%.1f\", $hwm / 1024 }") MB"
-    workers+=" (RssAnon $(awk "BEGIN { printf \"%.1f\", $anon / 1024 }") MB)"
-  done
-  printf '%8s rows  parallel %-4s %7.3f s  backend VmHWM %6.1f MB (%.1f MB before the MAP; VmRSS after it %.1f MB)\n' \
-    "$n" "$BENCH_MEM_PARALLEL" "$secs" "$(calc "$after / 1024")" \
-    "$(calc "$before / 1024")" "$(calc "$rss / 1024")"
-  printf '%8s %s\n' "" "${workers:-no rvbbit worker running}"
-  MEM_AFTER_KB=$after
+  w_hwm=$(status_kb "$wpid" VmHWM)
+  w_shm=$(status_kb "$wpid" RssShmem)
+  printf '%8s rows  parallel %-4s %7.3f s  backend: private peak %5.1f MB; VmHWM %5.1f MB (%.1f MB before the MAP), %.1f MB of it shared memory\n' \
+    "$n" "$BENCH_MEM_PARALLEL" "$secs" "$(calc "$b_anon / 1024")" "$(calc "$b_hwm / 1024")" \
+    "$(calc "${b_before:-0} / 1024")" "$(calc "$b_shm / 1024")"
+  printf '%8s %s\n' "" "worker $wpid: private peak $(printf '%.1f' "$(calc "$w_anon / 1024")") MB; VmHWM $(printf '%.1f' "$(calc "${w_hwm:-0} / 1024")") MB, $(printf '%.1f' "$(calc "${w_shm:-0} / 1024")") MB of it shared memory (shared buffers it wrote)"
+  MEM_AFTER_KB=$b_hwm
+  MEM_BACKEND_KB=$b_anon
+  MEM_WORKER_KB=$w_anon
 }
 
 # ---------------------------------------------------------------------------
@@ -559,19 +579,30 @@ fi
 
 if [ "$BENCH_SKIP_MEM" != 1 ]; then
   echo
-  echo "== backend memory (mock latency 0 ms; a fresh session for each run)"
+  echo "== backend and worker memory (mock latency 0 ms; a fresh session and worker for each run)"
   small=$((BENCH_MEM_N / 10))
-  MEM_AFTER_KB=""
+  MEM_AFTER_KB="" MEM_BACKEND_KB="" MEM_WORKER_KB=""
+  # the rows come from a table: a generate_series in the USING query would
+  # add its own tuplestore (up to work_mem, 4 MB) to the backend's figure
+  pg_sql -c "SET client_min_messages = warning" -c "DROP TABLE IF EXISTS bench_mem_src" -c "CREATE TABLE bench_mem_src AS SELECT n, 'x' || n AS text FROM generate_series(1, $BENCH_MEM_N) n" -c "VACUUM ANALYZE bench_mem_src" ||
+    die "could not create the memory run's table"
+  export MAP_FROM=bench_mem_src
   [ "$small" -ge 1 ] && mem_run "$small"
-  small_kb=$MEM_AFTER_KB
+  small_kb=$MEM_AFTER_KB small_bkb=$MEM_BACKEND_KB small_wkb=$MEM_WORKER_KB
   mem_run "$BENCH_MEM_N"
-  [ -n "$small_kb" ] && summary "backend VmHWM MB, $BENCH_MEM_N vs $small rows" "$(printf '%.1f' "$(calc "$MEM_AFTER_KB / 1024")")" \
-    "$(printf '%.1f' "$(calc "$small_kb / 1024")")" "$(printf '%.3f' "$(calc "$MEM_AFTER_KB / $small_kb")")" "$small rows / 1.0 is flat"
-  # the USING query alone in a fresh session: generate_series keeps its
-  # rows in a tuplestore of up to work_mem, which the MAP's figure includes
+  unset MAP_FROM
+  if [ -n "$small_kb" ]; then
+    summary "backend private peak MB, $BENCH_MEM_N vs $small rows" "$(printf '%.1f' "$(calc "$MEM_BACKEND_KB / 1024")")" \
+      "$(printf '%.1f' "$(calc "$small_bkb / 1024")")" "$(printf '%.3f' "$(calc "$MEM_BACKEND_KB / $small_bkb")")" "$small rows / 1.0 is flat"
+    summary "worker private peak MB, $BENCH_MEM_N vs $small rows" "$(printf '%.1f' "$(calc "$MEM_WORKER_KB / 1024")")" \
+      "$(printf '%.1f' "$(calc "$small_wkb / 1024")")" "$(printf '%.3f' "$(calc "$MEM_WORKER_KB / $small_wkb")")" "$small rows / 1.0 is flat"
+    summary "backend VmHWM MB, $BENCH_MEM_N vs $small rows" "$(printf '%.1f' "$(calc "$MEM_AFTER_KB / 1024")")" \
+      "$(printf '%.1f' "$(calc "$small_kb / 1024")")" "$(printf '%.3f' "$(calc "$MEM_AFTER_KB / $small_kb")")" "$small rows / 1.0 is flat"
+  fi
+  # the USING query alone in a fresh session
   plain_kb=$(pg_sql 2>"$work/psql.err" <<SQL
 SELECT pg_backend_pid() AS bpid \gset
-SELECT count(*) FROM (SELECT n, 'x' || n AS text FROM generate_series(1, $BENCH_MEM_N) n) s \g /dev/null
+SELECT count(*), max(text) FROM bench_mem_src \g /dev/null
 SELECT (regexp_match(pg_read_file('/proc/' || :bpid || '/status'), 'VmHWM:\s+(\d+) kB'))[1];
 SQL
   ) || die "the plain USING query failed"
