@@ -527,6 +527,9 @@ rv_worker_main(Datum main_arg)
 		wk_prepare_all();		/* render, look up in the cache */
 		wk_dispatch();			/* send the misses while the caps allow */
 		wk_collect_http();		/* handle what finished */
+		/* refill the places those calls left before the commit below */
+		wk_prepare_all();
+		wk_dispatch();
 		wk_flush_writes();		/* commit cache entries and call records */
 		wk_send_all();			/* then tell the backends */
 		if (wk_idle_exit(&idle_since))

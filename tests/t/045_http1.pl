@@ -14,12 +14,14 @@
 #   most 10;
 # - rvbbit.builtin_http = off hands the same requests to libcurl (it sends
 #   Accept-Encoding, which this client does not), and on hands them back;
-# - a closed port fails the call as unreachable.
+# - a closed port fails the call as unreachable; a handshake that never
+#   completes fails as a connect timeout.
 use strict;
 use warnings;
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
+use IO::Socket::INET;
 use lib $ENV{RV_ROOT} . '/tests/t';
 use RvTest;
 
@@ -122,6 +124,27 @@ my ($rc2, $out2, $err2) = $node->psql('postgres',
 	qq{SET rvbbit.api_base = 'http://127.0.0.1:1/v1'; SELECT rvbbit.run('$echo', '{"text": "nobody"}', '{"max_retries": 0}')});
 isnt($rc2, 0, 'a closed port fails the call');
 like($err2, qr/Failed to connect to 127\.0\.0\.1:1: Connection refused/, 'naming the address and the refusal') or diag($err2);
+
+# --- a server that never completes the handshake: its accept queue is full
+# (a backlog of 1 holds two connections; these are established first and
+# never accepted), so the kernel drops the next SYNs.  The connect attempt
+# has its own timeout and says so.  (IO::Socket::INET takes Listen => 0 for
+# its default of 5.)
+my $full = IO::Socket::INET->new(Listen => 1, LocalAddr => '127.0.0.1', LocalPort => 0, Proto => 'tcp')
+  or die "listen: $!";
+my $fport = $full->sockport;
+my @fill = map {
+	IO::Socket::INET->new(PeerAddr => '127.0.0.1', PeerPort => $fport, Proto => 'tcp') or die "connect: $!"
+} 1 .. 2;
+my ($rc3, $out3, $err3) = $node->psql('postgres',
+	qq{SET rvbbit.api_base = 'http://127.0.0.1:$fport/v1'; SET rvbbit.stall_timeout = '1s';
+	   SELECT rvbbit.run('$echo', '{"text": "handshake"}', '{"max_retries": 0}')});
+isnt($rc3, 0, 'a connection that is never accepted fails the call');
+like($err3, qr/could not connect to the LLM provider in time/, 'as a connect timeout') or diag($err3);
+like($err3, qr/Connection timed out after 1000 milliseconds/, 'after the connect timeout (the stall timeout, 1 s)')
+  or diag($err3);
+close($_) for @fill;
+close($full);
 
 $node->stop;
 stop_mock($mock);
